@@ -1,0 +1,335 @@
+"""The ``facecluster`` command line (typer). Stage commands are what the images and the
+Kubernetes Jobs run; ``run`` chains them in one process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import __version__, contract
+
+app = typer.Typer(
+    name="facecluster",
+    help="Cluster face crops by identity: JSON list of crops in, the same list with cluster_id out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train the clustering networks on labelled features (ships as package weights).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+WORK_DIR_HELP = "Work directory shared by the stages (the shared volume in Kubernetes). Env: FACECLUSTER_WORK_DIR."
+DEVICE_HELP = "auto | cpu | cuda[:i]. auto uses CUDA when torch sees a GPU."
+
+
+def _fail(msg: str, code: int = contract.EXIT_INVALID) -> None:
+    typer.echo(f"facecluster: error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items or []:
+        key, sep, val = it.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set expects KEY=VALUE, got {it!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = val
+    return out
+
+
+def _workdir(work_dir: Optional[Path], default: Optional[Path] = None):
+    from .workdir import WorkDir
+
+    wd = work_dir or (Path(os.environ["FACECLUSTER_WORK_DIR"]) if os.environ.get("FACECLUSTER_WORK_DIR") else default)
+    if wd is None:
+        _fail("--work-dir is required (or set FACECLUSTER_WORK_DIR)")
+    return WorkDir(wd)
+
+
+def _device(device: str) -> str:
+    from .cluster.base import resolve_device
+
+    try:
+        return resolve_device(device)
+    except (RuntimeError, ValueError) as e:
+        _fail(str(e))
+
+
+def _settings(method: str, sets: dict[str, Any], device: str) -> dict[str, Any]:
+    """Validate method settings early (a typo is a usage error, not a crash mid-run)."""
+    from pydantic import ValidationError
+
+    from .cluster import method_class
+
+    try:
+        cls = method_class(method)
+    except ValueError as e:
+        _fail(str(e))
+    settings = {"device": device, "progress": sys.stderr.isatty(), **sets}
+    try:
+        cls.Config(**settings)
+    except ValidationError as e:
+        _fail(f"invalid settings for {method}: " + "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()))
+    return settings
+
+
+def _stage_echo(res) -> None:
+    state = "up to date, skipped" if res.skipped else f"done in {res.seconds:.1f}s"
+    extra = ", ".join(f"{k}={v}" for k, v in res.info.items())
+    typer.echo(f"[{res.stage}] {state}{' (' + extra + ')' if extra else ''}", err=True)
+
+
+def _method_opts(set_: list[str] | None, checkpoint_v: Optional[Path], checkpoint_e: Optional[Path]) -> dict[str, Any]:
+    sets = _parse_sets(set_)
+    if checkpoint_v:
+        sets["checkpoint_v"] = str(checkpoint_v)
+    if checkpoint_e:
+        sets["checkpoint_e"] = str(checkpoint_e)
+    return sets
+
+
+# ------------------------------------------------------------------------------- run
+@app.command()
+def run(
+    input: Path = typer.Argument(..., help="Input JSON: a list of {\"img_path\": ...} records."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output JSON (the input records + cluster_id)."),
+    method: str = typer.Option(None, "--method", "-m", help="Clustering method (see `facecluster methods`). Default: infomap."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", "-w", help=WORK_DIR_HELP + " Default: OUTPUT.work/ beside the output."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    embedder: str = typer.Option("dlib", "--embedder", "-e", help="dlib | hfsoftmax:PATH | arcface:PATH (see `facecluster embedders`)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per network batch."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Method setting KEY=VALUE (repeatable)."),
+    checkpoint_v: Optional[Path] = typer.Option(None, "--checkpoint-v", help="GCN-V checkpoint (gcn-v, gcn-ve)."),
+    checkpoint_e: Optional[Path] = typer.Option(None, "--checkpoint-e", help="GCN-E checkpoint (gcn-ve)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML review page here."),
+):
+    """Run every stage in one process: prepare, embed, merge, cluster, write."""
+    from . import pipeline
+    from .cluster import DEFAULT_METHOD
+
+    method = method or DEFAULT_METHOD
+    wd = _workdir(work_dir, default=output.with_name(output.name + ".work"))
+    dev = _device(device)
+    settings = _settings(method, _method_opts(set_, checkpoint_v, checkpoint_e), dev)
+    _stage_echo(pipeline.prepare(input, wd))
+    _stage_echo(pipeline.embed(wd, (0, 1), embedder, dev, batch_size, progress=sys.stderr.isatty()))
+    _stage_echo(pipeline.merge(wd, 1))
+    _stage_echo(pipeline.cluster(wd, method, settings))
+    records, summary = pipeline.write(wd, method, output)
+    pipeline.print_summary(summary)
+    if report:
+        _write_report(records, report, summary)
+    raise typer.Exit(contract.EXIT_PARTIAL if summary["failed"] else contract.EXIT_OK)
+
+
+def _write_report(records, path: Path, summary: dict[str, Any], labels: Optional[str] = None) -> None:
+    from .report import write_report
+
+    out = write_report(records, path, method=summary.get("method"), settings=summary.get("settings"))
+    typer.echo(f"report: {out}", err=True)
+
+
+# ------------------------------------------------------------------------------- stages
+@app.command()
+def prepare(
+    input: Path = typer.Argument(..., help="Input JSON."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", "-w", help=WORK_DIR_HELP),
+):
+    """Stage 1: validate the input and write WORK_DIR/manifest.json."""
+    from . import pipeline
+
+    _stage_echo(pipeline.prepare(input, _workdir(work_dir)))
+
+
+@app.command()
+def embed(
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", "-w", help=WORK_DIR_HELP),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: embed the I-th of N contiguous shards (0-based). Default: JOB_COMPLETION_INDEX/FACECLUSTER_SHARDS if set, else all."
+    ),
+    embedder: str = typer.Option("dlib", "--embedder", "-e", help="dlib | hfsoftmax:PATH | arcface:PATH."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per network batch."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode/alignment worker threads (default: by CPU count)."),
+):
+    """Stage 2: decode, align and embed faces → WORK_DIR/features/part-I-of-N.npz."""
+    from . import pipeline
+    from .workdir import parse_shard
+
+    try:
+        sh = parse_shard(shard)
+    except ValueError as e:
+        _fail(str(e))
+    _stage_echo(pipeline.embed(_workdir(work_dir), sh, embedder, _device(device), batch_size, workers, progress=sys.stderr.isatty()))
+
+
+@app.command()
+def merge(
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", "-w", help=WORK_DIR_HELP),
+    shards: Optional[int] = typer.Option(None, "--shards", min=1, help="Number of shards (default: found in WORK_DIR/features)."),
+):
+    """Stage 3: join shard parts in input order → features.npy, features.bin (raw float32 N×D), features.json."""
+    from . import pipeline
+
+    _stage_echo(pipeline.merge(_workdir(work_dir), shards))
+
+
+@app.command()
+def cluster(
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", "-w", help=WORK_DIR_HELP),
+    method: str = typer.Option(None, "--method", "-m", help="Clustering method (see `facecluster methods`). Default: infomap."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Method setting KEY=VALUE (repeatable)."),
+    checkpoint_v: Optional[Path] = typer.Option(None, "--checkpoint-v", help="GCN-V checkpoint (gcn-v, gcn-ve)."),
+    checkpoint_e: Optional[Path] = typer.Option(None, "--checkpoint-e", help="GCN-E checkpoint (gcn-ve)."),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Do not subtract the embedder's shipped mean vector."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the output JSON."),
+):
+    """Stage 4: cluster the merged features → labels-METHOD.npy (and the output JSON with -o)."""
+    from . import pipeline
+    from .cluster import DEFAULT_METHOD
+
+    method = method or DEFAULT_METHOD
+    wd = _workdir(work_dir)
+    settings = _settings(method, _method_opts(set_, checkpoint_v, checkpoint_e), _device(device))
+    _stage_echo(pipeline.cluster(wd, method, settings, calibrate=not no_calibrate))
+    if output:
+        _, summary = pipeline.write(wd, method, output)
+        pipeline.print_summary(summary)
+        raise typer.Exit(contract.EXIT_PARTIAL if summary["failed"] else contract.EXIT_OK)
+
+
+@app.command()
+def write(
+    output: Path = typer.Option(..., "-o", "--output", help="Output JSON."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", "-w", help=WORK_DIR_HELP),
+    method: str = typer.Option(None, "--method", "-m", help="Whose labels to write. Default: infomap."),
+):
+    """Stage 5: write the output JSON (input records in order + cluster_id, -1 + error for failures)."""
+    from . import pipeline
+    from .cluster import DEFAULT_METHOD
+
+    _, summary = pipeline.write(_workdir(work_dir), method or DEFAULT_METHOD, output)
+    pipeline.print_summary(summary)
+    raise typer.Exit(contract.EXIT_PARTIAL if summary["failed"] else contract.EXIT_OK)
+
+
+# ------------------------------------------------------------------------------- tools
+@app.command()
+def evaluate(
+    output: Path = typer.Argument(..., help="An output JSON written by facecluster."),
+    labels: str = typer.Option("folder", "--labels", help="folder (parent folder name of img_path) or field:NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+):
+    """Pairwise / BCubed precision, recall, F and NMI against ground-truth labels."""
+    from .evaluate import evaluate_records
+
+    try:
+        records = json.loads(output.read_text(encoding="utf-8"))
+        res = evaluate_records(records, labels)
+    except (OSError, json.JSONDecodeError, ValueError, KeyError, TypeError) as e:
+        _fail(f"{output}: {e}")
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{output.name}: {res['n']} faces, {res['n_clusters']} clusters ({res['n_singletons']} singletons), {res['n_gt_clusters']} identities")
+    for c in ("metric", "precision", "recall", "F"):
+        t.add_column(c)
+    for m in ("pairwise", "bcubed"):
+        t.add_row(m, f"{res[m + '_precision']:.4f}", f"{res[m + '_recall']:.4f}", f"{res[m + '_fscore']:.4f}")
+    t.add_row("NMI", "", "", f"{res['nmi']:.4f}")
+    Console().print(t)
+    if res["failed"]:
+        typer.echo(f"({res['failed']} failed records left out)")
+
+
+@app.command()
+def methods():
+    """List the clustering methods."""
+    from .cluster import DEFAULT_METHOD, METHODS, method_class
+
+    for name in METHODS:
+        try:
+            summary = method_class(name).summary
+        except Exception as e:  # a broken optional method must not hide the others
+            summary = f"(unavailable: {e})"
+        typer.echo(f"{name:18s} {summary}{'  [default]' if name == DEFAULT_METHOD else ''}")
+
+
+@app.command()
+def embedders():
+    """List the embedders (recognition models)."""
+    from .embed import DEFAULT_EMBEDDER, EMBEDDERS, embedder_class
+
+    for name in EMBEDDERS:
+        try:
+            c = embedder_class(name)
+            info = f"{c.dim}-D, input {c.input_size[0]}x{c.input_size[1]}" + (", needs a model file" if c.needs_path else "") + (", needs keypoints" if c.needs_keypoints else "")
+            doc = (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else ""
+        except Exception as e:
+            info, doc = f"(unavailable: {e})", ""
+        typer.echo(f"{name:10s} {info}. {doc}{'  [default]' if name == DEFAULT_EMBEDDER else ''}")
+
+
+@app.command()
+def version():
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def _register_training() -> None:
+    import importlib
+
+    from .train import TRAIN_MODULES
+
+    for mod in TRAIN_MODULES:
+        importlib.import_module(f"facecluster.train.{mod}").register(train_app)
+
+
+def main() -> None:
+    """Console entry point: maps errors to the documented exit codes."""
+    from .contract import ContractError
+    from .embed.base import EmbedderError
+
+    logging.basicConfig(level=os.environ.get("FACECLUSTER_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    _register_training()
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (ContractError, EmbedderError) as e:
+        typer.echo(f"facecluster: error: {e}", err=True)
+        sys.exit(contract.EXIT_INVALID)
+    except (FileNotFoundError, FileExistsError) as e:
+        typer.echo(f"facecluster: error: {e}", err=True)
+        sys.exit(contract.EXIT_INVALID)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click usage errors and real bugs
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(contract.EXIT_INVALID)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        traceback.print_exc()
+        typer.echo(f"facecluster: unexpected error: {e}", err=True)
+        sys.exit(contract.EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Clustering metrics exactly as learn-to-cluster / Ada-NETS compute them (notes §5).
+
+* pairwise P/R/F over ordered pairs from the contingency matrix,
+* item-averaged BCubed P/R/F,
+* NMI from scikit-learn-equivalent arithmetic normalisation (pinned, see below).
+
+Every label must be a real cluster: callers give each unclustered face its own label
+(``singletons_to_unique``), otherwise all of them would merge into one giant cluster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def _contingency(gt: np.ndarray, pred: np.ndarray) -> sp.csr_matrix:
+    _, g = np.unique(gt, return_inverse=True)
+    _, p = np.unique(pred, return_inverse=True)
+    c = sp.csr_matrix((np.ones(len(g), np.int64), (g, p)), shape=(g.max() + 1, p.max() + 1))
+    c.sum_duplicates()
+    return c
+
+
+def _f(p: float, r: float) -> float:
+    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def _check(gt, pred):
+    gt = np.asarray(gt).reshape(-1)
+    pred = np.asarray(pred).reshape(-1)
+    if gt.shape != pred.shape:
+        raise ValueError(f"labels differ in length: {gt.shape[0]} gt vs {pred.shape[0]} predicted")
+    if gt.size == 0:
+        raise ValueError("no labels to evaluate")
+    return gt, pred
+
+
+def pairwise(gt, pred) -> tuple[float, float, float]:
+    """Pairwise precision, recall, F-score (ordered pairs, as ``fowlkes_mallows_score`` counts them).
+
+    An all-singleton prediction has no predicted pairs: precision is then defined as 1.0
+    (the originals divide 0/0)."""
+    gt, pred = _check(gt, pred)
+    n = gt.size
+    c = _contingency(gt, pred)
+    tp = float((c.data.astype(np.float64) ** 2).sum() - n)
+    pred_pairs = float((np.asarray(c.sum(axis=0)).ravel().astype(np.float64) ** 2).sum() - n)
+    gt_pairs = float((np.asarray(c.sum(axis=1)).ravel().astype(np.float64) ** 2).sum() - n)
+    p = tp / pred_pairs if pred_pairs > 0 else 1.0
+    r = tp / gt_pairs if gt_pairs > 0 else 1.0
+    return p, r, _f(p, r)
+
+
+def bcubed(gt, pred) -> tuple[float, float, float]:
+    """Item-averaged BCubed precision, recall, F-score."""
+    gt, pred = _check(gt, pred)
+    n = gt.size
+    cm = _contingency(gt, pred)
+    c = cm.tocoo()
+    nij = c.data.astype(np.float64)
+    col = np.asarray(cm.sum(axis=0)).ravel().astype(np.float64)
+    row = np.asarray(cm.sum(axis=1)).ravel().astype(np.float64)
+    p = float((nij**2 / col[c.col]).sum() / n)
+    r = float((nij**2 / row[c.row]).sum() / n)
+    return p, r, _f(p, r)
+
+
+def nmi(gt, pred) -> float:
+    """Normalised mutual information, arithmetic mean of the entropies
+    (= sklearn ``normalized_mutual_info_score(..., average_method="arithmetic")``, the default
+    since sklearn 0.22; older papers may have used the geometric mean)."""
+    gt, pred = _check(gt, pred)
+    n = gt.size
+    cm = _contingency(gt, pred)
+    c = cm.tocoo()
+    nij = c.data.astype(np.float64)
+    a = np.asarray(cm.sum(axis=1)).ravel().astype(np.float64)
+    b = np.asarray(cm.sum(axis=0)).ravel().astype(np.float64)
+
+    def h(v):
+        v = v[v > 0] / n
+        return float(-(v * np.log(v)).sum())
+
+    ha, hb = h(a), h(b)
+    if ha == 0 and hb == 0:
+        return 1.0
+    mi = float((nij / n * (np.log(nij * n) - np.log(a[c.row]) - np.log(b[c.col]))).sum())
+    denom = (ha + hb) / 2
+    return max(mi, 0.0) / denom if denom > 0 else 0.0
+
+
+def singletons_to_unique(pred) -> np.ndarray:
+    """Give every negative (unclustered) label its own fresh id."""
+    pred = np.asarray(pred, dtype=np.int64).copy()
+    neg = pred < 0
+    if neg.any():
+        start = pred.max(initial=-1) + 1
+        pred[neg] = np.arange(start, start + neg.sum())
+    return pred
+
+
+def evaluate(gt, pred) -> dict[str, float]:
+    """All metrics in one dict (keys: pairwise_*, bcubed_*, nmi, n, n_clusters, n_singletons)."""
+    gt, pred = _check(gt, pred)
+    pred = singletons_to_unique(pred)
+    pp, pr, pf = pairwise(gt, pred)
+    bp, br, bf = bcubed(gt, pred)
+    _, counts = np.unique(pred, return_counts=True)
+    return {
+        "pairwise_precision": pp,
+        "pairwise_recall": pr,
+        "pairwise_fscore": pf,
+        "bcubed_precision": bp,
+        "bcubed_recall": br,
+        "bcubed_fscore": bf,
+        "nmi": nmi(gt, pred),
+        "n": int(gt.size),
+        "n_clusters": int(len(counts)),
+        "n_singletons": int((counts == 1).sum()),
+        "n_gt_clusters": int(len(np.unique(gt))),
+    }

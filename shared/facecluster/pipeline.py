@@ -1,0 +1,258 @@
+"""The stages, as plain functions over a work directory (the CLI and the images call these).
+
+prepare → embed (per shard) → merge → cluster → write. Each stage computes a fingerprint of
+what it depends on and returns early when its stored artifact has the same fingerprint, so a
+rerun resumes and a changed input or setting recomputes (no stale caches).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import contract
+from .calibration import calibration_mean, prepare_features
+from .workdir import (
+    WorkDir,
+    atomic_save_npy,
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_json,
+    fingerprint,
+    read_json,
+    shard_range,
+)
+
+log = logging.getLogger("facecluster")
+
+
+@dataclass
+class StageResult:
+    stage: str
+    skipped: bool
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _stat(p: str) -> list | None:
+    try:
+        st = os.stat(p)
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- prepare
+def prepare(input_path: str | os.PathLike, wd: WorkDir) -> StageResult:
+    """Validate the input JSON and write ``manifest.json`` (raises ContractError)."""
+    t = time.perf_counter()
+    records, paths = contract.load_input(input_path)
+    # file size + mtime make "same paths, new pixels" a changed input
+    fp = fingerprint("prepare", records, paths, [_stat(p) for p in paths])
+    if wd.is_fresh(wd.manifest, fp):
+        return StageResult("prepare", True, info={"n": len(records)})
+    wd.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        wd.manifest,
+        {"fingerprint": fp, "input": str(Path(input_path).resolve()), "n": len(records), "paths": paths, "records": records},
+    )
+    return StageResult("prepare", False, time.perf_counter() - t, {"n": len(records)})
+
+
+# --------------------------------------------------------------------------- embed
+def embed(
+    wd: WorkDir,
+    shard: tuple[int, int] = (0, 1),
+    embedder_spec: str = "dlib",
+    device: str = "cpu",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    progress: bool = False,
+) -> StageResult:
+    """Embed one contiguous shard of the manifest into ``features/part-i-of-n.npz``."""
+    from .embed import get_embedder
+
+    t = time.perf_counter()
+    man = wd.read_manifest()
+    i, n = shard
+    start, stop = shard_range(man["n"], i, n)
+    embedder = get_embedder(embedder_spec, device=device, batch_size=batch_size)
+    fp = fingerprint("embed", man["fingerprint"], i, n, start, stop, embedder.fingerprint())
+    part = wd.part(i, n)
+    meta_path = WorkDir.meta_of(part)
+    if wd.is_fresh(meta_path, fp, part):
+        return StageResult("embed", True, info={"shard": f"{i}/{n}", "records": stop - start})
+    from .embed.runner import embed_records
+
+    feats, ok, errors = embed_records(
+        embedder,
+        man["paths"][start:stop],
+        man["records"][start:stop],
+        num_workers=num_workers,
+        progress=progress,
+    )
+    index = (np.asarray(ok, np.int64) + start) if len(ok) else np.zeros(0, np.int64)
+    feats = np.asarray(feats, np.float32).reshape(len(index), embedder.dim)
+    atomic_save_npz(part, features=feats, index=index)
+    errs = {str(start + int(k)): v for k, v in errors.items()}
+    atomic_write_json(
+        meta_path,
+        {
+            "fingerprint": fp,
+            "manifest": man["fingerprint"],
+            "shard": [i, n],
+            "range": [start, stop],
+            "embedder": embedder.describe(),
+            "errors": errs,
+            "seconds": time.perf_counter() - t,
+        },
+    )
+    return StageResult(
+        "embed", False, time.perf_counter() - t, {"shard": f"{i}/{n}", "records": stop - start, "errors": len(errs)}
+    )
+
+
+# --------------------------------------------------------------------------- merge
+def merge(wd: WorkDir, n_shards: int | None = None) -> StageResult:
+    """Join the shard parts in input order into features.npy / .bin / -index.npy / .json."""
+    t = time.perf_counter()
+    man = wd.read_manifest()
+    if n_shards is None:
+        found = sorted({p.name.split("-of-")[1].split(".")[0] for p in (wd.root / "features").glob("part-*-of-*.npz")})
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"cannot tell the shard count from {wd.root / 'features'} (found {found or 'no parts'}); pass --shards N"
+            )
+        n_shards = int(found[0])
+    metas = []
+    for i in range(n_shards):
+        part = wd.part(i, n_shards)
+        mp = WorkDir.meta_of(part)
+        if not part.exists() or not mp.exists():
+            raise FileNotFoundError(f"shard {i}/{n_shards} has not finished: {part} missing (rerun `facecluster embed --shard {i}/{n_shards}`)")
+        m = read_json(mp)
+        if m.get("manifest") != man["fingerprint"]:
+            raise RuntimeError(f"shard {i}/{n_shards} was computed for a different input; rerun its embed stage")
+        metas.append(m)
+    emb = {(m["embedder"]["embedder"], m["embedder"]["fingerprint"]) for m in metas}
+    if len(emb) != 1:
+        raise RuntimeError(f"shards were embedded with different embedders: {sorted(emb)}")
+    fp = fingerprint("merge", [m["fingerprint"] for m in metas])
+    if wd.is_fresh(wd.features_meta, fp, wd.features_npy, wd.features_index):
+        return StageResult("merge", True)
+    feats, index, errors = [], [], {}
+    for i, m in enumerate(metas):
+        with np.load(wd.part(i, n_shards)) as z:
+            feats.append(z["features"])
+            index.append(z["index"])
+        errors.update(m["errors"])
+    dim = metas[0]["embedder"]["dim"]
+    feats = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
+    index = np.concatenate(index) if index else np.zeros(0, np.int64)
+    order = np.argsort(index, kind="stable")  # shards are contiguous, but never trust order
+    feats, index = np.ascontiguousarray(feats[order], np.float32), index[order]
+    atomic_save_npy(wd.features_npy, feats)
+    atomic_write_bytes(wd.features_bin, feats.astype("<f4").tobytes())  # learn-to-cluster format
+    atomic_save_npy(wd.features_index, index)
+    atomic_write_json(
+        wd.features_meta,
+        {
+            "fingerprint": fp,
+            "manifest": man["fingerprint"],
+            "n_records": man["n"],
+            "n_features": int(len(index)),
+            "dim": int(dim),
+            "embedder": metas[0]["embedder"],
+            "shards": n_shards,
+            "errors": dict(sorted(errors.items(), key=lambda kv: int(kv[0]))),
+        },
+    )
+    return StageResult("merge", False, time.perf_counter() - t, {"features": int(len(index)), "errors": len(errors)})
+
+
+# --------------------------------------------------------------------------- cluster
+def cluster(
+    wd: WorkDir, method: str, settings: dict[str, Any] | None = None, calibrate: bool = True
+) -> StageResult:
+    """Cluster the merged features with ``method`` → labels-<method>.npy/.json."""
+    from .cluster import get_clusterer
+
+    t = time.perf_counter()
+    feats, _, fmeta = wd.read_features()
+    clusterer = get_clusterer(method, **(settings or {}))
+    embedder = fmeta.get("embedder", {}).get("embedder")
+    raw = getattr(clusterer, "wants_raw_features", False)
+    mean = None if (raw or not calibrate) else calibration_mean(embedder)
+    fp = fingerprint(
+        "cluster", fmeta["fingerprint"], method, clusterer.settings(), raw, calibrate,
+        None if mean is None else mean.tolist(), getattr(clusterer, "weights_fingerprint", lambda: None)(),
+    )
+    out, meta_path = wd.labels(method), wd.labels_meta(method)
+    if wd.is_fresh(meta_path, fp, out):
+        return StageResult("cluster", True, info={"method": method})
+    x = feats if raw else prepare_features(feats, mean)
+    labels = clusterer.fit_predict(x) if len(x) else np.zeros(0, np.int64)
+    labels = contract.renumber(np.asarray(labels, np.int64))
+    atomic_save_npy(out, labels)
+    n_clusters = int(labels.max() + 1) if len(labels) else 0
+    atomic_write_json(
+        meta_path,
+        {
+            "fingerprint": fp,
+            "method": method,
+            "settings": clusterer.settings(),
+            "calibration": None if mean is None else f"{embedder}_mean.npy",
+            "timings": clusterer.timings_,
+            "n_clusters": n_clusters,
+            "seconds": time.perf_counter() - t,
+        },
+    )
+    return StageResult("cluster", False, time.perf_counter() - t, {"method": method, "clusters": n_clusters})
+
+
+# --------------------------------------------------------------------------- write
+def write(wd: WorkDir, method: str, output: str | os.PathLike) -> tuple[list[dict], dict[str, Any]]:
+    """Write the output JSON (atomic). Returns (records, summary)."""
+    man = wd.read_manifest()
+    _, index, fmeta = wd.read_features()
+    if fmeta.get("manifest") != man["fingerprint"]:
+        raise RuntimeError("features are from a different input: rerun embed and merge")
+    lab_path = wd.labels(method)
+    if not lab_path.exists():
+        raise FileNotFoundError(f"{lab_path} not found: run `facecluster cluster --method {method}` first")
+    labels = np.load(lab_path)
+    lmeta = read_json(wd.labels_meta(method))
+    errors = {int(k): v for k, v in fmeta["errors"].items()}
+    out = contract.build_output(man["records"], index, labels, errors)
+    import json
+
+    atomic_write_bytes(output, (json.dumps(out, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    ids = [r["cluster_id"] for r in out if r["cluster_id"] >= 0]
+    sizes = np.bincount(ids) if ids else np.zeros(0, np.int64)
+    summary = {
+        "records": len(out),
+        "clustered": len(ids),
+        "failed": sum(1 for r in out if r["cluster_id"] < 0),
+        "clusters": int(len(sizes)),
+        "singletons": int((sizes == 1).sum()),
+        "method": method,
+        "settings": lmeta.get("settings", {}),
+        "embedder": fmeta.get("embedder", {}).get("embedder"),
+    }
+    return out, summary
+
+
+def print_summary(summary: dict[str, Any], file=sys.stderr) -> None:
+    print(
+        f"facecluster: {summary['records']} records, {summary['clusters']} clusters "
+        f"({summary['singletons']} singletons), {summary['failed']} failed "
+        f"[method {summary['method']}, embedder {summary['embedder']}]",
+        file=file,
+    )
