@@ -112,12 +112,17 @@ def run(
     checkpoint_v: Optional[Path] = typer.Option(None, "--checkpoint-v", help="GCN-V checkpoint (gcn-v, gcn-ve)."),
     checkpoint_e: Optional[Path] = typer.Option(None, "--checkpoint-e", help="GCN-E checkpoint (gcn-ve)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML review page here."),
+    report_labels: Optional[str] = typer.Option(
+        None, "--report-labels", help="Ground truth for the review page's metrics and worst merges/splits: folder or field:NAME."
+    ),
 ):
     """Run every stage in one process: prepare, embed, merge, cluster, write."""
     from . import pipeline
     from .cluster import DEFAULT_METHOD
 
     method = method or DEFAULT_METHOD
+    if report_labels is not None:
+        _check_label_spec(report_labels, "--report-labels")
     wd = _workdir(work_dir, default=output.with_name(output.name + ".work"))
     dev = _device(device)
     settings = _settings(method, _method_opts(set_, checkpoint_v, checkpoint_e), dev)
@@ -128,15 +133,47 @@ def run(
     records, summary = pipeline.write(wd, method, output)
     pipeline.print_summary(summary)
     if report:
-        _write_report(records, report, summary)
+        _write_report(records, report, summary, labels=report_labels, base_dir=input.resolve().parent)
     raise typer.Exit(contract.EXIT_PARTIAL if summary["failed"] else contract.EXIT_OK)
 
 
-def _write_report(records, path: Path, summary: dict[str, Any], labels: Optional[str] = None) -> None:
+def _check_label_spec(spec: str, opt: str) -> None:
+    if spec != "folder" and not (spec.startswith("field:") and len(spec) > len("field:")):
+        _fail(f"{opt} must be 'folder' or 'field:NAME', got {spec!r}")
+
+
+def _write_report(
+    records,
+    path: Path,
+    summary: dict[str, Any],
+    labels: Optional[str] = None,
+    base_dir: Optional[Path] = None,
+    thumbs: str = "auto",
+    thumb_size: int = 64,
+    strict_labels: bool = False,
+) -> Path:
+    """Write the review page; with ``labels`` (folder | field:NAME) add metrics and worst merges/splits.
+
+    After ``run`` the output JSON is already written, so a label spec that does not fit the
+    records only drops the quality section (with a warning) unless ``strict_labels``."""
     from .report import write_report
 
-    out = write_report(records, path, method=summary.get("method"), settings=summary.get("settings"))
-    typer.echo(f"report: {out}", err=True)
+    gt = None
+    if labels:
+        from .evaluate import labels_from
+
+        try:
+            gt = labels_from(records, labels)
+        except (ValueError, KeyError, TypeError) as e:
+            if strict_labels:
+                _fail(f"--labels {labels}: {e}")
+            typer.echo(f"facecluster: warning: report without labels: {e}", err=True)
+    out = write_report(
+        records, path, labels=gt, method=summary.get("method"), settings=summary.get("settings"),
+        base_dir=base_dir, thumbs=thumbs, thumb_size=thumb_size,
+    )
+    typer.echo(f"report: {out.resolve()}", err=True)
+    return out
 
 
 # ------------------------------------------------------------------------------- stages
@@ -254,6 +291,72 @@ def evaluate(
     Console().print(t)
     if res["failed"]:
         typer.echo(f"({res['failed']} failed records left out)")
+
+
+@app.command()
+def report(
+    output: Path = typer.Argument(..., help="An output JSON written by facecluster."),
+    html_out: Path = typer.Option(..., "-o", "--output", help="HTML file to write (thumbnails inline, or in NAME_thumbs/ beside it)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Ground truth (folder | field:NAME): adds metrics and the worst merges/splits."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", "-w", help="The run's work dir: shows the method's settings and resolves relative paths against the input's folder."
+    ),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method whose settings to show (with --work-dir). Default: infomap."),
+    base_dir: Optional[Path] = typer.Option(
+        None, "--base-dir", help="Folder that relative img_path values are resolved against. Default: the input's folder (with --work-dir), else the output JSON's folder."
+    ),
+    thumbs: str = typer.Option("auto", "--thumbs", help="auto | inline (one self-contained file) | folder (sprite sheets beside the page). auto: inline up to 8,000 faces."),
+    thumb_size: int = typer.Option(64, "--thumb-size", min=16, max=256, help="Thumbnail edge in pixels."),
+):
+    """Write a static HTML page to review the clusters by eye (no server, no network)."""
+    from .workdir import read_json
+
+    if thumbs not in ("auto", "inline", "folder"):
+        _fail(f"--thumbs must be auto, inline or folder, got {thumbs!r}")
+    if labels is not None:
+        _check_label_spec(labels, "--labels")
+    try:
+        records = json.loads(output.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _fail(f"{output}: {e}")
+    if not isinstance(records, list):
+        _fail(f"{output}: not a facecluster output (expected a JSON array of records)")
+    for i, r in enumerate(records):
+        cid = r.get("cluster_id") if isinstance(r, dict) else None
+        if not isinstance(r, dict) or not isinstance(r.get("img_path"), str) or not isinstance(cid, int) or isinstance(cid, bool):
+            _fail(f"{output}: not a facecluster output (record {i} needs a string img_path and an int cluster_id)")
+    summary: dict[str, Any] = {}
+    if work_dir is not None:
+        from .cluster import DEFAULT_METHOD
+
+        wd = _workdir(work_dir)
+        method = method or DEFAULT_METHOD
+        try:
+            summary = {"method": method, "settings": read_json(wd.labels_meta(method)).get("settings", {})}
+            base_dir = base_dir or Path(read_json(wd.manifest)["input"]).parent
+        except (OSError, ValueError, KeyError) as e:
+            _fail(f"--work-dir {work_dir}: {e}")
+    elif method:
+        summary = {"method": method}
+    _write_report(records, html_out, summary, labels=labels, base_dir=base_dir or output.resolve().parent,
+                  thumbs=thumbs, thumb_size=thumb_size, strict_labels=True)
+
+
+@app.command()
+def detect(
+    inputs: list[Path] = typer.Argument(..., help="Images (frames, photos) or folders of images."),
+    out_dir: Path = typer.Option(..., "-o", "--out-dir", help="Where crops/ and input.json are written."),
+    margin: float = typer.Option(0.25, "--margin", min=0.0, max=2.0, help="Context kept around each detected box (fraction of box size per side)."),
+    upsample: int = typer.Option(1, "--upsample", min=0, max=3, help="Upsample images this many times to find small faces (slower)."),
+):
+    """Find faces (dlib HOG detector) and write face crops plus an input JSON for `run`."""
+    from .detect import detect_faces
+
+    recs = detect_faces(inputs, out_dir, margin=margin, upsample=upsample)
+    typer.echo(f"{len(recs)} faces → {out_dir / 'input.json'}", err=True)
+    if (out_dir / "detect-errors.json").exists():
+        typer.echo(f"some images could not be read: see {out_dir / 'detect-errors.json'}", err=True)
+        raise typer.Exit(contract.EXIT_PARTIAL)
 
 
 @app.command()

@@ -73,7 +73,9 @@ class InfomapClusterer(Clusterer):
                 )
                 # positive weights only (Infomap flow must be non-negative)
                 im.add_links(zip(lo.tolist(), hi.tolist(), np.maximum(w, 1e-6).astype(float).tolist()))
-                im.run()
-                for node, module in im.get_modules().items():
+                res = im.run()
+                # infomap >= 2.16 returns a Result; older releases expose get_modules()
+                mods = res.modules() if res is not None and hasattr(res, "modules") else im.get_modules()
+                for node, module in dict(mods).items():
                     labels[node] = n + module  # offset: never collides with singleton ids
         return labels

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from facecluster.graph import build_adjacency, components, knn_to_affinity, nearest_higher, peaks_to_labels
+from facecluster.knn import knn
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 10])
+def test_knn_caps_k_and_puts_self_first(n):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    sims, ids = knn(X, 80)
+    assert sims.shape == ids.shape == (n, min(80, n))
+    if n:
+        assert (ids[:, 0] == np.arange(n)).all()
+        assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def test_knn_negative_cosines_kept_and_backends_agree():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    s1, i1 = knn(X, 300, backend="faiss")
+    s2, i2 = knn(X, 300, backend="torch", block=64)
+    assert (s1.min() < 0)
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+    assert (i1 == i2).mean() > 0.999
+
+
+def test_knn_ties_are_deterministic():
+    X = np.ones((6, 4), np.float32)  # all identical: every similarity ties
+    s, i = knn(X, 6)
+    assert (i == np.arange(6)[None, :]).all()
+
+
+def test_adjacency_is_max_symmetric_row_normalised():
+    ids = np.array([[0, 1], [1, 2], [2, 0]])
+    sims = np.array([[1.0, 0.5], [1.0, 0.8], [1.0, -0.2]], np.float32)
+    a = knn_to_affinity(ids, sims, th_sim=0.0).toarray()
+    assert np.allclose(a, a.T) and a[0, 1] == 0.5 and a[1, 2] == pytest.approx(0.8) and a[2, 0] == 0
+    adj = build_adjacency(ids, sims).toarray()
+    assert np.allclose(adj.sum(1), 1.0)
+    assert adj[0, 0] == pytest.approx(1 / 1.5)
+
+
+def test_components_numbered_by_first_node():
+    lab = components(6, np.array([4, 1]), np.array([5, 3]))
+    assert list(lab) == [0, 1, 2, 1, 3, 3]
+
+
+def test_peaks_hand_checkable():
+    # chain 0-1-2 with conf rising to 2; node 3 alone
+    ids = np.array([[0, 1, 3], [1, 2, 0], [2, 1, 0], [3, 0, 1]])
+    sims = np.array([[1, .9, .1], [1, .85, .9], [1, .85, .5], [1, .1, .0]], np.float32)
+    conf = np.array([0.1, 0.5, 0.9, 0.2])
+    peak, psim = nearest_higher(ids, sims, conf)
+    assert list(peak) == [1, 2, -1, 1]  # node 3 skips 0 (lower conf) and takes 1
+    assert list(peaks_to_labels(peak, psim, tau=0.8)) == [0, 0, 0, 1]
+    assert list(peaks_to_labels(peak, psim, tau=0.87)) == [0, 0, 1, 2]

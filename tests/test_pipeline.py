@@ -1,0 +1,183 @@
+"""End to end on real faces: contract, bad images, small N, shards, resume, determinism."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import data_path, run_cli, write_input
+from facecluster import pipeline
+from facecluster.workdir import WorkDir
+
+PEOPLE = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """3 LFW people x 4 images, plus odd-format copies of real faces."""
+    root = data_path("lfw")
+    tmp = tmp_path_factory.mktemp("faces")
+    paths = []
+    for p in PEOPLE:
+        paths += sorted((root / p).iterdir())[:4]
+    src = Image.open(paths[0])
+    src.convert("L").save(tmp / "grey.png")
+    rgba = src.convert("RGBA")
+    rgba.save(tmp / "rgba.png")
+    a16 = (np.asarray(src.convert("L"), np.uint16) * 257)
+    Image.fromarray(a16).save(tmp / "sixteen.png")
+    # EXIF orientation 6 (rotate 90 CW to display): store the pixels rotated the other way
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src.rotate(90, expand=True).save(tmp / "exif.jpg", exif=exif, quality=95)
+    src.resize((24, 24)).save(tmp / "tiny.jpg")
+    src.resize((3000, 3000)).save(tmp / "huge.jpg", quality=80)
+    (tmp / "empty.jpg").write_bytes(b"")
+    (tmp / "text.jpg").write_text("not an image")
+    good = (tmp / "trunc_src.jpg")
+    src.save(good, quality=95)
+    (tmp / "truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    return tmp, paths
+
+
+def _run(tmp_path, records, *extra):
+    inp = write_input(tmp_path, records)
+    out = tmp_path / "out.json"
+    code = run_cli("run", inp, "-o", out, "-w", tmp_path / "wd", "--device", "cpu", *extra)
+    return code, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_contract_on_real_faces(tmp_path, faces):
+    _, paths = faces
+    recs = [{"img_path": str(p), "n": i, "tags": ["x", i]} for i, p in enumerate(paths)]
+    code, out = _run(tmp_path, recs)
+    assert code == 0
+    assert [r["img_path"] for r in out] == [str(p) for p in paths]
+    assert all(r["n"] == i and r["tags"] == ["x", i] for i, r in enumerate(out))
+    ids = [r["cluster_id"] for r in out]
+    assert ids[0] == 0 and all(isinstance(i, int) and i >= 0 for i in ids)
+    # one id per person, people apart (12 clean LFW faces of 3 well-known people)
+    per = [set(ids[4 * k : 4 * k + 4]) for k in range(3)]
+    assert all(len(s) == 1 for s in per), per
+    assert len(set.union(*per)) == 3
+    # deterministic: a fresh work dir gives the same ids
+    shutil.rmtree(tmp_path / "wd")
+    code2, out2 = _run(tmp_path, recs)
+    assert code2 == 0 and [r["cluster_id"] for r in out2] == ids
+
+
+def test_bad_and_odd_images(tmp_path, faces):
+    tmp, paths = faces
+    odd = ["grey.png", "rgba.png", "sixteen.png", "exif.jpg", "tiny.jpg", "huge.jpg"]
+    bad = ["empty.jpg", "text.jpg", "truncated.jpg", "missing.jpg"]
+    recs = [{"img_path": str(paths[0])}, {"img_path": str(paths[0])}]  # duplicate path
+    recs += [{"img_path": str(tmp / f)} for f in odd + bad]
+    code, out = _run(tmp_path, recs)
+    assert code == 3  # output written, some records failed
+    assert len(out) == len(recs)
+    assert out[0]["cluster_id"] == out[1]["cluster_id"] >= 0
+    by = {r["img_path"].rsplit("/", 1)[-1]: r for r in out}
+    for f in odd:
+        assert by[f]["cluster_id"] >= 0 and "error" not in by[f], (f, by[f])
+    for f in bad:
+        assert by[f]["cluster_id"] == -1 and by[f]["error"], (f, by[f])
+    # greyscale / RGBA / 16-bit / EXIF copies of the same photo land with the original
+    assert by["grey.png"]["cluster_id"] == by["rgba.png"]["cluster_id"] == out[0]["cluster_id"]
+    assert by["exif.jpg"]["cluster_id"] == out[0]["cluster_id"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_small_inputs(tmp_path, faces, n):
+    _, paths = faces
+    recs = [{"img_path": str(p)} for p in paths[::4][:n]]
+    code, out = _run(tmp_path, recs)
+    assert code == 0 and len(out) == n
+    assert sorted({r["cluster_id"] for r in out}) == list(range(len({r["cluster_id"] for r in out})))
+
+
+def test_shards_merge_equal_unsharded(tmp_path, faces):
+    _, paths = faces
+    inp = write_input(tmp_path, [{"img_path": str(p)} for p in paths])
+    wd1, wd3 = WorkDir(tmp_path / "one"), WorkDir(tmp_path / "three")
+    for wd, n in ((wd1, 1), (wd3, 3)):
+        pipeline.prepare(inp, wd)
+        for i in reversed(range(n)):  # order of completion must not matter
+            pipeline.embed(wd, (i, n), device="cpu")
+        pipeline.merge(wd)
+    f1, i1, _ = wd1.read_features()
+    f3, i3, _ = wd3.read_features()
+    assert (i1 == i3).all()
+    np.testing.assert_allclose(f1, f3, rtol=0, atol=1e-5)
+    raw = np.fromfile(wd3.features_bin, dtype="<f4").reshape(-1, f3.shape[1])
+    assert (raw == f3).all()  # learn-to-cluster's headerless float32 format
+
+
+def test_merge_refuses_missing_shard(tmp_path, faces):
+    _, paths = faces
+    inp = write_input(tmp_path, [{"img_path": str(p)} for p in paths[:4]])
+    wd = WorkDir(tmp_path / "wd")
+    pipeline.prepare(inp, wd)
+    pipeline.embed(wd, (0, 2), device="cpu")
+    with pytest.raises(FileNotFoundError, match="shard 1/2"):
+        pipeline.merge(wd, 2)
+
+
+def test_rerun_skips_and_changes_rerun(tmp_path, faces):
+    _, paths = faces
+    recs = [{"img_path": str(p)} for p in paths[:6]]
+    inp = write_input(tmp_path, recs)
+    wd = WorkDir(tmp_path / "wd")
+    assert not pipeline.prepare(inp, wd).skipped
+    assert not pipeline.embed(wd, device="cpu").skipped
+    assert not pipeline.merge(wd, 1).skipped
+    assert not pipeline.cluster(wd, "infomap", {"device": "cpu"}).skipped
+    # unchanged: everything skipped
+    assert pipeline.prepare(inp, wd).skipped
+    assert pipeline.embed(wd, device="cpu").skipped
+    assert pipeline.merge(wd, 1).skipped
+    assert pipeline.cluster(wd, "infomap", {"device": "cpu"}).skipped
+    # a changed setting reruns only the cluster stage
+    assert not pipeline.cluster(wd, "infomap", {"device": "cpu", "k": 5}).skipped
+    # a changed input reruns everything downstream (no stale features)
+    write_input(tmp_path, recs[:5])
+    assert not pipeline.prepare(inp, wd).skipped
+    assert not pipeline.embed(wd, device="cpu").skipped
+    assert not pipeline.merge(wd, 1).skipped
+    assert not pipeline.cluster(wd, "infomap", {"device": "cpu"}).skipped
+    f, idx, _ = wd.read_features()
+    assert len(f) == 5
+    # an edited image file with the same path also counts as a change
+    img = tmp_path / "copy.jpg"
+    shutil.copy(paths[0], img)
+    inp2 = write_input(tmp_path, [{"img_path": str(img)}])
+    pipeline.prepare(inp2, wd)
+    pipeline.embed(wd, device="cpu")
+    shutil.copy(paths[5], img)
+    assert not pipeline.prepare(inp2, wd).skipped
+    assert not pipeline.embed(wd, device="cpu").skipped
+
+
+def test_stage_commands_like_the_containers(tmp_path, faces):
+    _, paths = faces
+    inp = write_input(tmp_path, [{"img_path": str(p)} for p in paths])
+    wd = tmp_path / "wd"
+    assert run_cli("prepare", inp, "-w", wd) == 0
+    assert run_cli("embed", "-w", wd, "--shard", "0/2", "--device", "cpu") == 0
+    assert run_cli("embed", "-w", wd, "--shard", "1/2", "--device", "cpu") == 0
+    assert run_cli("merge", "-w", wd) == 0
+    assert run_cli("cluster", "-w", wd, "--method", "infomap", "--device", "cpu", "-o", tmp_path / "a.json") == 0
+    assert run_cli("run", inp, "-o", tmp_path / "b.json", "-w", tmp_path / "wd2", "--device", "cpu") == 0
+    a = [r["cluster_id"] for r in json.loads((tmp_path / "a.json").read_text())]
+    b = [r["cluster_id"] for r in json.loads((tmp_path / "b.json").read_text())]
+    assert a == b
+
+
+def test_unknown_method_and_bad_setting_are_usage_errors(tmp_path, faces):
+    _, paths = faces
+    inp = write_input(tmp_path, [{"img_path": str(paths[0])}])
+    assert run_cli("run", inp, "-o", tmp_path / "o.json", "--method", "nope") == 2
+    assert run_cli("run", inp, "-o", tmp_path / "o.json", "--set", "k=-3") == 2
+    assert run_cli("run", inp, "-o", tmp_path / "o.json", "--set", "bogus=1") == 2
+    assert not (tmp_path / "o.json").exists()
