@@ -13,6 +13,9 @@ Faces with no such edge are singletons.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 from pydantic import Field
 
@@ -73,9 +76,14 @@ class InfomapClusterer(Clusterer):
                 )
                 # positive weights only (Infomap flow must be non-negative)
                 im.add_links(zip(lo.tolist(), hi.tolist(), np.maximum(w, 1e-6).astype(float).tolist()))
-                res = im.run()
-                # infomap >= 2.16 returns a Result; older releases expose get_modules()
-                mods = res.modules() if res is not None and hasattr(res, "modules") else im.get_modules()
-                for node, module in dict(mods).items():
-                    labels[node] = n + module  # offset: never collides with singleton ids
+                im.run()
+                # Read the partition from a .clu file rather than infomap's SWIG iterators:
+                # faiss (also SWIG) registers the same SWIG runtime type and the iterator
+                # then dispatches into faiss and segfaults when faiss was imported first.
+                with tempfile.TemporaryDirectory() as d:
+                    clu = os.path.join(d, "modules.clu")
+                    im.write_clu(clu)
+                    tab = np.loadtxt(clu, comments="#", ndmin=2)
+                node, module = tab[:, 0].astype(np.int64), tab[:, 1].astype(np.int64)
+                labels[node] = n + module  # offset: never collides with singleton ids
         return labels
