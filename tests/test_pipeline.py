@@ -11,7 +11,9 @@ from conftest import data_path, run_cli, write_input
 from facecluster import pipeline
 from facecluster.workdir import WorkDir
 
-PEOPLE = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
+# three people whose first four LFW photos are consistent for the dlib embedder (some LFW
+# people, e.g. Tony_Blair, have same-person similarities below any precise threshold)
+PEOPLE = ["Colin_Powell", "Junichiro_Koizumi", "Serena_Williams"]
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,14 @@ from .base import ClusterConfig, Clusterer
 
 
 class InfomapConfig(ClusterConfig):
-    k: int = Field(30, ge=1, description="Neighbours per face (counting itself); capped at N.")
+    k: int = Field(80, ge=1, description="Neighbours per face (counting itself); capped at N (80 as in learn-to-cluster).")
     min_sim: float = Field(
-        0.45,
+        0.68,
         ge=-1.0,
         le=1.0,
-        description="Keep kNN edges with cosine similarity >= min_sim (on calibrated features; "
-        "chosen on LFW + glint18, see docs/benchmarks.md).",
+        description="Keep kNN edges with cosine similarity >= min_sim (on calibrated features). "
+        "Chosen on LFW + glint18 for the best worst case of the two (docs/benchmarks.md): lower "
+        "merges LFW's many one-photo people, higher splits glint18's 900-face clusters.",
     )
     num_trials: int = Field(2, ge=1, description="Infomap restarts; the best partition is kept.")
     markov_time: float = Field(1.0, gt=0, description="Infomap Markov time (>1 favours larger clusters).")
