@@ -410,7 +410,9 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("FACECLUSTER_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     _register_training()
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False makes click *return* the code of typer.Exit instead of raising it
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (ContractError, EmbedderError) as e:
@@ -421,17 +423,26 @@ def main() -> None:
         sys.exit(contract.EXIT_INVALID)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # click usage errors and real bugs
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # usage errors (click's, bundled in typer) and real bugs
+        if _is_usage_error(e):
             e.show()
             sys.exit(contract.EXIT_INVALID)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
         traceback.print_exc()
         typer.echo(f"facecluster: unexpected error: {e}", err=True)
         sys.exit(contract.EXIT_ERROR)
+
+
+def _is_usage_error(e: BaseException) -> bool:
+    """click's ClickException, whether typer uses the click package or its bundled copy."""
+    types: list[type] = []
+    for mod in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            types.append(__import__(mod, fromlist=["ClickException"]).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return isinstance(e, tuple(types)) if types else False
 
 
 if __name__ == "__main__":

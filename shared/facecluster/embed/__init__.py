@@ -8,24 +8,48 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
+from typing import Any
 
 from .base import Embedder, EmbedderError
 
 #: name → "module:Class" (imported lazily so that unused backends cost nothing)
 EMBEDDERS: dict[str, str] = {
     "dlib": "facecluster.embed.dlib_resnet:DlibEmbedder",
+    "hfsoftmax": "facecluster.embed.hfsoftmax:HfsoftmaxEmbedder",
+    "arcface": "facecluster.embed.arcface:ArcFaceEmbedder",
 }
 
 DEFAULT_EMBEDDER = "dlib"
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``"name"`` or ``"name:/path/to/file"`` → (name, path)."""
+    """``"name"`` or ``"name:/path/to/file"`` (optionally ``?key=value&...``) → (name, path)."""
+    name, path, _ = parse_spec_options(spec)
+    return name, path
+
+
+def parse_spec_options(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """``"name[:/path/to/file][?key=value&key=value]"`` → (name, path, settings).
+
+    Settings reach the embedder's constructor as keyword arguments (strings; each embedder
+    converts and validates them), e.g. ``arcface:/models/w600k_r50.onnx?align=dlib`` or
+    ``dlib?margin=0.2``. A ``?`` is only taken as the start of settings when everything after it
+    is ``key=value`` pairs, so paths containing ``?`` still work.
+    """
+    opts: dict[str, str] = {}
+    head, q, tail = spec.rpartition("?")
+    if q and tail and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=[^&=]*", kv) for kv in tail.split("&")):
+        spec = head
+        for kv in tail.split("&"):
+            k, _, v = kv.partition("=")
+            opts[k] = v
     name, sep, path = spec.partition(":")
     name = name.strip().lower()
     if name not in EMBEDDERS:
         raise EmbedderError(f"unknown embedder {name!r}; choose one of: {', '.join(sorted(EMBEDDERS))}")
-    return name, (path if sep else None) or None
+    return name, (path if sep else None) or None, opts
 
 
 def embedder_class(name: str) -> type[Embedder]:
@@ -33,12 +57,26 @@ def embedder_class(name: str) -> type[Embedder]:
     return getattr(importlib.import_module(mod), cls)
 
 
-def get_embedder(spec: str = DEFAULT_EMBEDDER, device: str = "cpu", batch_size: int = 64) -> Embedder:
-    name, path = parse_spec(spec)
+def get_embedder(
+    spec: str = DEFAULT_EMBEDDER, device: str = "cpu", batch_size: int = 64, options: dict[str, Any] | None = None
+) -> Embedder:
+    """Build an embedder from ``"name[:path][?key=value&...]"``; ``options`` adds/overrides settings."""
+    name, path, opts = parse_spec_options(spec)
+    opts.update(options or {})
     cls = embedder_class(name)
     if cls.needs_path and not path:
         raise EmbedderError(f"embedder {name!r} needs a model file: --embedder {name}:/path/to/model")
-    return cls(path=path, device=device, batch_size=batch_size)
+    if opts:
+        params = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        known = [k for k in params if k not in ("self", "path", "device", "batch_size")]
+        unknown = [k for k in opts if k in ("path", "device", "batch_size") or (not takes_any and k not in known)]
+        if unknown:
+            raise EmbedderError(
+                f"embedder {name!r} has no setting {', '.join(map(repr, unknown))}"
+                + (f"; settings: {', '.join(known)}" if known else "")
+            )
+    return cls(path=path, device=device, batch_size=batch_size, **opts)
 
 
-__all__ = ["EMBEDDERS", "DEFAULT_EMBEDDER", "Embedder", "EmbedderError", "get_embedder", "parse_spec", "embedder_class"]
+__all__ = ["EMBEDDERS", "DEFAULT_EMBEDDER", "Embedder", "EmbedderError", "get_embedder", "parse_spec", "parse_spec_options", "embedder_class"]

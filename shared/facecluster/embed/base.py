@@ -26,6 +26,8 @@ class Embedder:
     needs_keypoints: ClassVar[bool] = False
     #: True if the embedder requires a user-supplied model file
     needs_path: ClassVar[bool] = False
+    #: one line: how a decoded crop becomes the network input (alignment, resize, normalisation)
+    preprocessing: ClassVar[str] = ""
 
     def __init__(self, path: str | None = None, device: str = "cpu", batch_size: int = 64):
         self.path = path
@@ -54,5 +56,7 @@ class Embedder:
             "path": self.path,
             "dim": self.dim,
             "input_size": list(self.input_size),
+            "needs_keypoints": self.needs_keypoints,
+            "preprocessing": self.preprocessing,
             "fingerprint": self.fingerprint(),
         }

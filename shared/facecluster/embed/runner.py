@@ -1,0 +1,441 @@
+"""The streaming "decode → prepare → embed" loop of the embed stage (CPU and CUDA).
+
+:func:`embed_records` is what ``facecluster embed`` / ``run`` call for one shard:
+
+* a thread pool decodes (:func:`facecluster.imageio.load_image`) and prepares (the embedder's
+  alignment) chunks of records while the main thread runs the network on the previous chunk.
+  PIL's decoders, resizes and warps and onnxruntime release the GIL, so threads overlap well
+  without pickling the embedder into worker processes;
+* at most ``num_workers + 2`` chunks are in flight, so memory stays bounded whatever the input size
+  (features are the only thing kept: M × D float32);
+* on CUDA, an embedder with ``forward_chips`` (hfsoftmax) gets its uint8 chips through a ring of
+  pinned host buffers with ``non_blocking`` copies, and the result of chunk i is read back only
+  after chunk i+1 was queued, so the GPU never waits for the host; other embedders use
+  ``embed_batch``;
+* every record either yields a feature row or an error message: decode failures
+  (``ImageError``), alignment failures (``EmbedderError``, e.g. missing keypoints), any other
+  exception while preparing a record, and non-finite network outputs. Nothing is dropped silently
+  and no record is replaced by another one.
+
+Results come back in input order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .base import Embedder, EmbedderError
+
+Loader = Callable[[str], np.ndarray]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: the affinity mask, capped by a cgroup CPU quota.
+
+    In a Kubernetes pod ``os.cpu_count()`` (and torch's default thread count) is the whole node's;
+    the pod's ``resources.limits.cpu`` only shows up as the cgroup quota.
+    """
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = None
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        q, per = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if q != "max":
+            quota = int(q) / int(per)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            q = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+            per = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+            if q > 0 and per > 0:
+                quota = q / per
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+def default_num_workers() -> int:
+    """Decode/align threads: all usable CPUs but one (the main thread feeds the network), 1..8."""
+    return max(1, min(8, usable_cpus() - 1))
+
+
+def default_cpu_threads() -> int:
+    """Network threads on CPU: all usable CPUs but one, left to decoding/alignment.
+
+    Measured on the shared 2-core box (docs/benchmarks/embedding_backends.md): hfsoftmax ran ~4x
+    faster with 1 torch thread than with 2, whose OpenMP threads wait for the busy second core.
+    """
+    return max(1, usable_cpus() - 1)
+
+
+def _image_scale(path: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
+    """(sx, sy) from the file's own pixel grid (after EXIF orientation) to the decoded array.
+
+    ``load_image`` rescales huge and tiny images; keypoints in the input JSON refer to the file's
+    pixels, so keypoint-based alignment must scale them the same way. None when unknown.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees on load
+                w, h = h, w
+    except Exception:  # noqa: BLE001 - not a file (custom loaders) or unreadable header
+        return None
+    if w <= 0 or h <= 0:
+        return None
+    return shape[1] / w, shape[0] / h
+
+
+def _message(e: BaseException) -> str:
+    from ..imageio import ImageError
+
+    if isinstance(e, (ImageError, EmbedderError)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class _Chunk:
+    index: np.ndarray  # (k,) int64 local record indices that produced chips
+    chips: np.ndarray | None  # (k, h, w, 3) uint8, None when k == 0
+    errors: dict[int, str]
+    n: int  # records in the chunk (ok + failed)
+    t_decode: float
+    t_prepare: float
+    # GPU-decoder mode: JPEG bytes still to decode on the GPU, and their record indices
+    gpu_index: list[int] = field(default_factory=list)
+    gpu_bytes: list[bytes] = field(default_factory=list)
+    # filled by the main thread: (k, h, w, 3) uint8 device tensor in `index` order
+    dev_chips: object = None
+    n_gpu: int = 0  # images decoded on the GPU
+
+
+def _prepare_chunk(
+    embedder: Embedder, load: Loader, paths: Sequence[str], records: Sequence[dict] | None, idx: range,
+    gpu: bool = False,
+) -> _Chunk:
+    ok: list[int] = []
+    chips: list[np.ndarray] = []
+    errors: dict[int, str] = {}
+    gpu_index: list[int] = []
+    gpu_bytes: list[bytes] = []
+    td = tp = 0.0
+    for i in idx:
+        t0 = time.perf_counter()
+        if gpu:
+            from .gpudecode import jpeg_eligible
+
+            try:
+                with open(paths[i], "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = b""  # the CPU path below reports the exact error
+            if jpeg_eligible(data):
+                gpu_index.append(i)
+                gpu_bytes.append(data)
+                td += time.perf_counter() - t0
+                continue
+        try:
+            img = load(paths[i])
+            t1 = time.perf_counter()
+            td += t1 - t0
+            rec = records[i] if records is not None else {}
+            if getattr(embedder, "needs_keypoints", False) and rec.get("keypoints") is not None:
+                scale = _image_scale(paths[i], img.shape)
+                if scale is not None and scale != (1.0, 1.0):
+                    rec = {**rec, "_image_scale": scale}
+            chip = embedder.prepare(img, rec)
+            tp += time.perf_counter() - t1
+        except Exception as e:  # noqa: BLE001 - every failure becomes this record's error
+            errors[i] = _message(e)
+            continue
+        chip = np.asarray(chip)
+        if chip.dtype != np.uint8 or chip.shape != (*embedder.input_size, 3):
+            errors[i] = f"embedder returned a chip of shape {chip.shape} {chip.dtype}, expected {(*embedder.input_size, 3)} uint8"
+            continue
+        ok.append(i)
+        chips.append(chip)
+    return _Chunk(
+        np.asarray(ok, np.int64), np.stack(chips) if chips else None, errors, len(idx), td, tp, gpu_index, gpu_bytes
+    )
+
+
+def _gpu_decode_chunk(embedder: Embedder, load: Loader, paths, records, c: _Chunk) -> _Chunk:
+    """Decode the chunk's JPEGs on the GPU and merge them with its CPU chips (main thread)."""
+    import torch
+
+    from .gpudecode import decode_batch
+
+    dev = torch.device(embedder.device)
+    decoded = decode_batch(c.gpu_bytes, embedder.input_size[0], str(dev))
+    gpu_ok = [(i, t) for i, t in zip(c.gpu_index, decoded) if t is not None]
+    # JPEGs the GPU decoder refused: the CPU path decides (a chip, or the exact error message)
+    retry = _prepare_chunk(embedder, load, paths, records, [i for i, t in zip(c.gpu_index, decoded) if t is None])
+    errors = {**c.errors, **retry.errors}
+    cpu_idx = list(c.index) + list(retry.index)
+    cpu_chips = [x for x in (c.chips, retry.chips) if x is not None]
+    order = sorted([(int(i), "c", k) for k, i in enumerate(cpu_idx)] + [(int(i), "g", k) for k, (i, _) in enumerate(gpu_ok)])
+    c.index = np.asarray([o[0] for o in order], np.int64)
+    c.errors = errors
+    c.t_decode += retry.t_decode
+    c.t_prepare += retry.t_prepare
+    c.gpu_index, c.gpu_bytes = [], []
+    c.n_gpu = len(gpu_ok)
+    if not order:
+        c.chips = None
+        return c
+    h, w = embedder.input_size
+    x = torch.empty((len(order), h, w, 3), dtype=torch.uint8, device=dev)
+    if cpu_chips:
+        host = torch.from_numpy(np.concatenate(cpu_chips))
+        pos = [p for p, o in enumerate(order) if o[1] == "c"]
+        x[pos] = host[[o[2] for o in order if o[1] == "c"]].to(dev)
+    if gpu_ok:
+        pos = [p for p, o in enumerate(order) if o[1] == "g"]
+        x[pos] = torch.stack([gpu_ok[o[2]][1] for o in order if o[1] == "g"])
+    c.dev_chips = x
+    c.chips = np.empty((len(order), 0), np.uint8)  # marker: chips exist (on the device)
+    return c
+
+
+@dataclass
+class EmbedResult:
+    """Features of the records that worked, their indices, and the errors of the others.
+
+    Unpacks as ``features, index, errors = embed_records(...)``.
+    """
+
+    features: np.ndarray  #: (M, D) float32 raw descriptors
+    index: np.ndarray  #: (M,) int64 record index (0-based in ``paths``) of each row, increasing
+    errors: dict[int, str]  #: {record index: message} for the others
+    timings: dict[str, float] = field(default_factory=dict)  #: seconds (decode/prepare summed over threads)
+
+    def __iter__(self):
+        return iter((self.features, self.index, self.errors))
+
+
+class _CudaFeeder:
+    """Pinned-memory, non-blocking path for embedders with ``forward_chips`` on CUDA."""
+
+    def __init__(self, embedder: Embedder, max_batch: int):
+        import torch
+
+        self.torch = torch
+        self.embedder = embedder
+        self.dev = torch.device(embedder.device)
+        # on CPU (tests only) the same logic runs without pinning and events
+        self.cuda = self.dev.type == "cuda"
+        h, w = embedder.input_size
+        # two input buffers: chunk i+1 is copied while chunk i may still be read by its H2D copy
+        self.bufs = [self._host((max_batch, h, w, 3), torch.uint8) for _ in range(2)]
+        self.outs = [self._host((max_batch, embedder.dim), torch.float32) for _ in range(2)]
+        self.slot = 0
+        self.pending: tuple | None = None  # (event, out view, chunk)
+
+    def _host(self, shape, dtype):
+        t = self.torch.empty(shape, dtype=dtype)
+        return t.pin_memory() if self.cuda else t
+
+    def submit(self, chunk: _Chunk):
+        """Queue chunk's forward; returns the previous chunk's (chunk, feats) when ready, or None."""
+        torch = self.torch
+        k = chunk.chips.shape[0]
+        buf, out = self.bufs[self.slot][:k], self.outs[self.slot][:k]
+        self.slot ^= 1
+        if chunk.dev_chips is not None:  # decoded on the GPU already
+            x = chunk.dev_chips
+            chunk.dev_chips = None
+        else:
+            buf.copy_(torch.from_numpy(chunk.chips))
+            x = buf.to(self.dev, non_blocking=True)
+        y = self.embedder.forward_chips(x)
+        out.copy_(y, non_blocking=True)
+        ev = None
+        if self.cuda:
+            ev = torch.cuda.Event()
+            ev.record()
+        prev, self.pending = self.pending, (ev, out, chunk)
+        return self._finish(prev)
+
+    def flush(self):
+        prev, self.pending = self.pending, None
+        return self._finish(prev)
+
+    @staticmethod
+    def _finish(p):
+        if p is None:
+            return None
+        ev, out, chunk = p
+        if ev is not None:
+            ev.synchronize()
+        return chunk, out.numpy().copy()
+
+
+def _use_feeder(embedder: Embedder) -> bool:
+    """The pinned-memory path: CUDA embedders that expose ``forward_chips``."""
+    return str(embedder.device).startswith("cuda") and hasattr(embedder, "forward_chips")
+
+
+def iter_embed_chunks(
+    embedder: Embedder,
+    paths: Sequence[str],
+    records: Sequence[dict] | None = None,
+    *,
+    num_workers: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool | None = False,
+    load: Loader | None = None,
+    timings: dict[str, float] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str]]]:
+    """Stream ``(index (k,), features (k, D) float32, errors {i: msg})`` chunk by chunk, in input order.
+
+    Parameters
+    ----------
+    embedder : a constructed :class:`Embedder`.
+    paths : image path of each record.
+    records : the input records (``prepare`` reads e.g. ``keypoints``); None = no extra fields.
+    num_workers : decode/align threads (None: :func:`default_num_workers`; 0: all in this thread).
+    chunk_size : records per chunk (default: the embedder's batch size).
+    progress : rich progress bar (None: when stderr is a terminal).
+    load : path → (H, W, 3) uint8 RGB (default :func:`facecluster.imageio.load_image`).
+    timings : if given, filled with seconds: decode, prepare (summed over threads), network
+        (main thread, including waits for the GPU), wait (main thread waiting for chunks), wall;
+        with ``decoder=nvjpeg`` also gpu_decode (seconds) and gpu_images (count).
+    """
+    from ..progress import bar
+
+    if load is None:
+        from ..imageio import load_image as load
+    n = len(paths)
+    if records is not None and len(records) != n:
+        raise ValueError(f"{len(records)} records for {n} paths")
+    chunk_size = int(chunk_size or embedder.batch_size or 64)
+    num_workers = default_num_workers() if num_workers is None else int(num_workers)
+    t = {"decode": 0.0, "prepare": 0.0, "network": 0.0, "wait": 0.0, "wall": 0.0}
+    t_start = time.perf_counter()
+    ranges = [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+    feeder = _CudaFeeder(embedder, chunk_size) if _use_feeder(embedder) else None
+    # opt-in GPU JPEG decoding (embedder setting decoder=nvjpeg): needs the pinned/device path
+    gpu = feeder is not None and getattr(embedder, "decoder", "pil") == "nvjpeg"
+
+    def finish(chunk: _Chunk, feats: np.ndarray | None):
+        errors = dict(chunk.errors)
+        if chunk.chips is None:
+            return chunk.index, np.zeros((0, embedder.dim), np.float32), errors
+        feats = np.asarray(feats, np.float32)
+        if feats.shape != (len(chunk.index), embedder.dim):
+            raise EmbedderError(f"embedder returned {feats.shape}, expected ({len(chunk.index)}, {embedder.dim})")
+        good = np.isfinite(feats).all(axis=1)
+        if not good.all():
+            for i in chunk.index[~good]:
+                errors[int(i)] = "embedder produced non-finite values for this image"
+        return chunk.index[good], feats[good], dict(sorted(errors.items()))
+
+    def chunks() -> Iterator[_Chunk]:
+        if num_workers <= 0:
+            for r in ranges:
+                yield _prepare_chunk(embedder, load, paths, records, r, gpu)
+            return
+        with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="facecluster-embed") as pool:
+            inflight: deque[Future] = deque()
+            todo = iter(ranges)
+            try:
+                for r in todo:
+                    inflight.append(pool.submit(_prepare_chunk, embedder, load, paths, records, r, gpu))
+                    if len(inflight) >= num_workers + 2:
+                        break
+                while inflight:
+                    t0 = time.perf_counter()
+                    c = inflight.popleft().result()
+                    t["wait"] += time.perf_counter() - t0
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        inflight.append(pool.submit(_prepare_chunk, embedder, load, paths, records, nxt, gpu))
+                    yield c
+            finally:
+                for f in inflight:
+                    f.cancel()
+
+    try:
+        with bar(f"embedding ({embedder.name})", n, enabled=progress) as b:
+            for c in chunks():
+                t0 = time.perf_counter()
+                if c.gpu_index:
+                    c = _gpu_decode_chunk(embedder, load, paths, records, c)
+                    t["gpu_decode"] = t.get("gpu_decode", 0.0) + time.perf_counter() - t0
+                    t["gpu_images"] = t.get("gpu_images", 0) + c.n_gpu
+                    t0 = time.perf_counter()
+                t["decode"] += c.t_decode
+                t["prepare"] += c.t_prepare
+                if c.chips is None:
+                    res = [(c, None)]
+                    if feeder is not None and feeder.pending is not None:
+                        res.insert(0, feeder.flush())
+                elif feeder is not None:
+                    r = feeder.submit(c)
+                    res = [r] if r is not None else []
+                else:
+                    res = [(c, embedder.embed_batch(c.chips))]
+                t["network"] += time.perf_counter() - t0
+                for ch, feats in res:
+                    b.advance(ch.n)
+                    yield finish(ch, feats)
+            if feeder is not None:
+                t0 = time.perf_counter()
+                r = feeder.flush()
+                t["network"] += time.perf_counter() - t0
+                if r is not None:
+                    b.advance(r[0].n)
+                    yield finish(*r)
+    finally:
+        t["wall"] = time.perf_counter() - t_start
+        if timings is not None:
+            timings.update(t)
+
+
+def embed_records(
+    embedder: Embedder,
+    paths: Sequence[str],
+    records: Sequence[dict] | None = None,
+    *,
+    num_workers: int | None = None,
+    progress: bool | None = False,
+    chunk_size: int | None = None,
+    load: Loader | None = None,
+) -> EmbedResult:
+    """Embed every record of a shard; see :func:`iter_embed_chunks` for the parameters.
+
+    Returns
+    -------
+    EmbedResult
+        ``features`` (M, D) float32 raw descriptors of the records that worked, ``index`` (M,) int64
+        their positions in ``paths`` (increasing), ``errors`` {position: message} for all others
+        (M + len(errors) == len(paths)), ``timings`` seconds per step.
+    """
+    timings: dict[str, float] = {}
+    idx, feats, errors = [], [], {}
+    for i, f, e in iter_embed_chunks(
+        embedder, paths, records, num_workers=num_workers, chunk_size=chunk_size, progress=progress, load=load, timings=timings
+    ):
+        idx.append(i)
+        feats.append(f)
+        errors.update(e)
+    dim = int(embedder.dim)
+    index = np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64)
+    features = np.concatenate(feats).astype(np.float32, copy=False) if feats else np.zeros((0, dim), np.float32)
+    assert len(index) + len(errors) == len(paths), "every record must yield a feature or an error"
+    return EmbedResult(features, index, dict(sorted(errors.items())), timings)
+
+
+__all__ = ["EmbedResult", "embed_records", "iter_embed_chunks", "default_num_workers", "default_cpu_threads", "usable_cpus"]
