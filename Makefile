@@ -19,12 +19,18 @@ EMBEDDER ?= dlib
 EXAMPLE ?= example
 
 .PHONY: help venv install demo test run bench clean
+.PHONY: images images-cpu images-test lint k8s-run gpu-smoke
 
 help:
 	@echo "make demo                     venv + install + build the example + run the pipeline on it"
 	@echo "make test                     run the test-suite"
 	@echo "make run INPUT=in.json [OUTPUT=out.json METHOD=infomap SHARDS=1 WORK=work DEVICE=auto]"
 	@echo "make bench                    benchmarks in bench/ (long)"
+	@echo "make images [ENGINE=podman|docker REGISTRY=... TAG=...]   build the three GPU stage images"
+	@echo "make images-test              CPU images on a local debootstrap base + the demo through them (podman)"
+	@echo "make lint                     hadolint the Dockerfiles, validate the rendered k8s/ manifests"
+	@echo "make k8s-run INPUT=in.json [OUTPUT=out.json KUSTOMIZE_DIR=k8s]   the pipeline as Kubernetes Jobs"
+	@echo "make gpu-smoke [INPUT=in.json GPU_METHOD=gcn-ve]   demo on CUDA vs CPU (exits 0 without a GPU)"
 
 $(BIN)/facecluster: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +43,7 @@ venv install: $(BIN)/facecluster
 
 demo: $(BIN)/facecluster
 	$(BIN)/python -m facecluster.demo $(EXAMPLE)
-	$(FC) run $(EXAMPLE)/input.json -o $(EXAMPLE)/output.json --work-dir $(EXAMPLE)/work --report $(EXAMPLE)/report.html
+	$(FC) run $(EXAMPLE)/input.json -o $(EXAMPLE)/output.json --work-dir $(EXAMPLE)/work --report $(EXAMPLE)/report.html --report-labels field:person
 	$(FC) evaluate $(EXAMPLE)/output.json --labels field:person
 	@echo "demo output: $(EXAMPLE)/output.json   review page: $(abspath $(EXAMPLE))/report.html"
 
@@ -59,3 +65,33 @@ bench: $(BIN)/facecluster
 
 clean:
 	rm -rf $(EXAMPLE) $(WORK) test-artifacts .pytest_cache
+
+# ---- containers, Kubernetes, GPU smoke test (docs/deploy.md) ----
+ENGINE        ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+K8S_VERSION   ?= 1.33.0
+KUSTOMIZE_DIR ?= k8s
+GPU_METHOD    ?= gcn-ve
+
+images:
+	ENGINE=$(ENGINE) scripts/images.sh build
+
+images-cpu:
+	ENGINE=$(ENGINE) scripts/images.sh build --cpu
+
+images-test: $(BIN)/facecluster
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -rs -m podman tests/test_containers.py tests/test_k8s.py
+
+lint: $(BIN)/facecluster
+	$(BIN)/hadolint images/*/Dockerfile
+	@mkdir -p build
+	kubectl kustomize $(KUSTOMIZE_DIR) > build/k8s-rendered.yaml
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) build/k8s-rendered.yaml
+	cd scripts && $(abspath $(BIN))/shellcheck -x *.sh
+	@echo "lint: ok"
+
+k8s-run:
+	@test -n "$(INPUT)" || { echo "usage: make k8s-run INPUT=input.json [OUTPUT=output.json KUSTOMIZE_DIR=k8s]"; exit 2; }
+	KUSTOMIZE_DIR="$(KUSTOMIZE_DIR)" scripts/k8s-run.sh "$(INPUT)" "$(OUTPUT)"
+
+gpu-smoke: $(BIN)/facecluster
+	$(BIN)/python bench/gpu_smoke.py $(if $(INPUT),--input "$(INPUT)") --method $(GPU_METHOD)
