@@ -52,7 +52,7 @@ def main() -> None:
     print(f"{a.work_dir}: {len(gt)} faces, {gt.max() + 1} identities, embedder {emb}", flush=True)
     rows = []
     for m in a.methods.split(","):
-        settings = {"device": a.device}
+        settings = {"device": a.device, "embedder": emb}
         for s in a.set:
             k, _, v = s.partition("=")
             meth, _, key = k.partition(".")

@@ -45,8 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", required=True, help="NAME=PATH")
     ap.add_argument("--method", default="infomap")
-    ap.add_argument("--k", default="10,20,30,50,80")
-    ap.add_argument("--min-sim", default="0.3,0.35,0.4,0.45,0.5,0.55,0.6")
+    ap.add_argument("--k", default="40,80,120")
+    ap.add_argument("--min-sim", default="0.935,0.94,0.942,0.944,0.946,0.948,0.95")
     ap.add_argument("--extra", action="append", default=[], help="KEY=VALUE passed to every run")
     a = ap.parse_args()
     sets = {}
@@ -56,7 +56,9 @@ def main() -> None:
     for d in a.data:
         name, _, p = d.partition("=")
         feats, labels = load(Path(p))
-        sets[name] = (prepare_features(feats, mean), labels)
+        # Infomap works on the plain L2-normalised descriptors (see cluster/infomap.py)
+        raw = getattr(get_clusterer(a.method), "wants_raw_features", False)
+        sets[name] = (feats if raw else prepare_features(feats, mean), labels)
         print(f"{name}: {len(labels)} faces, {labels.max() + 1} identities")
     extra = {}
     for e in a.extra:
@@ -69,7 +71,7 @@ def main() -> None:
     for k, s in itertools.product(ks, sims):
         fb, cells, t = [], [], time.perf_counter()
         for name, (x, y) in sets.items():
-            r = evaluate(y, get_clusterer(a.method, k=k, min_sim=s, device="cpu", **extra).fit_predict(x))
+            r = evaluate(y, get_clusterer(a.method, k=k, min_sim=s, device="cpu", embedder="dlib", **extra).fit_predict(x))
             fb.append(r["bcubed_fscore"])
             cells.append(f"{r['bcubed_fscore']:12.4f} {r['pairwise_fscore']:12.4f}")
         worst = min(fb)

@@ -266,7 +266,7 @@ def test_hfsoftmax_preprocessing_and_settings(hfs_ckpt):
     with pytest.raises(EmbedderError, match="decoder=nvjpeg needs --device cuda"):
         get_embedder(f"hfsoftmax:{hfs_ckpt}?decoder=nvjpeg")
     with pytest.raises(EmbedderError, match="unknown decoder"):
-        get_embedder(f"hfsoftmax:{hfs_ckpt}?decoder=dali")
+        get_embedder(f"hfsoftmax:{hfs_ckpt}?decoder=bogus")
     from facecluster.embed.runner import default_cpu_threads, usable_cpus
 
     assert 1 <= default_cpu_threads() < usable_cpus() + 1

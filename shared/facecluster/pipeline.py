@@ -186,8 +186,10 @@ def cluster(
 
     t = time.perf_counter()
     feats, _, fmeta = wd.read_features()
-    clusterer = get_clusterer(method, **(settings or {}))
     embedder = fmeta.get("embedder", {}).get("embedder")
+    settings = dict(settings or {})
+    settings.setdefault("embedder", embedder)
+    clusterer = get_clusterer(method, **settings)
     raw = getattr(clusterer, "wants_raw_features", False)
     mean = None if (raw or not calibrate) else calibration_mean(embedder)
     fp = fingerprint(

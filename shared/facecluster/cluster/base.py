@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +36,11 @@ class ClusterConfig(BaseModel):
     knn_backend: str = Field("auto", description="auto | faiss | faiss-gpu | torch (exact search in every case).")
     seed: int = Field(42, description="Random seed (tie-breaking, Infomap trials).")
     progress: bool = Field(False, description="Show progress bars (the CLI turns this on for a TTY).")
+    embedder: Optional[str] = Field(
+        None,
+        description="Embedder that produced the features (the pipeline sets it from features.json); "
+        "methods use it to pick the thresholds shipped for that embedder.",
+    )
 
 
 class Clusterer:

@@ -71,6 +71,11 @@ def get_embedder(
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         known = [k for k in params if k not in ("self", "path", "device", "batch_size")]
         unknown = [k for k in opts if k in ("path", "device", "batch_size") or (not takes_any and k not in known)]
+        if "decoder" in unknown:  # dlib: landmarks are found on the CPU-decoded image
+            raise EmbedderError(
+                f"embedder {name!r} has no setting 'decoder': it decodes with PIL only (its alignment needs "
+                "landmarks on the CPU-decoded image); decoder=nvjpeg|dali work with hfsoftmax and arcface?align=none"
+            )
         if unknown:
             raise EmbedderError(
                 f"embedder {name!r} has no setting {', '.join(map(repr, unknown))}"

@@ -171,6 +171,10 @@ class ArcFaceSettings(BaseModel):
     "ort" = onnxruntime's default (all cores of the machine), or a number >= 1"""
     dlib_margin: str = "auto"
     """landmark-rectangle strategy for align=dlib (see facecluster.embed.align)"""
+    decoder: Literal["pil", "dali"] = "pil"
+    """image decoding: "pil" (facecluster.imageio in the runner's threads) or "dali" (NVIDIA DALI
+    decodes and resizes plain JPEGs, CPU or CUDA; the ``dali`` extra; only with align=none, the
+    other modes find or use landmarks on the CPU-decoded image; see facecluster.embed.dali)"""
 
 
 _SESS_LOCK = threading.Lock()
@@ -206,7 +210,7 @@ class ArcFaceEmbedder(Embedder):
         Chips per ``session.run`` (a model with a fixed batch dimension overrides it).
     **settings
         :class:`ArcFaceSettings` fields (``align``, ``input_mean``, ``input_std``, ``threads``,
-        ``dlib_margin``); strings are converted (they come from the ``?key=value`` spec).
+        ``dlib_margin``, ``decoder``); strings are converted (they come from the ``?key=value`` spec).
     """
 
     name = "arcface"
@@ -234,6 +238,18 @@ class ArcFaceEmbedder(Embedder):
             raise EmbedderError(f"arcface model not found: {self.model_path}")
         # instance-level: what this configuration really needs
         self.needs_keypoints = self.settings.align == "keypoints"
+        self.decoder = self.settings.decoder
+        # plain resize (align=none) is the only preprocessing DALI can reproduce
+        self.dali_geometry = "stretch" if self.settings.align == "none" else None
+        if self.decoder == "dali":
+            if self.settings.align != "none":
+                raise EmbedderError(
+                    f"decoder=dali needs align=none (align={self.settings.align} aligns with landmarks on the "
+                    "CPU-decoded image; use decoder=pil)"
+                )
+            from .dali import require_dali
+
+            require_dali(device)
         self.preprocessing = {
             "keypoints": "5-point similarity warp (Umeyama) of record keypoints to the insightface 112x112 template, PIL bilinear",
             "dlib": "dlib 5-point landmarks (eye centres + nose base) similarity-warped to their insightface-frame positions, PIL bilinear",
@@ -380,7 +396,9 @@ class ArcFaceEmbedder(Embedder):
         return self._sha
 
     def fingerprint(self) -> str:
-        s = f"arcface-onnx:{self.sha256()}:{self.settings.model_dump_json(exclude={'threads'})}:{DLIB_TEMPLATE.tolist()}"
+        # decoder=pil is left out so that fingerprints from before the setting existed still match
+        excl = {"threads"} | ({"decoder"} if self.settings.decoder == "pil" else set())
+        s = f"arcface-onnx:{self.sha256()}:{self.settings.model_dump_json(exclude=excl)}:{DLIB_TEMPLATE.tolist()}"
         return hashlib.sha256(s.encode()).hexdigest()
 
     def describe(self) -> dict[str, Any]:

@@ -290,7 +290,9 @@ class HfsoftmaxEmbedder(Embedder):
     decoder : str
         "pil" (default: ``facecluster.imageio.load_image`` in the runner's threads) or "nvjpeg"
         (CUDA + torchvision: plain JPEGs are decoded and resized on the GPU, everything else on the
-        CPU; see :mod:`facecluster.embed.gpudecode`).
+        CPU; see :mod:`facecluster.embed.gpudecode`) or "dali" (NVIDIA DALI, CPU or CUDA, the
+        ``dali`` extra: plain JPEGs are decoded and resized in a DALI pipeline, everything else by
+        PIL; see :mod:`facecluster.embed.dali`).
     """
 
     name = "hfsoftmax"
@@ -304,6 +306,8 @@ class HfsoftmaxEmbedder(Embedder):
     )
     #: learn-to-cluster's GCN checkpoints were trained on these features L2-normalised, no mean
     mean = None
+    #: plain-resize preprocessing, reproducible by the DALI decoder (decoder=dali)
+    dali_geometry = "shorter_centre"
 
     def __init__(
         self,
@@ -316,12 +320,16 @@ class HfsoftmaxEmbedder(Embedder):
     ):
         super().__init__(path=path, device=device, batch_size=int(batch_size))
         self.decoder = str(decoder).strip().lower()
-        if self.decoder not in ("pil", "nvjpeg"):
-            raise EmbedderError(f"unknown decoder {decoder!r}; choose pil or nvjpeg")
+        if self.decoder not in ("pil", "nvjpeg", "dali"):
+            raise EmbedderError(f"unknown decoder {decoder!r}; choose pil, nvjpeg or dali")
         if self.decoder == "nvjpeg":
             from .gpudecode import require_gpu_decode
 
             require_gpu_decode(device)
+        if self.decoder == "dali":
+            from .dali import require_dali
+
+            require_dali(device)
         if not path:
             raise EmbedderError("embedder 'hfsoftmax' needs a checkpoint: --embedder hfsoftmax:/path/resnet50_part0_train.pth.tar")
         self.model_path = Path(path).expanduser()

@@ -12,6 +12,11 @@
   pinned host buffers with ``non_blocking`` copies, and the result of chunk i is read back only
   after chunk i+1 was queued, so the GPU never waits for the host; other embedders use
   ``embed_batch``;
+* opt-in accelerated JPEG decoding (embedder setting ``decoder``): ``nvjpeg`` (CUDA, torchvision;
+  :mod:`facecluster.embed.gpudecode`) or ``dali`` (NVIDIA DALI, CPU or CUDA;
+  :mod:`facecluster.embed.dali`). Worker threads read the files and sort out the JPEGs the
+  accelerated decoder reproduces exactly; the main thread decodes those in one batch per chunk;
+  everything else (and anything the decoder rejects) goes through ``load`` as usual;
 * every record either yields a feature row or an error message: decode failures
   (``ImageError``), alignment failures (``EmbedderError``, e.g. missing keypoints), any other
   exception while preparing a record, and non-finite network outputs. Nothing is dropped silently
@@ -115,6 +120,7 @@ class _Chunk:
     # GPU-decoder mode: JPEG bytes still to decode on the GPU, and their record indices
     gpu_index: list[int] = field(default_factory=list)
     gpu_bytes: list[bytes] = field(default_factory=list)
+    gpu_sizes: list[tuple[int, int]] = field(default_factory=list)  # (w, h) from the header (dali)
     # filled by the main thread: (k, h, w, 3) uint8 device tensor in `index` order
     dev_chips: object = None
     n_gpu: int = 0  # images decoded on the GPU
@@ -122,27 +128,37 @@ class _Chunk:
 
 def _prepare_chunk(
     embedder: Embedder, load: Loader, paths: Sequence[str], records: Sequence[dict] | None, idx: range,
-    gpu: bool = False,
+    gpu: bool | str = False,
 ) -> _Chunk:
+    """Decode + prepare ``idx`` on the CPU; with ``gpu`` ("nvjpeg"/True or "dali") the files that
+    decoder reproduces exactly are only read (``gpu_bytes``), for the main thread to decode."""
     ok: list[int] = []
     chips: list[np.ndarray] = []
     errors: dict[int, str] = {}
     gpu_index: list[int] = []
     gpu_bytes: list[bytes] = []
+    gpu_sizes: list[tuple[int, int]] = []
     td = tp = 0.0
     for i in idx:
         t0 = time.perf_counter()
         if gpu:
-            from .gpudecode import jpeg_eligible
-
             try:
                 with open(paths[i], "rb") as f:
                     data = f.read()
             except OSError:
                 data = b""  # the CPU path below reports the exact error
-            if jpeg_eligible(data):
+            if gpu == "dali":
+                from .dali import eligible_size
+
+                size = eligible_size(data)
+            else:
+                from .gpudecode import jpeg_eligible
+
+                size = (0, 0) if jpeg_eligible(data) else None
+            if size is not None:
                 gpu_index.append(i)
                 gpu_bytes.append(data)
+                gpu_sizes.append(size)
                 td += time.perf_counter() - t0
                 continue
         try:
@@ -166,18 +182,28 @@ def _prepare_chunk(
         ok.append(i)
         chips.append(chip)
     return _Chunk(
-        np.asarray(ok, np.int64), np.stack(chips) if chips else None, errors, len(idx), td, tp, gpu_index, gpu_bytes
+        np.asarray(ok, np.int64), np.stack(chips) if chips else None, errors, len(idx), td, tp, gpu_index, gpu_bytes,
+        gpu_sizes,
     )
 
 
-def _gpu_decode_chunk(embedder: Embedder, load: Loader, paths, records, c: _Chunk) -> _Chunk:
-    """Decode the chunk's JPEGs on the GPU and merge them with its CPU chips (main thread)."""
+def _gpu_decode_chunk(embedder: Embedder, load: Loader, paths, records, c: _Chunk, dali=None) -> _Chunk:
+    """Decode the chunk's JPEGs (nvJPEG, or ``dali``: a :class:`~facecluster.embed.dali.DaliDecoder`)
+    and merge them with its CPU chips (main thread).
+
+    Chips decoded to CUDA tensors end up in ``c.dev_chips`` (the feeder path); chips decoded to
+    host arrays (DALI on CPU, or DALI on CUDA for an embedder without ``forward_chips``) are merged
+    into ``c.chips``.
+    """
     import torch
 
-    from .gpudecode import decode_batch
-
     dev = torch.device(embedder.device)
-    decoded = decode_batch(c.gpu_bytes, embedder.input_size[0], str(dev))
+    if dali is not None:
+        decoded = dali.decode(c.gpu_bytes, c.gpu_sizes)
+    else:
+        from .gpudecode import decode_batch
+
+        decoded = decode_batch(c.gpu_bytes, embedder.input_size[0], str(dev))
     gpu_ok = [(i, t) for i, t in zip(c.gpu_index, decoded) if t is not None]
     # JPEGs the GPU decoder refused: the CPU path decides (a chip, or the exact error message)
     retry = _prepare_chunk(embedder, load, paths, records, [i for i, t in zip(c.gpu_index, decoded) if t is None])
@@ -189,12 +215,16 @@ def _gpu_decode_chunk(embedder: Embedder, load: Loader, paths, records, c: _Chun
     c.errors = errors
     c.t_decode += retry.t_decode
     c.t_prepare += retry.t_prepare
-    c.gpu_index, c.gpu_bytes = [], []
+    c.gpu_index, c.gpu_bytes, c.gpu_sizes = [], [], []
     c.n_gpu = len(gpu_ok)
     if not order:
         c.chips = None
         return c
     h, w = embedder.input_size
+    if dali is not None and not dali.to_torch:  # host chips (no device feeder): plain numpy merge
+        host_chips = np.concatenate(cpu_chips) if cpu_chips else None
+        c.chips = np.stack([host_chips[k] if src == "c" else gpu_ok[k][1] for _, src, k in order])
+        return c
     x = torch.empty((len(order), h, w, 3), dtype=torch.uint8, device=dev)
     if cpu_chips:
         host = torch.from_numpy(np.concatenate(cpu_chips))
@@ -310,7 +340,8 @@ def iter_embed_chunks(
     load : path → (H, W, 3) uint8 RGB (default :func:`facecluster.imageio.load_image`).
     timings : if given, filled with seconds: decode, prepare (summed over threads), network
         (main thread, including waits for the GPU), wait (main thread waiting for chunks), wall;
-        with ``decoder=nvjpeg`` also gpu_decode (seconds) and gpu_images (count).
+        with ``decoder=nvjpeg`` also gpu_decode (seconds) and gpu_images (count); with
+        ``decoder=dali`` dali_decode and dali_images.
     """
     from ..progress import bar
 
@@ -327,7 +358,16 @@ def iter_embed_chunks(
 
     feeder = _CudaFeeder(embedder, chunk_size) if _use_feeder(embedder) else None
     # opt-in GPU JPEG decoding (embedder setting decoder=nvjpeg): needs the pinned/device path
-    gpu = feeder is not None and getattr(embedder, "decoder", "pil") == "nvjpeg"
+    gpu: bool | str = feeder is not None and getattr(embedder, "decoder", "pil") == "nvjpeg"
+    # opt-in DALI decoding (decoder=dali): CPU or CUDA; chips come back as device tensors only
+    # when the feeder can take them, as host arrays otherwise
+    dali = None
+    if getattr(embedder, "decoder", "pil") == "dali":
+        from .dali import decoder_for
+
+        dali = decoder_for(embedder, max_batch=chunk_size, to_torch=feeder is not None, num_threads=max(1, num_workers))
+        gpu = "dali"
+    key = "dali" if dali is not None else "gpu"
 
     def finish(chunk: _Chunk, feats: np.ndarray | None):
         errors = dict(chunk.errors)
@@ -372,9 +412,9 @@ def iter_embed_chunks(
             for c in chunks():
                 t0 = time.perf_counter()
                 if c.gpu_index:
-                    c = _gpu_decode_chunk(embedder, load, paths, records, c)
-                    t["gpu_decode"] = t.get("gpu_decode", 0.0) + time.perf_counter() - t0
-                    t["gpu_images"] = t.get("gpu_images", 0) + c.n_gpu
+                    c = _gpu_decode_chunk(embedder, load, paths, records, c, dali)
+                    t[f"{key}_decode"] = t.get(f"{key}_decode", 0.0) + time.perf_counter() - t0
+                    t[f"{key}_images"] = t.get(f"{key}_images", 0) + c.n_gpu
                     t0 = time.perf_counter()
                 t["decode"] += c.t_decode
                 t["prepare"] += c.t_prepare

@@ -1,0 +1,261 @@
+"""Face alignment for the dlib embedder: 5 landmarks + dlib's 150x150 face chip.
+
+The input is a face crop that a detector already cut (the whole image is the face). dlib's
+5-point shape predictor needs a face *rectangle* like the one its training detector drew; how that
+rectangle relates to the crop depends on the crop's margin, so the rectangle is chosen by a
+strategy (``margin``):
+
+``"whole"``
+    the whole crop (right for crops with roughly 15-35 % margin around the face);
+``<float m>``
+    the crop is assumed to be the face rectangle enlarged by ``m`` of its side on every side:
+    the rectangle is the centred square-ish box ``crop / (1 + 2 m)`` (``m < 0`` gives a box larger
+    than the crop, for crops tighter than a detector box);
+``"hog"``
+    dlib's HOG frontal face detector run on the crop (upsampled when small); the best plausible
+    detection, else the whole crop;
+``"auto:<m>"`` / ``"auto"``
+    the HOG detection when plausible, else the ``m``-margin box (``"auto"`` uses
+    :data:`AUTO_FALLBACK_MARGIN`).
+
+Which default aligns best was measured on LFW (~20-30 % margin) and glint18 (tight ArcFace
+crops), see ``docs/benchmarks/embedding.md``. The chip is ``dlib.get_face_chip(img, shape,
+size=150, padding=0.25)``: the alignment the network was trained on. Pixels the chip needs from
+outside the crop are black by default (dlib); ``border="replicate"`` pads the crop with its edge
+pixels first.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import dlib
+except ImportError:  # pragma: no cover - dlib-bin is a core dependency
+    dlib = None  # type: ignore[assignment]
+
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+#: margin strategy used when none is given: best on LFW, glint18 and ORL alike
+#: (docs/benchmarks/embedding.md)
+DEFAULT_MARGIN = "auto"
+#: fallback margin of ``"auto"`` when the HOG detector finds no plausible face: the best fixed
+#: margin on LFW (loose), glint18 (tight) and ORL together (0.1-0.2 within noise; 0 and 0.3 worse)
+AUTO_FALLBACK_MARGIN = 0.15
+#: images are resized so that their longer side lies in [MIN_SIDE, MAX_SIDE] before alignment
+MIN_SIDE = 150
+MAX_SIDE = 800
+#: the HOG detector runs on a copy with this longer side (boxes match a x3 upsampled run within ~2 %)
+HOG_SIDE = 200
+#: detection score threshold (dlib's default is 0; a little lower keeps faint frontal faces in a crop
+#: that is known to contain a face, the plausibility check rejects stray boxes)
+HOG_THRESHOLD = -0.3
+
+_local = threading.local()
+
+
+def _require_dlib() -> None:
+    if dlib is None:  # pragma: no cover
+        from .base import EmbedderError
+
+        raise EmbedderError("the dlib embedder needs the 'dlib-bin' package (pip install dlib-bin)")
+
+
+def _predictor(path: Path) -> "dlib.shape_predictor":
+    """Thread-local shape predictor (dlib objects are not documented as thread-safe)."""
+    cache = getattr(_local, "predictors", None)
+    if cache is None:
+        cache = _local.predictors = {}
+    key = str(path)
+    if key not in cache:
+        cache[key] = dlib.shape_predictor(key)
+    return cache[key]
+
+
+def _detector() -> "dlib.fhog_object_detector":
+    det = getattr(_local, "detector", None)
+    if det is None:
+        det = _local.detector = dlib.get_frontal_face_detector()
+    return det
+
+
+def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array → contiguous (H, W, 3) uint8 RGB."""
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        if a.dtype == np.uint16:
+            a = (a >> 8).astype(np.uint8)
+        elif np.issubdtype(a.dtype, np.floating):
+            # floats: [0, 1] images are scaled, anything else is taken as 0..255
+            scale = 255.0 if a.size and float(np.nanmax(a)) <= 1.0 else 1.0
+            a = np.clip(np.nan_to_num(a) * scale + 0.5, 0, 255).astype(np.uint8)
+        else:
+            a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {np.asarray(img).shape}")
+    return np.ascontiguousarray(a)
+
+
+def _resize(img: np.ndarray, scale: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # bicubic when enlarging, area-like (reducing_gap) when shrinking
+    return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC, reducing_gap=3.0 if scale < 1 else None))
+
+
+def normalise_size(img: np.ndarray) -> np.ndarray:
+    """Resize so that the longer side is within [MIN_SIDE, MAX_SIDE] (tiny and huge crops)."""
+    side = max(img.shape[:2])
+    if side < MIN_SIDE:
+        return _resize(img, MIN_SIDE / side)
+    if side > MAX_SIDE:
+        return _resize(img, MAX_SIDE / side)
+    return img
+
+
+def parse_margin(margin: str | float) -> tuple[str, float]:
+    """Strategy spec → (kind, fallback margin); kind in whole / margin / hog / auto."""
+    if isinstance(margin, (int, float)) and not isinstance(margin, bool):
+        m = float(margin)
+        if not -0.45 < m < 2.0:
+            raise ValueError(f"margin {m} out of range (-0.45, 2)")
+        return "margin", m
+    s = str(margin).strip().lower()
+    if s == "whole":
+        return "margin", 0.0
+    if s == "hog":
+        return "hog", 0.0
+    if s == "auto":
+        return "auto", AUTO_FALLBACK_MARGIN
+    if s.startswith("auto:"):
+        return "auto", parse_margin(float(s[5:]))[1]
+    try:
+        return parse_margin(float(s))
+    except ValueError:
+        raise ValueError(f"unknown margin strategy {margin!r}: whole | hog | auto | auto:<m> | <m>") from None
+
+
+class Aligner:
+    """Crop → 5 dlib landmarks → 150x150 chip, with a crop-margin strategy.
+
+    Parameters
+    ----------
+    margin : str or float
+        ``"auto"`` (default), ``"auto:<m>"``, ``"hog"``, ``"whole"`` or a float margin (see module docstring).
+    border : str
+        ``"black"`` (dlib's default) or ``"replicate"``: what the chip shows outside the crop.
+    landmarks_path : path, optional
+        ``shape_predictor_5_face_landmarks.dat``; default: the packaged one.
+    """
+
+    def __init__(self, margin: str | float = DEFAULT_MARGIN, border: str = "black", landmarks_path: str | Path | None = None):
+        from .dlib_resnet import default_landmarks_path
+
+        self.kind, self.fallback = parse_margin(margin)
+        # canonical spelling: "0.2", 0.2 and "auto:0.15" == "auto" give the same fingerprint
+        self.margin = f"{self.fallback:g}" if self.kind == "margin" else (
+            "hog" if self.kind == "hog" else f"auto:{self.fallback:g}")
+        if border not in ("black", "replicate"):
+            raise ValueError("border must be 'black' or 'replicate'")
+        self.border = border
+        self.landmarks_path = Path(landmarks_path) if landmarks_path else default_landmarks_path()
+        if not self.landmarks_path.is_file():
+            from .base import EmbedderError
+
+            raise EmbedderError(f"landmark model not found: {self.landmarks_path}")
+
+    def settings(self) -> dict:
+        return {
+            "margin": self.margin,
+            "kind": self.kind,
+            "fallback_margin": self.fallback,
+            "border": self.border,
+            "chip": [CHIP_SIZE, CHIP_PADDING],
+            "size_range": [MIN_SIDE, MAX_SIDE],
+            "hog": [HOG_SIDE, HOG_THRESHOLD] if self.kind in ("hog", "auto") else None,
+            "landmarks": self.landmarks_path.name,
+        }
+
+    def fingerprint(self) -> str:
+        return repr(sorted(self.settings().items()))
+
+    # -- rectangles ----------------------------------------------------------------------------
+    @staticmethod
+    def margin_rect(h: int, w: int, m: float) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of the face box in an (h, w) crop with margin ``m``."""
+        fw, fh = w / (1 + 2 * m), h / (1 + 2 * m)
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        return cx - (fw - 1) / 2, cy - (fh - 1) / 2, cx + (fw - 1) / 2, cy + (fh - 1) / 2
+
+    @staticmethod
+    def hog_rect(img: np.ndarray) -> tuple[float, float, float, float] | None:
+        """Best plausible HOG detection in the crop (crop coordinates), or None.
+
+        The detector runs on a copy whose longer side is :data:`HOG_SIDE` px (its window is 80x80:
+        a face filling 40-100 % of the crop is found at that size, in ~5-10 ms); if that finds
+        nothing plausible it retries once upsampled x2 (small faces in loose crops).
+        Plausible: centre in the middle half of the crop and side between 25 % and 110 % of the
+        crop's shorter side (a second, smaller face in the background is not the crop's face).
+        """
+        _require_dlib()
+        h, w = img.shape[:2]
+        scale = HOG_SIDE / max(h, w)
+        small = _resize(img, scale) if abs(scale - 1) > 1e-3 else img
+        short = min(h, w)
+        for ups in (0, 1):
+            rects, scores, _ = _detector().run(small, ups, HOG_THRESHOLD)
+            best, best_score = None, -np.inf
+            for r, s in zip(rects, scores):
+                l, t, rr, b = r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale
+                cx, cy, side = (l + rr) / 2, (t + b) / 2, (rr - l + b - t) / 2
+                if abs(cx - (w - 1) / 2) > 0.25 * w or abs(cy - (h - 1) / 2) > 0.25 * h:
+                    continue
+                if not 0.25 * short <= side <= 1.1 * short:
+                    continue
+                if s > best_score:
+                    best, best_score = (l, t, rr, b), s
+            if best is not None:
+                return best
+        return None
+
+    def rect(self, img: np.ndarray) -> tuple[tuple[float, float, float, float], str]:
+        """The landmark rectangle for this crop and which rule produced it ("hog" / "margin")."""
+        h, w = img.shape[:2]
+        if self.kind in ("hog", "auto"):
+            r = self.hog_rect(img)
+            if r is not None:
+                return r, "hog"
+        return self.margin_rect(h, w, self.fallback), "margin"
+
+    # -- main entry ----------------------------------------------------------------------------
+    def landmarks(self, img: np.ndarray) -> "dlib.full_object_detection":
+        """5-point landmarks of an (H, W, 3) uint8 RGB image already size-normalised."""
+        _require_dlib()
+        (l, t, r, b), _ = self.rect(img)
+        rect = dlib.rectangle(int(round(l)), int(round(t)), int(round(r)), int(round(b)))
+        return _predictor(self.landmarks_path)(img, rect)
+
+    def chip(self, img: np.ndarray) -> np.ndarray:
+        """Decoded face crop (any size, grey / RGB / RGBA) → (150, 150, 3) uint8 RGB chip."""
+        img = normalise_size(to_rgb_uint8(img))
+        shape = self.landmarks(img)
+        if self.border == "replicate":
+            # pad so that the chip (which reaches beyond tight crops) sees edge pixels, not black
+            p = max(img.shape[:2]) // 2
+            padded = np.ascontiguousarray(np.pad(img, ((p, p), (p, p), (0, 0)), mode="edge"))
+            pts = [dlib.point(q.x + p, q.y + p) for q in shape.parts()]
+            r = shape.rect
+            shape = dlib.full_object_detection(dlib.rectangle(r.left() + p, r.top() + p, r.right() + p, r.bottom() + p), pts)
+            img = padded
+        return np.asarray(dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING), dtype=np.uint8)
