@@ -1,0 +1,197 @@
+"""GCN-V (learn-to-cluster, CVPR 2020 "Learning to Cluster Faces via Confidence and
+Connectivity Estimation"), clean-room inference in plain PyTorch (no mmcv).
+
+Pipeline (notes §1.1–§1.5), every step vectorised:
+
+1. L2-normalise the features; exact kNN (k counts the face itself, capped at N; negative
+   cosines allowed — the original asserted on both).
+2. Affinity graph: kNN edges with sim >= th_sim, no self edges, max-symmetrised, + I,
+   row-normalised (``graph.build_adjacency``).
+3. GCN-V (one GraphConv + MLP head) predicts a real-valued confidence per face and a 512-d
+   "gcn_feat".
+4. Stage A: each face links to its first kNN neighbour with strictly higher confidence;
+   links with cosine > tau_0 are kept; connected components are the clusters.
+5. Stage B (``use_gcn_feat``): the same on a *rebuilt* kNN of the L2-normalised gcn_feat,
+   with threshold tau. Its features and the confidences feed GCN-E (``gcn_e.py``).
+
+Settings left at ``None`` take the values stored next to the shipped dlib weights
+(``weights/gcn_ve_dlib.json``, chosen on validation identities) when no checkpoint is given,
+and the papers' MS1M values (k=80, tau_0=0.65, tau=0.8) when one is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..graph import build_adjacency, components, nearest_higher
+from ..knn import knn, l2_normalize
+from . import gcn_common as gc
+from .base import ClusterConfig, Clusterer
+
+#: the papers' MS1M test configs (cfg_test_gcnv_ms1m.py / cfg_test_gcne_ms1m.py)
+PAPER_DEFAULTS: dict[str, Any] = {
+    "k": 80,
+    "tau_0": 0.65,
+    "tau": 0.8,
+    "use_gcn_feat": True,
+    "k_e": 160,
+    "ignore_ratio": 0.8,
+}
+
+
+class GCNVConfig(ClusterConfig):
+    checkpoint_v: Optional[str] = Field(
+        None,
+        description="GCN-V weights (.pth; mmcv container or bare state_dict, e.g. the released "
+        "pretrained_gcn_v_ms1m.pth for 256-d hfsoftmax features). None: the shipped weights "
+        "trained for the calibrated dlib embedder (weights/gcn_v_dlib.pth).",
+    )
+    trust_checkpoint: bool = Field(
+        False,
+        description="Allow torch.load(weights_only=False) for checkpoints whose metadata cannot "
+        "be read safely (runs pickle code from the file: only for files you trust).",
+    )
+    k: Optional[int] = Field(
+        None, ge=1, description="Neighbours per face for the GCN-V graph (counting itself; capped "
+        "at N). None: 80 (paper) with a checkpoint, the shipped value without."
+    )
+    th_sim: float = Field(0.0, ge=0.0, le=1.0, description="Drop kNN edges with cosine below this before building the adjacency (paper: 0).")
+    tau_0: Optional[float] = Field(
+        None, ge=-1.0, le=1.0, description="Stage A: keep a face→peak link when cosine (original "
+        "features) > tau_0. None: 0.65 (paper) with a checkpoint, the shipped value without."
+    )
+    tau: Optional[float] = Field(
+        None, ge=-1.0, le=1.0, description="Stage B and GCN-E: keep a face→peak link when cosine "
+        "(GCN-V features) > tau. None: 0.8 (paper) with a checkpoint, the shipped value without."
+    )
+    use_gcn_feat: Optional[bool] = Field(
+        None, description="gcn-v labels from stage B (rebuilt kNN on GCN-V features, tau; paper "
+        "config use_gcn_feat=True) instead of stage A (original kNN, tau_0). None: paper/shipped."
+    )
+
+
+class GCNVClusterer(Clusterer):
+    name = "gcn-v"
+    summary = "GCN-V (CVPR 2020): learned vertex confidence + peaks; shipped weights for dlib."
+    Config = GCNVConfig
+
+    # -- settings ---------------------------------------------------------------------------
+    def _uses_shipped(self) -> bool:
+        return self.config.checkpoint_v is None
+
+    def resolved(self) -> dict[str, Any]:
+        """Concrete settings: explicit values, else shipped-JSON values (no checkpoint given)
+        or the papers' (checkpoint given)."""
+        cfg = self.config.model_dump()
+        base = dict(PAPER_DEFAULTS)
+        if self._uses_shipped():
+            base.update({k: v for k, v in gc.shipped_settings().items() if k in PAPER_DEFAULTS})
+        for key, val in base.items():
+            if key in cfg and cfg[key] is None:
+                cfg[key] = val
+        cfg["checkpoint_v"] = str(self._path_v())
+        return cfg
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.resolved().items() if k in self.Config.model_fields}
+
+    def _path_v(self):
+        p = self.config.checkpoint_v
+        if p is None:
+            if not gc.SHIPPED_V.is_file():
+                raise gc.CheckpointError(
+                    f"no checkpoint_v given and the shipped GCN-V weights are missing ({gc.SHIPPED_V})"
+                )
+            return gc.SHIPPED_V
+        return p
+
+    def _load_v(self) -> gc.GCNV:
+        return gc.load_gcn_v(self._path_v(), trust=self.config.trust_checkpoint)
+
+    # -- pipeline ---------------------------------------------------------------------------
+    def _check_dim(self, model: torch.nn.Module, X: np.ndarray, what: str) -> None:
+        if X.shape[1] != model.feature_dim:
+            raise ValueError(
+                f"{what} expects {model.feature_dim}-d features but got {X.shape[1]}-d "
+                f"(checkpoint {self.resolved().get('checkpoint_v')}); use the embedder it was trained for"
+            )
+
+    def _gcn_v_stage(self, X: np.ndarray, r: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Steps 1–3: kNN, adjacency, GCN-V. Returns ids/sims (N, k'), conf (N,), feat (N, nhid)."""
+        dev = self.device
+        with self._timed("load_gcn_v"):
+            model = self._load_v()
+        self._check_dim(model, X, "GCN-V")
+        X = l2_normalize(X)
+        with self._timed("knn"):
+            sims, ids = knn(X, r["k"], normalize=False, backend=self.config.knn_backend, device=dev)
+        with self._timed("adjacency"):
+            adj = build_adjacency(ids, sims, self.config.th_sim)
+        with self._timed("gcn_v"):
+            conf, feat = gcn_v_forward(model, X, adj, dev)
+        return {"ids": ids, "sims": sims, "conf": conf, "feat": feat}
+
+    def _stage_b_knn(self, feat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._timed("knn_gcn_feat"):
+            sims, ids = knn(l2_normalize(feat), k, normalize=False, backend=self.config.knn_backend, device=self.device)
+        return sims, ids
+
+    def fit_predict(self, X: np.ndarray) -> np.ndarray:
+        X = self._check_input(X)
+        self.timings_ = {}
+        r = self.resolved()
+        n = X.shape[0]
+        if n == 0:
+            self._path_v()  # a missing model is an error even for empty input
+            return np.zeros(0, np.int64)
+        st = self._gcn_v_stage(X, r)
+        self.conf_, self.gcn_feat_ = st["conf"], st["feat"]
+        if not r["use_gcn_feat"]:
+            with self._timed("peaks"):
+                return peaks_labels(st["ids"], st["sims"], st["conf"], r["tau_0"])
+        sims, ids = self._stage_b_knn(st["feat"], r["k"])
+        with self._timed("peaks"):
+            return peaks_labels(ids, sims, st["conf"], r["tau"])
+
+
+# --------------------------------------------------------------------------------------------
+# functional pieces (also used by training and tuning)
+# --------------------------------------------------------------------------------------------
+def gcn_v_forward(model: gc.GCNV, X: np.ndarray, adj, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Run GCN-V on the whole graph.
+
+    Parameters
+    ----------
+    X : (N, D) float32 L2-normalised features.
+    adj : (N, N) scipy sparse row-normalised adjacency.
+
+    Returns
+    -------
+    conf : (N,) float32 confidences; feat : (N, nhid) float32 gcn features (not normalised).
+    """
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+        a = gc.scipy_to_torch_sparse(adj, device)
+        conf, feat = model(x, a)
+        return conf.float().cpu().numpy(), feat.float().cpu().numpy()
+
+
+def link_keep(peak: np.ndarray, peak_sim: np.ndarray, tau: float) -> np.ndarray:
+    """Which face→peak links survive: the original compares distances, 1 − sim < 1 − tau
+    (float64), which we reproduce exactly rather than ``sim > tau``."""
+    return (peak >= 0) & ((1.0 - peak_sim.astype(np.float64)) < (1.0 - float(tau)))
+
+
+def peaks_labels(ids: np.ndarray, sims: np.ndarray, conf: np.ndarray, tau: float) -> np.ndarray:
+    """Nearest-higher-confidence peaks on a kNN list, cut at ``tau``, connected components.
+
+    ids, sims : (N, k) kNN (descending similarity); conf : (N,). Returns (N,) int64 labels."""
+    peak, psim = nearest_higher(ids, sims, conf)
+    keep = link_keep(peak, psim, tau)
+    src = np.nonzero(keep)[0]
+    return components(len(conf), src, peak[src])

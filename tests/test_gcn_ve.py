@@ -1,0 +1,249 @@
+"""GCN-V / GCN-E (learn-to-cluster) port: checkpoints, formulas, degenerate inputs, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facecluster.cluster import get_clusterer
+from facecluster.cluster import gcn_common as gc
+from facecluster.cluster.gcn_e import edge_candidates, gcn_e_peaks, sub_adjacency
+from facecluster.cluster.gcn_v import peaks_labels
+from facecluster.graph import build_adjacency, row_normalize
+from facecluster.knn import knn, l2_normalize
+from facecluster.train.splits import is_validation_identity, validation_mask
+
+torch.set_num_threads(1)
+
+# released-checkpoint layouts (notes §1.4 / §1.6)
+V_KEYS = {
+    "conv1.weight": (512, 512),
+    "conv1.bias": (512,),
+    "classifier.0.weight": (512, 512),
+    "classifier.0.bias": (512,),
+    "classifier.1.weight": (512,),
+    "classifier.2.weight": (1, 512),
+    "classifier.2.bias": (1,),
+}
+E_KEYS = {
+    "conv1.weight": (1024, 512),
+    "conv1.bias": (512,),
+    "conv2.weight": (1024, 512),
+    "conv2.bias": (512,),
+    "conv3.weight": (1024, 256),
+    "conv3.bias": (256,),
+    "conv4.weight": (512, 256),
+    "conv4.bias": (256,),
+    "classifier.0.weight": (256, 256),
+    "classifier.0.bias": (256,),
+    "classifier.1.weight": (256,),
+    "classifier.2.weight": (2, 256),
+    "classifier.2.bias": (2,),
+}
+
+
+def _random_sd(keys, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.rand(s, generator=g) - 0.5) * 0.2 for k, s in keys.items()}
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    sv, se = _random_sd(V_KEYS, 1), _random_sd(E_KEYS, 2)
+    meta = {"mmcv_version": "1.7.2", "time": "Sat Aug  8 00:00:00 2020", "epoch": 40, "iter": 80000}
+    opt = {"state": {}, "param_groups": [{"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-5, "params": list(range(7))}]}
+    torch.save({"meta": meta, "state_dict": sv, "optimizer": opt}, d / "pretrained_gcn_v_ms1m.pth")
+    torch.save({"meta": meta, "state_dict": se, "optimizer": opt}, d / "pretrained_gcn_e_ms1m.pth")
+    return d / "pretrained_gcn_v_ms1m.pth", d / "pretrained_gcn_e_ms1m.pth", sv, se
+
+
+def _clustered(n, d=256, seed=0, noise=0.6):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(max(n // 8, 1), d))
+    lab = rng.integers(0, len(c), n)
+    return (c[lab] + noise * rng.normal(size=(n, d))).astype(np.float32), lab
+
+
+# -------------------------------------------------------------------------------- checkpoints
+def test_released_layouts_load(ckpts, tmp_path):
+    pv, pe, sv, se = ckpts
+    mv, me = gc.load_gcn_v(pv), gc.load_gcn_e(pe)
+    assert (mv.feature_dim, mv.nhid) == (256, 512) and (me.feature_dim, me.nhid) == (512, 512)
+    for k, v in sv.items():
+        assert torch.equal(mv.state_dict()[k], v)  # (2·in, out) kept as is, never transposed
+    # bare state dict with DataParallel prefix
+    torch.save({"module." + k: v for k, v in se.items()}, tmp_path / "bare.pth")
+    me2 = gc.load_gcn_e(tmp_path / "bare.pth")
+    assert all(torch.equal(me2.state_dict()[k], v) for k, v in se.items())
+
+
+def test_checkpoint_errors(ckpts, tmp_path):
+    pv, pe, sv, _ = ckpts
+    # GCN-E file given as GCN-V: shapes do not fit, message lists expected vs found
+    with pytest.raises(gc.CheckpointError, match="classifier.2.weight"):
+        gc.load_gcn_v(pe)
+    bad = dict(sv)
+    bad["classifier.0.weight"] = torch.zeros(256, 512)
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(gc.CheckpointError, match=r"wrong shapes: classifier.0.weight expected \(512, 512\) found \(256, 512\)"):
+        gc.load_gcn_v(tmp_path / "bad.pth")
+    missing = {k: v for k, v in sv.items() if k != "conv1.bias"}
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(gc.CheckpointError, match="missing keys: conv1.bias"):
+        gc.load_gcn_v(tmp_path / "missing.pth")
+    with pytest.raises(gc.CheckpointError, match="not found"):
+        gc.load_gcn_v(tmp_path / "nope.pth")
+
+
+def test_unsafe_metadata_needs_trust(ckpts, tmp_path):
+    _, _, sv, _ = ckpts
+
+    # numpy objects in meta cannot be read with weights_only=True
+    torch.save({"state_dict": sv, "meta": {"hist": np.arange(3)}}, tmp_path / "np.pth")
+    with pytest.raises(gc.CheckpointError, match="trust_checkpoint"):
+        gc.load_gcn_v(tmp_path / "np.pth")
+    assert gc.load_gcn_v(tmp_path / "np.pth", trust=True).feature_dim == 256
+
+
+def test_feature_dim_mismatch(ckpts):
+    pv, pe, _, _ = ckpts
+    X, _ = _clustered(20, d=128)
+    with pytest.raises(ValueError, match="expects 256-d features but got 128-d"):
+        get_clusterer("gcn-ve", checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu").fit_predict(X)
+    with pytest.raises(ValueError, match="both checkpoint_v and checkpoint_e"):
+        get_clusterer("gcn-ve", checkpoint_v=str(pv), device="cpu").fit_predict(X)
+
+
+# -------------------------------------------------------------------------------- formulas
+def test_graphconv_matches_formula():
+    torch.manual_seed(0)
+    conv = gc.GraphConv(6, 4)
+    torch.nn.init.uniform_(conv.bias, -0.1, 0.1)
+    x = torch.randn(5, 6)
+    a = torch.rand(5, 5)
+    a = a / a.sum(1, keepdim=True)
+    want = torch.relu(torch.cat([x, a @ x], 1) @ conv.weight + conv.bias)
+    got = conv(x, a.to_sparse())
+    assert torch.allclose(got, want, atol=1e-6)
+    got3 = conv(x[None].repeat(2, 1, 1), a[None].repeat(2, 1, 1))
+    assert torch.allclose(got3[1], want, atol=1e-6)
+
+
+def test_sub_adjacency_equals_original_definition():
+    """Batched sub-adjacency == rownorm(Â[C, C]) with Â the globally row-normalised adjacency."""
+    X, _ = _clustered(60, d=16, seed=3, noise=1.0)
+    X = l2_normalize(X)
+    sims, ids = knn(X, 12)
+    A = build_adjacency(ids, sims, 0.0)
+    rng = np.random.default_rng(0)
+    cands = [rng.choice(60, size=s, replace=False) for s in (2, 5, 9)]
+    w = max(len(c) for c in cands)
+    cand = np.zeros((3, w), np.int64)
+    mask = np.zeros((3, w), bool)
+    for b, c in enumerate(cands):
+        cand[b, : len(c)], mask[b, : len(c)] = c, True
+    srt = np.argsort(ids, 1)
+    ids_s, sims_s = np.take_along_axis(ids, srt, 1), np.take_along_axis(sims, srt, 1)
+    edge = (ids_s != np.arange(60)[:, None]) & (sims_s >= 0)
+    got = sub_adjacency(torch.from_numpy(cand), torch.from_numpy(mask), torch.from_numpy(ids_s), torch.from_numpy(sims_s), torch.from_numpy(edge)).numpy()
+    for b, c in enumerate(cands):
+        want = row_normalize(A[c][:, c]).toarray()
+        np.testing.assert_allclose(got[b, : len(c), : len(c)], want, atol=1e-6)
+        assert np.all(got[b, len(c) :] == 0) and np.all(got[b, :, len(c) :] == 0)
+
+
+def test_hand_checkable_peaks_and_tau():
+    # 5 faces; kNN lists (self first) and similarities chosen by hand
+    ids = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 4, 0], [4, 3, 1]])
+    sims = np.array([[1, 0.9, 0.5], [1, 0.9, 0.7], [1, 0.7, 0.5], [1, 0.85, 0.1], [1, 0.85, 0.2]], np.float32)
+    conf = np.array([0.9, 0.5, 0.3, 0.2, 0.95])
+    # peaks: 0 root; 1 → 0 (sim .9); 2 → 1 (first higher in list, sim .7); 3 → 4 (.85); 4 root
+    np.testing.assert_array_equal(peaks_labels(ids, sims, conf, 0.8), [0, 0, 1, 2, 2])  # 2–1 cut (0.7 ≤ 0.8)
+    np.testing.assert_array_equal(peaks_labels(ids, sims, conf, 0.6), [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(peaks_labels(ids, sims, conf, 0.9), [0, 1, 2, 3, 4])  # strict: 0.9 is cut
+    # equal confidences never link (strictly higher only)
+    np.testing.assert_array_equal(peaks_labels(ids, sims, np.ones(5), 0.0), [0, 1, 2, 3, 4])
+
+
+def test_ignore_set_and_candidates():
+    ids = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [2, 3, 1, 0], [3, 2, 1, 0]])
+    conf = np.array([0.1, 0.2, 0.3, 0.4])
+    ec = edge_candidates(ids, conf, 0.5)  # int(4 * .5) = 2 least confident (0, 1) ignored
+    np.testing.assert_array_equal(ec["count"], [3, 2, 1, 0])
+    np.testing.assert_array_equal(ec["use_e"], [False, False, False, False])  # 2 has 1 candidate
+    ec = edge_candidates(ids, conf, 0.0)
+    np.testing.assert_array_equal(ec["use_e"], [True, True, False, False])
+    assert not edge_candidates(ids, conf, 1.0)["use_e"].any()  # the original crashed here
+
+
+def test_gcn_e_batching_does_not_change_decisions(ckpts):
+    _, pe, _, _ = ckpts
+    me = gc.load_gcn_e(pe)
+    rng = np.random.default_rng(1)
+    feat = l2_normalize(rng.random((300, 512)).astype(np.float32))
+    sims, ids = knn(feat, 40)
+    conf = rng.random(300)
+    p1, s1 = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5, batch_nodes=1)
+    p2, s2 = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5, batch_nodes=100000)
+    np.testing.assert_array_equal(p1, p2)
+    # GCN-E really decides: some peaks differ from the nearest higher-confidence neighbour
+    p0, _ = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=1.0)
+    assert (p0 != p1).any()
+
+
+# -------------------------------------------------------------------------------- any input
+@pytest.mark.parametrize("method", ["gcn-v", "gcn-ve"])
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 79])
+def test_small_inputs(ckpts, method, n):
+    pv, pe, _, _ = ckpts
+    kw = {"checkpoint_v": str(pv), "device": "cpu"}
+    if method == "gcn-ve":
+        kw["checkpoint_e"] = str(pe)
+    X, _ = _clustered(max(n, 1))
+    lab = get_clusterer(method, **kw).fit_predict(X[:n])  # k = 80 / 160 > N: capped, no crash
+    assert lab.shape == (n,) and lab.dtype == np.int64
+
+
+@pytest.mark.parametrize("ignore_ratio", [0.0, 1.0])
+def test_degenerate_inputs(ckpts, ignore_ratio):
+    pv, pe, _, _ = ckpts
+    m = get_clusterer("gcn-ve", checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu", ignore_ratio=ignore_ratio, tau=-1.0)
+    same = np.tile(np.random.default_rng(0).normal(size=(1, 256)).astype(np.float32), (12, 1))
+    # identical faces: identical confidences, nobody is strictly higher → all roots
+    assert len(np.unique(m.fit_predict(same))) == 12
+    # every face a different person (orthogonal): negative/zero cosines are fine
+    eye = np.eye(30, 256, dtype=np.float32)
+    assert m.fit_predict(eye).shape == (30,)
+    assert len(np.unique(get_clusterer("gcn-v", checkpoint_v=str(pv), device="cpu").fit_predict(eye))) == 30
+
+
+def test_deterministic_and_settings_recorded(ckpts):
+    pv, pe, _, _ = ckpts
+    X, _ = _clustered(400, seed=5)
+    a = get_clusterer("gcn-ve", checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu")
+    la = a.fit_predict(X)
+    lb = get_clusterer("gcn-ve", checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu").fit_predict(X)
+    np.testing.assert_array_equal(la, lb)
+    s = a.settings()
+    assert (s["k"], s["k_e"], s["tau_0"], s["tau"], s["ignore_ratio"]) == (80, 160, 0.65, 0.8, 0.8)  # paper MS1M
+    assert {"knn", "gcn_v", "gcn_e"} <= set(a.timings_)
+
+
+# -------------------------------------------------------------------------------- shipped
+def test_shipped_weights_run():
+    if not gc.SHIPPED_V.is_file():
+        pytest.fail(f"shipped GCN-V weights missing: {gc.SHIPPED_V}")
+    X, _ = _clustered(150, d=128, seed=2)
+    for method in ("gcn-v", "gcn-ve"):
+        m = get_clusterer(method, device="cpu")
+        assert m.fit_predict(X).shape == (150,)
+        assert m.settings()["k"] == gc.shipped_settings()["k"]
+
+
+def test_split_is_stable():
+    assert is_validation_identity("lfw", "Tom_Hanks") and is_validation_identity("glint18", "Tom_Hanks")
+    assert not is_validation_identity("lfw", "George_W_Bush")
+    m = validation_mask("lfw", np.array(["Tom_Hanks", "George_W_Bush", "Tom_Hanks"]))
+    np.testing.assert_array_equal(m, [True, False, True])
