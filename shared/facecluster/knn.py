@@ -103,6 +103,8 @@ def knn(
     if kk == 0 or q.shape[0] == 0:
         return np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
     be = resolve_backend(backend, device)
+    # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
+    block = max(64, min(block, (1 << 26) // max(n, 1)))
     if be == "torch":
         sims, ids = _knn_torch(x, q, kk, device, block)
     else:

@@ -15,6 +15,9 @@ METHODS: dict[str, str] = {
     "threshold": "facecluster.cluster.baselines:ThresholdClusterer",
     "chinese-whispers": "facecluster.cluster.baselines:ChineseWhispersClusterer",
     "hac": "facecluster.cluster.baselines:HACClusterer",
+    "adanets": "facecluster.cluster.adanets:AdaNetsClusterer",
+    "gcn-v": "facecluster.cluster.gcn_v:GCNVClusterer",
+    "gcn-ve": "facecluster.cluster.gcn_e:GCNVEClusterer",
 }
 
 #: the method `facecluster run` uses when none is given

@@ -1,0 +1,167 @@
+"""Ada-NETS (Wang et al., ICLR 2022) as one in-memory pipeline (notes §2):
+
+exact kNN → structure-space re-ranking → AND predicts each face's neighbour count k̂ →
+adaptive adjacency (first k̂ re-ranked neighbours) → two-layer SAGE-`gcn` GCN → kNN on the GCN
+features, edges with cos ≥ threshold, connected components.
+
+No labels are needed. The shipped weights (``weights/adanets_{and,gcn}_dlib.pth``) were trained
+on calibrated dlib features; their tuned thresholds live in ``weights/adanets_dlib.json`` and
+become this method's defaults (paper values are used when the file is absent).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from ...graph import components
+from ...knn import knn, l2_normalize
+from ...progress import bar
+from ..base import ClusterConfig, Clusterer
+from .and_model import ANDModel, load_and_checkpoint, predict_k
+from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
+from .structure_space import structure_space
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "weights"
+DEFAULT_AND = WEIGHTS_DIR / "adanets_and_dlib.pth"
+DEFAULT_GCN = WEIGHTS_DIR / "adanets_gcn_dlib.pth"
+DEFAULTS_JSON = WEIGHTS_DIR / "adanets_dlib.json"
+
+#: the paper's values (MS1M, zero-mean 256-d features)
+PAPER_DEFAULTS = {"k": 80, "lamb": 0.3, "th_sim": 0.0, "final_topk": 121, "final_th": 0.96}
+
+
+@lru_cache(maxsize=1)
+def shipped_defaults() -> dict:
+    """Settings tuned with the shipped weights (``adanets_dlib.json``), else the paper's."""
+    d = dict(PAPER_DEFAULTS)
+    if DEFAULTS_JSON.is_file():
+        tuned = json.loads(DEFAULTS_JSON.read_text()).get("defaults", {})
+        d.update({k: v for k, v in tuned.items() if k in PAPER_DEFAULTS})
+    return d
+
+
+def _default(name: str):
+    return Field(default_factory=lambda: shipped_defaults()[name], description=_DOC[name])
+
+
+_DOC = {
+    "k": "Neighbours per face for the structure space and AND (self included; paper 80; capped at N).",
+    "lamb": "λ: weight of the cosine distance in the structure-space distance (paper 0.3).",
+    "th_sim": "Adaptive adjacency keeps structure-space similarities ≥ this (paper 0.0).",
+    "final_topk": "Neighbours searched on the GCN features for the final rule (paper 121, self included).",
+    "final_th": "Final rule: link faces whose GCN-feature cosine is ≥ this (paper 0.96 on MS1M; tuned for dlib).",
+}
+
+
+class AdaNetsConfig(ClusterConfig):
+    k: int = _default("k")
+    lamb: float = _default("lamb")
+    th_sim: float = _default("th_sim")
+    final_topk: int = _default("final_topk")
+    final_th: float = _default("final_th")
+    checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: shipped dlib weights.")
+    checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: shipped dlib weights.")
+    batch_size: int = Field(1024, description="AND inference batch (faces per LSTM batch).")
+
+
+@lru_cache(maxsize=4)
+def _load_models(and_path: str, gcn_path: str) -> tuple[ANDModel, dict, AdaGCN, dict]:
+    for p, what in ((and_path, "AND"), (gcn_path, "GCN")):
+        if not Path(p).is_file():
+            raise FileNotFoundError(
+                f"Ada-NETS {what} weights not found at {p}; pass checkpoint_{what.lower()}=PATH "
+                "or train them with `facecluster train adanets`"
+            )
+    m_and, meta_and = load_and_checkpoint(and_path)
+    m_gcn, meta_gcn = load_gcn_checkpoint(gcn_path)
+    if m_and.feature_dim != m_gcn.feature_dim:
+        raise ValueError(f"AND expects {m_and.feature_dim}-d features but the GCN {m_gcn.feature_dim}-d")
+    return m_and, meta_and, m_gcn, meta_gcn
+
+
+class AdaNetsClusterer(Clusterer):
+    name = "adanets"
+    summary = "Ada-NETS (ICLR 2022): structure space + adaptive neighbours (AND) + GCN, then a cosine threshold"
+    Config = AdaNetsConfig
+
+    def _models(self):
+        c = self.config
+        return _load_models(str(c.checkpoint_and or DEFAULT_AND), str(c.checkpoint_gcn or DEFAULT_GCN))
+
+    def embed(self, X: np.ndarray) -> np.ndarray:
+        """Steps 1–5: (N, D) features → (N, nhid) L2-normalised GCN features ("fcfeat")."""
+        import torch
+
+        c = self.config
+        dev = self.device
+        x = l2_normalize(self._check_input(X))
+        n = x.shape[0]
+        m_and, meta_and, m_gcn, _ = self._models()
+        if n and x.shape[1] != m_and.feature_dim:
+            raise ValueError(f"Ada-NETS weights expect {m_and.feature_dim}-d features, got {x.shape[1]}-d")
+        if n == 0:
+            return np.zeros((0, m_gcn.nhid), np.float32)
+        scale_max = int(meta_and.get("scale_max", c.k))
+        with self._timed("knn"):
+            sims, ids = knn(x, c.k, normalize=False, backend=c.knn_backend, device=dev)
+            ids, sims = _self_first(ids, sims)
+        with self._timed("structure_space"):
+            ids_ss, d_ss = structure_space(ids, sims, c.k, c.lamb)
+        with self._timed("and"), bar("Ada-NETS AND", n, c.progress) as b:
+            k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size, progress=b.advance)
+        self.k_hat_ = k_hat
+        with self._timed("adjacency"):
+            adj = adaptive_adjacency(ids_ss, d_ss, k_hat, c.th_sim)
+        with self._timed("gcn"), torch.inference_mode():
+            g = SparseGraph(adj, dev)
+            out = m_gcn.to(dev)(g, torch.from_numpy(x).to(dev)).float().cpu().numpy()
+        return l2_normalize(out)
+
+    def fit_predict(self, X: np.ndarray) -> np.ndarray:
+        c = self.config
+        self.timings_ = {}
+        feat = self.embed(X)
+        n = feat.shape[0]
+        if n == 0:
+            return np.zeros(0, np.int64)
+        with self._timed("final_knn"):
+            sims, ids = knn(feat, c.final_topk, normalize=False, backend=c.knn_backend, device=self.device)
+        with self._timed("components"):
+            rows = np.repeat(np.arange(n), ids.shape[1])
+            keep = (sims.reshape(-1) >= c.final_th) & (ids.reshape(-1) != rows)
+            labels = components(n, rows[keep], ids.reshape(-1)[keep])
+        return labels
+
+
+def _self_first(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Put each node itself at column 0 (the original's faiss lists start with self).
+
+    With exact duplicates a lower-id twin can tie with self and come first; the structure space
+    and AND rely on "self first", so self is moved to the front (or inserted, dropping the last
+    column, when more than k' twins pushed it out)."""
+    n, k = ids.shape
+    if k == 0:
+        return ids, sims
+    me = np.arange(n)[:, None]
+    bad = ids[:, 0] != me[:, 0]
+    if not bad.any():
+        return ids, sims
+    ids, sims = ids.copy(), sims.copy()
+    for i in np.nonzero(bad)[0]:  # rare: only rows with exact duplicates
+        row, s = list(ids[i]), list(sims[i])
+        if i in row:
+            p = row.index(i)
+            row.insert(0, row.pop(p))
+            s.insert(0, s.pop(p))
+        else:
+            row, s = [i] + row[:-1], [s[0]] + s[:-1]
+        ids[i], sims[i] = row, s
+    return ids, sims
+
+
+__all__ = ["AdaNetsClusterer", "AdaNetsConfig", "shipped_defaults"]

@@ -1,0 +1,238 @@
+"""Ada-NETS: structure space, checkpoint layouts, GCN semantics, small inputs, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facecluster.cluster import get_clusterer
+from facecluster.cluster.adanets import DEFAULT_AND, DEFAULT_GCN, DEFAULTS_JSON, AdaNetsClusterer, _self_first
+from facecluster.cluster.adanets.and_model import ANDModel, load_and_checkpoint, predict_k
+from facecluster.cluster.adanets.gcn import AdaGCN, SparseGraph, adaptive_adjacency, cluster_loss, load_gcn_checkpoint
+from facecluster.cluster.adanets.structure_space import max_q_targets, reciprocal_sets, structure_space
+from facecluster.knn import knn
+
+
+# ------------------------------------------------------------------ structure space
+def test_structure_space_hand_case():
+    # kNN lists (self first), k = 2 → half sets k//2 = 1 are just {i}
+    ids = np.array([[0, 1], [1, 0], [2, 1], [3, 2]])
+    sims = np.array([[1.0, 0.9], [1.0, 0.9], [1.0, 0.5], [1.0, 0.2]], np.float32)
+    # R(0) = R(1) = {0, 1}; 2 and 3 are not reciprocal with anyone → R(2) = {2}, R(3) = {3}
+    R = reciprocal_sets(ids, 2).toarray()
+    np.testing.assert_array_equal(R, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    ids_ss, d = structure_space(ids, sims, k=2, lamb=0.3)
+    # d = 0.7 (1 − J) + 0.3 (1 − cos): (0,1): J = 1 → 0.3·0.1; (2,1): J = 0 → 0.7 + 0.3·0.5
+    np.testing.assert_allclose(d[:, 0], 0.0, atol=1e-7)
+    np.testing.assert_allclose(d[:, 1], [0.03, 0.03, 0.85, 0.7 + 0.3 * 0.8], atol=1e-6)
+    np.testing.assert_array_equal(ids_ss, ids)
+
+
+def _reference_structure_space(ids, sims, k, lamb):
+    """Plain-Python sets, node by node (the original's algorithm, written from the notes)."""
+    n = len(ids)
+    top = [set(ids[i, :k]) for i in range(n)]
+    half = [set(ids[i, : k // 2]) for i in range(n)]
+    R = [{j for j in top[i] if i in top[j]} for i in range(n)]
+    Rh = [{j for j in half[i] if i in half[j]} for i in range(n)]
+    Rs = []
+    for i in range(n):
+        s = set(R[i])
+        for j in R[i]:
+            if len(Rh[j] & R[i]) >= len(Rh[j]) * 2 / 3:
+                s |= Rh[j]
+        Rs.append(s)
+    out_i, out_d = [], []
+    for i in range(n):
+        row = []
+        for c, j in enumerate(ids[i, :k]):
+            jac = len(Rs[i] & Rs[j]) / len(Rs[i] | Rs[j])
+            row.append((j, (1 - lamb) * (1 - jac) + lamb * (1 - float(sims[i, c]))))
+        row.sort(key=lambda t: t[1])
+        out_i.append([t[0] for t in row])
+        out_d.append([t[1] for t in row])
+    return np.array(out_i), np.array(out_d)
+
+
+@pytest.mark.parametrize("n,k", [(60, 10), (150, 16), (7, 7)])
+def test_structure_space_matches_set_reference(n, k):
+    rng = np.random.default_rng(n)
+    c = rng.normal(size=(max(n // 8, 1), 16))
+    x = c[rng.integers(0, len(c), n)] + 0.7 * rng.normal(size=(n, 16))
+    sims, ids = knn(x.astype(np.float32), k)
+    ref_i, ref_d = _reference_structure_space(ids, sims, k, 0.3)
+    got_i, got_d = structure_space(ids, sims, k, 0.3)
+    np.testing.assert_allclose(got_d, ref_d, atol=1e-6)
+    np.testing.assert_array_equal(got_i, ref_i)
+
+
+def test_max_q_targets():
+    ids_ss = np.array([[0, 1, 2, 3], [1, 0, 3, 2], [2, 3, 0, 1], [3, 1, 2, 0]])
+    y = np.array([0, 0, 1, 2])
+    k = max_q_targets(ids_ss, y, beta=0.5)
+    # node 0: both same-label faces in the first 2 → k* = 2; node 2 (singleton class): 1;
+    # node 3: self forced positive, nothing else → 1
+    np.testing.assert_array_equal(k, [2, 2, 1, 1])
+
+
+# ------------------------------------------------------------------ checkpoints
+AND_KEYS = {
+    "lstm.weight_ih_l0": (1024, 256), "lstm.weight_hh_l0": (1024, 256), "lstm.bias_ih_l0": (1024,), "lstm.bias_hh_l0": (1024,),
+    "lstm.weight_ih_l0_reverse": (1024, 256), "lstm.weight_hh_l0_reverse": (1024, 256),
+    "lstm.bias_ih_l0_reverse": (1024,), "lstm.bias_hh_l0_reverse": (1024,),
+    "out_proj.weight": (256, 512), "out_proj.bias": (256,), "mlp.0.weight": (512, 256), "mlp.0.bias": (512,),
+    "mlp.1.weight": (512,), "mlp.3.weight": (256, 512), "mlp.3.bias": (256,), "mlp.4.weight": (256,),
+    "regressor.weight": (1, 256), "regressor.bias": (1,),
+}
+GCN_KEYS_DGL05 = {
+    "sage1.fc_neigh.weight": (512, 256), "sage1.fc_neigh.bias": (512,), "sage2.fc_neigh.weight": (512, 512),
+    "sage2.fc_neigh.bias": (512,), "fc.0.weight": (512, 512), "fc.0.bias": (512,), "fc.1.weight": (512,),
+    "bclloss.beta_pos": (),
+}
+
+
+def _random_sd(spec, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) * 0.05 for k, s in spec.items()}
+
+
+def test_and_original_layout_loads(tmp_path):
+    sd = _random_sd(AND_KEYS)
+    torch.save({"state_dict": sd, "step": 40000}, tmp_path / "ckpt_40000.pth")
+    m, _ = load_and_checkpoint(tmp_path / "ckpt_40000.pth")
+    assert m.feature_dim == 256 and m.nhid == 512
+    assert set(m.state_dict()) == set(AND_KEYS)
+    for k, v in sd.items():
+        assert torch.equal(m.state_dict()[k], v)
+    x = np.random.default_rng(0).normal(size=(30, 256)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.stack([np.roll(np.arange(30), -i)[:10] for i in range(30)])
+    kh = predict_k(m, x, ids, 80)
+    assert kh.shape == (30,) and kh.min() >= 1 and kh.max() <= 10
+
+
+def test_gcn_both_dgl_layouts_load_and_agree(tmp_path):
+    sd05 = _random_sd(GCN_KEYS_DGL05)
+    torch.save({"state_dict": sd05, "step": 35000}, tmp_path / "g05.pth")
+    sd2 = {k.replace("fc_neigh.bias", "bias"): v for k, v in sd05.items()}
+    assert "sage1.bias" in sd2 and "sage1.fc_neigh.bias" not in sd2
+    torch.save({"state_dict": sd2, "step": 35000}, tmp_path / "g2.pth")
+    m05, _ = load_gcn_checkpoint(tmp_path / "g05.pth")
+    m2, _ = load_gcn_checkpoint(tmp_path / "g2.pth")
+    x = torch.nn.functional.normalize(torch.randn(12, 256), dim=1)
+    ids = np.stack([np.roll(np.arange(12), -i)[:4] for i in range(12)])
+    adj = adaptive_adjacency(ids, np.zeros((12, 4), np.float32), np.full(12, 3))
+    g = SparseGraph(adj)
+    with torch.no_grad():
+        assert torch.equal(m05(g, x), m2(g, x))
+
+
+def test_checkpoint_errors(tmp_path):
+    sd = _random_sd(AND_KEYS)
+    del sd["regressor.bias"]
+    torch.save({"state_dict": sd, "step": 1}, tmp_path / "a.pth")
+    with pytest.raises(ValueError, match="missing.*regressor.bias"):
+        load_and_checkpoint(tmp_path / "a.pth")
+    sd = _random_sd(AND_KEYS)
+    sd["out_proj.weight"] = torch.zeros(256, 500)
+    torch.save({"state_dict": sd}, tmp_path / "b.pth")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_and_checkpoint(tmp_path / "b.pth")
+    torch.save({"state_dict": _random_sd(AND_KEYS)}, tmp_path / "c.pth")
+    with pytest.raises(ValueError, match="256-d"):
+        load_and_checkpoint(tmp_path / "c.pth", feature_dim=128)
+    with pytest.raises(ValueError, match="not an Ada-NETS GCN"):
+        load_gcn_checkpoint(tmp_path / "c.pth")
+
+
+# ------------------------------------------------------------------ GCN semantics
+def test_sage_gcn_aggregator_counts_self_twice():
+    # path graph 0-1-2 with k̂ = 2 (self + nearest): adjacency pattern incl. +I
+    ids = np.array([[0, 1], [1, 0], [2, 1]])
+    adj = adaptive_adjacency(ids, np.zeros((3, 2), np.float32), np.array([2, 2, 2]))
+    pat = (adj.toarray() > 0).astype(np.float32)
+    np.testing.assert_array_equal(pat, [[1, 1, 0], [1, 1, 1], [0, 1, 1]])
+    h = torch.tensor([[1.0], [10.0], [100.0]])
+    agg = (SparseGraph(adj) @ h).numpy().ravel()
+    # DGL 'gcn': (Σ_{j ∈ N_in(i)} h_j + h_i) / (deg_in(i) + 1), N_in includes the self-loop
+    np.testing.assert_allclose(agg, [(1 + 10 + 1) / 3, (1 + 10 + 100 + 10) / 4, (10 + 100 + 100) / 3], rtol=1e-6)
+
+
+def test_adaptive_adjacency_keeps_first_khat():
+    ids = np.array([[0, 1, 2], [1, 2, 0], [2, 0, 1]])
+    d = np.array([[0, 0.2, 0.3], [0, 0.1, 0.4], [0, 0.5, 0.6]], np.float32)
+    a = adaptive_adjacency(ids, d, np.array([1, 2, 1])).toarray()
+    # only (1,2) kept (s = 0.9), max-symmetrised, +I, row-normalised
+    expect = np.array([[1, 0, 0], [0, 1, 0.9], [0, 0.9, 1]], np.float32)
+    expect /= expect.sum(1, keepdims=True)
+    np.testing.assert_allclose(a, expect, rtol=1e-6)
+
+
+def test_cluster_loss_values():
+    x = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1.0, 0.0], [0.0, 1.0]]), dim=1)
+    y = torch.tensor([0, 0, 1])
+    # positives (incl. diagonal) all have s = 1 → 0; hardest negative s = 0 → ReLU(1 + 0) = 1
+    assert float(cluster_loss(x, y)) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def tiny_ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ada")
+    torch.manual_seed(0)
+    torch.save({"state_dict": ANDModel(64, 64).state_dict(), "step": 1}, d / "and.pth")
+    torch.save({"state_dict": AdaGCN(64, 64).state_dict(), "step": 1}, d / "gcn.pth")
+    return str(d / "and.pth"), str(d / "gcn.pth")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 50])
+def test_small_inputs(n, tiny_ckpts, clustered_features):
+    X, _ = clustered_features
+    c = get_clusterer("adanets", checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.5)
+    lab = c.fit_predict(X[:n])
+    assert lab.shape == (n,) and lab.dtype == np.int64
+
+
+def test_duplicates_and_self_first():
+    ids = np.array([[1, 0, 2], [0, 1, 2], [2, 0, 1]])
+    sims = np.array([[1, 1, 0.5], [1, 1, 0.5], [1, 0.5, 0.5]], np.float32)
+    i2, s2 = _self_first(ids, sims)
+    assert list(i2[:, 0]) == [0, 1, 2] and list(i2[0]) == [0, 1, 2]
+
+
+def test_deterministic_and_backend_independent(tiny_ckpts, clustered_features):
+    X, _ = clustered_features
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.8, k=20)
+    a = get_clusterer("adanets", **kw, knn_backend="faiss").fit_predict(X)
+    b = get_clusterer("adanets", **kw, knn_backend="faiss").fit_predict(X)
+    c = get_clusterer("adanets", **kw, knn_backend="torch").fit_predict(X)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_feature_dim_mismatch(tiny_ckpts):
+    c = get_clusterer("adanets", checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu")
+    with pytest.raises(ValueError, match="64-d"):
+        c.fit_predict(np.ones((4, 32), np.float32))
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    c = get_clusterer("adanets", checkpoint_and=str(tmp_path / "nope.pth"), checkpoint_gcn=str(tmp_path / "nope2.pth"))
+    with pytest.raises(FileNotFoundError, match="train"):
+        c.fit_predict(np.ones((3, 128), np.float32))
+
+
+def test_shipped_weights_cluster_separated_identities():
+    """The shipped dlib weights load from the package and separate clearly distinct people."""
+    assert DEFAULT_AND.is_file() and DEFAULT_GCN.is_file() and DEFAULTS_JSON.is_file()
+    c = AdaNetsClusterer(device="cpu")
+    assert c.config.final_th == pytest.approx(float(__import__("json").loads(DEFAULTS_JSON.read_text())["defaults"]["final_th"]))
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(6, 128))
+    X = np.concatenate([cc + 0.15 * rng.normal(size=(8, 128)) for cc in centers]).astype(np.float32)
+    lab = c.fit_predict(X)
+    y = np.repeat(np.arange(6), 8)
+    from facecluster.metrics import evaluate
+
+    assert evaluate(y, lab)["pairwise_fscore"] > 0.9
