@@ -39,7 +39,6 @@ default that insightface uses. Then RGB, ``(x − 127.5) / 127.5`` (settings ``i
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -50,6 +49,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .base import Embedder, EmbedderError
+from ..workdir import file_sha256
 
 #: insightface's 112x112 ArcFace template (pixel-centre coordinates): left eye, right eye, nose tip,
 #: left mouth corner, right mouth corner
@@ -186,14 +186,6 @@ def _import_ort():
     except ImportError:  # pragma: no cover - depends on the install
         raise EmbedderError("the arcface embedder needs onnxruntime: pip install 'facecluster[arcface]'") from None
     return ort
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ArcFaceEmbedder(Embedder):

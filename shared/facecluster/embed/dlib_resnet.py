@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Embedder, EmbedderError
+from ..workdir import file_sha256
 from .precision import autocast_context, check_precision, configure_backends
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -390,14 +391,6 @@ def load_dlib_resnet(path: str | os.PathLike | None = None) -> DlibResNet:
             _NET_CACHE[key] = parse_dat(p)
         layers, _ = _NET_CACHE[key]
     return DlibResNet(layers).eval()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

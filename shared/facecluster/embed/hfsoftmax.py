@@ -46,6 +46,7 @@ from PIL import Image
 from torch import nn
 
 from .base import Embedder, EmbedderError
+from ..workdir import file_sha256
 from .precision import PRECISIONS, autocast_context, check_precision, configure_backends
 
 #: BatchNorm epsilon of the original (models/resnet.py on ``ltc``)
@@ -214,14 +215,6 @@ def load_checkpoint(path: str | os.PathLike, model: HfsoftmaxResNet50 | None = N
         state[k] = expected[k]
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     return model.float().eval()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
