@@ -22,6 +22,15 @@ def _contingency(gt: np.ndarray, pred: np.ndarray) -> sp.csr_matrix:
     return c
 
 
+def _table(gt: np.ndarray, pred: np.ndarray):
+    """Non-zero contingency cells (gt row, pred col, count n_ij) and the row / column sums."""
+    cm = _contingency(gt, pred)
+    c = cm.tocoo()
+    rows = np.asarray(cm.sum(axis=1)).ravel().astype(np.float64)
+    cols = np.asarray(cm.sum(axis=0)).ravel().astype(np.float64)
+    return c.row, c.col, c.data.astype(np.float64), rows, cols
+
+
 def _f(p: float, r: float) -> float:
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
@@ -43,10 +52,10 @@ def pairwise(gt, pred) -> tuple[float, float, float]:
     (the originals divide 0/0)."""
     gt, pred = _check(gt, pred)
     n = gt.size
-    c = _contingency(gt, pred)
-    tp = float((c.data.astype(np.float64) ** 2).sum() - n)
-    pred_pairs = float((np.asarray(c.sum(axis=0)).ravel().astype(np.float64) ** 2).sum() - n)
-    gt_pairs = float((np.asarray(c.sum(axis=1)).ravel().astype(np.float64) ** 2).sum() - n)
+    _, _, nij, row, col = _table(gt, pred)
+    tp = float((nij**2).sum() - n)
+    pred_pairs = float((col**2).sum() - n)
+    gt_pairs = float((row**2).sum() - n)
     p = tp / pred_pairs if pred_pairs > 0 else 1.0
     r = tp / gt_pairs if gt_pairs > 0 else 1.0
     return p, r, _f(p, r)
@@ -56,13 +65,9 @@ def bcubed(gt, pred) -> tuple[float, float, float]:
     """Item-averaged BCubed precision, recall, F-score."""
     gt, pred = _check(gt, pred)
     n = gt.size
-    cm = _contingency(gt, pred)
-    c = cm.tocoo()
-    nij = c.data.astype(np.float64)
-    col = np.asarray(cm.sum(axis=0)).ravel().astype(np.float64)
-    row = np.asarray(cm.sum(axis=1)).ravel().astype(np.float64)
-    p = float((nij**2 / col[c.col]).sum() / n)
-    r = float((nij**2 / row[c.row]).sum() / n)
+    ri, ci, nij, row, col = _table(gt, pred)
+    p = float((nij**2 / col[ci]).sum() / n)
+    r = float((nij**2 / row[ri]).sum() / n)
     return p, r, _f(p, r)
 
 
@@ -72,11 +77,7 @@ def nmi(gt, pred) -> float:
     since sklearn 0.22; older papers may have used the geometric mean)."""
     gt, pred = _check(gt, pred)
     n = gt.size
-    cm = _contingency(gt, pred)
-    c = cm.tocoo()
-    nij = c.data.astype(np.float64)
-    a = np.asarray(cm.sum(axis=1)).ravel().astype(np.float64)
-    b = np.asarray(cm.sum(axis=0)).ravel().astype(np.float64)
+    ri, ci, nij, a, b = _table(gt, pred)
 
     def h(v):
         v = v[v > 0] / n
@@ -85,7 +86,7 @@ def nmi(gt, pred) -> float:
     ha, hb = h(a), h(b)
     if ha == 0 and hb == 0:
         return 1.0
-    mi = float((nij / n * (np.log(nij * n) - np.log(a[c.row]) - np.log(b[c.col]))).sum())
+    mi = float((nij / n * (np.log(nij * n) - np.log(a[ri]) - np.log(b[ci]))).sum())
     denom = (ha + hb) / 2
     return max(mi, 0.0) / denom if denom > 0 else 0.0
 
