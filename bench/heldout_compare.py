@@ -1,7 +1,7 @@
 """All methods on the identities no trained method saw (the project-wide validation split).
 
     python bench/heldout_compare.py --data lfw=WD_LFW --data glint18=WD_GLINT \
-        [--methods infomap,gcn-v,gcn-ve,adanets,chinese-whispers] [--min-per-id 1]
+        [--methods infomap,gcn-v,gcn-ve,adanets,chinese-whispers]
 
 WD_* are work dirs embedded with the dlib embedder (`facecluster run`). Only validation
 identities (`facecluster.train.splits.is_validation_identity`) are kept; every method gets the
@@ -13,18 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import time
 from pathlib import Path
 
 import numpy as np
-
-from facecluster.calibration import calibration_mean, prepare_features
-from facecluster.cluster import get_clusterer
-from facecluster.evaluate import labels_from
-from facecluster.metrics import evaluate
+from _common import format_row, load_workdir, run_method
 from facecluster.train.splits import is_validation_identity
-from facecluster.workdir import WorkDir
 
 
 def main() -> None:
@@ -36,29 +29,15 @@ def main() -> None:
     rows = []
     for d in a.data:
         name, _, p = d.partition("=")
-        wd = WorkDir(p)
-        feats, index, meta = wd.read_features()
-        man = wd.read_manifest()
-        names = np.asarray(labels_from([man["records"][i] for i in index], "folder"))
+        feats, names, emb = load_workdir(p)
         keep = np.array([is_validation_identity(name, n) for n in names])
-        f, y = feats[keep], np.unique(names[keep], return_inverse=True)[1]
-        emb = meta["embedder"]["embedder"]
-        print(f"== {name}: {len(y)} validation faces, {y.max() + 1} identities", flush=True)
+        f, y = feats[keep], names[keep]
+        print(f"== {name}: {len(y)} validation faces, {len(set(y.tolist()))} identities", flush=True)
         for m in a.methods.split(","):
-            c = get_clusterer(m, device="cpu", embedder=emb)
-            x = f if getattr(c, "wants_raw_features", False) else prepare_features(f, calibration_mean(emb))
-            t = time.perf_counter()
-            lab = c.fit_predict(x)
-            dt = time.perf_counter() - t
-            r = evaluate(y, lab)
-            r.update(set=name, method=m, seconds=dt, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            r = run_method(m, f, y, emb)
+            r["set"] = name
             rows.append(r)
-            print(
-                f"{m:17s} pairF {r['pairwise_fscore']:.4f}  BCubedF {r['bcubed_fscore']:.4f} "
-                f"(P {r['bcubed_precision']:.3f} R {r['bcubed_recall']:.3f})  NMI {r['nmi']:.4f}  "
-                f"clusters {r['n_clusters']}  {dt:.1f}s  peakRSS {r['peak_rss_mb']:.0f}MB",
-                flush=True,
-            )
+            print(format_row(r), flush=True)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

@@ -12,6 +12,7 @@ setting holds for tiny clusters (LFW) and huge ones (glint18).
 from __future__ import annotations
 
 import argparse
+import json
 import itertools
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ def main() -> None:
     extra = {}
     for e in a.extra:
         k, _, v = e.partition("=")
-        extra[k] = float(v) if "." in v else int(v)
+        extra[k] = json.loads(v)  # numbers, true/false
     ks = [int(v) for v in a.k.split(",")]
     sims = [float(v) for v in a.min_sim.split(",")]
     print(f"{'k':>4} {'min_sim':>7} " + " ".join(f"{n + ' F_B':>12} {n + ' F_P':>12}" for n in sets) + f" {'worst F_B':>9}  seconds")
@@ -75,7 +76,7 @@ def main() -> None:
             fb.append(r["bcubed_fscore"])
             cells.append(f"{r['bcubed_fscore']:12.4f} {r['pairwise_fscore']:12.4f}")
         worst = min(fb)
-        print(f"{k:4d} {s:7.2f} " + " ".join(cells) + f" {worst:9.4f}  {time.perf_counter() - t:.1f}", flush=True)
+        print(f"{k:4d} {s:7.3f} " + " ".join(cells) + f" {worst:9.4f}  {time.perf_counter() - t:.1f}", flush=True)
         if best is None or worst > best[0]:
             best = (worst, k, s)
     print(f"best worst-case BCubed F {best[0]:.4f} at k={best[1]} min_sim={best[2]}")

@@ -236,3 +236,23 @@ def test_shipped_weights_cluster_separated_identities():
     from facecluster.metrics import evaluate
 
     assert evaluate(y, lab)["pairwise_fscore"] > 0.9
+
+
+def test_checkpoints_load_safely_unless_trusted(tmp_path):
+    """Ada-NETS checkpoints are read with weights_only=True, like GCN-V/E: a file whose
+    metadata needs arbitrary unpickling is refused unless trust_checkpoint is set."""
+    from facecluster.cluster.gcn_common import CheckpointError
+
+    meta = {"hist": np.arange(3)}  # numpy objects cannot be read with weights_only=True
+    torch.save({"state_dict": ANDModel(64, 64).state_dict(), "step": 1, "meta": meta}, tmp_path / "and.pth")
+    torch.save({"state_dict": AdaGCN(64, 64).state_dict(), "step": 1, "meta": meta}, tmp_path / "gcn.pth")
+    for load in (load_and_checkpoint, load_gcn_checkpoint):
+        name = "and.pth" if load is load_and_checkpoint else "gcn.pth"
+        with pytest.raises(CheckpointError, match="trust_checkpoint"):
+            load(tmp_path / name)
+        assert load(tmp_path / name, trust=True)[0].feature_dim == 64
+    x = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
+    ck = {"checkpoint_and": str(tmp_path / "and.pth"), "checkpoint_gcn": str(tmp_path / "gcn.pth"), "device": "cpu"}
+    with pytest.raises(CheckpointError):
+        get_clusterer("adanets", **ck).fit_predict(x)
+    assert get_clusterer("adanets", trust_checkpoint=True, **ck).fit_predict(x).shape == (20,)

@@ -114,9 +114,10 @@ class GCNE(nn.Module):
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
-def _torch_load(path: Path, trust: bool) -> Any:
+def torch_load(path: Path, trust: bool, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``; full unpickling only when ``trust`` is set."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses arbitrary classes (e.g. numpy scalars or custom objects in an
         # mmcv `meta`). Only load fully when the user says the file is trusted.
@@ -126,7 +127,7 @@ def _torch_load(path: Path, trust: bool) -> Any:
                 "If you trust this file, set trust_checkpoint=true to load it with weights_only=False "
                 "(this runs pickle code from the file)."
             ) from e
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
@@ -140,7 +141,7 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    obj = _torch_load(path, trust)
+    obj = torch_load(path, trust)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         sd = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and not any(

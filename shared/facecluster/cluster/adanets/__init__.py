@@ -67,18 +67,23 @@ class AdaNetsConfig(ClusterConfig):
     checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: shipped dlib weights.")
     checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: shipped dlib weights.")
     batch_size: int = Field(1024, description="AND inference batch (faces per LSTM batch).")
+    trust_checkpoint: bool = Field(
+        False,
+        description="Allow torch.load(weights_only=False) for checkpoints that cannot be read "
+        "safely (runs pickle code from the file: only for files you trust).",
+    )
 
 
 @lru_cache(maxsize=4)
-def _load_models(and_path: str, gcn_path: str) -> tuple[ANDModel, dict, AdaGCN, dict]:
+def _load_models(and_path: str, gcn_path: str, trust: bool = False) -> tuple[ANDModel, dict, AdaGCN, dict]:
     for p, what in ((and_path, "AND"), (gcn_path, "GCN")):
         if not Path(p).is_file():
             raise FileNotFoundError(
                 f"Ada-NETS {what} weights not found at {p}; pass checkpoint_{what.lower()}=PATH "
                 "or train them with `facecluster train adanets`"
             )
-    m_and, meta_and = load_and_checkpoint(and_path)
-    m_gcn, meta_gcn = load_gcn_checkpoint(gcn_path)
+    m_and, meta_and = load_and_checkpoint(and_path, trust=trust)
+    m_gcn, meta_gcn = load_gcn_checkpoint(gcn_path, trust=trust)
     if m_and.feature_dim != m_gcn.feature_dim:
         raise ValueError(f"AND expects {m_and.feature_dim}-d features but the GCN {m_gcn.feature_dim}-d")
     return m_and, meta_and, m_gcn, meta_gcn
@@ -91,7 +96,7 @@ class AdaNetsClusterer(Clusterer):
 
     def _models(self):
         c = self.config
-        return _load_models(str(c.checkpoint_and or DEFAULT_AND), str(c.checkpoint_gcn or DEFAULT_GCN))
+        return _load_models(str(c.checkpoint_and or DEFAULT_AND), str(c.checkpoint_gcn or DEFAULT_GCN), c.trust_checkpoint)
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Steps 1–5: (N, D) features → (N, nhid) L2-normalised GCN features ("fcfeat")."""

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..gcn_common import torch_load
+
 __all__ = ["ANDModel", "huber_relative_loss", "huber_log_loss", "load_and_checkpoint", "predict_k"]
 
 
@@ -93,14 +95,17 @@ def _check_keys(sd: dict, model: nn.Module, path, what: str) -> None:
         raise ValueError(f"{what} checkpoint {path}: shape mismatch: " + "; ".join(bad[:4]))
 
 
-def load_and_checkpoint(path: str | Path, feature_dim: int | None = None, map_location="cpu") -> tuple[ANDModel, dict]:
+def load_and_checkpoint(
+    path: str | Path, feature_dim: int | None = None, map_location="cpu", *, trust: bool = False
+) -> tuple[ANDModel, dict]:
     """Load an AND checkpoint (original ``{'state_dict', 'step'}`` layout or a bare state dict).
 
     Dimensions are read from the weights (``lstm.weight_ih_l0`` is (4D, D), ``mlp.0.weight`` is
     (nhid, D)); ``feature_dim``, when given, must match. Returns (model in eval mode, extra
-    metadata stored in the checkpoint, e.g. ``scale_max``).
+    metadata stored in the checkpoint, e.g. ``scale_max``). Read with ``weights_only=True``;
+    ``trust=True`` allows full unpickling for files that need it (see ``gcn_common.torch_load``).
     """
-    ck = torch.load(path, map_location=map_location, weights_only=False)
+    ck = torch_load(Path(path), trust, map_location=map_location)
     sd = _state_dict(ck)
     if "lstm.weight_ih_l0" not in sd or "mlp.0.weight" not in sd:
         raise ValueError(f"AND checkpoint {path}: not an Ada-NETS AND model (no lstm.weight_ih_l0 / mlp.0.weight); keys: {sorted(sd)[:8]}")

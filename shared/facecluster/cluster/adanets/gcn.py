@@ -131,13 +131,17 @@ def _convert_gcn_state(sd: dict) -> dict:
     return out
 
 
-def load_gcn_checkpoint(path: str | Path, feature_dim: int | None = None, map_location="cpu") -> tuple[AdaGCN, dict]:
+def load_gcn_checkpoint(
+    path: str | Path, feature_dim: int | None = None, map_location="cpu", *, trust: bool = False
+) -> tuple[AdaGCN, dict]:
     """Load an Ada-NETS GCN checkpoint; dimensions come from ``sage1.fc_neigh.weight`` (nhid, D).
 
-    Returns (model in eval mode, metadata dict stored with the weights, may be empty)."""
+    Returns (model in eval mode, metadata dict stored with the weights, may be empty).
+    ``trust`` as in :func:`load_and_checkpoint`."""
+    from ..gcn_common import torch_load
     from .and_model import _check_keys, _state_dict
 
-    ck = torch.load(path, map_location=map_location, weights_only=False)
+    ck = torch_load(Path(path), trust, map_location=map_location)
     sd = _convert_gcn_state(_state_dict(ck))
     if "sage1.fc_neigh.weight" not in sd:
         raise ValueError(f"GCN checkpoint {path}: not an Ada-NETS GCN (no sage1.fc_neigh.weight); keys: {sorted(sd)[:8]}")

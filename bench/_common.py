@@ -1,0 +1,72 @@
+"""Helpers shared by the bench scripts: load an embedded work dir, run one method the way the
+pipeline would (raw or mean-centred features), evaluate and print one line."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+from facecluster.calibration import calibration_mean, prepare_features
+from facecluster.cluster import get_clusterer
+from facecluster.evaluate import labels_from
+from facecluster.metrics import evaluate
+from facecluster.workdir import WorkDir
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_workdir(path: str | Path, labels: str = "folder") -> tuple[np.ndarray, np.ndarray, str]:
+    """Features (N, D) float32, label names (N,) and embedder name of an embedded work dir."""
+    wd = WorkDir(Path(path))
+    feats, index, meta = wd.read_features()
+    man = wd.read_manifest()
+    names = np.asarray(labels_from([man["records"][i] for i in index], labels))
+    return feats, names, meta["embedder"]["embedder"]
+
+
+def method_settings(pairs: list[str], method: str) -> dict:
+    """``METHOD.key=value`` strings → settings for ``method`` (values parsed as JSON when they can be)."""
+    out = {}
+    for s in pairs:
+        k, _, v = s.partition("=")
+        meth, _, key = k.partition(".")
+        if meth == method:
+            try:
+                out[key] = json.loads(v)
+            except json.JSONDecodeError:
+                out[key] = v
+    return out
+
+
+def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = "cpu", **settings) -> dict:
+    """Cluster ``feats`` with ``method`` as the pipeline would and score against ``gt`` labels."""
+    c = get_clusterer(method, device=device, embedder=embedder, **settings)
+    x = feats if getattr(c, "wants_raw_features", False) else prepare_features(feats, calibration_mean(embedder))
+    rss0 = peak_rss_mb()
+    t = time.perf_counter()
+    lab = c.fit_predict(x)
+    dt = time.perf_counter() - t
+    y = np.unique(np.asarray(gt), return_inverse=True)[1]
+    r = evaluate(y, lab)
+    r.update(
+        method=method,
+        seconds=dt,
+        peak_rss_mb=peak_rss_mb(),
+        rss_growth_mb=peak_rss_mb() - rss0,
+        settings={k: v for k, v in c.settings().items() if k not in ("device", "progress", "knn_backend")},
+    )
+    return r
+
+
+def format_row(r: dict, label: str | None = None) -> str:
+    return (
+        f"{label or r['method']:17s} pairF {r['pairwise_fscore']:.4f} (P {r['pairwise_precision']:.3f} "
+        f"R {r['pairwise_recall']:.3f})  BCubedF {r['bcubed_fscore']:.4f} (P {r['bcubed_precision']:.3f} "
+        f"R {r['bcubed_recall']:.3f})  NMI {r['nmi']:.4f}  clusters {r['n_clusters']}  {r['seconds']:.1f}s  "
+        f"peakRSS {r['peak_rss_mb']:.0f}MB"
+    )

@@ -1,0 +1,125 @@
+"""The default clusterer: Infomap on the kNN graph plus the fragment merge (graph.merge_fragments)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli, write_input
+from facecluster.cluster import get_clusterer
+from facecluster.graph import merge_fragments
+from facecluster.metrics import evaluate
+from facecluster.workdir import WorkDir
+
+
+def _lists(neigh: dict[int, list[int]], k: int) -> np.ndarray:
+    """kNN id lists (self first, -1 padded) from {node: [neighbours...]}."""
+    ids = np.full((len(neigh), k + 1), -1, np.int64)
+    for i, nb in neigh.items():
+        row = [i, *nb][: k + 1]
+        ids[i, : len(row)] = row
+    return ids
+
+
+def test_fragment_joins_the_cluster_its_neighbours_point_to():
+    # B = 0..5 (6 faces), fragment A = 6,7 whose out-links all go into B; C = 8 alone, links to A only
+    k = 4
+    neigh = {i: [j for j in range(6) if j != i][:k] for i in range(6)}
+    neigh[6] = [7, 0, 1, 2]
+    neigh[7] = [6, 3, 4, 5]
+    neigh[8] = [6, 7, 0, 1]  # 2 of 4 out-links to A, 2 to B: no clear majority
+    labels = np.array([0] * 6 + [1, 1] + [2])
+    out = merge_fragments(labels, _lists(neigh, k))
+    assert len(set(out[:8])) == 1  # A joined B
+    # C: after A joined B, all 4 of its links point to the merged cluster: joins in round 2
+    assert out[8] == out[0]
+    # one round only: C is still torn between A and B
+    one = merge_fragments(labels, _lists(neigh, k), max_rounds=1)
+    assert one[8] != one[0] and one[6] == one[0]
+
+
+def test_self_contained_cluster_with_few_out_links_stays_apart():
+    # two 6-face clusters; cluster A (6..11) has just one link leaving it (to B): 1/30 slots < 5 %
+    k = 5
+    neigh = {i: [j for j in range(6) if j != i] for i in range(6)}
+    neigh.update({i: [j for j in range(6, 12) if j != i] for i in range(6, 12)})
+    neigh[6] = [7, 8, 9, 10, 0]
+    labels = np.array([0] * 6 + [1] * 6)
+    # equal sizes never merge (no ping-pong) ...
+    assert len(set(merge_fragments(labels, _lists(neigh, k)))) == 2
+    # ... and neither does a smaller, self-contained one with a lone link out (A minus node 11)
+    neigh2 = {i: [j for j in range(6) if j != i] for i in range(6)}
+    neigh2.update({i: [j for j in range(6, 11) if j != i] + [0] * (i == 6) for i in range(6, 11)})
+    lab2 = np.array([0] * 6 + [1] * 5)
+    assert len(set(merge_fragments(lab2, _lists(neigh2, k)))) == 2
+    # with min_links lowered to 1 % the lone link is enough
+    assert len(set(merge_fragments(lab2, _lists(neigh2, k), min_links=0.01))) == 1
+
+
+def test_similarity_floor_ignores_weak_links():
+    k = 3
+    ids = _lists({0: [1, 2, 3], 1: [0, 2, 3], 2: [0, 1, 3], 3: [0, 1, 2]}, k)
+    sims = np.where(ids >= 0, 0.95, 0).astype(np.float32)
+    sims[3, 1:] = 0.80  # node 3's links into {0,1,2} are weak
+    labels = np.array([0, 0, 0, 1])
+    assert len(set(merge_fragments(labels, ids, sims))) == 1
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.9))) == 2
+    with pytest.raises(ValueError, match="needs sims"):
+        merge_fragments(labels, ids, min_sim=0.9)
+
+
+def test_merge_fragments_edge_cases_and_determinism():
+    assert merge_fragments(np.zeros(0, np.int64), np.zeros((0, 3), np.int64)).shape == (0,)
+    one = merge_fragments(np.array([7]), np.array([[0]]))
+    assert list(one) == [0]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    ids = np.argsort(-X @ X.T, axis=1)[:, :11]
+    labels = rng.integers(0, 40, 300)
+    a = merge_fragments(labels, ids)
+    b = merge_fragments(labels.copy(), ids.copy())
+    assert np.array_equal(a, b)
+    # every output cluster is a union of input clusters
+    for c in np.unique(labels):
+        assert len(set(a[labels == c])) == 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5])
+def test_infomap_tiny_inputs(n):
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, 128)).astype(np.float32)
+    lab = get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X)
+    assert lab.shape == (n,)
+
+
+def test_infomap_merge_settings_recorded():
+    c = get_clusterer("infomap", device="cpu", embedder="dlib")
+    s = c.settings()
+    assert s["min_sim"] == 0.947 and s["merge_min_sim"] == 0.91 and s["merge_fragments"] is True
+    # other embedders: generic threshold, floor relative to it
+    g = get_clusterer("infomap", device="cpu", embedder="arcface").settings()
+    assert g["min_sim"] == 0.5 and g["merge_min_sim"] == pytest.approx(0.4)
+
+
+def test_default_beats_chinese_whispers_on_real_faces(tmp_path, real_faces):
+    """Real glint18 faces, four people with many photos each (a short video): the fragment merge
+    must recover what the strict threshold splits off (e.g. Simon Cowell in sunglasses) and the
+    default must beat dlib's chinese whispers. Embedded through the real pipeline (dlib port)."""
+    people = ["Simon_Cowell", "Keanu_Reeves", "Tina_Fey", "Tom_Hanks"]
+    files = [f for p in people for f in real_faces("glint18", [p], 1000)[::8]]
+    inp = write_input(tmp_path, [{"img_path": str(f)} for f in files])
+    assert run_cli("run", inp, "-o", tmp_path / "out.json", "-w", tmp_path / "wd", "--device", "cpu") == 0
+    feats, index, _ = WorkDir(tmp_path / "wd").read_features()
+    y = np.unique([files[i].parent.name for i in index], return_inverse=True)[1]
+
+    def score(method, **kw):
+        return evaluate(y, get_clusterer(method, device="cpu", embedder="dlib", **kw).fit_predict(feats))
+
+    full, nomerge, cw = score("infomap"), score("infomap", merge_fragments=False), score("chinese-whispers")
+    assert full["bcubed_fscore"] >= cw["bcubed_fscore"], (full, cw)
+    assert full["bcubed_fscore"] > nomerge["bcubed_fscore"] + 0.02, (full, nomerge)
+    assert full["bcubed_precision"] > 0.95
+    # the CLI output is the same partition as the clusterer's
+    out = json.loads((tmp_path / "out.json").read_text())
+    ids = np.array([r["cluster_id"] for r in out])[index]
+    assert evaluate(y, ids)["bcubed_fscore"] == pytest.approx(full["bcubed_fscore"])
