@@ -4,7 +4,8 @@ Fails the image build unless the stage's libraries import and its model weights 
 the image and actually load: Kubernetes nodes have no internet, so a model that would be
 downloaded on first use is a broken image. Runs on the CPU (no GPU during builds), offline.
 
-Usage: python3 check_image.py recognition|gcn_ve|adanets
+Usage: python3 check_image.py recognition|clustering|gcn_ve|adanets
+(clustering: the shared stack of the two clustering images, checked with Infomap, no weights.)
 
 ALLOW_MISSING_WEIGHTS=1 (build arg of the same name) lets a clustering image build while the
 method's trained weights are not yet in the package: the check then says so loudly and only
@@ -77,6 +78,8 @@ def main(stage: str) -> None:
     _common()
     if stage == "recognition":
         check_recognition()
+    elif stage == "clustering":
+        check_clustering("infomap")
     elif stage == "gcn_ve":
         check_clustering("gcn-ve")
     elif stage == "adanets":

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Build, list and push the three stage images (recognition, gcn_ve, adanets).
+# gcn_ve and adanets are thin layers on the shared clustering image (images/clustering), which
+# `build` makes first whenever one of them is asked for.
 #
 #   scripts/images.sh build [--cpu] [STAGE...]   build (default: all three stages)
 #   scripts/images.sh context [--cpu]            only stage the build context
@@ -98,18 +100,33 @@ build() {
   fi
   # shellcheck disable=SC2206
   local extra=(${ENGINE_BUILD_ARGS:-})
+  local clustering="" s
   for s in "${stages[@]}"; do
-    local img t0=$SECONDS
+    if [ "$s" = gcn_ve ] || [ "$s" = adanets ]; then clustering="$(image_name clustering "$variant")"; fi
+  done
+  if [ -n "$clustering" ]; then  # the shared base of the two clustering stages, built first
+    local cargs=()
+    [ "$variant" = cpu ] && cargs=(--build-arg "FAISS=$CPU_FAISS")
+    build_one clustering "$clustering" "${args[@]}" "${cargs[@]}" "${extra[@]}"
+  fi
+  for s in "${stages[@]}"; do
+    local img sargs=()
     img="$(image_name "$s" "$variant")"
-    local sargs=()
-    if [ "$variant" = cpu ]; then  # no GPU decode; faiss-cpu for the clustering stages
-      if [ "$s" = recognition ]; then sargs=(--build-arg "EXTRA="); else sargs=(--build-arg "FAISS=$CPU_FAISS"); fi
-    fi
-    log "$ENGINE build $img"
-    $ENGINE build "${args[@]}" "${sargs[@]}" "${extra[@]}" -t "$img" -f "$root/images/$s/Dockerfile" "$ctx" >&2
-    log "built $img in $((SECONDS - t0)) s"
+    case "$s" in
+      recognition) [ "$variant" = cpu ] && sargs=(--build-arg "EXTRA=") ;;  # no GPU decode on CPU
+      *) sargs=(--build-arg "CLUSTERING_IMAGE=$clustering") ;;
+    esac
+    build_one "$s" "$img" "${args[@]}" "${sargs[@]}" "${extra[@]}"
     echo "$img"
   done
+}
+
+build_one() {  # stage image build-args... (logs to stderr; prints nothing)
+  local stage="$1" img="$2" t0=$SECONDS
+  shift 2
+  log "$ENGINE build $img"
+  $ENGINE build "$@" -t "$img" -f "$root/images/$stage/Dockerfile" "$ctx" >&2
+  log "built $img in $((SECONDS - t0)) s"
 }
 
 case "${1:-build}" in
