@@ -38,7 +38,7 @@ def test_fragment_joins_the_cluster_its_neighbours_point_to():
 
 
 def test_self_contained_cluster_with_few_out_links_stays_apart():
-    # two 6-face clusters; cluster A (6..11) has just one link leaving it (to B): 1/30 slots < 5 %
+    # two 6-face clusters; cluster A (6..11) has just one link leaving it (to B): 1/30 slots < 15 %
     k = 5
     neigh = {i: [j for j in range(6) if j != i] for i in range(6)}
     neigh.update({i: [j for j in range(6, 12) if j != i] for i in range(6, 12)})

@@ -100,7 +100,7 @@ def merge_fragments(
     *,
     min_sim: float = -np.inf,
     share: float = 0.75,
-    min_links: float = 0.05,
+    min_links: float = 0.15,
     max_rounds: int = 10,
 ) -> np.ndarray:
     """Join each cluster to the bigger cluster that its members' kNN lists point into.
