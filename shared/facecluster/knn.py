@@ -103,11 +103,12 @@ def knn(
     if kk == 0 or q.shape[0] == 0:
         return np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
     be = resolve_backend(backend, device)
-    # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
-    block = max(64, min(block, (1 << 26) // max(n, 1)))
     if be == "torch":
-        sims, ids = _knn_torch(x, q, kk, device, block)
+        # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
+        sims, ids = _knn_torch(x, q, kk, device, max(64, min(block, (1 << 26) // max(n, 1))))
     else:
+        # faiss tiles the score matrix itself (bounded memory); small query blocks only slow
+        # it down (100k x 128-d on 2 CPU cores: 155 s with 671-query blocks, 50 s with 4096)
         sims, ids = _knn_faiss(x, q, kk, gpu=be == "faiss-gpu", block=block)
     return _sort_ties(sims, ids)
 
