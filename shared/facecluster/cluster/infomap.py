@@ -94,7 +94,7 @@ GENERIC_MERGE_MARGIN = 0.1
 
 class InfomapClusterer(Clusterer):
     name = "infomap"
-    summary = "Training-free: Infomap on the kNN cosine graph (default; fast, no weights)."
+    summary = "Training-free: Infomap on the kNN cosine graph, then fragments joined by neighbour vote (default; fast, no weights)."
     Config = InfomapConfig
     #: the pipeline passes the plain descriptors (see module doc)
     wants_raw_features: ClassVar[bool] = True
