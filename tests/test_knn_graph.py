@@ -26,6 +26,14 @@ def test_knn_negative_cosines_kept_and_backends_agree():
     assert (i1 == i2).mean() > 0.999
 
 
+def test_auto_backend_on_cpu_switches_to_torch_for_large_n():
+    from facecluster.knn import TORCH_CPU_MIN_N, resolve_backend
+
+    assert resolve_backend("auto", "cpu", TORCH_CPU_MIN_N - 1) == "faiss"
+    assert resolve_backend("auto", "cpu", TORCH_CPU_MIN_N) == "torch"
+    assert resolve_backend("faiss", "cpu", 10 * TORCH_CPU_MIN_N) == "faiss"  # explicit choice wins
+
+
 def test_knn_ties_are_deterministic():
     X = np.ones((6, 4), np.float32)  # all identical: every similarity ties
     s, i = knn(X, 6)

@@ -9,8 +9,10 @@ Conventions (those of learn-to-cluster and Ada-NETS, so their steps port unchang
 * Ties are broken by the lower id, so results are deterministic across backends.
 
 Backends: ``faiss`` (``IndexFlatIP``; on GPU when faiss was built with it) and ``torch``
-(blocked matmul + topk, on CPU or CUDA). ``auto`` picks faiss-GPU, then torch on CUDA, then
-faiss on CPU.
+(blocked matmul + topk, on CPU or CUDA). ``auto`` picks faiss-GPU, then torch on CUDA; on CPU,
+faiss below ``TORCH_CPU_MIN_N`` faces and torch from there on (measured on a 2-core box,
+k=80: 20k x 128-d faiss 2.5 s / torch 3.1 s; 50k 13.0 / 9.4 s; 100k 50.3 / 38.6 s; 100k x 256-d
+91.2 / 46.8 s — docs/benchmarks.md §2). Both are exact; ties are ordered the same way.
 """
 
 from __future__ import annotations
@@ -45,11 +47,18 @@ def _faiss_gpus(faiss) -> int:
         return 0
 
 
-def resolve_backend(backend: str = "auto", device: str = "cpu") -> str:
+#: from this many database faces on, ``auto`` on CPU uses the torch backend (see module doc)
+TORCH_CPU_MIN_N = 30_000
+
+
+def resolve_backend(backend: str = "auto", device: str = "cpu", n: int | None = None) -> str:
+    """The backend ``knn`` will use for ``n`` database faces on ``device``."""
     faiss = _faiss()
     if backend == "auto":
         if device.startswith("cuda"):
             return "faiss-gpu" if faiss is not None and _faiss_gpus(faiss) > 0 else "torch"
+        if n is not None and n >= TORCH_CPU_MIN_N:
+            return "torch"
         return "faiss" if faiss is not None else "torch"
     if backend in ("faiss", "faiss-gpu") and faiss is None:
         raise RuntimeError("knn backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
@@ -102,7 +111,7 @@ def knn(
     kk = int(min(max(k, 0), n))
     if kk == 0 or q.shape[0] == 0:
         return np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
-    be = resolve_backend(backend, device)
+    be = resolve_backend(backend, device, n)
     if be == "torch":
         # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
         sims, ids = _knn_torch(x, q, kk, device, max(64, min(block, (1 << 26) // max(n, 1))))

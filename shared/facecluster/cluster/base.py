@@ -33,7 +33,7 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     device: str = Field("auto", description="auto | cpu | cuda[:i]: where kNN and networks run.")
-    knn_backend: str = Field("auto", description="auto | faiss | faiss-gpu | torch (exact search in every case).")
+    knn_backend: str = Field("auto", description="auto | faiss | faiss-gpu | torch (exact search in every case; auto: faiss-GPU on CUDA, on CPU faiss below 30k faces and torch above, measured faster there).")
     seed: int = Field(42, description="Random seed (tie-breaking, Infomap trials).")
     progress: bool = Field(False, description="Show progress bars (the CLI turns this on for a TTY).")
     embedder: Optional[str] = Field(
