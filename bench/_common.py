@@ -29,17 +29,22 @@ def load_workdir(path: str | Path, labels: str = "folder") -> tuple[np.ndarray, 
     return feats, names, meta["embedder"]["embedder"]
 
 
+def parse_value(v: str):
+    """A setting's value from the command line: JSON when it parses (numbers, true/false), else the string."""
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
 def method_settings(pairs: list[str], method: str) -> dict:
-    """``METHOD.key=value`` strings → settings for ``method`` (values parsed as JSON when they can be)."""
+    """``METHOD.key=value`` strings → settings for ``method``."""
     out = {}
     for s in pairs:
         k, _, v = s.partition("=")
         meth, _, key = k.partition(".")
         if meth == method:
-            try:
-                out[key] = json.loads(v)
-            except json.JSONDecodeError:
-                out[key] = v
+            out[key] = parse_value(v)
     return out
 
 

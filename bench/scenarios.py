@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from _common import load_workdir, run_method
+from _common import load_workdir, parse_value, run_method
 
 DEFAULT_VARIANTS = ["infomap", "infomap:merge_fragments=false,min_sim=0.945", "chinese-whispers"]
 
@@ -35,10 +35,7 @@ def parse_variant(v: str) -> tuple[str, dict]:
     settings = {}
     for kv in filter(None, rest.split(",")):
         k, _, val = kv.partition("=")
-        try:
-            settings[k] = json.loads(val)
-        except json.JSONDecodeError:
-            settings[k] = val
+        settings[k] = parse_value(val)
     return method, settings
 
 

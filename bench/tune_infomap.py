@@ -12,21 +12,19 @@ setting holds for tiny clusters (LFW) and huge ones (glint18).
 from __future__ import annotations
 
 import argparse
-import json
 import itertools
 import time
 from pathlib import Path
 
 import numpy as np
-
+from _common import load_workdir, parse_value
 from facecluster.calibration import calibration_mean, prepare_features
 from facecluster.cluster import get_clusterer
-from facecluster.evaluate import labels_from
 from facecluster.metrics import evaluate
-from facecluster.workdir import WorkDir
 
 
-def load(path: Path, embedder: str = "dlib"):
+def load(path: Path):
+    """(features, integer labels) from an .npz feature cache or an embedded work dir."""
     if path.suffix == ".npz":
         z = np.load(path, allow_pickle=False)
         feats, labels = z["feats"], z["labels"]
@@ -35,11 +33,8 @@ def load(path: Path, embedder: str = "dlib"):
             keep[z["failed"]] = False
             feats, labels = feats[keep], labels[keep]
         return feats, labels
-    wd = WorkDir(path)
-    feats, index, meta = wd.read_features()
-    man = wd.read_manifest()
-    names = labels_from([man["records"][i] for i in index], "folder")
-    return feats, np.unique(np.asarray(names), return_inverse=True)[1]
+    feats, names, _ = load_workdir(path)
+    return feats, np.unique(names, return_inverse=True)[1]
 
 
 def main() -> None:
@@ -64,7 +59,7 @@ def main() -> None:
     extra = {}
     for e in a.extra:
         k, _, v = e.partition("=")
-        extra[k] = json.loads(v)  # numbers, true/false
+        extra[k] = parse_value(v)
     ks = [int(v) for v in a.k.split(",")]
     sims = [float(v) for v in a.min_sim.split(",")]
     print(f"{'k':>4} {'min_sim':>7} " + " ".join(f"{n + ' F_B':>12} {n + ' F_P':>12}" for n in sets) + f" {'worst F_B':>9}  seconds")
