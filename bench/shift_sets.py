@@ -1,0 +1,150 @@
+"""Build face sets in crop styles and from sources that ../shared/data does not have.
+
+    python bench/shift_sets.py --lfw-originals DIR [--yale DIR] [--glint ../shared/data/glint18] \
+        -o build/shift [--regimes all]
+
+Why: quality measured on held-out identities of the training source hid a collapse (a
+trained method read 0.87 on LFW-val and merged a hundred people into one cluster on crops
+from another source). Each regime here changes the *source* or the *crop style* (margin,
+size, JPEG quality, blur, colour), so a method can be trained on some and validated on
+regimes it never saw.
+
+Sources (public repository snapshots; nothing is downloaded by this script):
+
+* ``--lfw-originals``: LFW deep-funneled 250x250 originals, folder per identity (e.g. the
+  ``data/lfw-deepfunneled/`` folder of github braun-steven/dfi-tensorflow). The face sits in
+  the centre; ../shared/data/lfw is the centre 150x150 of the same images.
+* ``--yale``: Extended Yale B cropped faces (``CroppedYale/`` of github Uranium2/recognition
+  at commit 55008b5f, 38 people x ~64 greyscale 168x192 PGM photos under extreme lighting).
+* ``--glint``: ../shared/data/glint18 (tight 112x112 aligned crops).
+
+Regimes (folder per identity under ``OUT/<regime>/``; each image's variant is a pure function
+of its file name, so a rebuild gives the same bytes):
+
+=================  ======================================================================
+``lfw-tight``      centre 112 of 250 (little margin), 112 px, JPEG q90
+``lfw-loose``      centre 200 of 250 (~35 % margin per side), 200 px, JPEG q90
+``lfw-lowq``       whole 250 frame downscaled to 80 px, JPEG q35 (a far, compressed face)
+``lfw-greyblur``   centre 170, greyscale, Gaussian blur radius 1.5, 170 px, JPEG q80
+``lfw-mixed``      per image one of: centre 120-230, 64-250 px, q30-95, blur 0-2, grey 25 %
+``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
+``yale``           Extended Yale B, all lighting conditions but the ambient shots, PGM -> PNG
+``yale-moderate``  Extended Yale B, light within 60 deg azimuth and 45 deg elevation
+=================  ======================================================================
+
+Identity split: ``facecluster.train.splits`` (held-out identities by name hash). A regime
+writes every identity; scripts pick training or validation rows with ``validation_mask``.
+Writes ``OUT/<regime>.json`` (input JSON, ``person`` field = identity) next to each folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from PIL import Image, ImageFilter, ImageOps
+
+REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "glint-lowres", "yale", "yale-moderate"]
+
+
+def _u(name: str, salt: str) -> float:
+    """Deterministic uniform [0, 1) from a file name (same file, same variant)."""
+    return int.from_bytes(hashlib.sha256(f"{salt}:{name}".encode()).digest()[:8], "big") / 2.0**64
+
+
+def centre(im: Image.Image, side: int) -> Image.Image:
+    w, h = im.size
+    left, top = (w - side) // 2, (h - side) // 2
+    return im.crop((left, top, left + side, top + side))
+
+
+def lfw_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image, int]:
+    """(image, JPEG quality) of one LFW original in ``regime``."""
+    if regime == "lfw-tight":
+        return centre(im, 112), 90
+    if regime == "lfw-loose":
+        return centre(im, 200), 90
+    if regime == "lfw-lowq":
+        return im.resize((80, 80), Image.BILINEAR), 35
+    if regime == "lfw-greyblur":
+        return ImageOps.grayscale(centre(im, 170)).filter(ImageFilter.GaussianBlur(1.5)).convert("RGB"), 80
+    if regime == "lfw-mixed":
+        side = int(120 + 110 * _u(name, "side"))
+        size = int(64 + (side - 64) * _u(name, "size"))
+        out = centre(im, side).resize((size, size), Image.BILINEAR)
+        blur = 2.0 * _u(name, "blur")
+        if blur > 0.3:
+            out = out.filter(ImageFilter.GaussianBlur(blur))
+        if _u(name, "grey") < 0.25:
+            out = ImageOps.grayscale(out).convert("RGB")
+        return out, int(30 + 65 * _u(name, "q"))
+    raise ValueError(regime)
+
+
+_YALE = re.compile(r"_P00A([+-]\d{3})E([+-]\d{2})\.pgm$")
+
+
+def yale_keep(fname: str, regime: str) -> bool:
+    m = _YALE.search(fname)
+    if not m:  # the *_Ambient.pgm shots (no directed light) and stray files
+        return False
+    az, el = abs(int(m.group(1))), abs(int(m.group(2)))
+    return regime == "yale" or (az <= 60 and el <= 45)
+
+
+def build(regime: str, a, out: Path) -> int:
+    dest = out / regime
+    recs = []
+    if regime.startswith("lfw-"):
+        src = a.lfw_originals
+        files = sorted(src.glob("*/*.jpg"))
+    elif regime == "glint-lowres":
+        src = a.glint
+        files = sorted(src.glob("*/*.jpg"))
+    else:
+        src = a.yale
+        files = sorted(f for f in src.glob("*/*.pgm") if yale_keep(f.name, regime))
+    for f in files:
+        person = f.parent.name
+        suffix = ".png" if regime.startswith("yale") else ".jpg"
+        target = dest / person / (f.stem + suffix)
+        recs.append({"img_path": str(target.resolve()), "person": person})
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        im = Image.open(f)
+        if regime.startswith("lfw-"):
+            img, q = lfw_variant(im.convert("RGB"), regime, f.name)
+            img.save(target, quality=q)
+        elif regime == "glint-lowres":
+            im.convert("RGB").resize((48, 48), Image.BILINEAR).save(target, quality=40)
+        else:
+            im.convert("L").save(target)
+    (out / f"{regime}.json").write_text(json.dumps(recs))
+    return len(recs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lfw-originals", type=Path)
+    ap.add_argument("--yale", type=Path)
+    ap.add_argument("--glint", type=Path, default=Path("../shared/data/glint18"))
+    ap.add_argument("-o", "--out", type=Path, default=Path("build/shift"))
+    ap.add_argument("--regimes", default="all", help="comma-separated names (default: all whose source is given)")
+    a = ap.parse_args()
+    wanted = REGIMES if a.regimes == "all" else a.regimes.split(",")
+    for r in wanted:
+        need = a.lfw_originals if r.startswith("lfw-") else a.glint if r == "glint-lowres" else a.yale
+        if need is None:
+            if a.regimes != "all":
+                ap.error(f"regime {r} needs its source folder")
+            continue
+        n = build(r, a, a.out)
+        print(f"{r:14s} {n:6d} faces -> {a.out / r}.json", flush=True)
+
+
+if __name__ == "__main__":
+    main()
