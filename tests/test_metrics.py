@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from facecluster.metrics import bcubed, evaluate, nmi, pairwise, singletons_to_unique
+from facecluster.metrics import bcubed, cluster_purity, evaluate, nmi, pairwise, singletons_to_unique
 
 
 def test_pairwise_hand_worked():
@@ -55,3 +55,15 @@ def test_unclustered_become_singletons_not_one_cluster():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError):
         pairwise([0, 1], [0])
+
+
+def test_cluster_purity_counts_faces_in_mixed_clusters():
+    # cluster 0: 10 faces, 5+5 of two people (largest identity = half: not mixed, share must be < 0.5)
+    # cluster 1: 12 faces of 4 people, 3 each (mixed); cluster 2: 9 faces of 9 people (too small to count)
+    gt = [0] * 5 + [1] * 5 + [2, 3, 4, 5] * 3 + list(range(10, 19))
+    pred = [0] * 10 + [1] * 12 + [2] * 9
+    r = cluster_purity(gt, pred)
+    assert r == {"largest_cluster": 12, "largest_cluster_ids": 4, "mixed_clusters": 1, "mixed_faces": 12}
+    assert evaluate(gt, pred)["mixed_faces"] == 12
+    pure = cluster_purity([0] * 20, [-1] * 20)  # all unclustered: 20 singletons, nothing mixed
+    assert pure == {"largest_cluster": 1, "largest_cluster_ids": 1, "mixed_clusters": 0, "mixed_faces": 0}

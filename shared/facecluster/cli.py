@@ -289,6 +289,10 @@ def evaluate(
         t.add_row(m, f"{res[m + '_precision']:.4f}", f"{res[m + '_recall']:.4f}", f"{res[m + '_fscore']:.4f}")
     t.add_row("NMI", "", "", f"{res['nmi']:.4f}")
     Console().print(t)
+    typer.echo(
+        f"largest cluster: {res['largest_cluster']} faces of {res['largest_cluster_ids']} people; "
+        f"mixed clusters (>= 10 faces, no person >= half): {res['mixed_clusters']} holding {res['mixed_faces']} faces"
+    )
     if res["failed"]:
         typer.echo(f"({res['failed']} failed records left out)")
 

@@ -101,14 +101,43 @@ def singletons_to_unique(pred) -> np.ndarray:
     return pred
 
 
+MIXED_MIN_SIZE = 10
+MIXED_MAX_SHARE = 0.5
+
+
+def cluster_purity(gt, pred, min_size: int = MIXED_MIN_SIZE, max_share: float = MIXED_MAX_SHARE) -> dict[str, int]:
+    """What F-scores average away: how big the largest predicted cluster is, how many people it
+    holds, and how many faces sit in *mixed* clusters (>= ``min_size`` faces whose largest
+    identity is under ``max_share`` of them, i.e. no one person dominates).
+
+    Keys: ``largest_cluster`` (faces), ``largest_cluster_ids`` (distinct people in it),
+    ``mixed_clusters``, ``mixed_faces``."""
+    gt, pred = _check(gt, pred)
+    pred = singletons_to_unique(pred)
+    ri, ci, nij, _, col = _table(gt, pred)
+    top = np.zeros(len(col))
+    np.maximum.at(top, ci, nij)
+    ids = np.bincount(ci, minlength=len(col))
+    mixed = (col >= min_size) & (top < max_share * col)
+    big = int(np.argmax(col))
+    return {
+        "largest_cluster": int(col[big]),
+        "largest_cluster_ids": int(ids[big]),
+        "mixed_clusters": int(mixed.sum()),
+        "mixed_faces": int(col[mixed].sum()),
+    }
+
+
 def evaluate(gt, pred) -> dict[str, float]:
-    """All metrics in one dict (keys: pairwise_*, bcubed_*, nmi, n, n_clusters, n_singletons)."""
+    """All metrics in one dict (keys: pairwise_*, bcubed_*, nmi, n, n_clusters, n_singletons,
+    and :func:`cluster_purity`'s largest_cluster, largest_cluster_ids, mixed_clusters, mixed_faces)."""
     gt, pred = _check(gt, pred)
     pred = singletons_to_unique(pred)
     pp, pr, pf = pairwise(gt, pred)
     bp, br, bf = bcubed(gt, pred)
     _, counts = np.unique(pred, return_counts=True)
     return {
+        **cluster_purity(gt, pred),
         "pairwise_precision": pp,
         "pairwise_recall": pr,
         "pairwise_fscore": pf,

@@ -1,0 +1,165 @@
+"""The validation protocol under a shift: which embedded sets may be trained or tuned on, and
+which regimes only ever validate. Shared by every quality script so numbers compare.
+
+    python bench/regimes.py --root WORKDIRS [--variant infomap] [--variant gcn-ve] [--json out.json]
+
+``WORKDIRS/<set>`` are work dirs embedded with ``facecluster run`` (default dlib embedder) from
+the input JSONs of ``bench/make_input.py`` (lfw, glint18, orl from ../shared/data) and
+``bench/shift_sets.py`` (the re-cropped and new-source regimes). Labels: the image's folder.
+
+Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out by name hash):
+
+* ``TRAIN_SETS``: training *and* tuning may use the training identities of these sets only.
+* ``validation_regimes``: never trained on, never tuned on. Each has a cluster-size shape:
+
+  ============================  ============================================================
+  ``lfw-val``                   held-out LFW ids, shared 150-px crops, singletons included
+                                (photo collection; source seen, identities not)
+  ``lfw-lowq-val``              same people, whole 250 frame at 80 px, JPEG q35 (crop style
+                                no training set has)
+  ``lfw-loose-val21``           held-out ids with >= 5 photos, at most 21 each, loose crops
+                                (photo collection of regulars, ~30 % margin)
+  ``glint18-val``               5 held-out glint18 people, 1,650 tight crops (long video)
+  ``glint-lowres-val``          same people at 48 px, JPEG q40 (low-resolution video)
+  ``glint18-val+singletons``    glint18-val + held-out LFW one-photo people (video with
+                                passers-by)
+  ``yale``                      Extended Yale B: 38 people x ~64 greyscale shots under extreme
+                                lighting (a source and crop style nothing trains on)
+  ``orl``                       ORL: 40 people x 10 greyscale studio shots (another source)
+  ============================  ============================================================
+
+Report every regime and choose by the worst, counting faces in mixed clusters
+(``facecluster.metrics.cluster_purity``), not only F-scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_workdir, parse_value, run_method  # noqa: E402
+from facecluster.train.splits import validation_mask  # noqa: E402
+
+TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres"]
+SHAPES = {
+    "lfw-val": "photos",
+    "lfw-lowq-val": "photos",
+    "lfw-loose-val21": "photos",
+    "glint18-val": "video",
+    "glint-lowres-val": "video",
+    "glint18-val+singletons": "video+singles",
+    "yale": "video",
+    "orl": "small",
+}
+
+
+def _set_name(s: str) -> str:
+    return "glint18" if s.startswith("glint") else "orl" if s == "orl" else "lfw"
+
+
+def load(root: Path, name: str, part: str = "all") -> tuple[np.ndarray, np.ndarray]:
+    """Features (N, D) and identity names (N,) of ``root/name``; ``part`` all | train | val."""
+    x, n, _ = load_workdir(root / name)
+    if part != "all":
+        m = validation_mask(_set_name(name), n)
+        keep = m if part == "val" else ~m
+        x, n = x[keep], n[keep]
+    return x, n
+
+
+def training_pool(root: Path, sets: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(set, features, names) of the training identities of every available training set."""
+    return [(s, *load(root, s, "train")) for s in (sets or TRAIN_SETS) if (root / s / "features.npy").exists()]
+
+
+def validation_regimes(root: Path, only: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(regime, features, names) for every validation regime whose work dir exists."""
+    out = []
+
+    def have(s: str) -> bool:
+        return (root / s / "features.npy").exists()
+
+    def add(name, fn):
+        if only is None or name in only:
+            out.append((name, *fn()))
+
+    if have("lfw"):
+        add("lfw-val", lambda: load(root, "lfw", "val"))
+    if have("lfw-lowq"):
+        add("lfw-lowq-val", lambda: load(root, "lfw-lowq", "val"))
+    if have("lfw-loose"):
+
+        def loose21():
+            x, n = load(root, "lfw-loose", "val")
+            keep = np.zeros(len(n), bool)
+            for ident, c in Counter(n.tolist()).items():
+                if c >= 5:
+                    keep[np.flatnonzero(n == ident)[:21]] = True
+            return x[keep], n[keep]
+
+        add("lfw-loose-val21", loose21)
+    if have("glint18"):
+        add("glint18-val", lambda: load(root, "glint18", "val"))
+    if have("glint-lowres"):
+        add("glint-lowres-val", lambda: load(root, "glint-lowres", "val"))
+    if have("glint18") and have("lfw"):
+
+        def with_singles():
+            gx, gn = load(root, "glint18", "val")
+            lx, ln = load(root, "lfw", "val")
+            c = Counter(ln.tolist())
+            s = np.array([c[v] == 1 for v in ln], bool)
+            return np.concatenate([gx, lx[s]]), np.concatenate([gn, np.char.add("lfw:", ln[s])])
+
+        add("glint18-val+singletons", with_singles)
+    if have("yale"):
+        add("yale", lambda: load(root, "yale"))
+    if have("orl"):
+        add("orl", lambda: load(root, "orl"))
+    return out
+
+
+def format_row(regime: str, r: dict) -> str:
+    return (
+        f"{regime:24s} {r['n']:6d} {r['n_gt_clusters']:5d}  BCubedF {r['bcubed_fscore']:.4f} "
+        f"(P {r['bcubed_precision']:.3f} R {r['bcubed_recall']:.3f})  pairF {r['pairwise_fscore']:.4f}  "
+        f"largest {r['largest_cluster']:5d}/{r['largest_cluster_ids']:3d}ids  mixed {r['mixed_faces']:5d} "
+        f"({100 * r['mixed_faces'] / r['n']:.1f}%)  clusters {r['n_clusters']:5d}  {r['seconds']:.1f}s"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, required=True, help="folder of embedded work dirs, one per set")
+    ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
+    ap.add_argument("--regimes", help="comma-separated subset")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    rows = []
+    regs = validation_regimes(a.root, a.regimes.split(",") if a.regimes else None)
+    for v in a.variant or ["infomap"]:
+        method, _, rest = v.partition(":")
+        settings = {k: parse_value(val) for k, _, val in (kv.partition("=") for kv in filter(None, rest.split(",")))}
+        print(f"== {v}")
+        worst = None
+        for name, x, n in regs:
+            r = run_method(method, x, n, "dlib", **settings)
+            r.update(regime=name, shape=SHAPES[name], variant=v)
+            rows.append(r)
+            print(format_row(name, r), flush=True)
+            if worst is None or r["bcubed_fscore"] < worst["bcubed_fscore"]:
+                worst = r
+        if worst:
+            print(f"   worst: {worst['regime']} {worst['bcubed_fscore']:.4f}; max mixed {max(r['mixed_faces'] / r['n'] for r in rows if r['variant'] == v):.1%}")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
