@@ -1,20 +1,36 @@
-"""Throughput of the dlib embedder: dlib-bin vs our PyTorch port, and end to end.
+"""End-to-end throughput of the embed stage: faces/s per step and for the whole command.
 
-Each configuration runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
-All network timings use the same aligned chips (LFW + glint18 sample, deterministic).
+Sub-commands (each prints a markdown table and, with ``--json PATH``, writes its numbers):
 
-Configurations
-
-* ``dlib-bin``: ``dlib.face_recognition_model_v1.compute_face_descriptor`` (list overload, num_jitters 0)
-* ``port b=B t=T``: ``DlibEmbedder.embed_batch`` at batch B with T torch threads
-* ``paired``: dlib-bin and the port (batch 64, 1 thread) alternating on the same chips in one
-  process, so that the ratio is not skewed by load changes between runs on a shared machine
-* ``e2e t=T``: decode (``facecluster.imageio.load_image``) + alignment (HOG + 5 landmarks + chip,
-  ``DlibEmbedder.prepare``) + network at batch 64, with the three times reported separately
+``records``
+    Replicate face crops (JPEG/PNG files under ``--src`` folders) to ``--n`` distinct files on
+    disk and write an input JSON for them: what users hand to ``facecluster`` (the network reads
+    every record from its own file, so nothing is served from one cached image).
+``steps``
+    One process, sequential, on ``--n`` crops: decode (``load_image`` + size normalisation),
+    face box (HOG for ``auto``/``hog``, a margin box otherwise), landmarks (dlib 5 points; three
+    predictor runs for ``iter``), chip (``get_face_chip``), then the network batched on
+    ``--device``. Prints ms/face and faces/s per CPU core for each CPU step, faces/s of the
+    network, and what ``--workers`` cores would sustain (CPU steps spread over the workers).
+``e2e``
+    The whole commands ``python -m facecluster.cli prepare`` + ``embed`` as child processes (model
+    load and interpreter start included) on an input JSON; faces/s = records / wall seconds of
+    both; peak RSS of the embed process tree.
+``dlib-loop``
+    The reference: dlib's own loop in one child process (``load_rgb_image``, HOG detector with one
+    upsampling, 5-point predictor from the detection or the whole crop,
+    ``compute_face_descriptor``), whole process.
+``parity``
+    Chips aligned on the CPU → descriptors of the PyTorch port on ``--device`` vs dlib's own
+    ``compute_face_descriptor`` on the same chips (cosine, max abs difference).
 
 Usage::
 
-    python bench/embed_throughput.py [--n 256] [--n-dlib 48] [--device cpu]
+    python bench/embed_throughput.py records --src /work/shared/data/lfw --n 2000 --out /tmp/recs
+    python bench/embed_throughput.py steps --input /tmp/recs/input.json --n 400 --device cpu
+    python bench/embed_throughput.py e2e --input /tmp/recs/input.json --device cpu --work /tmp/w
+    python bench/embed_throughput.py dlib-loop --input /tmp/recs/input.json --n 400
+    python bench/embed_throughput.py parity --input /tmp/recs/input.json --n 64 --device cuda
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,200 +48,253 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+EXTS = (".jpg", ".jpeg", ".png")
 
 
-def sample_paths(n: int) -> list[str]:
-    """n images: 3/4 LFW (loose 150x150 crops), 1/4 glint18 (tight 112x112), evenly spaced."""
-    out = []
-    for name, share in (("lfw", 0.75), ("glint18", 0.25)):
-        files = sorted(str(p) for p in (DATA / name).glob("*/*") if p.is_file())
-        k = int(round(n * share)) if name == "lfw" else n - len(out)
-        out += [files[i] for i in np.linspace(0, len(files) - 1, k).round().astype(int)]
+def _files(srcs: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for s in srcs:
+        p = Path(s)
+        out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in EXTS) if p.is_dir() else [p]
+    if not out:
+        raise SystemExit(f"no JPEG/PNG files under {srcs}")
     return out
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _paths(args: argparse.Namespace) -> list[str]:
+    """--n paths from --input (a facecluster input JSON) or --src folders, cycled when fewer."""
+    if args.input:
+        paths = [r["img_path"] for r in json.loads(Path(args.input).read_text())]
+    else:
+        paths = [str(p) for p in _files(args.src)]
+    n = args.n or len(paths)
+    return [paths[i % len(paths)] for i in range(n)]
 
 
-def child(args: argparse.Namespace) -> dict:
+def _emit(args: argparse.Namespace, rows: list[tuple], head: tuple, data: dict) -> None:
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+    sys.stdout.flush()
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1))
+
+
+# ----------------------------------------------------------------------------------------------
+def cmd_records(args: argparse.Namespace) -> None:
+    """Copy --src crops cyclically to --n distinct files in --out and write --out/input.json."""
+    files = _files(args.src)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recs = []
+    t = time.perf_counter()
+    for i in range(args.n):
+        src = files[i % len(files)]
+        dst = out / f"{i // 10000:03d}" / f"{i:07d}{src.suffix.lower()}"
+        if i % 10000 == 0:
+            dst.parent.mkdir(exist_ok=True)
+        if not dst.exists():
+            shutil.copyfile(src, dst)
+        recs.append({"img_path": str(dst), "face_id": i})
+    (out / "input.json").write_text(json.dumps(recs))
+    kinds = {e: sum(1 for r in recs if r["img_path"].endswith(e)) for e in EXTS}
+    print(f"{args.n} records from {len(files)} crops in {out} ({kinds}) in {time.perf_counter() - t:.1f} s")
+
+
+# ----------------------------------------------------------------------------------------------
+def cmd_steps(args: argparse.Namespace) -> None:
     import torch
 
-    from facecluster.embed.dlib_resnet import DlibEmbedder, default_model_path
-
-    mode = args.child
-    if mode == "dlib-bin":
-        import dlib
-
-        chips = np.load(args.chips)[: args.n_dlib]
-        net = dlib.face_recognition_model_v1(str(default_model_path()))
-        net.compute_face_descriptor(chips[0], 0)  # warm-up
-        t = time.perf_counter()
-        net.compute_face_descriptor(list(chips), 0)
-        dt = time.perf_counter() - t
-        return {"faces": len(chips), "net_s": dt, "fps": len(chips) / dt, "rss_mb": peak_rss_mb()}
-    if mode == "paired":
-        # dlib-bin and the port (batch 64, this process's threads) alternate on the same chips in
-        # the same minute, so that load changes on a shared machine hit both alike
-        import dlib
-
-        chips = np.load(args.chips)
-        small = chips[: args.n_dlib // args.rounds]
-        ref = dlib.face_recognition_model_v1(str(default_model_path()))
-        emb = DlibEmbedder(batch_size=64, threads=args.threads)
-        emb.embed_batch(chips[:64])
-        ref.compute_face_descriptor(small[0], 0)
-        t_ref = t_port = 0.0
-        for _ in range(args.rounds):
-            t = time.perf_counter()
-            ref.compute_face_descriptor(list(small), 0)
-            t_ref += time.perf_counter() - t
-            t = time.perf_counter()
-            emb.embed_batch(chips)
-            t_port += time.perf_counter() - t
-        n_ref, n_port = args.rounds * len(small), args.rounds * len(chips)
-        return {"dlib_fps": n_ref / t_ref, "port_fps": n_port / t_port, "ratio": (n_port / t_port) / (n_ref / t_ref),
-                "rounds": args.rounds, "rss_mb": peak_rss_mb()}
-    if mode == "port":
-        chips = np.load(args.chips)
-        emb = DlibEmbedder(device=args.device, batch_size=args.batch, threads=args.threads)
-        emb.embed_batch(chips[: min(len(chips), args.batch)])  # warm-up (parse + first call)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = np.inf
-        for _ in range(args.repeat):  # best of: the box is shared, the minimum is the least noisy
-            t = time.perf_counter()
-            emb.embed_batch(chips)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t)
-        return {"faces": len(chips), "net_s": best, "fps": len(chips) / best, "rss_mb": peak_rss_mb()}
-    if mode == "e2e":
-        from facecluster.embed import align as A
-        from facecluster.imageio import load_image
-
-        paths = json.loads(Path(args.paths).read_text())
-        emb = DlibEmbedder(device=args.device, batch_size=64, threads=args.threads)
-        emb.embed_batch(np.zeros((1, 150, 150, 3), np.uint8))  # parse + warm-up outside the clock
-        emb.prepare(np.zeros((150, 150, 3), np.uint8), {})
-        t_dec = t_hog = t_align = t_net = 0.0
-        pending = []
-        t0 = time.perf_counter()
-        for p in paths:
-            t = time.perf_counter()
-            img = load_image(p)
-            t_dec += time.perf_counter() - t
-            t = time.perf_counter()
-            A.Aligner.hog_rect(A.normalise_size(img))  # detector alone, for the breakdown
-            t_hog += time.perf_counter() - t
-            t = time.perf_counter()
-            pending.append(emb.prepare(img, {}))
-            t_align += time.perf_counter() - t
-            if len(pending) == 64:
-                t = time.perf_counter()
-                emb.embed_batch(np.stack(pending))
-                t_net += time.perf_counter() - t
-                pending = []
-        if pending:
-            t = time.perf_counter()
-            emb.embed_batch(np.stack(pending))
-            t_net += time.perf_counter() - t
-        total = time.perf_counter() - t0 - t_hog  # the extra detector call is not part of the pipeline
-        n = len(paths)
-        return {
-            "faces": n,
-            "decode_ms": 1000 * t_dec / n,
-            "align_ms": 1000 * t_align / n,
-            "hog_ms": 1000 * t_hog / n,
-            "net_ms": 1000 * t_net / n,
-            "fps": n / total,
-            "rss_mb": peak_rss_mb(),
-        }
-    raise SystemExit(f"unknown mode {mode}")
-
-
-def run_child(argv: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=256, help="faces for the port and end-to-end runs")
-    ap.add_argument("--n-dlib", type=int, default=48, help="faces for dlib-bin (slow: ~8 faces/s)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batches", default="1,32,64")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=4, help="alternations in the paired dlib-bin/port run")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    # internal (child processes)
-    ap.add_argument("--child")
-    ap.add_argument("--chips")
-    ap.add_argument("--paths")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads-one", dest="threads_one", type=int)
-    args = ap.parse_args()
-    if args.child:
-        args.threads = args.threads_one
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        print(json.dumps(child(args)))
-        return
-
+    from facecluster.embed import align as A
     from facecluster.embed.dlib_resnet import DlibEmbedder
     from facecluster.imageio import load_image
 
-    paths = sample_paths(args.n)
-    emb = DlibEmbedder()
-    chips = np.stack([emb.prepare(load_image(p), {}) for p in paths])
-    rows: list[tuple[str, dict]] = []
-    with tempfile.TemporaryDirectory() as td:
-        cp, pp = os.path.join(td, "chips.npy"), os.path.join(td, "paths.json")
-        np.save(cp, chips)
-        Path(pp).write_text(json.dumps(paths))
-        common = ["--chips", cp, "--paths", pp, "--device", args.device, "--repeat", str(args.repeat)]
-        if args.device == "cpu":
-            r = run_child(["--child", "dlib-bin", "--n-dlib", str(args.n_dlib), "--threads-one", "1", *common])
-            rows.append(("dlib-bin compute_face_descriptor", r))
-            print(f"dlib-bin: {r['fps']:.1f} faces/s", flush=True)
-        for t in [int(x) for x in args.threads.split(",")]:
-            for b in [int(x) for x in args.batches.split(",")]:
-                r = run_child(["--child", "port", "--batch", str(b), "--threads-one", str(t), *common])
-                rows.append((f"port {args.device} batch {b}, {t} thread(s)", r))
-                print(f"port b={b} t={t}: {r['fps']:.1f} faces/s", flush=True)
-        paired = None
-        if args.device == "cpu":
-            paired = run_child(["--child", "paired", "--n-dlib", str(args.n_dlib), "--rounds", str(args.rounds),
-                                "--threads-one", "1", *common])
-            print(f"paired: dlib-bin {paired['dlib_fps']:.1f}, port {paired['port_fps']:.1f} faces/s, "
-                  f"ratio {paired['ratio']:.1f}x", flush=True)
-        for t in [int(x) for x in args.threads.split(",")]:
-            r = run_child(["--child", "e2e", "--threads-one", str(t), *common])
-            rows.append((f"end-to-end {args.device} batch 64, {t} thread(s)", r))
-            print(f"e2e t={t}: {r['fps']:.1f} faces/s", flush=True)
-    base = rows[0][1]["fps"] if args.device == "cpu" else None
-    print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end\n")
-    print("| configuration | faces | faces/s | vs dlib-bin | decode ms/face | align ms/face (HOG part) | network ms/face | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in rows:
-        speed = f"{r['fps'] / base:.1f}x" if base else "-"
-        if "decode_ms" in r:
-            extra = f"{r['decode_ms']:.2f} | {r['align_ms']:.2f} ({r['hog_ms']:.2f}) | {r['net_ms']:.2f}"
-        else:
-            extra = f"- | - | {1000 * r['net_s'] / r['faces']:.2f}"
-        print(f"| {name} | {r['faces']} | {r['fps']:.1f} | {speed} | {extra} | {r['rss_mb']:.0f} |")
-    if paired:
-        print(f"\nPaired, alternating {paired['rounds']} rounds in one process (1 thread): dlib-bin "
-              f"{paired['dlib_fps']:.1f} faces/s, port batch 64 {paired['port_fps']:.1f} faces/s: "
-              f"**{paired['ratio']:.1f}x**")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "paired": paired}, indent=1))
+    torch.set_num_threads(max(1, args.threads))
+    paths = _paths(args)
+    al = A.Aligner(margin=args.margin)
+    emb = DlibEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin, threads=args.threads)
+    # warm-up: the predictor's model load and the first HOG run are not per-face costs
+    w = A.normalise_size(A.to_rgb_uint8(load_image(paths[0])))
+    al.chip_from(w, al.landmarks_in(w, al.rect(w)[0]))
+    t = {"decode": 0.0, "face box": 0.0, "landmarks": 0.0, "chip": 0.0}
+    chips = []
+    for p in paths:
+        t0 = time.perf_counter()
+        img = A.normalise_size(A.to_rgb_uint8(load_image(p)))
+        t1 = time.perf_counter()
+        box, _ = al.rect(img)
+        t2 = time.perf_counter()
+        shape = al.landmarks_in(img, box)
+        t3 = time.perf_counter()
+        chips.append(al.chip_from(img, shape))
+        t4 = time.perf_counter()
+        t["decode"] += t1 - t0
+        t["face box"] += t2 - t1
+        t["landmarks"] += t3 - t2
+        t["chip"] += t4 - t3
+    chips_a = np.stack(chips)
+    n = len(paths)
+    # network: whole batches on the device, after one warm-up batch (cuDNN autotuning, allocator)
+    reps = max(1, -(-args.net_faces // n)) if args.net_faces else 1
+    big = np.concatenate([chips_a] * reps)
+    emb.embed_batch(big[: args.batch_size])
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    emb.embed_batch(big)
+    sync()
+    t_net = time.perf_counter() - t0
+    rows, data = [], {"n": n, "device": args.device, "margin": al.margin, "workers": args.workers, "steps": {}}
+    cpu_ms = 0.0
+    for k, v in t.items():
+        ms = 1000 * v / n
+        cpu_ms += ms
+        rows.append((k, "cpu, 1 core", f"{ms:.2f}", f"{1000 / ms:.0f}" if ms > 0 else "-"))
+        data["steps"][k] = {"ms_per_face": ms}
+    net_fps = len(big) / t_net
+    rows.append(("network", f"{args.device}, batch {args.batch_size}", f"{1000 / net_fps:.3f}", f"{net_fps:.0f}"))
+    data["steps"]["network"] = {"faces_per_s": net_fps, "faces": len(big)}
+    cpu_fps = args.workers * 1000 / cpu_ms
+    rows.append(("CPU steps together", f"{args.workers} workers", f"{cpu_ms:.2f}", f"{cpu_fps:.0f}"))
+    rows.append(("bound: min(CPU steps, network)", "", "", f"{min(cpu_fps, net_fps):.0f}"))
+    data.update(cpu_ms_per_face=cpu_ms, cpu_faces_per_s=cpu_fps, network_faces_per_s=net_fps, bound=min(cpu_fps, net_fps))
+    print(f"steps: {n} crops, margin {al.margin}, device {args.device}")
+    _emit(args, rows, ("step", "where", "ms/face", "faces/s"), data)
+
+
+# ----------------------------------------------------------------------------------------------
+def _timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall s, peak RSS MB of the process tree, output tail) of one child command."""
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    return dt, rss, (p.stdout + p.stderr).strip().splitlines()[-1] if (p.stdout + p.stderr).strip() else ""
+
+
+def cmd_e2e(args: argparse.Namespace) -> None:
+    n = len(json.loads(Path(args.input).read_text()))
+    work = Path(args.work or tempfile.mkdtemp(prefix="fc-e2e-"))
+    if work.exists():
+        shutil.rmtree(work)
+    env = dict(os.environ)
+    if args.worker_kind:
+        env["FACECLUSTER_EMBED_WORKERS"] = args.worker_kind
+    fc = [sys.executable, "-m", "facecluster.cli"]
+    t_prep, _, _ = _timed([*fc, "prepare", args.input, "-w", str(work)], env)
+    cmd = [*fc, "embed", "-w", str(work), "--device", args.device, "--batch-size", str(args.batch_size),
+           "--embedder", args.embedder]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    t_emb, rss, tail = _timed(cmd, env)
+    meta = json.loads(next((work / "features").glob("*.meta.json")).read_text()) if (work / "features").is_dir() else {}
+    errors = len(meta.get("errors", {})) if isinstance(meta.get("errors"), dict) else meta.get("errors")
+    wall = t_prep + t_emb
+    data = {"n": n, "device": args.device, "embedder": args.embedder, "workers": args.workers,
+            "worker_kind": args.worker_kind or "auto", "prepare_s": t_prep, "embed_s": t_emb, "wall_s": wall,
+            "faces_per_s": n / wall, "peak_rss_mb": rss, "errors": errors, "embed_output": tail}
+    print(f"e2e: {n} records, {args.embedder}, {args.device}: {tail}")
+    _emit(args, [(n, args.embedder, args.device, args.workers if args.workers is not None else "default",
+                  f"{t_prep:.1f}", f"{t_emb:.1f}", f"{n / wall:.0f}", f"{rss:.0f}", errors)],
+          ("records", "embedder", "device", "workers", "prepare s", "embed s", "faces/s", "peak RSS MB", "errors"), data)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+DLIB_LOOP = r"""
+import json, sys, time
+import dlib, numpy as np
+from facecluster.embed.dlib_resnet import default_landmarks_path, default_model_path
+paths = json.loads(sys.argv[1])
+det = dlib.get_frontal_face_detector()
+sp = dlib.shape_predictor(str(default_landmarks_path()))
+rec = dlib.face_recognition_model_v1(str(default_model_path()))
+out = []
+for p in paths:
+    img = dlib.load_rgb_image(p)
+    d = det(img, 1)
+    r = max(d, key=lambda r: r.area()) if len(d) else dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
+    out.append(np.asarray(rec.compute_face_descriptor(img, sp(img, r), 0)))
+np.save(sys.argv[2], np.stack(out).astype(np.float32))
+"""
+
+
+def cmd_dlib_loop(args: argparse.Namespace) -> None:
+    paths = _paths(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", DLIB_LOOP, json.dumps(paths), f"{tmp}/f.npy"], check=True)
+        dt = time.perf_counter() - t
+    data = {"n": len(paths), "wall_s": dt, "faces_per_s": len(paths) / dt}
+    _emit(args, [(len(paths), f"{dt:.1f}", f"{len(paths) / dt:.1f}")], ("faces", "wall s (whole process)", "faces/s"), data)
+
+
+# ----------------------------------------------------------------------------------------------
+def cmd_parity(args: argparse.Namespace) -> None:
+    import dlib
+
+    from facecluster.embed.dlib_resnet import DlibEmbedder, default_model_path
+    from facecluster.imageio import load_image
+
+    paths = _paths(args)
+    emb = DlibEmbedder(device=args.device, batch_size=64, margin=args.margin, precision=args.precision)
+    chips = np.stack([emb.prepare(load_image(p)) for p in paths])
+    ref = np.asarray(dlib.face_recognition_model_v1(str(default_model_path())).compute_face_descriptor(list(chips), 0))
+    got = emb.embed_batch(chips)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    data = {"n": len(paths), "device": args.device, "precision": args.precision, "min_cosine": float(cos.min()),
+            "max_abs_diff": float(np.abs(ref - got).max())}
+    _emit(args, [(len(paths), args.device, args.precision, f"{cos.min():.7f}", f"{np.abs(ref - got).max():.2e}")],
+          ("chips", "device", "precision", "min cosine vs dlib", "max abs diff"), data)
+    if cos.min() < 0.999:
+        raise SystemExit(f"parity FAILED: min cosine {cos.min():.6f} < 0.999")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, n=400):
+        p.add_argument("--input", help="facecluster input JSON (img_path per record)")
+        p.add_argument("--src", nargs="+", default=[], help="folders of JPEG/PNG crops (instead of --input)")
+        p.add_argument("--n", type=int, default=n, help="records (cycled when the input has fewer)")
+        p.add_argument("--json", help="also write the numbers to this JSON file")
+
+    p = sub.add_parser("records")
+    p.add_argument("--src", nargs="+", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("steps")
+    common(p)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--margin", default="auto", help="alignment strategy (embedder setting margin)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the network")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="cores for the CPU steps")
+    p.add_argument("--net-faces", type=int, default=0, help="time the network on at least this many chips (repeats)")
+    p = sub.add_parser("e2e")
+    p.add_argument("--input", required=True)
+    p.add_argument("--json")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--embedder", default="dlib")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--worker-kind", choices=["auto", "threads", "processes"], default=None)
+    p.add_argument("--work", help="work dir (removed first)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir")
+    p = sub.add_parser("dlib-loop")
+    common(p)
+    p = sub.add_parser("parity")
+    common(p, 64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--margin", default="auto")
+    p.add_argument("--precision", default="fp32")
+    args = ap.parse_args(argv)
+    {"records": cmd_records, "steps": cmd_steps, "e2e": cmd_e2e, "dlib-loop": cmd_dlib_loop, "parity": cmd_parity}[args.cmd](args)
 
 
 if __name__ == "__main__":

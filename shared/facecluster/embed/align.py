@@ -16,7 +16,12 @@ strategy (``margin``):
     detection, else the whole crop;
 ``"auto:<m>"`` / ``"auto"``
     the HOG detection when plausible, else the ``m``-margin box (``"auto"`` uses
-    :data:`AUTO_FALLBACK_MARGIN`).
+    :data:`AUTO_FALLBACK_MARGIN`);
+``"iter:<m>"`` / ``"iter"``
+    no detector: landmarks from the ``m``-margin box, then the box is re-fitted to those landmarks
+    (the box in which the predictor's own mean shape lands on them, :func:`box_from_landmarks`)
+    and the landmarks predicted again, :data:`ITER_ROUNDS` times. About 1 ms instead of the
+    ~10-15 ms of HOG per crop (measured in ``docs/benchmarks/embedding.md``).
 
 Which default aligns best was measured on LFW (~20-30 % margin) and glint18 (tight ArcFace
 crops), see ``docs/benchmarks/embedding.md``. The chip is ``dlib.get_face_chip(img, shape,
@@ -53,6 +58,8 @@ HOG_SIDE = 200
 #: detection score threshold (dlib's default is 0; a little lower keeps faint frontal faces in a crop
 #: that is known to contain a face, the plausibility check rejects stray boxes)
 HOG_THRESHOLD = -0.3
+#: refits of the landmark box in the ``"iter"`` strategy (the box moves < 1 px after the second)
+ITER_ROUNDS = 2
 
 _local = threading.local()
 
@@ -73,6 +80,50 @@ def _predictor(path: Path) -> "dlib.shape_predictor":
     if key not in cache:
         cache[key] = dlib.shape_predictor(key)
     return cache[key]
+
+
+_MEAN_SHAPES: dict[str, np.ndarray] = {}
+
+
+def mean_shape(path: str | Path) -> np.ndarray:
+    """(5, 2) float64: the shape predictor's initial (mean) shape in unit-box coordinates.
+
+    It is the first thing in dlib's ``shape_predictor`` serialisation (int version 1, then a
+    column matrix ``-nr, -nc`` and nr floats, x and y interleaved); read once per file.
+    """
+    key = str(path)
+    if key not in _MEAN_SHAPES:
+        from .dlib_resnet import DatFormatError, _Reader
+
+        with open(key, "rb") as f:
+            r = _Reader(f.read(4096))  # the header is a few hundred bytes
+        if r.int() != 1:
+            raise DatFormatError(f"{key}: not a dlib shape_predictor (version != 1)")
+        nr, nc = -r.int(), -r.int()
+        if nc != 1 or nr <= 0 or nr % 2:
+            raise DatFormatError(f"{key}: unexpected initial shape {nr}x{nc}")
+        _MEAN_SHAPES[key] = np.asarray([r.float() for _ in range(nr)], np.float64).reshape(-1, 2)
+    return _MEAN_SHAPES[key]
+
+
+def box_from_landmarks(pts: np.ndarray, mean: np.ndarray) -> tuple[float, float, float, float]:
+    """Square box (left, top, right, bottom) in which ``mean`` (unit-box coordinates) best fits ``pts``.
+
+    Least squares for ``pts ~ (left, top) + side * mean`` (one side for x and y: dlib's detector
+    boxes are square), i.e. the box the predictor itself would start from for these landmarks.
+
+    Parameters
+    ----------
+    pts : (K, 2) landmarks in pixels.
+    mean : (K, 2) the predictor's mean shape in [0, 1] box coordinates.
+    """
+    pts = np.asarray(pts, np.float64)
+    mc = mean - mean.mean(0)
+    pc = pts - pts.mean(0)
+    side = float((mc * pc).sum() / max((mc * mc).sum(), 1e-12))
+    left, top = pts.mean(0) - side * mean.mean(0)
+    # dlib maps the unit box's (0, 0) to (left, top) and (1, 1) to (right, bottom)
+    return float(left), float(top), float(left + side), float(top + side)
 
 
 def _detector() -> "dlib.fhog_object_detector":
@@ -125,7 +176,7 @@ def normalise_size(img: np.ndarray) -> np.ndarray:
 
 
 def parse_margin(margin: str | float) -> tuple[str, float]:
-    """Strategy spec → (kind, fallback margin); kind in whole / margin / hog / auto."""
+    """Strategy spec → (kind, fallback margin); kind in margin / hog / auto / iter."""
     if isinstance(margin, (int, float)) and not isinstance(margin, bool):
         m = float(margin)
         if not -0.45 < m < 2.0:
@@ -140,10 +191,14 @@ def parse_margin(margin: str | float) -> tuple[str, float]:
         return "auto", AUTO_FALLBACK_MARGIN
     if s.startswith("auto:"):
         return "auto", parse_margin(float(s[5:]))[1]
+    if s == "iter":
+        return "iter", AUTO_FALLBACK_MARGIN
+    if s.startswith("iter:"):
+        return "iter", parse_margin(float(s[5:]))[1]
     try:
         return parse_margin(float(s))
     except ValueError:
-        raise ValueError(f"unknown margin strategy {margin!r}: whole | hog | auto | auto:<m> | <m>") from None
+        raise ValueError(f"unknown margin strategy {margin!r}: whole | hog | auto | auto:<m> | iter | iter:<m> | <m>") from None
 
 
 class Aligner:
@@ -165,7 +220,7 @@ class Aligner:
         self.kind, self.fallback = parse_margin(margin)
         # canonical spelling: "0.2", 0.2 and "auto:0.15" == "auto" give the same fingerprint
         self.margin = f"{self.fallback:g}" if self.kind == "margin" else (
-            "hog" if self.kind == "hog" else f"auto:{self.fallback:g}")
+            "hog" if self.kind == "hog" else f"{self.kind}:{self.fallback:g}")
         if border not in ("black", "replicate"):
             raise ValueError("border must be 'black' or 'replicate'")
         self.border = border
@@ -174,6 +229,8 @@ class Aligner:
             from .base import EmbedderError
 
             raise EmbedderError(f"landmark model not found: {self.landmarks_path}")
+        # read here, so that a pickled copy in a worker process needs no file parsing (nor torch)
+        self._mean = mean_shape(self.landmarks_path) if self.kind == "iter" else None
 
     def settings(self) -> dict:
         return {
@@ -184,6 +241,7 @@ class Aligner:
             "chip": [CHIP_SIZE, CHIP_PADDING],
             "size_range": [MIN_SIDE, MAX_SIDE],
             "hog": [HOG_SIDE, HOG_THRESHOLD] if self.kind in ("hog", "auto") else None,
+            **({"iter_rounds": ITER_ROUNDS} if self.kind == "iter" else {}),
             "landmarks": self.landmarks_path.name,
         }
 
@@ -241,15 +299,24 @@ class Aligner:
     # -- main entry ----------------------------------------------------------------------------
     def landmarks(self, img: np.ndarray) -> "dlib.full_object_detection":
         """5-point landmarks of an (H, W, 3) uint8 RGB image already size-normalised."""
-        _require_dlib()
-        (l, t, r, b), _ = self.rect(img)
-        rect = dlib.rectangle(int(round(l)), int(round(t)), int(round(r)), int(round(b)))
-        return _predictor(self.landmarks_path)(img, rect)
+        return self.landmarks_in(img, self.rect(img)[0])
 
-    def chip(self, img: np.ndarray) -> np.ndarray:
-        """Decoded face crop (any size, grey / RGB / RGBA) → (150, 150, 3) uint8 RGB chip."""
-        img = normalise_size(to_rgb_uint8(img))
-        shape = self.landmarks(img)
+    def landmarks_in(self, img: np.ndarray, box: tuple[float, float, float, float]) -> "dlib.full_object_detection":
+        """5-point landmarks from the (left, top, right, bottom) ``box`` (refitted for ``"iter"``)."""
+        _require_dlib()
+        l, t, r, b = box
+        pred = _predictor(self.landmarks_path)
+        shape = pred(img, dlib.rectangle(int(round(l)), int(round(t)), int(round(r)), int(round(b))))
+        if self.kind == "iter":
+            mean = self._mean
+            for _ in range(ITER_ROUNDS):
+                pts = np.asarray([(q.x, q.y) for q in shape.parts()], np.float64)
+                l, t, r, b = box_from_landmarks(pts, mean)
+                shape = pred(img, dlib.rectangle(int(round(l)), int(round(t)), int(round(r)), int(round(b))))
+        return shape
+
+    def chip_from(self, img: np.ndarray, shape: "dlib.full_object_detection") -> np.ndarray:
+        """dlib's aligned (150, 150, 3) uint8 chip of a size-normalised image from its landmarks."""
         if self.border == "replicate":
             # pad so that the chip (which reaches beyond tight crops) sees edge pixels, not black
             p = max(img.shape[:2]) // 2
@@ -259,3 +326,25 @@ class Aligner:
             shape = dlib.full_object_detection(dlib.rectangle(r.left() + p, r.top() + p, r.right() + p, r.bottom() + p), pts)
             img = padded
         return np.asarray(dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING), dtype=np.uint8)
+
+    def chip(self, img: np.ndarray) -> np.ndarray:
+        """Decoded face crop (any size, grey / RGB / RGBA) → (150, 150, 3) uint8 RGB chip."""
+        img = normalise_size(to_rgb_uint8(img))
+        return self.chip_from(img, self.landmarks(img))
+
+class ChipPreparer:
+    """The picklable "prepare" half of the dlib embedder for worker processes.
+
+    Holds only an :class:`Aligner`, so that a worker process imports dlib, PIL and numpy but not
+    torch or the network. Same interface as the embedder's ``prepare`` for the runner.
+    """
+
+    needs_keypoints = False
+    input_size = (CHIP_SIZE, CHIP_SIZE)
+
+    def __init__(self, aligner: Aligner):
+        self.aligner = aligner
+
+    def prepare(self, img: np.ndarray, record: dict | None = None) -> np.ndarray:
+        """Decoded face crop → (150, 150, 3) uint8 chip (:meth:`Aligner.chip`)."""
+        return self.aligner.chip(img)

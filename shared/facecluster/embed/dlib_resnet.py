@@ -485,6 +485,7 @@ class DlibEmbedder(Embedder):
             "auto": f"dlib HOG detector on the crop, else a {self.aligner.fallback:g}-margin box",
             "hog": "dlib HOG detector on the crop, else the whole crop",
             "margin": f"a {self.aligner.fallback:g}-margin box",
+            "iter": f"a {self.aligner.fallback:g}-margin box refitted to its own landmarks (no detector)",
         }[self.aligner.kind]
         self.preprocessing = (
             f"{rule} -> dlib 5-point landmarks -> dlib.get_face_chip 150x150 padding 0.25, RGB; "
@@ -495,6 +496,21 @@ class DlibEmbedder(Embedder):
         self._sha: str | None = None
         self._mean: np.ndarray | None = None
         self._mean_loaded = False
+
+    #: ``prepare`` (HOG, landmarks, chip) holds the GIL inside dlib: the runner runs it in worker
+    #: processes, which get :meth:`preparer` (the aligner only, no torch) pickled once
+    process_safe = True
+
+    def preparer(self):
+        """Picklable object with this embedder's ``prepare`` for worker processes."""
+        from .align import ChipPreparer
+
+        return ChipPreparer(self.aligner)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_net"] = None  # a pickled copy reloads the network lazily
+        return state
 
     # -- lazy pieces ---------------------------------------------------------------------------
     @property

@@ -2,10 +2,12 @@
 
 :func:`embed_records` is what ``facecluster embed`` / ``run`` call for one shard:
 
-* a thread pool decodes (:func:`facecluster.imageio.load_image`) and prepares (the embedder's
-  alignment) chunks of records while the main thread runs the network on the previous chunk.
-  PIL's decoders, resizes and warps and onnxruntime release the GIL, so threads overlap well
-  without pickling the embedder into worker processes;
+* a pool of worker *processes* (embedders that declare ``process_safe``: dlib, whose detector,
+  landmark predictor and chip extraction hold the GIL) or threads (the others: PIL's decoders,
+  resizes and warps and onnxruntime release the GIL) decodes (:func:`facecluster.imageio.load_image`)
+  and prepares (the embedder's alignment) chunks of records while the main thread runs the network
+  on the previous chunk. Worker processes get the embedder once (pickled without its network) and
+  send back uint8 chips;
 * at most ``num_workers + 2`` chunks are in flight, so memory stays bounded whatever the input size
   (features are the only thing kept: M × D float32);
 * on CUDA, an embedder with ``forward_chips`` (hfsoftmax) gets its uint8 chips through a ring of
@@ -67,9 +69,69 @@ def usable_cpus() -> int:
     return max(1, n)
 
 
-def default_num_workers() -> int:
-    """Decode/align threads: all usable CPUs but one (the main thread feeds the network), 1..8."""
-    return max(1, min(8, usable_cpus() - 1))
+def default_num_workers(processes: bool = False) -> int:
+    """Decode/align workers: all usable CPUs but one (the main thread feeds the network).
+
+    Threads are capped at 8 (they share one interpreter; more only add contention), processes at 64.
+    """
+    return max(1, min(64 if processes else 8, usable_cpus() - 1))
+
+
+#: worker kind: "auto" = processes for embedders with ``process_safe`` (and the default loader),
+#: threads otherwise; the environment variable FACECLUSTER_EMBED_WORKERS=threads|processes forces one
+WORKER_KINDS = ("auto", "threads", "processes")
+
+
+def use_processes(embedder: Embedder, load_is_default: bool, workers: str | None = None) -> bool:
+    """Whether decode/alignment runs in worker processes (see :data:`WORKER_KINDS`)."""
+    kind = (workers or os.environ.get("FACECLUSTER_EMBED_WORKERS") or "auto").strip().lower()
+    if kind not in WORKER_KINDS:
+        raise ValueError(f"workers kind must be one of {WORKER_KINDS}, got {kind!r}")
+    if kind == "threads":
+        return False
+    if kind == "processes":
+        if not load_is_default:
+            raise ValueError("worker processes need the default image loader (a custom `load` is not picklable)")
+        return True
+    return bool(getattr(embedder, "process_safe", False)) and load_is_default
+
+
+# -- worker processes ---------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _proc_init(embedder) -> None:
+    """Process-pool initializer: keep this process's copy of the embedder's preparer."""
+    # one thread per worker process: the workers are as many as the cores already
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER["embedder"] = embedder
+
+
+def _proc_prepare(start: int, paths: list[str], records: list[dict] | None, gpu: bool | str) -> _Chunk:
+    """:func:`_prepare_chunk` in a worker process on ``paths`` = records ``start ..``; indices shifted back."""
+    from ..imageio import load_image
+
+    c = _prepare_chunk(_WORKER["embedder"], load_image, paths, records, range(len(paths)), gpu)
+    c.index = c.index + start
+    c.errors = {start + k: v for k, v in c.errors.items()}
+    c.gpu_index = [start + k for k in c.gpu_index]
+    return c
+
+
+def _process_pool(embedder: Embedder, num_workers: int):
+    """A pool of ``num_workers`` processes started by a fork server.
+
+    Not plain ``fork``: the parent may hold OpenMP / CUDA state and other threads' locks, which a
+    forked child inherits half-initialised; the fork server is a clean process that imports the
+    alignment modules once and forks the workers from there (cheap, no per-worker import of torch).
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["facecluster.embed.align", "facecluster.imageio"])
+    prep = embedder.preparer() if hasattr(embedder, "preparer") else embedder
+    return ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx, initializer=_proc_init, initargs=(prep,))
 
 
 def default_cpu_threads() -> int:
@@ -326,6 +388,7 @@ def iter_embed_chunks(
     progress: bool | None = False,
     load: Loader | None = None,
     timings: dict[str, float] | None = None,
+    workers: str | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str]]]:
     """Stream ``(index (k,), features (k, D) float32, errors {i: msg})`` chunk by chunk, in input order.
 
@@ -334,7 +397,7 @@ def iter_embed_chunks(
     embedder : a constructed :class:`Embedder`.
     paths : image path of each record.
     records : the input records (``prepare`` reads e.g. ``keypoints``); None = no extra fields.
-    num_workers : decode/align threads (None: :func:`default_num_workers`; 0: all in this thread).
+    num_workers : decode/align workers (None: :func:`default_num_workers`; 0: all in this thread).
     chunk_size : records per chunk (default: the embedder's batch size).
     progress : rich progress bar (None: when stderr is a terminal).
     load : path → (H, W, 3) uint8 RGB (default :func:`facecluster.imageio.load_image`).
@@ -342,16 +405,20 @@ def iter_embed_chunks(
         (main thread, including waits for the GPU), wait (main thread waiting for chunks), wall;
         with ``decoder=nvjpeg`` also gpu_decode (seconds) and gpu_images (count); with
         ``decoder=dali`` dali_decode and dali_images.
+    workers : "auto", "threads" or "processes" (see :func:`use_processes`; None: the environment's
+        FACECLUSTER_EMBED_WORKERS, else "auto"). With processes, decode and prepare seconds are
+        summed over the worker processes.
     """
     from ..progress import bar
 
+    procs = use_processes(embedder, load is None, workers)
     if load is None:
         from ..imageio import load_image as load
     n = len(paths)
     if records is not None and len(records) != n:
         raise ValueError(f"{len(records)} records for {n} paths")
     chunk_size = int(chunk_size or embedder.batch_size or 64)
-    num_workers = default_num_workers() if num_workers is None else int(num_workers)
+    num_workers = default_num_workers(procs) if num_workers is None else int(num_workers)
     t = {"decode": 0.0, "prepare": 0.0, "network": 0.0, "wait": 0.0, "wall": 0.0}
     t_start = time.perf_counter()
     ranges = [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
@@ -387,12 +454,24 @@ def iter_embed_chunks(
             for r in ranges:
                 yield _prepare_chunk(embedder, load, paths, records, r, gpu)
             return
-        with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="facecluster-embed") as pool:
+        if procs:
+            pool = _process_pool(embedder, num_workers)
+
+            def submit(r: range) -> Future:
+                sub = None if records is None else list(records[r.start : r.stop])
+                return pool.submit(_proc_prepare, r.start, list(paths[r.start : r.stop]), sub, gpu)
+        else:
+            pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="facecluster-embed")
+
+            def submit(r: range) -> Future:
+                return pool.submit(_prepare_chunk, embedder, load, paths, records, r, gpu)
+
+        with pool:
             inflight: deque[Future] = deque()
             todo = iter(ranges)
             try:
                 for r in todo:
-                    inflight.append(pool.submit(_prepare_chunk, embedder, load, paths, records, r, gpu))
+                    inflight.append(submit(r))
                     if len(inflight) >= num_workers + 2:
                         break
                 while inflight:
@@ -401,7 +480,7 @@ def iter_embed_chunks(
                     t["wait"] += time.perf_counter() - t0
                     nxt = next(todo, None)
                     if nxt is not None:
-                        inflight.append(pool.submit(_prepare_chunk, embedder, load, paths, records, nxt, gpu))
+                        inflight.append(submit(nxt))
                     yield c
             finally:
                 for f in inflight:
@@ -453,6 +532,7 @@ def embed_records(
     progress: bool | None = False,
     chunk_size: int | None = None,
     load: Loader | None = None,
+    workers: str | None = None,
 ) -> EmbedResult:
     """Embed every record of a shard; see :func:`iter_embed_chunks` for the parameters.
 
@@ -466,7 +546,8 @@ def embed_records(
     timings: dict[str, float] = {}
     idx, feats, errors = [], [], {}
     for i, f, e in iter_embed_chunks(
-        embedder, paths, records, num_workers=num_workers, chunk_size=chunk_size, progress=progress, load=load, timings=timings
+        embedder, paths, records, num_workers=num_workers, chunk_size=chunk_size, progress=progress, load=load,
+        timings=timings, workers=workers,
     ):
         idx.append(i)
         feats.append(f)
@@ -478,4 +559,7 @@ def embed_records(
     return EmbedResult(features, index, dict(sorted(errors.items())), timings)
 
 
-__all__ = ["EmbedResult", "embed_records", "iter_embed_chunks", "default_num_workers", "default_cpu_threads", "usable_cpus"]
+__all__ = [
+    "EmbedResult", "embed_records", "iter_embed_chunks", "default_num_workers", "default_cpu_threads", "usable_cpus",
+    "use_processes",
+]

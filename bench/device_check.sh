@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The one prepared device check of issue 12 (embedding throughput on one GPU node), run from the
+# repo root on the lent machine after `bash scripts/device_prep.sh` staged .gpu/ here:
+#
+#   bash bench/device_check.sh                 # on the GPU machine ($OUT set; carry [".gpu"])
+#   OUT=/tmp/devout bash bench/device_check.sh --cpu-smoke    # the same steps on CPU, tiny N
+#
+# Steps (each bounded by `timeout`, each prints its numbers; a failed or timed-out step is
+# recorded and the script goes on):
+#   0. unpack .gpu/whl into a private site dir; PYTHONPATH = site : .gpu/pkgs : shared
+#   1. the GPU tests that exist (tests/test_embed_backends.py, tests/test_embed_dali.py -k gpu/cuda/...)
+#   2. replicate .gpu/crops to N distinct files on local disk (+ input JSONs)
+#   3. per-step table (decode, face box, landmarks, chip, network) for the default alignment
+#      and for margin=iter (no detector)
+#   4. whole commands `facecluster prepare` + `embed --device cuda` over N records (default
+#      embedder), N/4 records (peak RSS flat in N?), and N records with margin=iter
+#   5. descriptor parity: port on the device vs dlib's own compute_face_descriptor (cosine)
+#   6. HOOK for the clustering engineer's command
+# Writes $OUT/summary.md, $OUT/summary.json and $OUT/log.txt (3 files).
+# Timeouts add up to 325 s (+ unpacking, a few s); expected on the H200 about 2 minutes.
+set -uo pipefail
+SMOKE=0
+[ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+OUT="${OUT:?set OUT to the folder for the results}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+LOG="$OUT/log.txt"
+: > "$LOG"
+T0=$(date +%s)
+if [ "$SMOKE" = 1 ]; then
+  DEV=cpu N="${N:-48}" NSTEP="${NSTEP:-24}" NET=64 BS=16 WORKERS="${WORKERS:-1}" TSCALE=3
+else
+  DEV=cuda N="${N:-20000}" NSTEP="${NSTEP:-600}" NET=8192 BS=256 WORKERS="${WORKERS:-$(( $(nproc) - 1 ))}" TSCALE=1
+fi
+N4=$(( N / 4 ))
+WORK="${TMPDIR:-/tmp}/fc-devcheck"
+rm -rf "$WORK"; mkdir -p "$WORK"
+STATUS="$WORK/status.tsv"
+: > "$STATUS"
+
+say() { echo "$*" | tee -a "$LOG"; }
+# step NAME TIMEOUT_S CMD...: run bounded, log output, record status and seconds
+step() {
+  local name="$1" lim=$(( $2 * TSCALE )); shift 2
+  local t; t=$(date +%s%N)
+  say ""; say "=== $name (timeout ${lim}s): $*"
+  timeout --kill-after=5 "$lim" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  local ds=$(( ($(date +%s%N) - t) / 100000000 ))
+  local dt="$(( ds / 10 )).$(( ds % 10 ))"
+  local st=ok
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then st=TIMEOUT
+  elif [ "$rc" -eq 5 ] && [ "$name" = "gpu tests" ]; then say "(no test selected here)"
+  elif [ "$rc" -ne 0 ]; then st="FAILED rc=$rc"; fi
+  printf '%s\t%s\t%s\n' "$name" "$st" "$dt" >> "$STATUS"
+  say "--- $name: $st in ${dt}s"
+}
+
+# ---- 0. unpack -------------------------------------------------------------------------------
+[ -d .gpu/pkgs ] || { say "no .gpu/ here: run scripts/device_prep.sh and carry .gpu"; exit 2; }
+SITE="$WORK/site"
+mkdir -p "$SITE"
+if "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else 1)'; then
+  # wheels are plain zip files: pip if present, else unzip them with the standard library
+  if ! "$PY" -m pip install -q --no-index --no-deps --target "$SITE" .gpu/whl/*.whl >>"$LOG" 2>&1; then
+    "$PY" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$SITE" .gpu/whl/*.whl
+  fi
+  say "unpacked $(ls .gpu/whl | wc -l) wheels into $SITE"
+else
+  say "interpreter $("$PY" -V 2>&1) is not 3.12: the cp312 wheels are skipped, its own packages are used (smoke only)"
+fi
+export PYTHONPATH="$SITE:$root/.gpu/pkgs:$root/shared${PYTHONPATH:+:$PYTHONPATH}"
+B="$PY bench/embed_throughput.py"
+{
+  date -u; uname -n; nproc; free -g | head -2
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c 'import sys, torch, numpy, PIL, dlib, pydantic; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__, "pillow", PIL.__version__, "dlib", dlib.__version__, "pydantic", pydantic.__version__)'
+  "$PY" -c 'import face_recognition_models as m; print("models from", m.__file__)'
+} 2>&1 | tee -a "$LOG"
+
+# ---- 1. GPU tests ----------------------------------------------------------------------------
+step "gpu tests" 50 "$PY" -m pytest -q -p no:cacheprovider tests/test_embed_backends.py tests/test_embed_dali.py \
+  tests/test_embed_throughput.py -k "gpu or cuda or mixed or nvjpeg"
+
+# ---- 2. records on disk ----------------------------------------------------------------------
+step "records" 30 $B records --src .gpu/crops --n "$N" --out "$WORK/recs"
+"$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); json.dump(r[:int(sys.argv[2])], open(sys.argv[3],'w'))" \
+  "$WORK/recs/input.json" "$N4" "$WORK/recs/input-quarter.json"
+
+# ---- 3. per-step tables ----------------------------------------------------------------------
+step "steps default (auto)" 40 $B steps --input "$WORK/recs/input.json" --n "$NSTEP" --device "$DEV" \
+  --batch-size "$BS" --net-faces "$NET" --workers "$WORKERS" --json "$WORK/steps-auto.json"
+step "steps margin=iter" 25 $B steps --input "$WORK/recs/input.json" --n "$NSTEP" --device "$DEV" --margin iter \
+  --batch-size "$BS" --net-faces "$NET" --workers "$WORKERS" --json "$WORK/steps-iter.json"
+
+# ---- 4. whole commands -----------------------------------------------------------------------
+step "e2e default N" 70 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
+  --work "$WORK/w-auto" --json "$WORK/e2e-auto.json"
+step "e2e default N/4" 30 $B e2e --input "$WORK/recs/input-quarter.json" --device "$DEV" --batch-size "$BS" \
+  --work "$WORK/w-auto4" --json "$WORK/e2e-auto-quarter.json"
+step "e2e margin=iter N" 45 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
+  --embedder "dlib?margin=iter" --work "$WORK/w-iter" --json "$WORK/e2e-iter.json"
+
+# ---- 5. parity -------------------------------------------------------------------------------
+step "parity fp32" 35 $B parity --input "$WORK/recs/input.json" --n 64 --device "$DEV" --json "$WORK/parity.json"
+
+# ---- 6. HOOK: clustering (issue 12, deliverable 2) ---------------------------------------------
+# >>> The lead adds the clustering engineer's command here, e.g.
+#   step "cluster 1M" 240 "$PY" bench/<their script> --device "$DEV" --json "$WORK/cluster.json"
+# (files it writes under $WORK/*.json are merged into summary.json; keep its output short) <<<
+
+# ---- summary ---------------------------------------------------------------------------------
+"$PY" - "$WORK" "$OUT" "$STATUS" "$(( $(date +%s) - T0 ))" "$DEV" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, sys
+from pathlib import Path
+work, out, status, wall, dev = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+rows = [l.split("\t") for l in status.read_text().splitlines() if l]
+res = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
+summary = {"device": dev, "wall_s": float(wall), "steps": {r[0]: {"status": r[1], "seconds": r[2]} for r in rows}, "results": res}
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+md = [f"# device check (issue 12, embedding), {dev}, {wall} s", "", "| step | status | s |", "|---|---|---|"]
+md += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows]
+for k in ("steps-auto", "steps-iter"):
+    if k in res:
+        s = res[k]
+        md += ["", f"## {k}: {s['n']} crops, margin {s['margin']}, {s['workers']} workers", "", "| step | ms/face | faces/s |", "|---|---|---|"]
+        for name, v in s["steps"].items():
+            ms = v.get("ms_per_face", 1000 / v["faces_per_s"] if v.get("faces_per_s") else float("nan"))
+            md.append(f"| {name} | {ms:.3f} | {1000 / ms:.0f} |")
+        md.append(f"| CPU steps on {s['workers']} workers | {s['cpu_ms_per_face']:.2f} | {s['cpu_faces_per_s']:.0f} |")
+e2e = [k for k in res if k.startswith("e2e")]
+if e2e:
+    md += ["", "## whole commands (prepare + embed)", "", "| run | records | embedder | prepare s | embed s | faces/s | peak RSS MB | errors |", "|---|---|---|---|---|---|---|---|"]
+    for k in e2e:
+        e = res[k]
+        md.append(f"| {k} | {e['n']} | {e['embedder']} | {e['prepare_s']:.1f} | {e['embed_s']:.1f} | {e['faces_per_s']:.0f} | {e['peak_rss_mb']:.0f} | {e['errors']} |")
+if "parity" in res:
+    p = res["parity"]
+    md += ["", f"parity ({p['device']}, {p['precision']}, {p['n']} chips): min cosine vs dlib {p['min_cosine']:.7f}, max abs diff {p['max_abs_diff']:.2e}"]
+(out / "summary.md").write_text("\n".join(md) + "\n")
+print("\n".join(md))
+EOF
+rm -rf "$WORK/recs" "$WORK"/w-*
+grep -q -v $'\tok\t' "$STATUS" && { say "some steps did not pass (see the table)"; exit 1; }
+exit 0
