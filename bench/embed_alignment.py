@@ -7,7 +7,9 @@ descriptors are scored by
 * ``1nn``: leave-one-out 1-nearest-neighbour identification accuracy (cosine, L2-normalised),
 * ``auc``: ROC AUC of same-person vs different-person cosine similarity over all pairs,
 * ``d_same`` / ``d_diff``: mean Euclidean distance of raw descriptors (dlib's rule: same < 0.6),
-* ``hog``: fraction of crops where the "auto"/"hog" strategies used a HOG detection.
+* ``hog``: fraction of crops where the "auto"/"hog" strategies used a HOG detection,
+* ``bF``: BCubed F of the default clustering method (``facecluster.cluster.DEFAULT_METHOD``, default
+  settings, calibrated features as the pipeline feeds it) on the sample.
 
 Usage::
 
@@ -58,7 +60,14 @@ def score(feats: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     same = (labels[:, None] == labels[None, :])[iu]
     auc = float(roc_auc_score(same, s[iu]))
     d = np.linalg.norm(feats[:, None, :] - feats[None, :, :], axis=2)[iu]
-    return {"1nn": nn1, "auc": auc, "d_same": float(d[same].mean()), "d_diff": float(d[~same].mean())}
+    # the default clustering method on the pipeline's features (calibrated, as `facecluster run` does)
+    from facecluster.calibration import calibration_mean, prepare_features
+    from facecluster.cluster import DEFAULT_METHOD, get_clusterer
+    from facecluster.metrics import bcubed
+
+    pred = get_clusterer(DEFAULT_METHOD, device="cpu").fit_predict(prepare_features(feats, calibration_mean("dlib")))
+    return {"1nn": nn1, "auc": auc, "d_same": float(d[same].mean()), "d_diff": float(d[~same].mean()),
+            "bcubed_f": float(bcubed(labels, pred)[2])}
 
 
 def chips_for(strategy: str, imgs: list[np.ndarray], hog: list) -> tuple[np.ndarray, float]:
@@ -119,12 +128,12 @@ def main() -> None:
             chips, hog_frac = chips_for(st, imgs, hog)
             r = score(emb.embed_batch(chips), labels)
             rows.append((set_name, st, hog_frac, r))
-            print(f"  {st:>12}  1nn {r['1nn']:.4f}  auc {r['auc']:.4f}  d_same {r['d_same']:.3f}  "
+            print(f"  {st:>12}  1nn {r['1nn']:.4f}  auc {r['auc']:.4f}  bF {r['bcubed_f']:.4f}  d_same {r['d_same']:.3f}  "
                   f"d_diff {r['d_diff']:.3f}  hog {hog_frac:.2f}", flush=True)
-    print("\n| set | strategy | 1-NN acc | AUC | mean d same | mean d diff | HOG used |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| set | strategy | 1-NN acc | AUC | BCubed F (default method) | mean d same | mean d diff | HOG used |")
+    print("|---|---|---|---|---|---|---|---|")
     for set_name, st, hf, r in rows:
-        print(f"| {set_name} | {st} | {r['1nn']:.4f} | {r['auc']:.4f} | {r['d_same']:.3f} | {r['d_diff']:.3f} | {hf:.2f} |")
+        print(f"| {set_name} | {st} | {r['1nn']:.4f} | {r['auc']:.4f} | {r['bcubed_f']:.4f} | {r['d_same']:.3f} | {r['d_diff']:.3f} | {hf:.2f} |")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_iter_margin_parsing_and_fingerprint():
     assert A.parse_margin("iter:0.2") == ("iter", 0.2)
     a, b = A.Aligner("iter"), A.Aligner("iter:0.15")
     assert a.fingerprint() == b.fingerprint() != A.Aligner("auto").fingerprint()
-    assert a.settings()["iter_rounds"] == A.ITER_ROUNDS
+    assert a.settings()["iter"] == [A.ITER_ROUNDS, *A.ITER_BOX]
     with pytest.raises(ValueError):
         A.parse_margin("iter:x")
 

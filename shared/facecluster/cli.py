@@ -412,7 +412,11 @@ def main() -> None:
     from .embed.base import EmbedderError
 
     logging.basicConfig(level=os.environ.get("FACECLUSTER_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    _register_training()
+    # the training commands import torch and the trainers (~1.5 s on an idle core, several on a
+    # busy one): only for `facecluster train ...` (or no command), not for every stage process
+    words = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if not words or words[0] == "train":
+        _register_training()
     try:
         # standalone_mode=False makes click *return* the code of typer.Exit instead of raising it
         rc = app(standalone_mode=False)
