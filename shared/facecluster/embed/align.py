@@ -21,8 +21,10 @@ strategy (``margin``):
     no detector: landmarks from the ``m``-margin box, then the box is re-fitted to those landmarks
     (the box in which the predictor's own mean shape lands on them, :func:`box_from_landmarks`,
     corrected by :data:`ITER_BOX` to where the HOG detector puts its box) and the landmarks
-    predicted again, :data:`ITER_ROUNDS` times. About 1 ms instead of the
-    ~10-15 ms of HOG per crop (measured in ``docs/benchmarks/embedding.md``).
+    predicted again, :data:`ITER_ROUNDS` times. Three predictor runs instead of HOG + one: in
+    dlib-bin a predictor run costs about a third of a HOG pass, so this saves only ~10-25 % of
+    the alignment time on a CPU (``docs/benchmarks/embedding.md`` §5); it is what a batched
+    GPU predictor needs (no detector in the loop).
 
 Which default aligns best was measured on LFW (~20-30 % margin) and glint18 (tight ArcFace
 crops), see ``docs/benchmarks/embedding.md``. The chip is ``dlib.get_face_chip(img, shape,
