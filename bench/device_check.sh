@@ -17,7 +17,7 @@
 #   5. descriptor parity: port on the device vs dlib's own compute_face_descriptor (cosine)
 #   6. HOOK for the clustering engineer's command
 # Writes $OUT/summary.md, $OUT/summary.json and $OUT/log.txt (3 files).
-# Timeouts add up to 325 s (+ unpacking, a few s); expected on the H200 about 2 minutes.
+# Timeouts add up to 330 s (+ unpacking, a few s); expected on the H200 about 2 minutes.
 set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
@@ -96,9 +96,9 @@ step "steps margin=iter" 25 $B steps --input "$WORK/recs/input.json" --n "$NSTEP
   --batch-size "$BS" --net-faces "$NET" --workers "$WORKERS" --json "$WORK/steps-iter.json"
 
 # ---- 4. whole commands -----------------------------------------------------------------------
-step "e2e default N" 70 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
+step "e2e default N" 80 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
   --work "$WORK/w-auto" --json "$WORK/e2e-auto.json"
-step "e2e default N/4" 30 $B e2e --input "$WORK/recs/input-quarter.json" --device "$DEV" --batch-size "$BS" \
+step "e2e default N/4" 25 $B e2e --input "$WORK/recs/input-quarter.json" --device "$DEV" --batch-size "$BS" \
   --work "$WORK/w-auto4" --json "$WORK/e2e-auto-quarter.json"
 step "e2e margin=iter N" 45 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
   --embedder "dlib?margin=iter" --work "$WORK/w-iter" --json "$WORK/e2e-iter.json"

@@ -2,7 +2,7 @@
 # Stage under .gpu/ (gitignored) everything `bash bench/device_check.sh` needs on the lent GPU
 # machine, which has python3.12 + CUDA torch, torchvision, numpy, scipy, pillow, typer, rich,
 # opencv but no network, no pydantic, no dlib-bin (and no pytest):
-#   .gpu/whl/    CPython 3.12 manylinux wheels of what it lacks (pydantic stack, dlib-bin, pytest stack)
+#   .gpu/whl/    CPython 3.12 manylinux wheels of what it lacks (pydantic stack, dlib-bin, pytest + its deps incl. pygments)
 #   .gpu/pkgs/   face_recognition_models with only the two models the dlib embedder loads
 #                (5-point landmarks + ResNet: 31 MB instead of the 100 MB package)
 #   .gpu/crops/  a realistic mix of face crops as users have them, which the device script
@@ -32,7 +32,7 @@ done
 # Versions as pinned for the images (images/requirements/*.txt) and this venv's pytest.
 wheels=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
         typing-extensions==4.16.0 dlib-bin==20.0.1.post1 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
-        packaging==26.4)
+        packaging==26.4 pygments==2.21.0)
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${plat[@]}" -d "$out/whl" "${wheels[@]}" 2>&1 | grep -v 'is ignored' || true
 n="$(find "$out/whl" -name '*.whl' | wc -l)"
