@@ -14,10 +14,11 @@
 #      and for margin=iter (no detector)
 #   4. whole commands `facecluster prepare` + `embed --device cuda` over N records (default
 #      embedder), N/4 records (peak RSS flat in N?), and N records with margin=iter
+#   4b. dlib's 5-point predictor batched in torch on the device (landmarks/s, agreement with dlib)
 #   5. descriptor parity: port on the device vs dlib's own compute_face_descriptor (cosine)
 #   6. HOOK for the clustering engineer's command
 # Writes $OUT/summary.md, $OUT/summary.json and $OUT/log.txt (3 files).
-# Timeouts add up to 330 s (+ unpacking, a few s); expected on the H200 about 2 minutes.
+# Timeouts add up to 370 s (+ unpacking, a few s); expected on the H200 about 2 minutes.
 set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
@@ -30,9 +31,9 @@ LOG="$OUT/log.txt"
 : > "$LOG"
 T0=$(date +%s)
 if [ "$SMOKE" = 1 ]; then
-  DEV=cpu N="${N:-48}" NSTEP="${NSTEP:-24}" NET=64 BS=16 WORKERS="${WORKERS:-1}" TSCALE=3
+  DEV=cpu N="${N:-48}" NSTEP="${NSTEP:-24}" NET=64 BS=16 WORKERS="${WORKERS:-1}" TSCALE=3 NLM=32
 else
-  DEV=cuda N="${N:-20000}" NSTEP="${NSTEP:-600}" NET=8192 BS=256 WORKERS="${WORKERS:-$(( $(nproc) - 1 ))}" TSCALE=1
+  DEV=cuda N="${N:-20000}" NSTEP="${NSTEP:-600}" NET=8192 BS=256 WORKERS="${WORKERS:-$(( $(nproc) - 1 ))}" TSCALE=1 NLM=4096
 fi
 N4=$(( N / 4 ))
 WORK="${TMPDIR:-/tmp}/fc-devcheck"
@@ -103,6 +104,9 @@ step "e2e default N/4" 25 $B e2e --input "$WORK/recs/input-quarter.json" --devic
 step "e2e margin=iter N" 45 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
   --embedder "dlib?margin=iter" --work "$WORK/w-iter" --json "$WORK/e2e-iter.json"
 
+step "torch landmarks" 40 $B landmarks --input "$WORK/recs/input.json" --n "$NLM" --device "$DEV" \
+  --json "$WORK/landmarks-torch.json"
+
 # ---- 5. parity -------------------------------------------------------------------------------
 step "parity fp32" 35 $B parity --input "$WORK/recs/input.json" --n 64 --device "$DEV" --json "$WORK/parity.json"
 
@@ -136,6 +140,9 @@ if e2e:
     for k in e2e:
         e = res[k]
         md.append(f"| {k} | {e['n']} | {e['embedder']} | {e['prepare_s']:.1f} | {e['embed_s']:.1f} | {e['faces_per_s']:.0f} | {e['peak_rss_mb']:.0f} | {e['errors']} |")
+if "landmarks-torch" in res:
+    l = res["landmarks-torch"]
+    md += ["", f"torch landmarks ({l['device']}, {l['n']} crops in one batch): {l['faces_per_s']:.0f} faces/s, model parse {l['parse_s']:.1f} s; vs dlib (64 crops): max {l['max_px_vs_dlib']:.0f} px after rounding, {l['exact_fraction']:.4f} of coordinates exact, max unrounded {l['max_unrounded_px']:.2f} px"]
 if "parity" in res:
     p = res["parity"]
     md += ["", f"parity ({p['device']}, {p['precision']}, {p['n']} chips): min cosine vs dlib {p['min_cosine']:.7f}, max abs diff {p['max_abs_diff']:.2e}"]

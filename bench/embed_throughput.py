@@ -20,6 +20,9 @@ Sub-commands (each prints a markdown table and, with ``--json PATH``, writes its
     The reference: dlib's own loop in this process (``load_rgb_image``, HOG detector with one
     upsampling, 5-point predictor from the largest detection or the whole crop,
     ``compute_face_descriptor``); time the whole process from outside (``/usr/bin/time``).
+``landmarks``
+    dlib's 5-point predictor batched in torch (:mod:`facecluster.embed.landmarks_torch`) on
+    ``--device``: landmarks/s for the whole batch, and agreement with dlib's own predictor.
 ``parity``
     Chips aligned on the CPU → descriptors of the PyTorch port on ``--device`` vs dlib's own
     ``compute_face_descriptor`` on the same chips (cosine, max abs difference).
@@ -255,6 +258,56 @@ def cmd_parity(args: argparse.Namespace) -> None:
         raise SystemExit(f"parity FAILED: min cosine {cos.min():.6f} < 0.999")
 
 
+# ----------------------------------------------------------------------------------------------
+def cmd_landmarks(args: argparse.Namespace) -> None:
+    """dlib's 5-point predictor batched in torch (facecluster.embed.landmarks_torch) on --device:
+    landmarks/s at --batch-size, and agreement with dlib's own predictor on the same boxes."""
+    import dlib
+    import torch
+
+    from facecluster.embed import align as A
+    from facecluster.embed.dlib_resnet import default_landmarks_path
+    from facecluster.embed.landmarks_torch import TorchShapePredictor
+    from facecluster.imageio import load_image
+
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # as the embedder on a busy box: OpenMP threads wait for cores
+    paths = _paths(args)
+    imgs = [A.normalise_size(A.to_rgb_uint8(load_image(p))) for p in paths]
+    H, W = max(i.shape[0] for i in imgs), max(i.shape[1] for i in imgs)
+    batch = np.zeros((len(imgs), H, W, 3), np.uint8)
+    for k, im in enumerate(imgs):
+        batch[k, : im.shape[0], : im.shape[1]] = im
+    sizes = torch.tensor([i.shape[:2] for i in imgs])
+    rects = torch.tensor([[round(v) for v in A.Aligner.margin_rect(*i.shape[:2], 0.15)] for i in imgs], dtype=torch.float32)
+    t0 = time.perf_counter()
+    tp = TorchShapePredictor(default_landmarks_path(), device=args.device)
+    t_load = time.perf_counter() - t0
+    gray = TorchShapePredictor.intensity(torch.from_numpy(batch).to(args.device))
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    out = tp(gray, sizes, rects)
+    sync()
+    reps = max(1, args.reps)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = tp(gray, sizes, rects)
+    sync()
+    dt = (time.perf_counter() - t0) / reps
+    pred = dlib.shape_predictor(str(default_landmarks_path()))
+    k = min(len(imgs), 64)
+    ref = np.array([[(q.x, q.y) for q in pred(imgs[i], dlib.rectangle(*[int(v) for v in rects[i].tolist()])).parts()]
+                    for i in range(k)], float)
+    got = out[:k].cpu().numpy()
+    d = np.abs(np.round(got) - ref)
+    data = {"n": len(imgs), "device": args.device, "parse_s": t_load, "faces_per_s": len(imgs) / dt,
+            "max_px_vs_dlib": float(d.max()), "exact_fraction": float((d == 0).mean()),
+            "max_unrounded_px": float(np.abs(got - ref).max())}
+    _emit(args, [(len(imgs), args.device, f"{t_load:.1f}", f"{len(imgs) / dt:.0f}", f"{d.max():.0f}", f"{(d == 0).mean():.4f}",
+                  f"{np.abs(got - ref).max():.2f}")],
+          ("faces", "device", "model parse s", "landmarks faces/s", "max px vs dlib (rounded)", "coords exact",
+           "max px unrounded"), data)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -289,13 +342,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p = sub.add_parser("dlib-loop")
     common(p)
+    p = sub.add_parser("landmarks")
+    common(p, 512)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--reps", type=int, default=3)
     p = sub.add_parser("parity")
     common(p, 64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--margin", default="auto")
     p.add_argument("--precision", default="fp32")
     args = ap.parse_args(argv)
-    {"records": cmd_records, "steps": cmd_steps, "e2e": cmd_e2e, "dlib-loop": cmd_dlib_loop, "parity": cmd_parity}[args.cmd](args)
+    {"records": cmd_records, "steps": cmd_steps, "e2e": cmd_e2e, "dlib-loop": cmd_dlib_loop, "parity": cmd_parity,
+     "landmarks": cmd_landmarks}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -144,3 +144,69 @@ def test_cuda_end_to_end_matches_cpu():
     assert cpu.index.tolist() == gpu.index.tolist()
     cos = (cpu.features * gpu.features).sum(1) / np.linalg.norm(cpu.features, axis=1) / np.linalg.norm(gpu.features, axis=1)
     assert cos.min() >= 0.9999
+
+
+# -- dlib's shape predictor batched in torch --------------------------------------------------
+@pytest.fixture(scope="module")
+def cascade():
+    from facecluster.embed.landmarks_torch import read_shape_predictor
+
+    return read_shape_predictor(default_landmarks_path())
+
+
+def _landmark_batch(paths):
+    imgs = [A.normalise_size(A.to_rgb_uint8(load_image(p))) for p in paths]
+    H, W = max(i.shape[0] for i in imgs), max(i.shape[1] for i in imgs)
+    batch = np.zeros((len(imgs), H, W, 3), np.uint8)
+    for k, im in enumerate(imgs):
+        batch[k, : im.shape[0], : im.shape[1]] = im
+    # boxes of several kinds: the 0.15-margin box, one shifted partly outside the image
+    rects = []
+    for k, im in enumerate(imgs):
+        l, t, r, b = (round(v) for v in A.Aligner.margin_rect(*im.shape[:2], 0.15))
+        if k % 3 == 2:
+            l, t, r, b = l - 40, t - 30, r - 40, b - 30
+        rects.append((l, t, r, b))
+    return imgs, batch, rects
+
+
+def test_shape_predictor_file_parsed_completely(cascade):
+    m = cascade
+    assert m.split_idx.shape == (15, 500, 15, 2) and m.leaves.shape == (15, 500, 16, 10)
+    assert m.anchor.shape[0] == 15 and m.deltas.shape == (*m.anchor.shape, 2)
+    assert m.anchor.max() < 5 and m.split_idx.max() < m.anchor.shape[1]
+    np.testing.assert_allclose(m.mean, A.mean_shape(default_landmarks_path()), atol=1e-6)
+
+
+def test_torch_landmarks_match_dlib(cascade):
+    """Rounded torch landmarks equal dlib's for nearly every coordinate, never more than 1 px off."""
+    from facecluster.embed.landmarks_torch import TorchShapePredictor
+
+    imgs, batch, rects = _landmark_batch(_faces(9, 3))
+    torch.set_num_threads(1)
+    tp = TorchShapePredictor(cascade)
+    out = tp(TorchShapePredictor.intensity(torch.from_numpy(batch)), torch.tensor([i.shape[:2] for i in imgs]),
+             torch.tensor(rects, dtype=torch.float32)).numpy()
+    pred = dlib.shape_predictor(str(default_landmarks_path()))
+    ref = np.array([[(q.x, q.y) for q in pred(im, dlib.rectangle(*r)).parts()] for im, r in zip(imgs, rects)], float)
+    d = np.abs(np.round(out) - ref)
+    assert d.max() <= 1 and (d == 0).mean() >= 0.95, (d.max(), (d == 0).mean())
+    assert np.abs(out - ref).max() < 1.0
+    # a face alone in its batch gives the same landmarks as in the padded batch
+    one = tp(TorchShapePredictor.intensity(torch.from_numpy(batch[:1, : imgs[0].shape[0], : imgs[0].shape[1]])),
+             torch.tensor([imgs[0].shape[:2]]), torch.tensor(rects[:1], dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(one[0], out[0], atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_landmarks_cuda_match_cpu(cascade):
+    from facecluster.embed.landmarks_torch import TorchShapePredictor
+
+    staged = sorted((REPO / ".gpu" / "crops").glob("*"))
+    paths = [str(p) for p in staged[:: max(1, len(staged) // 24)]] if staged else _faces(9, 3)
+    imgs, batch, rects = _landmark_batch(paths)
+    args = (TorchShapePredictor.intensity(torch.from_numpy(batch)), torch.tensor([i.shape[:2] for i in imgs]),
+            torch.tensor(rects, dtype=torch.float32))
+    cpu = TorchShapePredictor(cascade)(*args).numpy()
+    gpu = TorchShapePredictor(cascade, device="cuda")(*args).cpu().numpy()
+    assert np.abs(np.round(cpu) - np.round(gpu)).max() <= 1 and np.abs(cpu - gpu).max() < 0.5
