@@ -299,7 +299,7 @@ def cmd_landmarks(args: argparse.Namespace) -> None:
                     for i in range(k)], float)
     got = out[:k].cpu().numpy()
     d = np.abs(np.round(got) - ref)
-    data = {"n": len(imgs), "device": args.device, "parse_s": t_load, "faces_per_s": len(imgs) / dt,
+    data = {"n": len(imgs), "n_compared": k, "device": args.device, "parse_s": t_load, "faces_per_s": len(imgs) / dt,
             "max_px_vs_dlib": float(d.max()), "exact_fraction": float((d == 0).mean()),
             "max_unrounded_px": float(np.abs(got - ref).max())}
     _emit(args, [(len(imgs), args.device, f"{t_load:.1f}", f"{len(imgs) / dt:.0f}", f"{d.max():.0f}", f"{(d == 0).mean():.4f}",
