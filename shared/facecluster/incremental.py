@@ -87,6 +87,9 @@ class IncrementalConfig(BaseModel):
         description="A new face takes an existing cluster's id when >= this share of its strong "
         "links (>= min_sim; links to other new faces count too) go into that cluster.",
     )
+    vote_rounds: int = Field(
+        10, ge=1, description="Rounds of the per-face strong-link vote (each lets the vote follow one more new face in a chain)."
+    )
     group_cover: float = Field(
         0.5,
         gt=0,
@@ -192,19 +195,25 @@ def assign(
     t = time.perf_counter()
     self_col = ids == (n + np.arange(m))[:, None]
     is_stored = ids < n
-    # 2. strong-link vote: clear majority of a face's strong links in one existing cluster
+    # 2. strong-link vote: a clear majority of a face's strong links lands in one existing
+    # cluster. Repeated so that it spreads along chains of new faces (a new photo whose only
+    # strong link is another new photo of a known person follows it once that one has joined).
     strong = (sims >= min_sim) & ~self_col
     n_strong = strong.sum(axis=1)
-    ss = strong & is_stored
-    if ss.any():
+    nc = int(stored_ids.max()) + 1 if n else 0
+    for _ in range(cfg.vote_rounds if n else 0):
+        nb = _neighbour_ids(ids, stored_ids, ids_out, n)
+        ss = strong & (nb >= 0) & (ids_out < 0)[:, None]
+        if not ss.any():
+            break
         r, c = np.nonzero(ss)
-        lab = stored_ids[ids[r, c]]
-        nc = int(stored_ids.max()) + 1
-        votes = sp.csr_matrix((np.ones(len(r)), (r, lab)), shape=(m, nc))
+        votes = sp.csr_matrix((np.ones(len(r)), (r, nb[r, c])), shape=(m, nc))
         votes.sum_duplicates()
         top = np.asarray(votes.argmax(axis=1)).reshape(-1)  # ties: lowest id (scipy: first max)
         top_v = np.asarray(votes.max(axis=1).todense()).reshape(-1)
-        ok = (top_v >= 1) & (top_v >= cfg.assign_share * n_strong)
+        ok = (ids_out < 0) & (top_v >= 1) & (top_v >= cfg.assign_share * n_strong)
+        if not ok.any():
+            break
         ids_out[ok] = top[ok]
         joined[ok] = 1
     timings["vote"] = time.perf_counter() - t
@@ -686,9 +695,15 @@ def add(
             raise CollectionError(f"{input_path} changed while being added; run the command again")
         fresh = _embedded(inc, man, want)
         if not fresh:
-            from .embed import get_embedder
+            try:
+                from .embed import get_embedder
 
-            emb = get_embedder(spec, device=device, batch_size=batch_size)
+                emb = get_embedder(spec, device=device, batch_size=batch_size)
+            except ImportError as e:  # e.g. the clustering image, which has no face models
+                raise CollectionError(
+                    f"cannot embed the new records here ({e}); run `facecluster add {input_path} --work-dir "
+                    f"{wd.root} --embed-only` where the embedder is installed (the recognition image) first"
+                ) from None
             if emb.fingerprint() != want["fingerprint"] or emb.name != want["embedder"]:
                 raise CollectionError(
                     f"{wd.root} was embedded with {_embedder_spec(want)} (fingerprint {want['fingerprint'][:12]}), "
