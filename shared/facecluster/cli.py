@@ -358,6 +358,8 @@ def add(
         f"collection: {s['collection_records']} records, next id {s['next_id']} [method {s['method']}, embedder {s['embedder']}]",
         err=True,
     )
+    if res.timings:
+        typer.echo("[add] seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items()), err=True)
     if res.suggested_merges:
         pairs = ", ".join(f"{m['ids'][0]}+{m['ids'][1]}" for m in res.suggested_merges[:10])
         more = f" and {len(res.suggested_merges) - 10} more" if len(res.suggested_merges) > 10 else ""

@@ -760,6 +760,8 @@ def add(
             "joined_existing": int((res.joined > 0).sum()),
             "added": _now(),
         }
+        # seconds per step up to the commit (embedding of the new records included)
+        entry["timings"] = {k_: round(v, 3) for k_, v in timings.items()}
         st = dict(st)
         st["batches"] = [*st["batches"], entry]
         st["next_id"] = int(res.next_id)
@@ -768,7 +770,7 @@ def add(
         st["suggested_merges"] = [*st["suggested_merges"], *merges]
         atomic_write_json(coll.state_path, st)
         timings["commit"] = time.perf_counter() - t
-        entry["seconds"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t0
         shutil.rmtree(inc.root, ignore_errors=True)  # committed: the scratch embedding is no longer needed
         meta = read_json(coll.segment_meta(b))
         out = _batch_output(meta)
