@@ -186,7 +186,7 @@ def _cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_two_adds_at_once_lock_with_real_processes(base_run, tmp_path, lfw):
+def test_two_adds_at_once_lock_with_real_processes(base_run, tmp_path, lfw, capsys):
     """A third process holds W's lock: `add --no-wait` refuses (75); two waiting `add`s print
     that they wait, then run one after the other and both batches end up intact."""
     w = _copy_w(base_run, tmp_path)
@@ -202,12 +202,12 @@ def test_two_adds_at_once_lock_with_real_processes(base_run, tmp_path, lfw):
         assert holder.stdout.readline().strip() == "locked"
         a = _json(tmp_path / "a.json", [{"img_path": str(lfw["Colin_Powell"][5])}])
         b = _json(tmp_path / "b.json", [{"img_path": str(lfw["Serena_Williams"][0])}, {"img_path": str(lfw["Serena_Williams"][1])}])
-        busy = _cli("add", a, "-w", w, "-o", tmp_path / "busy.json", "--no-wait", "--device", "cpu")
         pa = _cli("add", a, "-w", w, "-o", tmp_path / "a-out.json", "--device", "cpu")
         pb = _cli("add", b, "-w", w, "-o", tmp_path / "b-out.json", "--device", "cpu")
-        _, err = busy.communicate(timeout=120)
-        assert busy.returncode == incremental.EXIT_BUSY, err
-        assert "being changed by another `facecluster add`" in err and not (tmp_path / "busy.json").exists()
+        # --no-wait refuses at once (in this process: the lock is held by another one)
+        assert run_cli("add", a, "-w", w, "-o", tmp_path / "busy.json", "--no-wait", "--device", "cpu") == incremental.EXIT_BUSY
+        assert "being changed by another `facecluster add`" in capsys.readouterr().err
+        assert not (tmp_path / "busy.json").exists()
         # both real adds report that they wait (stderr is line-buffered), then the lock is freed
         first = [pa.stderr.readline(), pb.stderr.readline()]
         assert all("waiting for another `facecluster add`" in line for line in first), first

@@ -338,8 +338,8 @@ def write_report(
     workers : thumbnail threads (default: CPU count, at most 8). PIL releases the GIL
         while decoding, so threads scale.
     added : (N,) bools, optional
-        Faces to mark as added by the last ``facecluster add`` (green inner frame, a count in
-        the header, and a filter); ``added_label`` names that batch in the header.
+        Faces to mark as added by the last ``facecluster add`` (a green inner frame and a count
+        in the header); ``added_label`` names that batch in the header.
 
     Returns
     -------
