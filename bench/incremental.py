@@ -131,7 +131,7 @@ def synthetic(n: int, dim: int = 128, per_person: int = 10, seed: int = 0) -> tu
     return (centres[who] + 0.018 * rng.normal(size=(n, dim)).astype(np.float32)).astype(np.float32), who
 
 
-def timing(stored: int, frac: float, batch: bool) -> dict:
+def timing(stored: int, frac: float, batch: bool, device: str = "cpu") -> dict:
     from facecluster.incremental import Collection, STATE_FORMAT, STATE_VERSION
     from facecluster.workdir import WorkDir, atomic_save_npz, atomic_write_json
 
@@ -144,14 +144,14 @@ def timing(stored: int, frac: float, batch: bool) -> dict:
     who = np.concatenate([who, wu + who.max() + 1])
     old, new = X[:stored], X[stored:]
     settings = get_clusterer("infomap", device="cpu", embedder="dlib").settings()
-    out: dict = {"stored": stored, "new": m, "dim": X.shape[1], "unseen_people": int(len(np.unique(wu)))}
+    out: dict = {"stored": stored, "new": m, "dim": X.shape[1], "unseen_people": int(len(np.unique(wu))), "device": device}
     # the stored ids: the synthetic people (what an earlier run would have found; clustering
     # 100k faces here only to make them would not change what `add` costs)
     ids = renumber(who[:stored])
     # warm up: import torch / faiss / infomap once (a process pays that at start-up, whatever
     # the collection's size; `add` also loads the embedder with torch before this point)
     for be in ("faiss", "torch"):
-        assign(old[:50], ids[:50], new[:20], int(ids[:50].max()) + 1, dict(settings, knn_backend=be))
+        assign(old[:50], ids[:50], new[:20], int(ids[:50].max()) + 1, dict(settings, knn_backend=be), device=device)
     with tempfile.TemporaryDirectory() as d:
         coll = Collection(WorkDir(d))
         coll.root.mkdir(parents=True)
@@ -163,7 +163,7 @@ def timing(stored: int, frac: float, batch: bool) -> dict:
         feats, sids = coll.load_features(coll.state())
         out["load_s"] = round(time.perf_counter() - t0, 2)
         t = time.perf_counter()
-        res = assign(feats, sids, new, st["next_id"], settings)
+        res = assign(feats, sids, new, st["next_id"], settings, device=device)
         out["assign_s"] = round(time.perf_counter() - t, 2)
         out["assign_steps_s"] = {k: round(v, 2) for k, v in res.timings.items()}
         t = time.perf_counter()
@@ -199,13 +199,14 @@ def main() -> None:
     tm.add_argument("--stored", type=int, default=100_000)
     tm.add_argument("--frac", type=float, default=0.01)
     tm.add_argument("--batch", action="store_true", help="also time one batch run (Infomap) over all faces")
+    tm.add_argument("--device", default="cpu", help="cpu | cuda (kNN of the new faces; a GPU check)")
     args = ap.parse_args()
     if args.cmd == "quality":
         cfg = IncrementalConfig(**({"assign_share": args.assign_share} if args.assign_share else {}))
         kinds = args.kinds or ["random50", "random90", "byindex50", "newpeople"]
         quality(args.sets, args.root, kinds, list(range(args.seeds)), cfg)
     else:
-        timing(args.stored, args.frac, args.batch)
+        timing(args.stored, args.frac, args.batch, args.device)
 
 
 if __name__ == "__main__":

@@ -683,6 +683,7 @@ def add(
                     log(f"[add] {input_path} is already batch {b['batch']} of {wd.root}; nothing to embed")
                     return None
                 log(f"[add] {input_path} was already added as batch {b['batch']}; writing its output again (nothing added)")
+                shutil.rmtree(coll.incoming(fp_in).root, ignore_errors=True)  # left by a kill after the commit
                 meta = read_json(coll.segment_meta(b["batch"]))
                 out = _batch_output(meta)
                 return AddResult(out, b["batch"], True, _summary(out, st, b), [m for m in st["suggested_merges"] if m["batch"] == b["batch"]], {})
