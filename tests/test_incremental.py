@@ -180,6 +180,34 @@ def test_killed_add_leaves_w_as_it_was_and_rerun_finishes(base_run, tmp_path, lf
     assert coll.state()["next_id"] == 3 and len(coll.state()["batches"]) == 2
 
 
+@pytest.mark.slow
+def test_sigkill_during_add_then_rerun_finishes(base_run, tmp_path, lfw, capsys):
+    """A real `add` process killed (SIGKILL) while it holds W: W still reads as before or as
+    after, never half; the same command again finishes the add with the right ids."""
+    w = _copy_w(base_run, tmp_path)
+    recs = [{"img_path": str(p)} for p in lfw["Serena_Williams"][:4] + lfw["Colin_Powell"][6:10]]
+    inp = _json(tmp_path / "new.json", recs)
+    out = tmp_path / "out.json"
+    p = _cli("add", inp, "-w", w, "-o", out, "--device", "cpu")
+    lock = w / "collection.lock"
+    t0 = time.monotonic()
+    while not (lock.exists() and f"pid {p.pid} " in lock.read_text()) and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    time.sleep(1.0)  # somewhere in making the collection / embedding / assigning
+    p.kill()
+    p.wait(timeout=60)
+    coll = Collection(WorkDir(w))
+    if coll.exists():
+        st = coll.state()
+        assert len(st["batches"]) in (1, 2)
+        coll.load_features(st)  # every segment the state names is complete
+    assert run_cli("add", inp, "-w", w, "-o", out, "--device", "cpu") == 0, capsys.readouterr().err
+    res = [r["cluster_id"] for r in json.loads(out.read_text())]
+    assert res == [2] * 4 + [0] * 4
+    st = Collection(WorkDir(w)).state()
+    assert [b["n_records"] for b in st["batches"]] == [6, 8] and st["next_id"] == 3
+
+
 def _cli(*args, **kw):
     env = dict(os.environ, PYTHONPATH=str(REPO / "shared") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-m", "facecluster.cli", *map(str, args)], env=env,
