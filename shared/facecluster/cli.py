@@ -330,7 +330,7 @@ def add(
 
     Exit codes: 0 all new records clustered; 3 output written, some records failed (cluster_id -1 + error); 2 invalid input, or refused (other embedder, method without an incremental form, W without a run); 75 W busy with another add and --no-wait; 1 unexpected error. A killed add leaves W as it was: rerun the same command to finish it.
     """
-    from . import incremental, pipeline
+    from . import incremental
 
     if output is None and not embed_only:
         _fail("-o/--output is required (or --embed-only)")

@@ -55,7 +55,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import contract
-from .knn import knn, l2_normalize
+from .knn import knn
 from .workdir import WorkDir, atomic_save_npz, atomic_write_bytes, atomic_write_json, fingerprint, read_json
 
 #: on-disk format of W/collection (bump on incompatible changes; older readers refuse newer)
