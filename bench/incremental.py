@@ -82,10 +82,18 @@ def join_rate(y: np.ndarray, lab: np.ndarray, a: np.ndarray, b: np.ndarray) -> t
     return float(hit.mean()), int(known.sum())
 
 
-def quality(sets: list[str], root: Path, kinds: list[str], seeds: list[int], cfg: IncrementalConfig) -> list[dict]:
+def quality(sets: list[str], root: Path, kinds: list[str], seeds: list[int], cfg: IncrementalConfig, part: str = "all") -> list[dict]:
     rows = []
-    for name in sets:
-        X, y, emb = load_workdir(root / name)
+    for base in sets:
+        X, y, emb = load_workdir(root / base)
+        name = base
+        if part == "val":
+            # bench/regimes.py's validation identities only (never tuned on)
+            from regimes import _set_name
+            from facecluster.train.splits import validation_mask
+
+            keep = validation_mask(_set_name(base), y)
+            X, y, name = X[keep], y[keep], f"{base}-val"
         c = get_clusterer("infomap", device="cpu", embedder=emb)
         full = renumber(c.fit_predict(X))
         settings = c.settings()
@@ -100,11 +108,23 @@ def quality(sets: list[str], root: Path, kinds: list[str], seeds: list[int], cfg
                 lab = np.empty(len(X), np.int64)
                 lab[a], lab[b] = la, res.ids
                 f_inc = evaluate(y, lab)["bcubed_fscore"]
+                # if a user accepted every suggested merge (ids joined by union-find)
+                merged = lab.copy()
+                if res.suggested_merges:
+                    from scipy.sparse.csgraph import connected_components
+                    import scipy.sparse as sp
+
+                    pairs = np.array([m_["ids"] for m_ in res.suggested_merges], np.int64)
+                    nid = int(lab.max()) + 1
+                    g = sp.csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nid, nid))
+                    merged = connected_components(g, directed=False)[1][lab]
+                f_merged = evaluate(y, merged)["bcubed_fscore"]
                 jr, nk = join_rate(y, lab, a, b)
                 jr_batch, _ = join_rate(y, full, a, b)
                 row = {
                     "set": name, "split": kind, "seed": seed, "n": len(X), "new": len(b),
                     "F_batch": round(f_full, 4), "F_add": round(f_inc, 4), "dF": round(f_inc - f_full, 4),
+                    "F_add_merges_accepted": round(f_merged, 4),
                     # the earlier output alone (part A) vs the batch run's ids on the same faces:
                     # how much of dF was already there before anything was added
                     "F_A_earlier": round(evaluate(y[a], la)["bcubed_fscore"], 4),
@@ -195,6 +215,8 @@ def main() -> None:
     q.add_argument("--split", action="append", dest="kinds")
     q.add_argument("--seeds", type=int, default=3)
     q.add_argument("--assign-share", type=float, default=None)
+    q.add_argument("--part", choices=["all", "val"], default="all",
+                   help="val: only the validation identities of bench/regimes.py (held-out people)")
     tm = sub.add_parser("timing")
     tm.add_argument("--stored", type=int, default=100_000)
     tm.add_argument("--frac", type=float, default=0.01)
@@ -204,7 +226,7 @@ def main() -> None:
     if args.cmd == "quality":
         cfg = IncrementalConfig(**({"assign_share": args.assign_share} if args.assign_share else {}))
         kinds = args.kinds or ["random50", "random90", "byindex50", "newpeople"]
-        quality(args.sets, args.root, kinds, list(range(args.seeds)), cfg)
+        quality(args.sets, args.root, kinds, list(range(args.seeds)), cfg, args.part)
     else:
         timing(args.stored, args.frac, args.batch, args.device)
 
