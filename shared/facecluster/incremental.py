@@ -26,11 +26,12 @@ Assignment of the new faces (:func:`assign`) reads only the default method's *se
    inner product, faiss or torch, cost ~ new x stored) and among themselves.
 2. A new face whose strong links (similarity >= ``min_sim``, the Infomap edge threshold) go, in
    clear majority (>= ``assign_share`` of all its strong links, new faces included), to one
-   existing cluster takes that cluster's id.
+   existing cluster takes that cluster's id; repeated, so it follows chains of new faces.
 3. The other new faces are clustered among themselves with the default method (its settings
-   from W); each resulting group joins an existing cluster by the default's fragment-merge vote
-   (:func:`facecluster.graph.merge_fragments` over the links >= ``merge_min_sim``), else it gets a
-   new id after the largest id given out (in order of first appearance in the new input).
+   from W). A resulting group joins an existing cluster when its strong links agree on it and
+   reach half of its members (``group_cover``), else by the default's fragment-merge vote
+   (:func:`facecluster.graph.merge_fragments` over the links >= ``merge_min_sim``); otherwise it
+   gets a new id after the largest id given out (in order of first appearance in the new input).
 4. Existing clusters never move (their members cast no vote), so ids given out never change.
    New faces with strong links into two existing clusters are reported as a suggested merge of
    those ids (``state.json`` + one line on stderr), never applied.
