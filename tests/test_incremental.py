@@ -136,6 +136,9 @@ def test_add_refusals(base_run, tmp_path, capsys):
     assert run_cli("add", inp, "-w", w, "-o", out, "--method", "gcn-ve", "--device", "cpu") == 2
     e = capsys.readouterr().err
     assert "no incremental form" in e and "infomap" in e
+    # a typo in the add settings is a usage error
+    assert run_cli("add", inp, "-w", w, "-o", out, "--set", "assign_shar=0.4", "--device", "cpu") == 2
+    assert "invalid --set for add" in capsys.readouterr().err
     # invalid input: refused before anything is written
     bad = _json(tmp_path / "bad.json", [{"no_path": 1}])
     assert run_cli("add", bad, "-w", w, "-o", out, "--device", "cpu") == 2

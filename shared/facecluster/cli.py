@@ -323,6 +323,9 @@ def add(
         False, "--embed-only", help="Only embed the new records into W (the recognition image's Job in Kubernetes); the same `add` without it assigns the ids."
     ),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the review page of the whole collection, faces of this add marked."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="How new faces join (KEY=VALUE, repeatable): assign_share, vote_rounds, group_cover, bridge_min_links, bridge_share (facecluster.incremental.IncrementalConfig)."
+    ),
 ):
     """Add new faces to an earlier result: ids given out never change.
 
@@ -337,10 +340,16 @@ def add(
     wd = _workdir(work_dir)
     if not wd.root.is_dir():
         _fail(f"--work-dir {wd.root}: no such work dir (run `facecluster run IN.json -o OUT.json --work-dir {wd.root}` first)")
+    from pydantic import ValidationError
+
+    try:
+        cfg = incremental.IncrementalConfig(**_parse_sets(set_))
+    except ValidationError as e:
+        _fail("invalid --set for add: " + "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()))
     dev = _device(device)
     try:
         res = incremental.add(
-            wd, input, method=method, embedder_spec=embedder, device=dev, batch_size=batch_size,
+            wd, input, method=method, embedder_spec=embedder, device=dev, batch_size=batch_size, config=cfg,
             embed_only=embed_only, wait=wait, log=lambda m: typer.echo(m, err=True), progress=sys.stderr.isatty(),
         )
     except incremental.CollectionBusy as e:

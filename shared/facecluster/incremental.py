@@ -760,6 +760,7 @@ def add(
             "n_failed": int((cids < 0).sum()),
             "new_ids": [int(st["next_id"]), int(res.next_id)],
             "joined_existing": int((res.joined > 0).sum()),
+            "incremental": (config or IncrementalConfig()).model_dump(),
             "added": _now(),
         }
         # seconds per step up to the commit (embedding of the new records included)
