@@ -3,6 +3,8 @@
 #   input in → prepare → embed (Indexed Job, FACECLUSTER_SHARDS pods) → merge → cluster → output out
 #
 #   scripts/k8s-run.sh INPUT.json OUTPUT.json        (make k8s-run INPUT=... OUTPUT=...)
+#   scripts/k8s-run.sh --add NEW.json NEW_OUT.json   grow that result (`facecluster add`): the
+#        add-embed and add Jobs embed only NEW.json's faces, known people keep their ids
 #
 # Env: KUSTOMIZE_DIR (default k8s/; point it at your overlay), NAMESPACE (default: the one the
 #      kustomization sets, facecluster), TIMEOUT (per stage, default 6h), KUBECTL (kubectl).
@@ -17,7 +19,9 @@ KUSTOMIZE_DIR="${KUSTOMIZE_DIR:-$root/k8s}"
 TIMEOUT="${TIMEOUT:-6h}"
 PYTHON="${PYTHON:-python3}"
 
-[ $# -eq 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+mode=run
+if [ "${1:-}" = "--add" ]; then mode=add; shift; fi
+[ $# -eq 2 ] || { sed -n '2,14p' "$0"; exit 2; }
 input="$1"; output="$2"
 [ -f "$input" ] || { echo "no such input: $input" >&2; exit 2; }
 
@@ -62,6 +66,20 @@ run_job() {  # component → apply the Job fresh (Jobs are immutable) and wait f
 log "namespace $NAMESPACE, volume, config, io pod"
 for c in config storage io; do apply_component "$c"; done
 k wait --for=condition=Ready pod/facecluster-io --timeout=15m >/dev/null
+
+if [ "$mode" = add ]; then
+  # The new records go to /work/add (the run's /work/input stays); /work/wd keeps the collection.
+  log "staging the new records"
+  "$PYTHON" "$here/k8s_io.py" pack "$input" "$work/input" --volume-dir /work/add
+  k exec facecluster-io -- sh -c 'rm -rf /work/add && mkdir -p /work/add'
+  tar -C "$work/input" -cf - . | k exec -i facecluster-io -- tar -C /work/add -xf -
+  for comp in add-embed add; do run_job "$comp"; done
+  log "fetching the output"
+  k exec facecluster-io -- cat /work/add/output.json > "$work/result.json"
+  "$PYTHON" "$here/k8s_io.py" unpack "$work/result.json" "$input" "$output"
+  log "wrote $output"
+  exit 0
+fi
 
 log "staging the input"
 "$PYTHON" "$here/k8s_io.py" pack "$input" "$work/input"

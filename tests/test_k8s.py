@@ -42,7 +42,7 @@ def rendered() -> list[dict]:
 def test_manifests_validate_strict(rendered):
     kv = pytest.importorskip("kubernetes_validate")
     kinds = sorted(o["kind"] for o in rendered)
-    assert kinds == ["ConfigMap", "Job", "Job", "Job", "Job", "Namespace", "PersistentVolumeClaim", "Pod"]
+    assert kinds == ["ConfigMap"] + ["Job"] * 6 + ["Namespace", "PersistentVolumeClaim", "Pod"]
     for obj in rendered:
         kv.validate(obj, "1.33.0", strict=True)  # raises on unknown fields / wrong types
     # ... and --strict really rejects what it should:
@@ -56,8 +56,9 @@ def test_manifests_validate_strict(rendered):
 def test_every_object_is_applied_by_the_driver(rendered, tmp_path):
     """scripts/k8s-run.sh applies by component label: each object must carry one it uses."""
     driver = (REPO / "scripts" / "k8s-run.sh").read_text()
-    used = {"config", "storage", "io", "prepare", "embed", "merge", "cluster"}
+    used = {"config", "storage", "io", "prepare", "embed", "merge", "cluster", "add-embed", "add"}
     assert "for c in config storage io" in driver and "for comp in prepare embed merge cluster" in driver
+    assert "for comp in add-embed add" in driver
     overlay = k8s_pods.write_overlay(tmp_path / "o", K8S, literals={"FACECLUSTER_SHARDS": "3"}, components=["cpu"])
     for objs in (rendered, k8s_pods.render(overlay)):
         for o in objs:
@@ -80,11 +81,35 @@ def test_jobs_structure(rendered):
         assert c["resources"]["requests"] and c["resources"]["limits"], name
         assert any(v["name"] == "work" and v["persistentVolumeClaim"]["claimName"] == "facecluster-work"
                    for v in pod["volumes"]), name
-        gpu = name in ("facecluster-embed", "facecluster-cluster")
+        gpu = name in ("facecluster-embed", "facecluster-cluster", "facecluster-add-embed")
         assert (c["resources"]["limits"].get("nvidia.com/gpu") == "1") == gpu, name
         assert any(t["key"] == "nvidia.com/gpu" for t in pod.get("tolerations", [])) == gpu, name
     pvc = _by(rendered, "PersistentVolumeClaim")[0]
     assert pvc["spec"]["resources"]["requests"]["storage"] == cm["WORK_VOLUME_SIZE"]
+
+
+@needs_kubectl
+def test_add_jobs(rendered, tmp_path):
+    """`facecluster add` on Kubernetes: embed-only in the recognition image, then the ids in the
+    clustering image, both on the run's work dir (same claim, same /work/wd)."""
+    emb = _by(rendered, "Job", "facecluster-add-embed")[0]["spec"]["template"]["spec"]
+    add = _by(rendered, "Job", "facecluster-add")[0]["spec"]["template"]["spec"]
+    run_images = {j["metadata"]["name"]: j["spec"]["template"]["spec"]["containers"][0]["image"] for j in _by(rendered, "Job")}
+    assert emb["containers"][0]["image"] == run_images["facecluster-embed"]
+    assert add["containers"][0]["image"] == run_images["facecluster-cluster"]
+    ea, aa = emb["containers"][0]["args"], add["containers"][0]["args"]
+    assert emb["containers"][0]["command"] == ["facecluster", "add"] and "--embed-only" in ea
+    assert "facecluster add" in add["containers"][0]["command"][-2]
+    for args in (ea, aa):
+        assert args[0] == "/work/add/input.json" and "--work-dir=/work/wd" in args
+    assert "--output=/work/add/output.json" in aa
+    for pod in (emb, add):
+        assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == ["/work", "/tmp"]
+    # the pods resolve like the others (podman plays them the same way)
+    pods = k8s_pods.pods_for(rendered, tmp_path, "add-embed")
+    env = {e["name"]: e["value"] for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["FACECLUSTER_METHOD"] == "infomap"
+    assert "--embedder=dlib" in pods[0]["spec"]["containers"][0]["args"]
 
 
 @needs_kubectl

@@ -283,6 +283,26 @@ def test_report_in_headless_chromium(orl_output, tmp_path):
 @pytest.mark.browser
 @needs_chromium
 @needs_orl
+def test_report_marks_faces_of_the_last_add(orl_output, tmp_path):
+    """`facecluster add --report` / `report -w COLLECTION`: the last add's faces are counted and framed."""
+    records, _, _ = orl_output
+    added = [i % 7 == 0 for i in range(len(records))]
+    page = write_report(records, tmp_path / "report.html", added=added, added_label="batch 3", thumbs="inline")
+    dom = dump_dom(page)
+    assert root_attr(dom, "data-error") is None and root_attr(dom, "data-ready") == "1"
+    assert shown_count(dom, "added") == sum(added)
+    assert "added in batch 3" in dom
+    marked = {int(i) for i in re.findall(r'<i class="t [^"]*\bnew\b[^"]*" data-i="(\d+)"', dom)}
+    assert marked and all(added[i] for i in marked)
+    unmarked = {int(i) for i in re.findall(r'<i class="t (?![^"]*\bnew\b)[^"]*" data-i="(\d+)"', dom)}
+    assert unmarked and not any(added[i] for i in unmarked)
+    with pytest.raises(ValueError):
+        write_report(records, tmp_path / "bad.html", added=[True])
+
+
+@pytest.mark.browser
+@needs_chromium
+@needs_orl
 def test_report_folder_mode_loads_sheets(orl_output, tmp_path):
     records, _, _ = orl_output
     page = write_report(records, tmp_path / "report.html", thumbs="folder")

@@ -56,6 +56,25 @@ def _workdir(work_dir: Optional[Path], default: Optional[Path] = None):
     return WorkDir(wd)
 
 
+def _refuse_if_collection(wd, command: str) -> None:
+    """A work dir grown by `facecluster add` holds ids that were given out; a batch stage there
+    would relabel (or drop) them, so it is refused rather than silently renumbering."""
+    from .incremental import Collection
+
+    coll = Collection(wd)
+    if coll.exists():
+        try:
+            st = coll.state()
+            what = f"{st['n_records']} records in {len(st['batches'])} batches"
+        except (ValueError, OSError):
+            what = "a collection"
+        _fail(
+            f"{wd.root} holds a growing collection made by `facecluster add` ({what}); `facecluster {command}` "
+            f"would relabel it. Grow it with `facecluster add NEW.json -w {wd.root} -o NEW_OUT.json`, write it with "
+            f"`facecluster write -w {wd.root} -o ALL.json`; for a fresh clustering of everything use a new work dir"
+        )
+
+
 def _device(device: str) -> str:
     from .cluster.base import resolve_device
 
@@ -124,6 +143,7 @@ def run(
     if report_labels is not None:
         _check_label_spec(report_labels, "--report-labels")
     wd = _workdir(work_dir, default=output.with_name(output.name + ".work"))
+    _refuse_if_collection(wd, "run")
     dev = _device(device)
     settings = _settings(method, _method_opts(set_, checkpoint_v, checkpoint_e), dev)
     _stage_echo(pipeline.prepare(input, wd))
@@ -151,6 +171,8 @@ def _write_report(
     thumbs: str = "auto",
     thumb_size: int = 64,
     strict_labels: bool = False,
+    added: Optional[list[bool]] = None,
+    added_label: Optional[str] = None,
 ) -> Path:
     """Write the review page; with ``labels`` (folder | field:NAME) add metrics and worst merges/splits.
 
@@ -170,7 +192,7 @@ def _write_report(
             typer.echo(f"facecluster: warning: report without labels: {e}", err=True)
     out = write_report(
         records, path, labels=gt, method=summary.get("method"), settings=summary.get("settings"),
-        base_dir=base_dir, thumbs=thumbs, thumb_size=thumb_size,
+        base_dir=base_dir, thumbs=thumbs, thumb_size=thumb_size, added=added, added_label=added_label,
     )
     typer.echo(f"report: {out.resolve()}", err=True)
     return out
@@ -185,7 +207,9 @@ def prepare(
     """Stage 1: validate the input and write WORK_DIR/manifest.json."""
     from . import pipeline
 
-    _stage_echo(pipeline.prepare(input, _workdir(work_dir)))
+    wd = _workdir(work_dir)
+    _refuse_if_collection(wd, "prepare")
+    _stage_echo(pipeline.prepare(input, wd))
 
 
 @app.command()
@@ -207,7 +231,9 @@ def embed(
         sh = parse_shard(shard)
     except ValueError as e:
         _fail(str(e))
-    _stage_echo(pipeline.embed(_workdir(work_dir), sh, embedder, _device(device), batch_size, workers, progress=sys.stderr.isatty()))
+    wd = _workdir(work_dir)
+    _refuse_if_collection(wd, "embed")
+    _stage_echo(pipeline.embed(wd, sh, embedder, _device(device), batch_size, workers, progress=sys.stderr.isatty()))
 
 
 @app.command()
@@ -218,7 +244,9 @@ def merge(
     """Stage 3: join shard parts in input order → features.npy, features.bin (raw float32 N×D), features.json."""
     from . import pipeline
 
-    _stage_echo(pipeline.merge(_workdir(work_dir), shards))
+    wd = _workdir(work_dir)
+    _refuse_if_collection(wd, "merge")
+    _stage_echo(pipeline.merge(wd, shards))
 
 
 @app.command()
@@ -238,6 +266,7 @@ def cluster(
 
     method = method or DEFAULT_METHOD
     wd = _workdir(work_dir)
+    _refuse_if_collection(wd, "cluster")
     settings = _settings(method, _method_opts(set_, checkpoint_v, checkpoint_e), _device(device))
     _stage_echo(pipeline.cluster(wd, method, settings, calibrate=not no_calibrate))
     if output:
@@ -252,13 +281,108 @@ def write(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", "-w", help=WORK_DIR_HELP),
     method: str = typer.Option(None, "--method", "-m", help="Whose labels to write. Default: infomap."),
 ):
-    """Stage 5: write the output JSON (input records in order + cluster_id, -1 + error for failures)."""
+    """Stage 5: write the output JSON (input records in order + cluster_id, -1 + error for failures).
+
+    On a work dir grown by `facecluster add`: the whole collection, in the order added, with its stable ids."""
     from . import pipeline
     from .cluster import DEFAULT_METHOD
+    from .incremental import Collection, write_collection
 
-    _, summary = pipeline.write(_workdir(work_dir), method or DEFAULT_METHOD, output)
+    wd = _workdir(work_dir)
+    if Collection(wd).exists():
+        st = Collection(wd).state()
+        if method and method != st["method"]:
+            _fail(f"{wd.root} is a {st['method']} collection (grown by `facecluster add`); it has no {method} labels for all its records")
+        _, summary = write_collection(wd, output)
+    else:
+        _, summary = pipeline.write(wd, method or DEFAULT_METHOD, output)
     pipeline.print_summary(summary)
     raise typer.Exit(contract.EXIT_PARTIAL if summary["failed"] else contract.EXIT_OK)
+
+
+# ------------------------------------------------------------------------------- add
+@app.command()
+def add(
+    input: Path = typer.Argument(..., help="New records: a JSON list of {\"img_path\": ...} (the same contract as `run`)."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", "-w", help="Work dir of an earlier `facecluster run` (or `add`): the collection that grows. Env: FACECLUSTER_WORK_DIR."
+    ),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output JSON: the new records, in order, all keys kept, + cluster_id."),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="Must be the collection's method (default: the one W was clustered with; only infomap has an incremental form)."
+    ),
+    embedder: Optional[str] = typer.Option(
+        None, "--embedder", "-e", help="Default: the embedder W was made with. Another one (or other settings/weights) is refused."
+    ),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per network batch."),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="When another `add` is changing W: wait for it (default) or refuse at once (exit 75)."
+    ),
+    embed_only: bool = typer.Option(
+        False, "--embed-only", help="Only embed the new records into W (the recognition image's Job in Kubernetes); the same `add` without it assigns the ids."
+    ),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the review page of the whole collection, faces of this add marked."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="How new faces join (KEY=VALUE, repeatable): assign_share, vote_rounds, group_cover, bridge_min_links, bridge_share (facecluster.incremental.IncrementalConfig)."
+    ),
+):
+    """Add new faces to an earlier result: ids given out never change.
+
+    Embeds only the new records (with W's embedder and settings), gives a new photo of a known person that person's id and a new person a new id after the largest one given out, and stores the new records in W so the next `add` sees them. New faces that link two earlier clusters are reported as a suggested merge (stderr, W/collection/state.json); nothing is renumbered. `facecluster write -w W -o ALL.json` writes the whole collection in the order added.
+
+    Exit codes: 0 all new records clustered; 3 output written, some records failed (cluster_id -1 + error); 2 invalid input, or refused (other embedder, method without an incremental form, W without a run); 75 W busy with another add and --no-wait; 1 unexpected error. A killed add leaves W as it was: rerun the same command to finish it.
+    """
+    from . import incremental
+
+    if output is None and not embed_only:
+        _fail("-o/--output is required (or --embed-only)")
+    wd = _workdir(work_dir)
+    if not wd.root.is_dir():
+        _fail(f"--work-dir {wd.root}: no such work dir (run `facecluster run IN.json -o OUT.json --work-dir {wd.root}` first)")
+    from pydantic import ValidationError
+
+    try:
+        cfg = incremental.IncrementalConfig(**_parse_sets(set_))
+    except ValidationError as e:
+        _fail("invalid --set for add: " + "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors()))
+    dev = _device(device)
+    try:
+        res = incremental.add(
+            wd, input, method=method, embedder_spec=embedder, device=dev, batch_size=batch_size, config=cfg,
+            embed_only=embed_only, wait=wait, log=lambda m: typer.echo(m, err=True), progress=sys.stderr.isatty(),
+        )
+    except incremental.CollectionBusy as e:
+        _fail(str(e), incremental.EXIT_BUSY)
+    except incremental.CollectionError as e:
+        _fail(str(e))
+    if res is None:
+        typer.echo(f"[add] new records embedded in {wd.root}; run the same command without --embed-only to add them", err=True)
+        return
+    incremental.write_output(res.records, output)
+    s = res.summary
+    typer.echo(
+        f"facecluster: added {s['records']} records as batch {s['batch']}{' (already added before)' if res.already else ''}: "
+        f"{s['joined']} joined earlier people, {s['new_people']} new people, {s['failed']} failed; "
+        f"collection: {s['collection_records']} records, next id {s['next_id']} [method {s['method']}, embedder {s['embedder']}]",
+        err=True,
+    )
+    if res.timings:
+        typer.echo("[add] seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items()), err=True)
+    if res.suggested_merges:
+        pairs = ", ".join(f"{m['ids'][0]}+{m['ids'][1]}" for m in res.suggested_merges[:10])
+        more = f" and {len(res.suggested_merges) - 10} more" if len(res.suggested_merges) > 10 else ""
+        typer.echo(
+            f"facecluster: new faces link earlier clusters {pairs}{more}: suggested merges, not applied "
+            f"(ids unchanged; listed in {incremental.Collection(wd).state_path})",
+            err=True,
+        )
+    if report:
+        coll = incremental.Collection(wd)
+        st = coll.state()
+        records, added, label = coll.review(st)
+        _write_report(records, report, {"method": st["method"], "settings": st["settings"]}, added=added, added_label=label)
+    raise typer.Exit(contract.EXIT_PARTIAL if s["failed"] else contract.EXIT_OK)
 
 
 # ------------------------------------------------------------------------------- tools
@@ -330,20 +454,32 @@ def report(
         if not isinstance(r, dict) or not isinstance(r.get("img_path"), str) or not isinstance(cid, int) or isinstance(cid, bool):
             _fail(f"{output}: not a facecluster output (record {i} needs a string img_path and an int cluster_id)")
     summary: dict[str, Any] = {}
+    added = added_label = None
     if work_dir is not None:
         from .cluster import DEFAULT_METHOD
+        from .incremental import Collection
 
         wd = _workdir(work_dir)
         method = method or DEFAULT_METHOD
-        try:
-            summary = {"method": method, "settings": read_json(wd.labels_meta(method)).get("settings", {})}
-            base_dir = base_dir or Path(read_json(wd.manifest)["input"]).parent
-        except (OSError, ValueError, KeyError) as e:
-            _fail(f"--work-dir {work_dir}: {e}")
+        coll = Collection(wd)
+        if coll.exists():
+            # a collection grown by `add`: its own settings; faces of the last add marked
+            try:
+                st = coll.state()
+                records, added, added_label = coll.review(st, records)
+            except (OSError, ValueError, KeyError) as e:
+                _fail(f"--work-dir {work_dir}: {e}")
+            summary = {"method": st["method"], "settings": st["settings"]}
+        else:
+            try:
+                summary = {"method": method, "settings": read_json(wd.labels_meta(method)).get("settings", {})}
+                base_dir = base_dir or Path(read_json(wd.manifest)["input"]).parent
+            except (OSError, ValueError, KeyError) as e:
+                _fail(f"--work-dir {work_dir}: {e}")
     elif method:
         summary = {"method": method}
     _write_report(records, html_out, summary, labels=labels, base_dir=base_dir or output.resolve().parent,
-                  thumbs=thumbs, thumb_size=thumb_size, strict_labels=True)
+                  thumbs=thumbs, thumb_size=thumb_size, strict_labels=True, added=added, added_label=added_label)
 
 
 @app.command()

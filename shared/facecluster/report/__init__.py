@@ -309,6 +309,8 @@ def write_report(
     base_dir: str | os.PathLike | None = None,
     title: str | None = None,
     workers: int | None = None,
+    added: Sequence[bool] | None = None,
+    added_label: str | None = None,
 ) -> Path:
     """Write the HTML review page for a clustering output.
 
@@ -335,6 +337,9 @@ def write_report(
     title : page title (default: the output file name).
     workers : thumbnail threads (default: CPU count, at most 8). PIL releases the GIL
         while decoding, so threads scale.
+    added : (N,) bools, optional
+        Faces to mark as added by the last ``facecluster add`` (a green inner frame and a count
+        in the header); ``added_label`` names that batch in the header.
 
     Returns
     -------
@@ -407,6 +412,8 @@ def write_report(
         "metrics": _finite(metrics) if metrics else None,
         "worst": _worst(cids, codes, names) if codes is not None else None,
         "version": _version(),
+        "added": None if added is None else [i for i, a in enumerate(_check_added(added, n)) if a],
+        "addedLabel": added_label,
     }
     js, css, tpl = _asset("report.js"), _asset("report.css"), _asset("template.html")
     img_src = "data:" if mode == "inline" else "data: 'self' file:"
@@ -430,6 +437,13 @@ def write_report(
     page = re.sub(r"\{\{([A-Z]+)\}\}", lambda m: parts[m.group(1)], tpl)
     _atomic_write_bytes(out_path, page.encode("utf-8"))
     return out_path
+
+
+def _check_added(added: Sequence[bool], n: int) -> list[bool]:
+    added = [bool(a) for a in added]
+    if len(added) != n:
+        raise ValueError(f"added: expected {n} entries (one per record), got {len(added)}")
+    return added
 
 
 def _compute_metrics(codes: np.ndarray, cids: np.ndarray) -> dict | None:

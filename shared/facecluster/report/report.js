@@ -86,6 +86,12 @@
   countItem("singletons", singles.length, " singletons");
   countItem("failures", failed.length, " failed", failed.length ? "bad" : null);
   if (D.thumbErrors.length) countItem("thumb-errors", D.thumbErrors.length, " unreadable images", "bad");
+  // Faces of the last `facecluster add` (green inner frame), when the page shows a collection.
+  var addedOf = new Uint8Array(N);
+  if (D.added) {
+    D.added.forEach(function (i) { addedOf[i] = 1; });
+    countItem("added", D.added.length, " added" + (D.addedLabel ? " in " + D.addedLabel : " in the last add"), "added");
+  }
 
   var meta = $("meta");
   function metaItem(name, value) {
@@ -209,9 +215,10 @@
     var t = document.createElement("i");
     var p = pos[i], s = (p / PER) | 0, cell = p % PER;
     t.className = "t s" + s + " x" + (cell % COLS) + " y" + ((cell / COLS) | 0) + (cls || "") +
-      (thumbErrOf.has(i) ? " bad" : "") + (hits && hits[i] ? " hit" : "");
+      (thumbErrOf.has(i) ? " bad" : "") + (hits && hits[i] ? " hit" : "") + (addedOf[i] ? " new" : "");
     t.setAttribute("data-i", String(i));
-    t.title = "#" + cid[i] + "  " + paths[i] + (labels && labels[i] >= 0 ? "\n" + labelNames[labels[i]] : "");
+    t.title = "#" + cid[i] + "  " + paths[i] + (labels && labels[i] >= 0 ? "\n" + labelNames[labels[i]] : "") +
+      (addedOf[i] ? "\nadded in the last add" : "");
     ensureSheet(s);
     return t;
   }
