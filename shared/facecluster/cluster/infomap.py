@@ -150,8 +150,10 @@ class InfomapClusterer(Clusterer):
                     markov_time=cfg.markov_time,
                     directed=False,
                 )
-                # positive weights only (Infomap flow must be non-negative)
-                im.add_links(zip(lo.tolist(), hi.tolist(), np.maximum(w, 1e-6).astype(float).tolist()))
+                # positive weights only (Infomap flow must be non-negative). One (E, 3) float64
+                # array goes to infomap's bulk numpy loader: the same links, in the same order,
+                # as a Python loop over tuples, which took ~1 s per million links
+                im.add_links(np.column_stack([lo, hi, np.maximum(w, 1e-6)]).astype(np.float64))
                 im.run()
                 # Read the partition from a .clu file rather than infomap's SWIG iterators:
                 # faiss (also SWIG) registers the same SWIG runtime type and the iterator
