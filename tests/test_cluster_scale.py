@@ -224,3 +224,26 @@ def test_infomap_parallel_trials_same_partition(faces, monkeypatch, trials):
     parallel = get_clusterer("infomap", device="cpu", embedder="dlib", num_trials=trials).fit_predict(x)
     np.testing.assert_array_equal(serial, parallel)
     assert im_mod._parallel_trials(1) == {}
+
+
+class _ClaimsCuda(str):
+    """A device string that takes every ``startswith("cuda")`` branch while torch runs on the CPU."""
+
+    def startswith(self, p, *a):
+        return True if p == "cuda" else str.startswith(self, p, *a)
+
+
+@pytest.mark.parametrize("method", ["infomap", "gcn-v", "adanets"])
+def test_cuda_branches_give_the_cpu_partition(faces, monkeypatch, method):
+    from facecluster.calibration import calibration_mean, prepare_features
+    from facecluster.cluster import base, get_clusterer
+
+    x, _ = faces
+    x = x[:500]
+    c = get_clusterer(method, device="cpu", embedder="dlib", knn_backend="torch")
+    X = x if getattr(c, "wants_raw_features", False) else prepare_features(x, calibration_mean("dlib"))
+    want = c.fit_predict(X)
+    monkeypatch.setattr(base.Clusterer, "device", property(lambda self: _ClaimsCuda("cpu")))
+    got = get_clusterer(method, device="cpu", embedder="dlib", knn_backend="torch").fit_predict(X)
+    pairs = set(zip(want.tolist(), got.tolist()))
+    assert len(pairs) == len(set(want.tolist())) == len(set(got.tolist()))

@@ -123,7 +123,7 @@ def knn(
         return np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
     be = resolve_backend(backend, device, n)
     if be == "torch":
-        if str(device).startswith("cuda"):
+        if device.startswith("cuda"):
             sims, ids = _knn_torch_fp16(x, q, kk, device)
         else:
             # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
