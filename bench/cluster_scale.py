@@ -2,8 +2,8 @@
 ``facecluster cluster`` command, wall time + per-step timings + peak RSS, CPU or CUDA.
 
     python bench/cluster_scale.py --n 100000 --device cpu --json /tmp/cs.json
-    python bench/cluster_scale.py --n 1000000 --device cuda --time-limit 75 --budget 200 \\
-        --json $OUT/cluster_scale.json                    # the device run (docs/benchmarks/cluster_scale.md)
+    python bench/cluster_scale.py --n 1000000 --device cuda --time-limit 62 --budget 240 \\
+        --knn-check 20000 --json $OUT/cluster_scale.json                    # the device run (docs/benchmarks/cluster_scale.md)
 
 Features ("dlib-like"): a Gaussian model of dlib descriptors fitted on real embedded faces
 (``--fit-stats WORKDIR...`` writes ``bench/data/dlib_feature_stats.npz``: the mean descriptor,

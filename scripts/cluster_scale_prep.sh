@@ -5,7 +5,7 @@
 #                        infomap's extension stripped of debug symbols (85 MB -> 4 MB), ~14 MB
 # Then on the GPU machine, from the repo root (carry: .gpu/cluster):
 #   PYTHONPATH=.gpu/cluster/site:shared python3 bench/cluster_scale.py --device cuda --n 1000000 \
-#     --methods infomap,gcn-v,gcn-ve,adanets,threshold --time-limit 70 --budget 185 \
+#     --methods infomap,gcn-ve,adanets,gcn-v,threshold --time-limit 62 --budget 240 \
 #     --knn-check 20000 --json "$OUT/cluster_scale.json"
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
