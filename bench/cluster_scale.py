@@ -175,9 +175,12 @@ def run_method(wd: Path, method: str, device: str, limit: float, sets: list[str]
     for s in sets:
         cmd += ["--set", s]
     env = dict(os.environ)
+    env["FACECLUSTER_LOG"] = "INFO"  # step timings as they happen (kept when the child is killed)
     env["PYTHONPATH"] = os.pathsep.join([str(src)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # output to a file, not a pipe: a child that logs more than a pipe buffer must not block
+    logf = open(wd / f"cluster-{method}.log", "w+b")
+    proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
     timed_out = False
     while True:
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
@@ -190,7 +193,9 @@ def run_method(wd: Path, method: str, device: str, limit: float, sets: list[str]
             break
         time.sleep(0.05)
     wall = time.perf_counter() - t0
-    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    logf.seek(0)
+    out = logf.read().decode(errors="replace")
+    logf.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     res = {"method": method, "wall_s": round(wall, 2), "rc": proc.returncode, "timed_out": timed_out,
            "peak_rss_gb": round(ru.ru_maxrss / 2**20, 2), "user_s": round(ru.ru_utime, 1), "sys_s": round(ru.ru_stime, 1)}
@@ -202,6 +207,11 @@ def run_method(wd: Path, method: str, device: str, limit: float, sets: list[str]
         res["n_clusters"] = m["n_clusters"]
     elif not timed_out:
         res["error"] = out[-2000:]
+    if timed_out:
+        import re
+
+        done = re.findall(r"facecluster\.cluster\.base: \S+: step (\S+) took ([0-9.]+) s", out)
+        res["steps_done_before_kill"] = {k: float(v) for k, v in done}
     return res
 
 
@@ -343,7 +353,7 @@ def main(argv=None) -> int:
                 r["n"] = n
                 rows.append(r)
                 summary["runs"].append(r)
-                steps = " ".join(f"{k}={v}" for k, v in r.get("steps", {}).items())
+                steps = " ".join(f"{k}={v}" for k, v in (r.get("steps") or r.get("steps_done_before_kill") or {}).items())
                 status = r.get("skipped") or ("TIMEOUT" if r.get("timed_out") else ("ok" if r.get("rc") == 0 else f"rc={r.get('rc')}"))
                 print(f"  {m:10s} {status:8s} wall {r.get('wall_s', float('nan')):7.1f} s  rss {r.get('peak_rss_gb', float('nan')):5.2f} GB"
                       f"  F_B {r.get('bcubed_f', float('nan')):.4f}  [{steps}]", flush=True)
@@ -358,7 +368,7 @@ def main(argv=None) -> int:
     print("\n| N | method | status | wall s | peak RSS GB | BCubed F | steps (s) |\n|---|---|---|---|---|---|---|")
     for r in rows:
         status = r.get("skipped") or ("timeout" if r.get("timed_out") else ("ok" if r.get("rc") == 0 else f"rc {r.get('rc')}"))
-        steps = ", ".join(f"{k} {v}" for k, v in r.get("steps", {}).items())
+        steps = ", ".join(f"{k} {v}" for k, v in (r.get("steps") or r.get("steps_done_before_kill") or {}).items())
         print(f"| {r['n']} | {r['method']} | {status} | {r.get('wall_s', '')} | {r.get('peak_rss_gb', '')} | {r.get('bcubed_f', '')} | {steps} |")
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=1))
