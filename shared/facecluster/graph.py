@@ -43,6 +43,61 @@ def build_adjacency(ids: np.ndarray, sims: np.ndarray, th_sim: float = 0.0) -> s
     return row_normalize(a)
 
 
+def build_adjacency_torch(ids: np.ndarray, sims: np.ndarray, th_sim: float = 0.0, device: str = "cuda"):
+    """:func:`build_adjacency` built with torch on ``device``, as a torch sparse CSR tensor.
+
+    Why: at 1M faces x 80 neighbours scipy's COO→CSR, transpose and elementwise maximum run
+    single-threaded on 80M entries; on a GPU the same is a sort and a segmented max.
+
+    Same matrix as ``build_adjacency`` (then converted to torch), up to float rounding of the
+    row sums: edges kept when ``sims >= th_sim``, not self, id >= 0; max-symmetrised with a
+    missing reverse edge counting as 0 and zero results dropped (scipy's ``maximum``); + I;
+    row-normalised. Assumes no id repeats within a row (true of kNN lists), where scipy would
+    first sum the repeats.
+
+    ids, sims : (N, k) arrays. Returns a (N, N) float32 ``torch.sparse_csr_tensor`` on ``device``.
+    """
+    import torch
+
+    dev = torch.device(device)
+    n, k = ids.shape
+    with torch.no_grad():  # not inference_mode: callers may use the result outside it
+        cols = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(dev).reshape(-1)
+        vals = torch.from_numpy(np.ascontiguousarray(sims, dtype=np.float32)).to(dev).reshape(-1)
+        rows = torch.arange(n, device=dev).repeat_interleave(k)
+        keep = (vals >= th_sim) & (cols != rows) & (cols >= 0)
+        r, c, v = rows[keep], cols[keep], vals[keep]
+        # each edge in both directions; a position's value is the max over its copies, and
+        # max(v, 0) when only one direction exists (the missing one counts as 0 in scipy)
+        key = torch.cat([r * n + c, c * n + r])
+        val = torch.cat([v, v])
+        key, order = torch.sort(key)
+        val = val[order]
+        uniq, inv, cnt = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+        mx = torch.full((len(uniq),), -float("inf"), dtype=torch.float32, device=dev)
+        mx = mx.scatter_reduce(0, inv, val, reduce="amax", include_self=True)
+        mx = torch.where(cnt == 1, mx.clamp(min=0), mx)
+        nz = mx != 0
+        uniq, mx = uniq[nz], mx[nz]
+        # + I (no self edges were kept), in key order
+        diag = torch.arange(n, device=dev) * (n + 1)
+        key = torch.cat([uniq, diag])
+        val = torch.cat([mx, torch.ones(n, dtype=torch.float32, device=dev)])
+        key, order = torch.sort(key)
+        val = val[order]
+        row, col = key // n, key % n
+        d = torch.zeros(n, dtype=torch.float32, device=dev).index_add_(0, row, val)
+        d = torch.where(d <= 0, torch.ones_like(d), d)
+        val = val / d[row]
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+        crow[1:] = torch.cumsum(torch.bincount(row, minlength=n), 0)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(crow, col, val, size=(n, n), check_invariants=False)
+
+
 def components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Connected components of the undirected graph with edges (src[e], dst[e]).
 

@@ -13,6 +13,9 @@ Backends: ``faiss`` (``IndexFlatIP``; on GPU when faiss was built with it) and `
 faiss below ``TORCH_CPU_MIN_N`` faces and torch from there on (measured on a 2-core box,
 k=80: 20k x 128-d faiss 2.5 s / torch 3.1 s; 50k 13.0 / 9.4 s; 100k 50.3 / 38.6 s; 100k x 256-d
 91.2 / 46.8 s — docs/benchmarks.md §2). Both are exact; ties are ordered the same way.
+On CUDA the torch backend searches candidates on fp16 scores and re-ranks them exactly in
+fp32, with a proven error bound deciding which rows must be searched again in fp32
+(``_knn_torch_fp16``; issue 12, docs/benchmarks/cluster_scale.md).
 """
 
 from __future__ import annotations
@@ -71,8 +74,14 @@ def resolve_backend(backend: str = "auto", device: str = "cpu", n: int | None = 
 
 def _sort_ties(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Order by (-sim, id) so that equal similarities come out in id order whatever the backend.
-    order = np.lexsort((ids, -sims), axis=1)
-    return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+    # Rows come sorted by similarity already, so only rows holding an exact tie need the sort
+    # (a full lexsort of a 1M x 80 list took longer than the search itself on 16 cores).
+    tied = np.nonzero((sims[:, 1:] == sims[:, :-1]).any(axis=1))[0] if sims.shape[1] > 1 else np.zeros(0, np.int64)
+    if len(tied):
+        s, i = sims[tied], ids[tied]
+        order = np.lexsort((i, -s), axis=1)
+        sims[tied], ids[tied] = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+    return sims, ids
 
 
 def knn(
@@ -95,6 +104,7 @@ def knn(
     backend : "auto" | "faiss" | "faiss-gpu" | "torch".
     device : "cpu" or "cuda[:i]" (used by the torch backend and by "auto").
     query : optional (Q, D) queries searched against ``x``.
+    block : query rows per block of the CPU searches (on CUDA it follows the free GPU memory).
 
     Returns
     -------
@@ -113,8 +123,11 @@ def knn(
         return np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
     be = resolve_backend(backend, device, n)
     if be == "torch":
-        # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
-        sims, ids = _knn_torch(x, q, kk, device, max(64, min(block, (1 << 26) // max(n, 1))))
+        if device.startswith("cuda"):
+            sims, ids = _knn_torch_fp16(x, q, kk, device)
+        else:
+            # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
+            sims, ids = _knn_torch(x, q, kk, device, max(64, min(block, (1 << 26) // max(n, 1))))
     else:
         # faiss tiles the score matrix itself (bounded memory); small query blocks only slow
         # it down (100k x 128-d on 2 CPU cores: 155 s with 671-query blocks, 50 s with 4096)
@@ -159,3 +172,102 @@ def _knn_torch(x, q, k, device: str, block: int):
             sims[s : s + block] = v.cpu().numpy()
             ids[s : s + block] = i.cpu().numpy()
     return sims, ids
+
+
+#: bound on |fp16 score - exact score| for unit vectors: fp16 rounding of both inputs
+#: (2·2⁻¹¹·Σ|aᵢbᵢ| ≤ 2⁻¹⁰), fp16 rounding of the output (≤ 2⁻¹¹ for |s| ≤ 2), fp32 accumulation
+#: (≤ D·2⁻²⁴, 3e-5 at 512-d) and subnormal inputs (< 1e-6) sum to 0.00154; 0.002 leaves slack
+FP16_SCORE_ERR = 2e-3
+#: candidates kept from the fp16 pass per query: k + max(k, FP16_MARGIN). Measured on synthetic
+#: dlib-like faces (bench/cluster_scale.py), rows left unproven with k + k candidates: 0.1 % at
+#: 200k (k = 80), 0 % for k = 121 / 160; with k + 48: 16 % at 200k.
+FP16_MARGIN = 48
+
+
+def _gpu_block(n: int, dev, bytes_per_score: int) -> int:
+    """Query rows per block: the score block and topk's temporaries within ~1/8 of the free
+    GPU memory, 64..8192 rows (1M faces on an H200: ~4000 rows); 256 rows off a GPU."""
+    import torch
+
+    if dev.type != "cuda":
+        return 256
+    free, _ = torch.cuda.mem_get_info(dev)
+    return int(max(64, min(8192, (free // 8) // max(n * bytes_per_score * 2, 1))))
+
+
+def _knn_torch_fp16(x, q, k, device: str, precision: str = "fp16"):
+    """Exact kNN on a GPU: a candidate search on fp16 scores, then an exact fp32 re-rank.
+
+    Why: at 1M faces the search is a 1M x 1M score matrix per method (twice for GCN-V+E and
+    Ada-NETS, once on 512-d features); fp16 halves the bytes topk reads and runs the product
+    on tensor cores. Exactness is kept by a bound, not by hope: every fp16 score is within
+    ``FP16_SCORE_ERR`` of the exact one (unit vectors), so when a row's k-th exact similarity
+    among its ``2k`` candidates exceeds the lowest candidate's fp16 score by more
+    than that bound, no face outside the candidates can belong to the top k (a tie with
+    a lower id outside included, as the comparison is strict); rows where this
+    is not proven are searched again in plain fp32. The result is the fp32 search's, up to
+    float rounding of the similarities (a different summation order).
+
+    ``precision="fp32"``, or features that are not unit vectors (``normalize=False`` with
+    raw features): the plain fp32 search only (no TF32). Runs on any torch device (the tests
+    run it on the CPU); ``knn`` uses it on CUDA.
+    """
+    import torch
+
+    dev = torch.device(device)
+    n, nq = x.shape[0], q.shape[0]
+    kc = min(n, k + max(k, FP16_MARGIN))
+    # the error bound needs unit vectors (1e-3 slack: float32 normalisation)
+    unit = bool(np.abs(np.einsum("ij,ij->i", x, x) - 1.0).max() < 1e-3) and bool(
+        q is x or np.abs(np.einsum("ij,ij->i", q, q) - 1.0).max() < 1e-3
+    )
+    use16 = precision == "fp16" and kc < n and unit
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    prev_red = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+    # fp32 products without TF32 (CPU and GPU agree to float rounding); fp16 products with
+    # fp32 accumulation (the error bound above assumes it)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    try:
+        with torch.inference_mode():
+            xt = torch.from_numpy(x).to(dev)
+            qt_all = xt if q is x else torch.from_numpy(q).to(dev)
+            out_s = torch.empty((nq, k), dtype=torch.float32, device=dev)
+            out_i = torch.empty((nq, k), dtype=torch.int64, device=dev)
+            if not use16:
+                step = _gpu_block(n, dev, 4)
+                for s in range(0, nq, step):
+                    v, i = torch.topk(qt_all[s : s + step] @ xt.T, k, dim=1, largest=True, sorted=True)
+                    out_s[s : s + step], out_i[s : s + step] = v, i
+                return out_s.cpu().numpy(), out_i.cpu().numpy()
+            xh = xt.half()
+            qh = xh if q is x else qt_all.half()
+            redo = []
+            step = _gpu_block(n, dev, 2)
+            for s in range(0, nq, step):
+                qb = qt_all[s : s + step]
+                av, ai = torch.topk(qh[s : s + step] @ xh.T, kc, dim=1, largest=True, sorted=True)
+                # exact fp32 scores of the candidates
+                ex = torch.bmm(xt[ai], qb.unsqueeze(2)).squeeze(2)
+                # order by (-exact sim, id): sort by id first, then a stable sort by similarity
+                oi = torch.argsort(ai, dim=1)
+                ai, ex = ai.gather(1, oi), ex.gather(1, oi)
+                os_ = torch.sort(ex, dim=1, descending=True, stable=True).indices
+                ai, ex = ai.gather(1, os_), ex.gather(1, os_)
+                out_s[s : s + step], out_i[s : s + step] = ex[:, :k], ai[:, :k]
+                # proven when the k-th exact similarity beats anything outside the candidates
+                bad = ~(ex[:, k - 1] > av[:, -1].float() + FP16_SCORE_ERR)
+                if bool(bad.any()):
+                    redo.append(torch.nonzero(bad).squeeze(1) + s)
+            if redo:
+                rows = torch.cat(redo)
+                step = _gpu_block(n, dev, 4)
+                for s in range(0, len(rows), step):
+                    r = rows[s : s + step]
+                    v, i = torch.topk(qt_all[r] @ xt.T, k, dim=1, largest=True, sorted=True)
+                    out_s[r], out_i[r] = v, i
+                log.debug("knn fp16: %d of %d rows re-searched in fp32", len(rows), nq)
+            return out_s.cpu().numpy(), out_i.cpu().numpy()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = prev_red

@@ -6,12 +6,15 @@ Settings go in ``__init__`` (validated by the method's pydantic ``Config``); wor
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from typing import Any, ClassVar, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -74,7 +77,10 @@ class Clusterer:
         try:
             yield
         finally:
-            self.timings_[step] = self.timings_.get(step, 0.0) + time.perf_counter() - t
+            dt = time.perf_counter() - t
+            self.timings_[step] = self.timings_.get(step, 0.0) + dt
+            # as it happens (FACECLUSTER_LOG=INFO): a run stopped midway still shows its steps
+            log.info("%s: step %s took %.2f s", self.name, step, dt)
 
     @staticmethod
     def _check_input(X: np.ndarray) -> np.ndarray:

@@ -79,6 +79,14 @@ def expanded_sets(R: sp.csr_matrix, Rh: sp.csr_matrix) -> sp.csr_matrix:
     return Rs
 
 
+def default_workers() -> int:
+    """Threads for ``_pair_intersections``: 1 below 8 usable cores, else min(8, cores // 2)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cores < 8 else min(8, cores // 2)
+
+
 def _pair_intersections(A: sp.csr_matrix, B: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
                          block: int | None = None, workers: int | None = None) -> np.ndarray:
     """|A(rows[p]) ∩ B(cols[p])| for many pairs p; ``rows`` must be non-decreasing.
@@ -87,7 +95,7 @@ def _pair_intersections(A: sp.csr_matrix, B: sp.csr_matrix, rows: np.ndarray, co
     the members of each B(cols[p]) are then looked up in it with one gather and summed per
     pair. Work is Σ_p |B(cols[p])| — only the requested pairs, unlike a full sparse product —
     and memory per block is (block × N) bytes + the block's gathered members. Blocks run on
-    ``workers`` threads (numpy releases the GIL; default 1), each with its own table; the
+    ``workers`` threads (numpy releases the GIL; default ``default_workers()``), each with its own table; the
     result does not depend on the number of threads.
     """
     import threading
@@ -97,8 +105,10 @@ def _pair_intersections(A: sp.csr_matrix, B: sp.csr_matrix, rows: np.ndarray, co
     out = np.zeros(len(rows), np.int64)
     if len(rows) == 0:
         return out
-    # one thread by default: on the 2-core dev box two threads were slower (memory-bound gathers)
-    workers = int(workers or 1)
+    # one thread by default on small machines: on the 2-core dev box two threads were slower
+    # (memory-bound gathers); on a GPU node's 16 cores the 1M-face structure space is the
+    # longest CPU step of Ada-NETS, so there blocks run on up to 8 threads (issue 12)
+    workers = int(workers or default_workers())
     if block is None:
         # 128 rows measured fastest (the block's gathered members, ~128·k·|R*| ints, stay in
         # cache); the dense table, block × N bytes, is capped at 8 MiB
@@ -204,3 +214,118 @@ def max_q_targets(ids_ss: np.ndarray, labels: np.ndarray, beta: float = 0.5) -> 
     b2 = beta * beta
     q = (1 + b2) * p * r / (b2 * p + r)
     return (q.argmax(axis=1) + 1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# the same on a GPU (issue 12): at 1M faces the scipy/numpy version above is the longest step of
+# Ada-NETS (21 s per 100k faces on one core of the H200 node). Sets are kept as one sorted
+# int64 array of keys ``row * N + member`` (a CSR pattern without the pointers); membership is
+# a binary search in it, and every count is over the requested pairs only, as above.
+# --------------------------------------------------------------------------------------------
+def _t_contains(keys, q):
+    import torch
+
+    if keys.numel() == 0:
+        return torch.zeros(q.shape, dtype=torch.bool, device=q.device)
+    pos = torch.searchsorted(keys, q).clamp_(max=keys.numel() - 1)
+    return keys[pos] == q
+
+
+def _t_ptr(keys, n: int):
+    import torch
+
+    return torch.searchsorted(keys, torch.arange(n + 1, device=keys.device, dtype=torch.int64) * n)
+
+
+def _t_reciprocal(ids, k: int, n: int):
+    """Sorted keys of R(i, k) (see ``reciprocal_sets``)."""
+    import torch
+
+    k = min(k, ids.shape[1])
+    rows = torch.arange(ids.shape[0], device=ids.device).repeat_interleave(k)
+    cols = ids[:, :k].reshape(-1)
+    ok = cols >= 0
+    K = torch.unique(rows[ok] * n + cols[ok])  # sorted, duplicates collapsed
+    return K[_t_contains(K, (K % n) * n + K // n)]
+
+
+def _t_expand(ptr, keys, n: int, a, sel=None, chunk: int = 1 << 26):
+    """For pairs p, yield (pair index, member) for every member of set a[p] (keys/ptr), in chunks
+    of at most ~``chunk`` members (bounded GPU memory)."""
+    import torch
+
+    lens = ptr[a + 1] - ptr[a]
+    cum = torch.cumsum(lens, 0)
+    start, npairs = 0, len(a)
+    while start < npairs:
+        base = int(cum[start - 1]) if start else 0
+        end = int(torch.searchsorted(cum, torch.tensor([base + chunk], device=cum.device), right=True)[0])
+        end = max(end, start + 1)
+        ll = lens[start:end]
+        tot = int(ll.sum())
+        pair = torch.arange(end - start, device=a.device).repeat_interleave(ll, output_size=tot)
+        first = torch.cumsum(ll, 0) - ll
+        offs = torch.arange(tot, device=a.device) - first[pair]
+        members = keys[ptr[a[start:end]][pair] + offs] % n
+        yield start, end, pair, members
+        start = end
+
+
+def _t_pair_intersections(ptr_a, keys_a, ptr_b, keys_b, n: int, rows, cols):
+    """|A(rows[p]) ∩ B(cols[p])|: members of A(rows[p]) looked up in B(cols[p])."""
+    import torch
+
+    out = torch.zeros(len(rows), dtype=torch.int64, device=rows.device)
+    for s, e, pair, m in _t_expand(ptr_a, keys_a, n, rows):
+        hit = _t_contains(keys_b, cols[s:e][pair] * n + m)
+        out[s:e] = torch.zeros(e - s, dtype=torch.int64, device=rows.device).index_add_(0, pair, hit.to(torch.int64))
+    return out
+
+
+def structure_space_torch(
+    ids: np.ndarray, sims: np.ndarray, k: int = 80, lamb: float = 0.3, device: str = "cuda"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`structure_space` computed with torch on ``device``; identical output.
+
+    Same sets, the same integer counts and the same float64 operations in the same order
+    (one elementwise kernel each, so no fused multiply-add), and a stable sort: the re-ranked
+    ids and distances equal the numpy version's exactly (tests/test_cluster_scale.py).
+    ``ids`` must be >= 0 (kNN lists with k capped at N)."""
+    import torch
+
+    n = ids.shape[0]
+    kk = int(min(k, ids.shape[1]))
+    if n == 0 or kk == 0:
+        return np.zeros((n, kk), np.int64), np.zeros((n, kk), np.float32)
+    dev = torch.device(device)
+    with torch.no_grad():
+        t_ids = torch.from_numpy(np.ascontiguousarray(ids[:, :kk], dtype=np.int64)).to(dev)
+        dcos = (1.0 - torch.from_numpy(np.ascontiguousarray(sims[:, :kk], dtype=np.float32)).to(dev)).to(torch.float64)
+        R = _t_reciprocal(t_ids, kk, n)
+        Rh = _t_reciprocal(t_ids, kk // 2, n) if kk // 2 else torch.zeros(0, dtype=torch.int64, device=dev)
+        pR, pRh = _t_ptr(R, n), _t_ptr(Rh, n)
+        # R*(i) = R(i) ∪ {Rh(j) : j ∈ R(i), 3·|R(i) ∩ Rh(j)| ≥ 2·|Rh(j)|}
+        ri, rj = R // n, R % n
+        hsize = pRh[1:] - pRh[:-1]
+        ov = _t_pair_intersections(pRh, Rh, pR, R, n, rj, ri)  # members of Rh(j) found in R(i)
+        ok = 3 * ov >= 2 * hsize[rj]
+        ai, aj = ri[ok], rj[ok]
+        parts = [R]
+        for s, e, pair, m in _t_expand(pRh, Rh, n, aj):
+            parts.append(ai[s:e][pair] * n + m)
+        Rs = torch.unique(torch.cat(parts))
+        del parts, R, Rh, ri, rj, ov, ok, ai, aj
+        pRs = _t_ptr(Rs, n)
+        size = pRs[1:] - pRs[:-1]
+        rows = torch.arange(n, device=dev).repeat_interleave(kk)
+        cols = t_ids.reshape(-1)
+        # iterate over the smaller of the two sets of each pair (the count is symmetric)
+        swap = size[rows] > size[cols]
+        a, b = torch.where(swap, cols, rows), torch.where(swap, rows, cols)
+        inter = _t_pair_intersections(pRs, Rs, pRs, Rs, n, a, b).view(n, kk)
+        union = size[:, None] + size[t_ids] - inter
+        interf, unionf = inter.to(torch.float64), union.to(torch.float64)
+        jac = torch.where(union > 0, interf / torch.clamp(unionf, min=1.0), torch.zeros((), dtype=torch.float64, device=dev))
+        d = (1.0 - lamb) * (1.0 - jac) + lamb * dcos
+        d, order = torch.sort(d, dim=1, stable=True)
+        return t_ids.gather(1, order).cpu().numpy(), d.to(torch.float32).cpu().numpy()
