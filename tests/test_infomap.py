@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, write_input
 from facecluster.cluster import get_clusterer
-from facecluster.graph import merge_fragments
+from facecluster.graph import attach_small, merge_fragments
 from facecluster.metrics import evaluate
 from facecluster.workdir import WorkDir
 
@@ -96,9 +96,12 @@ def test_infomap_merge_settings_recorded():
     c = get_clusterer("infomap", device="cpu", embedder="dlib")
     s = c.settings()
     assert s["min_sim"] == 0.947 and s["merge_min_sim"] == 0.91 and s["merge_fragments"] is True
+    assert s["attach_max_size"] == 3 and s["attach_min_sim"] == 0.93 and s["attach_share"] == 0.8
+    assert s["split_min_size"] == 0
     # other embedders: generic threshold, floor relative to it
     g = get_clusterer("infomap", device="cpu", embedder="arcface").settings()
     assert g["min_sim"] == 0.5 and g["merge_min_sim"] == pytest.approx(0.4)
+    assert g["attach_min_sim"] == pytest.approx(0.4)
 
 
 def test_default_beats_chinese_whispers_on_real_faces(tmp_path, real_faces):
@@ -123,3 +126,104 @@ def test_default_beats_chinese_whispers_on_real_faces(tmp_path, real_faces):
     out = json.loads((tmp_path / "out.json").read_text())
     ids = np.array([r["cluster_id"] for r in out])[index]
     assert evaluate(y, ids)["bcubed_fscore"] == pytest.approx(full["bcubed_fscore"])
+
+
+def test_attach_small_joins_a_lone_face_whose_neighbours_agree():
+    # B = 0..7 (8 faces); face 8 alone, its 4 nearest all in B and strong; face 9 alone, its
+    # strong neighbours split between B and C = 10..13; face 14 alone with only weak links into B
+    k = 4
+    neigh = {i: [j for j in range(8) if j != i][:k] for i in range(8)}
+    neigh.update({i: [j for j in range(10, 14) if j != i] + [0] for i in range(10, 14)})
+    neigh[8] = [0, 1, 2, 3]
+    neigh[9] = [0, 1, 10, 11]
+    neigh[14] = [4, 5, 6, 7]
+    ids = _lists(neigh, k)
+    sims = np.where(ids >= 0, 0.95, 0).astype(np.float32)
+    sims[14, 1:] = 0.80
+    labels = np.array([0] * 8 + [1, 2] + [3] * 4 + [4])
+    out = attach_small(labels, ids, sims, max_size=3, top=4, min_sim=0.9, share=0.5)
+    assert out[8] == out[0]  # 4/4 slots vote for B
+    assert out[9] == out[0]  # 2/4 for B, 2/4 for C: the tie goes to the lower id (B), half the slots
+    assert out[14] != out[0]  # weak links do not vote
+    strict = attach_small(labels, ids, sims, max_size=3, top=4, min_sim=0.9, share=0.75)
+    assert strict[8] == strict[0] and strict[9] not in (strict[0], strict[10])
+    # off (max_size 0) and clusters above max_size are left alone
+    assert len(set(attach_small(labels, ids, sims, max_size=0, min_sim=0.9))) == 5
+    assert len(set(attach_small(labels, ids, sims, max_size=3, top=4, min_sim=0.9)[10:14])) == 1
+
+
+def test_attach_small_pair_joins_and_never_into_a_smaller_cluster():
+    # pair {0, 1} points into B = 2..6; B's links point into the pair but B is bigger: stays
+    k = 3
+    neigh = {0: [1, 2, 3], 1: [0, 4, 5]}
+    neigh.update({i: [0, 1, *[j for j in range(2, 7) if j != i][:1]] for i in range(2, 7)})
+    ids = _lists(neigh, k)
+    sims = np.where(ids >= 0, 0.95, 0).astype(np.float32)
+    labels = np.array([5, 5, 9, 9, 9, 9, 9])
+    out = attach_small(labels, ids, sims, max_size=2, top=3, share=0.6)
+    assert len(set(out)) == 1  # 4 of the pair's 6 slots vote for B (>= 60 %)
+    out = attach_small(labels, ids, sims, max_size=2, top=3, share=0.7)
+    assert len(set(out)) == 2  # 4/6 < 70 %: the pair stays; B never joins the smaller pair
+
+
+def test_attach_small_edge_cases_and_determinism():
+    e = attach_small(np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.float32))
+    assert e.shape == (0,)
+    assert list(attach_small(np.array([7]), np.array([[0]]), np.array([[1.0]]))) == [0]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    S = X @ X.T
+    ids = np.argsort(-S, axis=1, kind="stable")[:, :11]
+    sims = np.take_along_axis(S, ids, 1)
+    labels = rng.integers(0, 150, 400)
+    a = attach_small(labels, ids, sims, max_size=3, share=0.2)
+    assert np.array_equal(a, attach_small(labels.copy(), ids.copy(), sims.copy(), max_size=3, share=0.2))
+    assert len(set(a)) < len(set(labels))  # something joined
+    for c in np.unique(labels):  # every output cluster is a union of input clusters
+        assert len(set(a[labels == c])) == 1
+
+
+def _unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _straggler_scene():
+    """B: 12 faces of one person; C: 60 faces of a look-alike (B-C similarity ~0.88); s: one odd
+    frame of B (similarity 0.93-0.946 to every B face: below min_sim, so Infomap leaves it alone;
+    its 40 merge votes go 12 to B and 28 to C, so the fragment merge cannot choose)."""
+    rng = np.random.default_rng(0)
+    d = 128
+    b = _unit(rng.normal(size=d))
+    c = _unit(b + 0.5 * _unit(rng.normal(size=d)))
+    B = _unit(b + 0.1 * _unit(rng.normal(size=(12, d))))
+    C = _unit(c + 0.1 * _unit(rng.normal(size=(60, d))))
+    s = _unit(b + 0.35 * (c - b) + 0.3 * _unit(rng.normal(size=d)))
+    return B, C, s
+
+
+def test_default_attaches_a_lone_frame_whose_nearest_faces_agree():
+    B, C, s = _straggler_scene()
+    sb, sc = B @ s, C @ s
+    assert 0.93 < sb.min() and sb.max() < 0.947  # the scene is what the docstring says
+    assert np.sort(sc)[-28] >= 0.91 and sc.max() < 0.93
+    X = np.vstack([B, C, s[None]]).astype(np.float32)
+    lab = get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X)
+    assert len(set(lab[:12])) == 1 and len(set(lab[12:72])) == 1 and lab[0] != lab[12]
+    assert lab[72] == lab[0]  # all 10 nearest (B, >= 0.93) agree: the frame joins B
+    off = get_clusterer("infomap", device="cpu", embedder="dlib", attach_max_size=0).fit_predict(X)
+    assert off[72] not in (off[0], off[12])  # before issue 13 it stayed a singleton
+    # a stricter floor than its similarities: no votes, stays alone
+    strict = get_clusterer("infomap", device="cpu", embedder="dlib", attach_min_sim=0.95).fit_predict(X)
+    assert strict[72] not in (strict[0], strict[12])
+
+
+def test_default_keeps_identical_faces_together_and_ids_deterministic():
+    B, C, s = _straggler_scene()
+    # the same photo three times (re-uploads) and a near-identical copy of a C face
+    X = np.vstack([B, C, s[None], s[None], s[None], C[:1] + 1e-4]).astype(np.float32)
+    c = get_clusterer("infomap", device="cpu", embedder="dlib")
+    lab = c.fit_predict(X)
+    assert lab[72] == lab[73] == lab[74] and lab[75] == lab[12]
+    assert np.array_equal(lab, get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X.copy()))
+    assert {"knn", "infomap", "merge", "attach"} <= set(c.timings_)

@@ -64,3 +64,40 @@ def test_peaks_hand_checkable():
     assert list(peak) == [1, 2, -1, 1]  # node 3 skips 0 (lower conf) and takes 1
     assert list(peaks_to_labels(peak, psim, tau=0.8)) == [0, 0, 0, 1]
     assert list(peaks_to_labels(peak, psim, tau=0.87)) == [0, 0, 1, 2]
+
+
+def _blobs_knn(X: np.ndarray, k: int):
+    S = X @ X.T
+    ids = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(S, ids, 1).astype(np.float32)
+
+
+def test_split_weak_cuts_two_people_chained_by_one_face():
+    from facecluster.graph import split_weak
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 32))
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    bridge = (a + b) / np.linalg.norm(a + b)
+    X = np.concatenate([a + 0.05 * rng.normal(size=(30, 32)), b + 0.05 * rng.normal(size=(25, 32)), bridge[None]])
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    ids, sims = _blobs_knn(X, 11)
+    # one cluster with everybody (as a chain through the bridge face would make it)
+    out = split_weak(np.zeros(56, np.int64), ids, sims, min_size=20, top=10, max_cut=0.05)
+    assert len(set(out[:30])) == 1 and len(set(out[30:55])) == 1 and out[0] != out[30]
+    assert out[0] == 0  # the side with the first face keeps the id
+    # a single person is never cut, and clusters under min_size are not looked at
+    one = split_weak(np.zeros(30, np.int64), *_blobs_knn(X[:30], 11), min_size=20, max_cut=0.05)
+    assert len(set(one)) == 1
+    assert len(set(split_weak(np.zeros(56, np.int64), ids, sims, min_size=60))) == 1
+    assert np.array_equal(out, split_weak(np.zeros(56, np.int64), ids.copy(), sims.copy(), min_size=20, max_cut=0.05))
+
+
+def test_split_weak_edge_cases():
+    from facecluster.graph import split_weak
+
+    assert split_weak(np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.float32)).shape == (0,)
+    assert list(split_weak(np.array([4]), np.array([[0]]), np.array([[1.0]], np.float32))) == [0]
+    # identical faces: a complete graph has no weak cut
+    ids = np.tile(np.arange(25), (25, 1))
+    assert len(set(split_weak(np.zeros(25, np.int64), ids, np.ones((25, 25), np.float32), min_size=10))) == 1

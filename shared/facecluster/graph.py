@@ -237,3 +237,210 @@ def merge_fragments(
             parent = nxt
         lab = np.unique(parent[lab], return_inverse=True)[1].astype(np.int64)
     return lab
+
+
+def attach_small(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    sims: np.ndarray,
+    *,
+    max_size: int = 3,
+    min_size: int = 1,
+    top: int = 10,
+    min_sim: float = -np.inf,
+    share: float = 0.5,
+    max_rounds: int = 10,
+) -> np.ndarray:
+    """Join singletons, pairs and small fragments to the cluster their strong neighbours agree on.
+
+    :func:`merge_fragments` counts votes against all ``|A| * k`` kNN slots of a cluster, so a
+    lone face with ``k = 40`` voting slots needs 6 strong links into one cluster and a 75 %
+    majority among all its strong links: a long video's odd frames (profile, blur, a
+    half-occluded face) rarely qualify and stay singletons. This rule looks only at the nearest
+    ``top`` neighbours of each member of a cluster ``A`` of at most ``max_size`` faces:
+
+    * a neighbour outside ``A`` with similarity >= ``min_sim`` is a vote for its cluster;
+    * ``A`` joins the cluster ``B`` with the most votes when those votes make at least ``share``
+      of all of ``A``'s ``|A| * top`` slots (the neighbours *agree*: a face seen once in a photo
+      collection has strong neighbours scattered over several look-alikes, or few of them) and
+      ``B`` is bigger than ``A`` (joins form a forest; no cycles).
+
+    Repeated until nothing changes (at most ``max_rounds``): a singleton can join a pair that
+    has itself just joined a big cluster.
+
+    Parameters
+    ----------
+    labels : (N,) int, the partition to refine.
+    ids : (N, k) int64 kNN ids sorted by similarity (self anywhere, ignored; -1 = none).
+    sims : (N, k) float similarities of ``ids``.
+    max_size, min_size : clusters of ``min_size`` to ``max_size`` faces may join another.
+    top : nearest neighbours per face that vote (self excluded; fewer when k is smaller).
+    min_sim : a neighbour votes only with similarity >= this.
+    share : fraction in (0, 1] of the ``|A| * top`` slots that must vote for the same cluster.
+
+    Returns
+    -------
+    (N,) int64 labels numbered 0.. in order of the sorted input labels; every input cluster is
+    either kept or wholly merged into another.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    lab = np.unique(labels, return_inverse=True)[1].astype(np.int64) if n else np.zeros(0, np.int64)
+    if n == 0 or ids.size == 0 or max_size < 1:
+        return lab
+    ids = np.asarray(ids, np.int64)
+    sims = np.asarray(sims, np.float32)
+    # the first `top` real neighbours of every face (self and padding removed, order kept)
+    real = (ids >= 0) & (ids != np.arange(n)[:, None])
+    rank = np.cumsum(real, axis=1)
+    take = real & (rank <= top)
+    rows = np.nonzero(take)[0]
+    cols, w = ids[take], sims[take]
+    slots = np.bincount(rows, minlength=n)
+    strong = w >= min_sim
+    for _ in range(max_rounds):
+        nc = int(lab.max()) + 1
+        sizes = np.bincount(lab, minlength=nc)
+        a, b = lab[rows], lab[cols]
+        vote = strong & (a != b) & (sizes[a] <= max_size) & (sizes[a] >= min_size)
+        if not vote.any():
+            break
+        m = sp.csr_matrix((np.ones(int(vote.sum())), (a[vote], b[vote])), shape=(nc, nc))
+        m.sum_duplicates()
+        m = m.tocoo()
+        # each small cluster's most-voted target; ties go to the lower cluster id (deterministic)
+        order = np.lexsort((m.col, -m.data, m.row))
+        r, c, d = m.row[order], m.col[order], m.data[order]
+        first = np.r_[True, r[1:] != r[:-1]]
+        r, c, d = r[first], c[first], d[first]
+        cap = np.bincount(lab, weights=slots, minlength=nc)
+        ok = (sizes[c] > sizes[r]) & (d >= share * cap[r])
+        if not ok.any():
+            break
+        parent = np.arange(nc)
+        parent[r[ok]] = c[ok]
+        # targets are strictly bigger, so pointer jumping terminates
+        while True:
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+        lab = np.unique(parent[lab], return_inverse=True)[1].astype(np.int64)
+    return lab
+
+
+def _sweep_cut(w: sp.csr_matrix, min_part: int) -> tuple[float, np.ndarray | None]:
+    """Lowest-conductance split of one connected-or-not graph along its Fiedler vector.
+
+    w : (n, n) symmetric non-negative CSR. Returns (conductance, boolean side mask) or
+    (inf, None) when no split leaves ``min_part`` nodes on each side."""
+    n = w.shape[0]
+    deg = np.asarray(w.sum(axis=1)).reshape(-1)
+    if n < 2 * min_part or deg.sum() <= 0:
+        return np.inf, None
+    d = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
+    # second-largest eigenvector of D^-1/2 W D^-1/2 = Fiedler vector of the normalised Laplacian
+    m = sp.diags(d) @ w @ sp.diags(d)
+    if n <= 400:
+        _, vec = np.linalg.eigh(m.toarray())
+        f = vec[:, -2]
+    else:
+        from scipy.sparse.linalg import eigsh
+
+        v0 = np.sqrt(np.maximum(deg, 1e-12))  # deterministic start vector
+        _, vec = eigsh(m.astype(np.float64), k=2, which="LA", v0=v0, tol=1e-6, maxiter=5000)
+        f = vec[:, np.argsort(_)[0]]
+    f = f * d
+    order = np.argsort(f, kind="stable")
+    pos = np.empty(n, np.int64)
+    pos[order] = np.arange(n)
+    coo = sp.triu(w, k=1).tocoo()
+    lo, hi = np.minimum(pos[coo.row], pos[coo.col]), np.maximum(pos[coo.row], pos[coo.col])
+    # an edge crosses every prefix cut t with lo <= t < hi
+    diff = np.zeros(n + 1)
+    np.add.at(diff, lo, coo.data)
+    np.add.at(diff, hi, -coo.data)
+    cut = np.cumsum(diff)[: n - 1]
+    vol = np.cumsum(deg[order])[: n - 1]
+    total = deg.sum()
+    cond = cut / np.maximum(np.minimum(vol, total - vol), 1e-12)
+    t = np.arange(n - 1)
+    cond[(t + 1 < min_part) | (n - t - 1 < min_part)] = np.inf
+    best = int(np.argmin(cond))
+    if not np.isfinite(cond[best]):
+        return np.inf, None
+    side = np.zeros(n, bool)
+    side[order[: best + 1]] = True
+    return float(cond[best]), side
+
+
+def split_weak(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    sims: np.ndarray,
+    *,
+    min_size: int = 20,
+    top: int = 10,
+    min_sim: float = -np.inf,
+    min_part: int = 5,
+    max_cut: float = 0.05,
+    max_depth: int = 3,
+) -> np.ndarray:
+    """Split clusters that chain two people: a weak cut in the cluster's own similarity graph.
+
+    Two people can end up in one cluster through a few faces similar to both (a chain in the
+    kNN graph, or a fragment joined to the wrong cluster). Such a cluster's own graph has a
+    cut far sparser than anything inside one person. For every cluster of at least
+    ``min_size`` faces, the graph of its members' ``top`` nearest neighbours inside the
+    cluster with similarity >= ``min_sim`` (weight = similarity) is bisected along its Fiedler
+    vector (spectral sweep cut); when the best cut's conductance (cut weight over the smaller
+    side's volume) is <= ``max_cut`` and each side has >= ``min_part`` faces, the cluster is
+    split and each side is checked again (at most ``max_depth`` levels).
+
+    Parameters
+    ----------
+    labels : (N,) int partition.
+    ids, sims : (N, k) kNN lists (self anywhere, ignored; -1 = none) and similarities.
+    min_size, top, min_sim, min_part, max_cut, max_depth : see above.
+
+    Returns
+    -------
+    (N,) int64 labels numbered 0.. in order of first appearance of the input's sorted labels;
+    split-off parts get new ids after the existing ones (deterministic).
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    lab = np.unique(labels, return_inverse=True)[1].astype(np.int64) if n else np.zeros(0, np.int64)
+    if n == 0 or ids.size == 0:
+        return lab
+    ids = np.asarray(ids, np.int64)
+    sims = np.asarray(sims, np.float32)
+    real = (ids >= 0) & (ids != np.arange(n)[:, None])
+    take = real & (np.cumsum(real, axis=1) <= top) & (sims >= min_sim)
+    rows = np.nonzero(take)[0]
+    cols, w = ids[take], np.maximum(sims[take], 0).astype(np.float64)
+    internal = lab[rows] == lab[cols]
+    g = sp.csr_matrix((w[internal], (rows[internal], cols[internal])), shape=(n, n))
+    g = g.maximum(g.T).tocsr()
+    nxt = int(lab.max()) + 1
+    todo = [(c, 0) for c in np.flatnonzero(np.bincount(lab) >= min_size)]
+    members = {}
+    order = np.argsort(lab, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(lab))]
+    while todo:
+        c, depth = todo.pop(0)
+        idx = members.pop(c, None)
+        if idx is None:
+            idx = order[bounds[c] : bounds[c + 1]]
+        cond, side = _sweep_cut(g[idx][:, idx], min_part)
+        if side is None or cond > max_cut:
+            continue
+        # the side holding the cluster's first face keeps the id (deterministic numbering)
+        if side[0]:
+            side = ~side
+        lab[idx[side]] = nxt
+        if depth + 1 < max_depth:
+            members[c], members[nxt] = idx[~side], idx[side]
+            todo += [(c, depth + 1), (nxt, depth + 1)]
+        nxt += 1
+    return lab
