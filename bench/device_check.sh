@@ -16,7 +16,7 @@
 #      embedder), N/4 records (peak RSS flat in N?), and N records with margin=iter
 #   4b. dlib's 5-point predictor batched in torch on the device (landmarks/s, agreement with dlib)
 #   5. descriptor parity: port on the device vs dlib's own compute_face_descriptor (cosine)
-#   6. HOOK for the clustering engineer's command
+#   6. clustering: every method on 1M synthetic dlib-like faces (bench/cluster_scale.py)
 # Writes $OUT/summary.md, $OUT/summary.json and $OUT/log.txt (3 files).
 # Timeouts add up to 355 s (+ unpacking, a few s); expected on the H200 about 2 minutes.
 set -uo pipefail
@@ -110,10 +110,17 @@ step "torch landmarks" 40 $B landmarks --input "$WORK/recs/input.json" --n "$NLM
 # ---- 5. parity -------------------------------------------------------------------------------
 step "parity fp32" 30 $B parity --input "$WORK/recs/input.json" --n 64 --device "$DEV" --json "$WORK/parity.json"
 
-# ---- 6. HOOK: clustering (issue 12, deliverable 2) ---------------------------------------------
-# >>> The lead adds the clustering engineer's command here, e.g.
-#   step "cluster 1M" 240 "$PY" bench/<their script> --device "$DEV" --json "$WORK/cluster.json"
-# (files it writes under $WORK/*.json are merged into summary.json; keep its output short) <<<
+# ---- 6. clustering (issue 12, deliverable 2): every method on N_CL synthetic dlib-like faces ---
+# bench/cluster_scale.py runs each method through the whole `facecluster cluster` command as a
+# child process (per-method limit, overall budget; infomap, the default, first). infomap comes
+# from .gpu/cluster/site (scripts/cluster_scale_prep.sh, staged by scripts/device_prep.sh).
+if [ "$SMOKE" = 1 ]; then N_CL="${N_CL:-2000}" CL_LIMIT=120 CL_BUDGET=400 KNN_CHECK=500
+else N_CL="${N_CL:-1000000}" CL_LIMIT=62 CL_BUDGET="${CL_BUDGET:-190}" KNN_CHECK=20000; fi
+CL_PATH="$PYTHONPATH"   # the staged infomap is a cp312 build: only on a 3.12 interpreter
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else 1)' && CL_PATH="$root/.gpu/cluster/site:$PYTHONPATH"
+step "cluster $N_CL" $(( CL_BUDGET + 30 )) env PYTHONPATH="$CL_PATH" \
+  "$PY" bench/cluster_scale.py --device "$DEV" --n "$N_CL" --methods "${CL_METHODS:-infomap,gcn-ve,adanets,gcn-v,threshold}" \
+  --time-limit "$CL_LIMIT" --budget "$CL_BUDGET" --knn-check "$KNN_CHECK" --json "$WORK/cluster_scale.json"
 
 # ---- summary ---------------------------------------------------------------------------------
 "$PY" - "$WORK" "$OUT" "$STATUS" "$(( $(date +%s) - T0 ))" "$DEV" <<'EOF' 2>&1 | tee -a "$LOG"
@@ -124,7 +131,7 @@ rows = [l.split("\t") for l in status.read_text().splitlines() if l]
 res = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
 summary = {"device": dev, "wall_s": float(wall), "steps": {r[0]: {"status": r[1], "seconds": r[2]} for r in rows}, "results": res}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
-md = [f"# device check (issue 12, embedding), {dev}, {wall} s", "", "| step | status | s |", "|---|---|---|"]
+md = [f"# device check (issue 12), {dev}, {wall} s", "", "| step | status | s |", "|---|---|---|"]
 md += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows]
 for k in ("steps-auto", "steps-iter"):
     if k in res:

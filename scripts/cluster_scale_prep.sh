@@ -19,11 +19,16 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manyl
   plat+=(--platform "$p")
 done
 # pydantic as pinned for the images (scripts/gpu_smoke_prep.sh); infomap as in the dev venv
+# INFOMAP_ONLY=1 (scripts/device_prep.sh): infomap alone, the pydantic stack comes from .gpu/whl
+pkgs=(infomap==2.16.0)
+[ "${INFOMAP_ONLY:-0}" = 1 ] || pkgs+=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0)
 "$PYTHON" -m pip install -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
-  "${plat[@]}" --target "$out/site" pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-  typing-inspection==0.4.5 typing-extensions==4.16.0 infomap==2.16.0 2>&1 | grep -v 'is ignored' || true
+  "${plat[@]}" --target "$out/site" "${pkgs[@]}" 2>&1 | grep -v 'is ignored' || true
 so="$(ls "$out"/site/infomap/_infomap.cpython-*-x86_64-linux-gnu.so)"
 strip --strip-unneeded "$so"
-rm -rf "$out"/site/bin "$out"/site/infomap/datasets
-[ -d "$out/site/pydantic" ] && [ -d "$out/site/pydantic_core" ] || { echo "pydantic missing in $out/site" >&2; exit 1; }
+rm -rf "$out"/site/bin "$out"/site/infomap/datasets "$out"/site/infomap/__pycache__
+if [ "${INFOMAP_ONLY:-0}" != 1 ] && { [ ! -d "$out/site/pydantic" ] || [ ! -d "$out/site/pydantic_core" ]; }; then
+  echo "pydantic missing in $out/site" >&2; exit 1
+fi
+[ -f "$so" ] || { echo "infomap missing in $out/site" >&2; exit 1; }
 du -sh "$out"

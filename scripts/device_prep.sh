@@ -20,8 +20,8 @@ PYTHON="${PYTHON:-$( [ -x "$root/.venv/bin/python" ] && echo "$root/.venv/bin/py
 DATA="${DATA:-$root/../shared/data}"
 [ -d "$DATA/lfw" ] || DATA=/work/shared/data
 LOOSE="${LOOSE:-/work/extdata/sets/lfw-loose}"
-N_LFW="${N_LFW:-600}" N_GLINT="${N_GLINT:-250}" N_LOOSE="${N_LOOSE:-150}" N_PNG="${N_PNG:-60}"
-BUDGET_MIB="${BUDGET_MIB:-60}"
+N_LFW="${N_LFW:-240}" N_GLINT="${N_GLINT:-120}" N_LOOSE="${N_LOOSE:-80}" N_PNG="${N_PNG:-30}"
+BUDGET_MIB="${BUDGET_MIB:-62}"
 out="$root/.gpu"
 rm -rf "$out"; mkdir -p "$out/whl" "$out/pkgs/face_recognition_models/models" "$out/crops"
 
@@ -74,6 +74,8 @@ counts["glint18 png"] = n_png
 print("crops:", counts)
 EOF
 
+# infomap (stripped, ~4 MB) for the clustering step: .gpu/cluster/site
+INFOMAP_ONLY=1 PYTHON="$PYTHON" bash "$root/scripts/cluster_scale_prep.sh"
 du -sh "$out"/*
 tree_kib="$(git ls-files -z | xargs -0 du -k --apparent-size 2>/dev/null | awk '{s+=$1} END {print s}')"
 untracked_kib="$(git ls-files -z --others --exclude-standard | xargs -0 -r du -k --apparent-size 2>/dev/null | awk '{s+=$1} END {print s+0}')"
