@@ -317,3 +317,55 @@ def test_k8s_run_driver_stops_on_failed_job(tmp_path):
     assert "run the same command again" in r.stderr
     assert not any(c.endswith("component=merge") for c in calls)
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+@needs_kubectl
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+def test_add_jobs_pods_play(tmp_path):
+    """The add Jobs played as pods (podman) on a volume that holds an earlier run: the new
+    records' ids equal a single-process `facecluster run` + `facecluster add`."""
+    if shutil.which("debootstrap") is None and not os.environ.get("BASE"):
+        pytest.skip("debootstrap is not installed (needed for the local base image)")
+    if METHOD != "infomap":
+        pytest.skip("facecluster add grows infomap results only")
+    images = containers.build_cpu_images()
+    demo = tmp_path / "demo"
+    subprocess.run([sys.executable, "-m", "facecluster.demo", str(demo)], check=True, capture_output=True)
+    recs = json.loads((demo / "input.json").read_text())
+    for r in recs:  # absolute paths: the two halves are written beside the demo's input
+        r["img_path"] = str((demo / r["img_path"]).resolve())
+    first, new = tmp_path / "first.json", tmp_path / "new.json"
+    first.write_text(json.dumps(recs[:4]))
+    new.write_text(json.dumps(recs[4:] + [{"img_path": str(tmp_path / "missing.jpg"), "note": "gone"}]))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "facecluster.cli", *map(str, args)], capture_output=True, text=True)
+
+    ref_wd = tmp_path / "ref-wd"
+    r = cli("run", first, "-o", tmp_path / "ref1.json", "--method", "infomap", "--work-dir", ref_wd, "--device", "cpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cli("add", new, "--work-dir", ref_wd, "-o", tmp_path / "ref-new.json")
+    assert r.returncode == 3, r.stdout + r.stderr  # the missing image: -1 + error, exit 3
+
+    overlay = k8s_pods.write_overlay(
+        tmp_path / "overlay", K8S,
+        {"recognition": images["recognition"], "cluster": containers.clustering_image(images, "infomap")},
+        {"FACECLUSTER_SHARDS": "1", "FACECLUSTER_METHOD": "infomap", "FACECLUSTER_DEVICE": "cpu"})
+    objs = k8s_pods.render(overlay)
+    vol = tmp_path / "volume"
+    k8s_pods.prepare_host_dir(vol, first)
+    k8s_pods.run_pipeline(objs, vol)
+    # the new records go to /work/add, as scripts/k8s-run.sh --add lays them out
+    k8s_io.pack(new, vol / "add", volume_dir="/work/add", link=False)
+    for p in [vol, *vol.rglob("*")]:
+        p.chmod(0o777 if p.is_dir() else 0o644)
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        res = {s: k8s_pods.run_stage(objs, vol, s, Path(tmp)) for s in ("add-embed", "add")}
+    assert [rc for rc, _ in res["add-embed"]] == [0], res["add-embed"]
+    assert [rc for rc, _ in res["add"]] == [3], res["add"]  # same exit code as the CLI
+    k8s_io.unpack(vol / "add" / "output.json", new, tmp_path / "new-out.json")
+    got = json.loads((tmp_path / "new-out.json").read_text())
+    assert got == json.loads((tmp_path / "ref-new.json").read_text())
+    assert got[-1]["cluster_id"] == -1 and got[-1]["note"] == "gone" and "error" in got[-1]
