@@ -43,3 +43,49 @@ def calibration_mean(embedder: str | None) -> np.ndarray | None:
         return None
     p = calibration_path(embedder)
     return np.load(p).astype(np.float32) if p.exists() else None
+
+
+# --------------------------------------------------------------------------------------------
+# similarity floor and near-duplicate rule (issue 11)
+# --------------------------------------------------------------------------------------------
+#: Lowest cosine similarity of the *plain L2-normalised* descriptors at which a learned method
+#: (gcn-v, gcn-ve, adanets) may still link two faces, per embedder. Chosen from the measured
+#: same-person / different-person similarity distributions of each face's 80 nearest neighbours
+#: on the training identities of ``bench/regimes.TRAIN_SETS`` (``facecluster train floor``;
+#: numbers in docs/benchmarks/gcn_ve.md §"similarity floor"). The learned parts decide which
+#: links above the floor to make; the floor only forbids the links no face pair of one person
+#: needs and different people make, which is what chains hundreds of people into one cluster
+#: on faces from a source the weights never saw.
+LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.92}
+
+#: Cosine (plain L2-normalised descriptors) at and above which two faces are treated as the same
+#: image (duplicate video frames, re-encoded copies): they always share a cluster. Above the
+#: largest different-person similarity measured on every embedded set (see
+#: docs/benchmarks/gcn_ve.md §"near-duplicates").
+DUPLICATE_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.99}
+#: for embedders without a measured value: numerically identical descriptors only
+GENERIC_DUPLICATE_SIM = 0.9999
+
+
+def link_floor(embedder: str | None) -> float | None:
+    """The similarity floor of ``embedder`` (None when it has no measured one)."""
+    return LINK_FLOOR_BY_EMBEDDER.get(embedder or "")
+
+
+def duplicate_sim(embedder: str | None) -> float:
+    """Near-duplicate cosine of ``embedder`` (``GENERIC_DUPLICATE_SIM`` when not measured)."""
+    return DUPLICATE_SIM_BY_EMBEDDER.get(embedder or "", GENERIC_DUPLICATE_SIM)
+
+
+def pair_cosine(xn: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """Cosine of the pairs (a[p], b[p]) of L2-normalised rows of ``xn``.
+
+    xn : (N, D) float32 L2-normalised; a, b : (P,) int indices. Returns (P,) float32. Works in
+    chunks of ``chunk`` pairs so memory stays O(chunk·D) whatever P is."""
+    a = np.asarray(a, np.int64).reshape(-1)
+    b = np.asarray(b, np.int64).reshape(-1)
+    out = np.empty(len(a), np.float32)
+    for s in range(0, len(a), chunk):
+        e = min(s + chunk, len(a))
+        out[s:e] = np.einsum("ij,ij->i", xn[a[s:e]], xn[b[s:e]])
+    return out
