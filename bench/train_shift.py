@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--e-ignore", type=float, default=0.8)
     ap.add_argument("--and-steps", type=int, default=300)
     ap.add_argument("--and-nhid", type=int, default=256)
+    ap.add_argument("--and-batch", type=int, default=512)
+    ap.add_argument("--and-warmup", type=int, default=128)
+    ap.add_argument("--and-faces", type=int, default=0, help="train AND on a random subset of identities with about this many faces (0: all)")
     ap.add_argument("--gcn-steps", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -96,13 +99,23 @@ def main() -> None:
         pa = a.out / "adanets_and_dlib.pth"
         if "and" in what:
             hb = holdback(names)
-            m_and, info = train_and(x[~hb], y[~hb], xv=x[hb], yv=y[hb], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3, train_mre=True)
+            use = np.ones(len(x), bool)
+            if a.and_faces and a.and_faces < len(x):
+                # whole identities, so every person keeps all their faces (true k* unchanged)
+                rng = np.random.default_rng(0)
+                ids_perm = rng.permutation(np.unique(y))
+                sizes = np.bincount(y)
+                take = ids_perm[np.cumsum(sizes[ids_perm]) <= a.and_faces]
+                use = np.isin(y, take)
+            tr, va = use & ~hb, use & hb
+            m_and, info = train_and(x[tr], y[tr], xv=x[va], yv=y[va], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3,
+                                    batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True)
             # predicted vs true neighbour counts: the collapse check
             from facecluster.cluster.adanets.and_model import predict_k
             from facecluster.train.adanets import and_data
 
-            ids_v, kv = and_data(x[hb], y[hb])
-            kh = predict_k(m_and, x[hb], ids_v, 80)
+            ids_v, kv = and_data(x[va], y[va])
+            kh = predict_k(m_and, x[va], ids_v, 80)
             bins = [1, 2, 5, 10, 20, 40, 81]
             table = []
             for lo, hi in zip(bins[:-1], bins[1:]):

@@ -83,12 +83,16 @@ class Clusterer:
         if fp is not None and not getattr(fp, "_joins_duplicates", False):
             cls.fit_predict = _with_duplicate_rule(fp)
 
+    def embedder(self) -> Optional[str]:
+        """The embedder that made the features (methods whose weights imply one override this)."""
+        return self.config.embedder
+
     def duplicate_sim(self) -> float:
         """The near-duplicate cosine in use (setting, else the embedder's measured value)."""
         from ..calibration import duplicate_sim
 
         c = self.config
-        return float(c.duplicate_sim) if c.duplicate_sim is not None else duplicate_sim(c.embedder)
+        return float(c.duplicate_sim) if c.duplicate_sim is not None else duplicate_sim(self.embedder())
 
     @property
     def device(self) -> str:
@@ -98,8 +102,11 @@ class Clusterer:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        """JSON-able settings (recorded in labels-<method>.json and the report)."""
-        return self.config.model_dump(mode="json")
+        """JSON-able settings (recorded in labels-<method>.json and the report); the near-duplicate
+        cosine resolved for the embedder."""
+        d = self.config.model_dump(mode="json")
+        d["duplicate_sim"] = self.duplicate_sim()
+        return d
 
     # -- helpers for subclasses --------------------------------------------------------------
     @contextmanager

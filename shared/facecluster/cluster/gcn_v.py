@@ -160,6 +160,7 @@ class GCNVClusterer(Clusterer):
         cfg["checkpoint_v"] = str(self._path_v())
         cfg["features"] = self.feature_kind()
         cfg["min_link_sim"] = self.link_floor()
+        cfg["duplicate_sim"] = self.duplicate_sim()
         return cfg
 
     def settings(self) -> dict[str, Any]:
