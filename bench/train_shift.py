@@ -68,14 +68,16 @@ def main() -> None:
     ap.add_argument("--and-faces", type=int, default=0, help="train AND on a random subset of identities with about this many faces (0: all)")
     ap.add_argument("--gcn-steps", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the same code path; the shipped GPU recipes used cuda)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     what = set(a.what.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
     x, y, names, used = pool(a.root, a.sets.split(","))
     print(f"pool: {len(x)} faces, {len(np.unique(y))} identities, sets {used}", flush=True)
-    log = {"sets": used, "faces": int(len(x)), "identities": int(len(np.unique(y))), "features": "raw", "device": "cpu (2 shared cores)"}
-    common = {"features": "raw", "embedder": "dlib", "sets": used, "n_train": int(len(x)), "device": "cpu"}
+    dev = a.device
+    log = {"sets": used, "faces": int(len(x)), "identities": int(len(np.unique(y))), "features": "raw", "device": dev}
+    common = {"features": "raw", "embedder": "dlib", "sets": used, "n_train": int(len(x)), "device": dev}
 
     if "v" in what or "e" in what:
         from facecluster.train.gcn_ve import train_gcn_v, train_gcn_e
@@ -83,13 +85,13 @@ def main() -> None:
         pv = a.out / "gcn_v_dlib.pth"
         if "v" in what:
             t = time.time()
-            mv = train_gcn_v(x, y, k=80, nhid=a.v_nhid, epochs=a.v_epochs, progress=False)
+            mv = train_gcn_v(x, y, k=80, nhid=a.v_nhid, epochs=a.v_epochs, progress=False, device=dev)
             gc.save_checkpoint(mv, pv, meta={**common, "facecluster": "gcn-v", "k": 80, "nhid": a.v_nhid, "epochs": a.v_epochs, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
             log["gcn_v_seconds"] = round(time.time() - t, 1)
         if "e" in what:
             mv = gc.load_gcn_v(pv)
             t = time.time()
-            me = train_gcn_e(mv, x, y, k=80, k_e=160, ignore_ratio=a.e_ignore, nhid=a.e_nhid, epochs=a.e_epochs, progress=False)
+            me = train_gcn_e(mv, x, y, k=80, k_e=160, ignore_ratio=a.e_ignore, nhid=a.e_nhid, epochs=a.e_epochs, progress=False, device=dev)
             gc.save_checkpoint(me, a.out / "gcn_e_dlib.pth", meta={**common, "facecluster": "gcn-e", "k": 80, "k_e": 160, "nhid": a.e_nhid, "epochs": a.e_epochs, "ignore_ratio_train": a.e_ignore, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
             log["gcn_e_seconds"] = round(time.time() - t, 1)
 
@@ -110,13 +112,13 @@ def main() -> None:
                 use = np.isin(y, take)
             tr, va = use & ~hb, use & hb
             m_and, info = train_and(x[tr], y[tr], xv=x[va], yv=y[va], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3,
-                                    batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True)
+                                    batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True, device=dev)
             # predicted vs true neighbour counts: the collapse check
             from facecluster.cluster.adanets.and_model import predict_k
             from facecluster.train.adanets import and_data
 
-            ids_v, kv = and_data(x[va], y[va])
-            kh = predict_k(m_and, x[va], ids_v, 80)
+            ids_v, kv = and_data(x[va], y[va], device=dev)
+            kh = predict_k(m_and, x[va], ids_v, 80, device=dev)
             bins = [1, 2, 5, 10, 20, 40, 81]
             table = []
             for lo, hi in zip(bins[:-1], bins[1:]):
@@ -129,7 +131,7 @@ def main() -> None:
             log["and"] = info
         if "gcn" in what:
             m_and, _ = load_and_checkpoint(pa)
-            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph="adaptive", and_model=m_and, optimizer="sgd")
+            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph="adaptive", and_model=m_and, optimizer="sgd", device=dev)
             save_checkpoint(m_gcn, a.out / "adanets_gcn_dlib.pth", info["steps"], {**common, "train": info})
             log["gcn"] = info
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1, default=str))
