@@ -197,8 +197,7 @@ class GCNVClusterer(Clusterer):
         xr, X = self._prepare(X)
         with self._timed("knn"):
             sims, ids = knn(X, r["k"], normalize=False, backend=self.config.knn_backend, device=dev)
-        if X is xr:
-            self._input_knn = (sims, ids)  # the near-duplicate rule reuses it
+        self._input_knn = ids  # candidate pairs for the near-duplicate rule
         with self._timed("adjacency"):
             adj = build_adjacency(ids, sims, self.config.th_sim)
         with self._timed("gcn_v"):

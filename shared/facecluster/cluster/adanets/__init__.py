@@ -176,8 +176,7 @@ class AdaNetsClusterer(Clusterer):
         with self._timed("knn"):
             sims, ids = knn(x, c.k, normalize=False, backend=c.knn_backend, device=dev)
             ids, sims = _self_first(ids, sims)
-        if x is xr:
-            self._input_knn = (sims, ids)  # the near-duplicate rule reuses it
+        self._input_knn = ids  # candidate pairs for the near-duplicate rule
         with self._timed("structure_space"):
             ids_ss, d_ss = structure_space(ids, sims, c.k, c.lamb)
         with self._timed("and"), bar("Ada-NETS AND", n, c.progress) as b:
