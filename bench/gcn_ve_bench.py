@@ -86,7 +86,9 @@ def child_ours(root: Path, out: Path, threads: int, knn_backend: str = "auto") -
     X = np.fromfile(root / "data/features/part1_test.bin", np.float32).reshape(-1, 256)
     ck = str(root / "data/pretrained_models/pretrained_gcn_%s_ms1m.pth")
     t = time.perf_counter()
-    m = get_clusterer("gcn-ve", checkpoint_v=ck % "v", checkpoint_e=ck % "e", device="cpu", knn_backend=knn_backend)
+    # A/B with the original: its algorithm exactly (no similarity floor, no near-duplicate rule)
+    m = get_clusterer("gcn-ve", checkpoint_v=ck % "v", checkpoint_e=ck % "e", device="cpu", knn_backend=knn_backend,
+                      similarity_floor=False, join_duplicates=False)
     lab = m.fit_predict(X)
     total = time.perf_counter() - t
     np.save(out.with_suffix(".labels.npy"), lab)
@@ -141,12 +143,12 @@ def bench_lfw(path: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     from facecluster import metrics
-    from facecluster.calibration import prepare_features
     from facecluster.cluster import get_clusterer
-    from facecluster.cluster.gcn_common import WEIGHTS_DIR
 
     z = np.load(path)
-    X = prepare_features(z["feats"], np.load(WEIGHTS_DIR / "dlib_mean.npy"))
+    # plain descriptors: every method here wants them (gcn-v/gcn-ve prepare their checkpoint's
+    # features themselves since issue 11)
+    X = np.asarray(z["feats"], np.float32)
     out = {"n": int(len(X))}
     for method in ("gcn-v", "gcn-ve", "infomap"):
         m = get_clusterer(method, device="cpu")

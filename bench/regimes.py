@@ -30,6 +30,10 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
 
 Report every regime and choose by the worst, counting faces in mixed clusters
 (``facecluster.metrics.cluster_purity``), not only F-scores.
+
+``--tuning`` runs the same report on the *training* identities instead (``tuning_regimes``:
+each training set, plus LFW-style sets capped at 21 photos per person), the only place
+settings may be chosen (issue 11 chose the similarity floor there).
 """
 
 from __future__ import annotations
@@ -125,6 +129,31 @@ def validation_regimes(root: Path, only: list[str] | None = None) -> list[tuple[
     return out
 
 
+def tuning_regimes(root: Path, only: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(regime, features, names) on the *training* identities, for choosing settings (issue 11):
+    each available training set on its own (``<set>-train``), and for the LFW-style sets also
+    the people with >= 5 photos capped at 21 each (``<set>-train21``, the shape of the issue's
+    in-the-wild set). Everything here may be tuned on; the validation regimes stay untouched."""
+    out = []
+    for s in TRAIN_SETS:
+        if not (root / s / "features.npy").exists():
+            continue
+        for name in (f"{s}-train", f"{s}-train21"):
+            if name.endswith("21") and s.startswith("glint"):
+                continue
+            if only is not None and name not in only:
+                continue
+            x, n = load(root, s, "train")
+            if name.endswith("21"):
+                keep = np.zeros(len(n), bool)
+                for ident, c in Counter(n.tolist()).items():
+                    if c >= 5:
+                        keep[np.flatnonzero(n == ident)[:21]] = True
+                x, n = x[keep], n[keep]
+            out.append((name, x, n))
+    return out
+
+
 def format_row(regime: str, r: dict) -> str:
     return (
         f"{regime:24s} {r['n']:6d} {r['n_gt_clusters']:5d}  BCubedF {r['bcubed_fscore']:.4f} "
@@ -140,9 +169,11 @@ def main() -> None:
     ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
     ap.add_argument("--regimes", help="comma-separated subset")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--tuning", action="store_true", help="the training identities' regimes (tuning_regimes) instead of the validation ones")
     a = ap.parse_args()
     rows = []
-    regs = validation_regimes(a.root, a.regimes.split(",") if a.regimes else None)
+    pick = tuning_regimes if a.tuning else validation_regimes
+    regs = pick(a.root, a.regimes.split(",") if a.regimes else None)
     for v in a.variant or ["infomap"]:
         method, _, rest = v.partition(":")
         settings = {k: parse_value(val) for k, _, val in (kv.partition("=") for kv in filter(None, rest.split(",")))}
@@ -150,7 +181,7 @@ def main() -> None:
         worst = None
         for name, x, n in regs:
             r = run_method(method, x, n, "dlib", **settings)
-            r.update(regime=name, shape=SHAPES[name], variant=v)
+            r.update(regime=name, shape=SHAPES.get(name, "tuning"), variant=v)
             rows.append(r)
             print(format_row(name, r), flush=True)
             if worst is None or r["bcubed_fscore"] < worst["bcubed_fscore"]:

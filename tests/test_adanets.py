@@ -256,3 +256,38 @@ def test_checkpoints_load_safely_unless_trusted(tmp_path):
     with pytest.raises(CheckpointError):
         get_clusterer("adanets", **ck).fit_predict(x)
     assert get_clusterer("adanets", trust_checkpoint=True, **ck).fit_predict(x).shape == (20,)
+
+
+# ------------------------------------------------------------------ issue 11
+def test_similarity_floor_on_graph_and_final_links(tiny_ckpts):
+    """final_th = -1 links every face to its final_topk neighbours: without the floor two
+    separate groups end in one cluster; with a floor between the within- and across-group
+    plain cosines (a user checkpoint: the floor still applies) no cluster spans both."""
+    rng = np.random.default_rng(0)
+    a, r = rng.normal(size=64), rng.normal(size=64)
+    b = 0.5 * a + np.sqrt(1 - 0.25) * r  # cos(a, b) ~ 0.5
+    X = np.concatenate([c + 0.05 * rng.normal(size=(15, 64)) for c in (a, b)]).astype(np.float32)
+    y = np.repeat([0, 1], 15)
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=-1.0, k=20, final_topk=30)
+    off = get_clusterer("adanets", similarity_floor=False, **kw).fit_predict(X)
+    assert len(np.unique(off)) == 1
+    on = get_clusterer("adanets", min_link_sim=0.8, **kw).fit_predict(X)
+    assert all(len(np.unique(y[on == c])) == 1 for c in np.unique(on))
+    from facecluster.calibration import LINK_FLOOR_BY_EMBEDDER
+
+    c = get_clusterer("adanets", embedder="dlib", **kw)
+    assert c.settings()["min_link_sim"] == LINK_FLOOR_BY_EMBEDDER["dlib"]
+    assert c.feature_kind() == "raw"  # an original-layout checkpoint without meta
+
+
+def test_shipped_weights_are_calibrated_and_copies_share_a_cluster():
+    c = AdaNetsClusterer(device="cpu", embedder="dlib")
+    assert c.feature_kind() == "calibrated" and c.link_floor() is not None
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(60, 128)).astype(np.float32)
+    X = np.concatenate([X[:30], np.repeat(X[30:31], 4, axis=0), X[31:]])
+    lab = c.fit_predict(X)
+    assert len(np.unique(lab[30:34])) == 1
+    # the original algorithm may split them; the rule alone joins them
+    off = AdaNetsClusterer(device="cpu", embedder="dlib", similarity_floor=False, join_duplicates=False).fit_predict(X)
+    assert off.shape == (63,)

@@ -209,10 +209,16 @@ def test_small_inputs(ckpts, method, n):
 @pytest.mark.parametrize("ignore_ratio", [0.0, 1.0])
 def test_degenerate_inputs(ckpts, ignore_ratio):
     pv, pe, _, _ = ckpts
-    m = get_clusterer("gcn-ve", checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu", ignore_ratio=ignore_ratio, tau=-1.0)
+    kw = dict(checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu", ignore_ratio=ignore_ratio, tau=-1.0)
+    m = get_clusterer("gcn-ve", similarity_floor=False, join_duplicates=False, **kw)
     same = np.tile(np.random.default_rng(0).normal(size=(1, 256)).astype(np.float32), (12, 1))
-    # identical faces: identical confidences, nobody is strictly higher → all roots
-    assert len(np.unique(m.fit_predict(same))) == 12
+    # original algorithm: identical faces get (nearly: float rounding of the sparse product)
+    # identical confidences and "strictly higher" leaves most of them roots (this test asserted
+    # 12 roots, which no longer held on torch 2.13 before issue 11: 2 clusters)
+    assert len(np.unique(m.fit_predict(same))) > 1
+    # ties broken by index: the copies link to each other even without the duplicate rule
+    assert len(np.unique(get_clusterer("gcn-ve", join_duplicates=False, **kw).fit_predict(same))) == 1
+    assert len(np.unique(get_clusterer("gcn-ve", **kw).fit_predict(same))) == 1
     # every face a different person (orthogonal): negative/zero cosines are fine
     eye = np.eye(30, 256, dtype=np.float32)
     assert m.fit_predict(eye).shape == (30,)
@@ -247,3 +253,84 @@ def test_split_is_stable():
     assert not is_validation_identity("lfw", "George_W_Bush")
     m = validation_mask("lfw", np.array(["Tom_Hanks", "George_W_Bush", "Tom_Hanks"]))
     np.testing.assert_array_equal(m, [True, False, True])
+
+
+# -------------------------------------------------------------------------------- issue 11
+def _two_groups(d=256, n_each=20, seed=0, cross=0.5):
+    """Two tight groups whose members have plain cosine ~``cross`` across groups, ~0.99 within."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=d)
+    b = cross * a + np.sqrt(1 - cross**2) * rng.normal(size=d)  # cos(a, b) ~ cross in high dimension
+    X = np.concatenate([c + 0.05 * rng.normal(size=(n_each, d)) for c in (a, b)]).astype(np.float32)
+    return X, np.repeat([0, 1], n_each)
+
+
+@pytest.mark.parametrize("method", ["gcn-v", "gcn-ve"])
+def test_similarity_floor_forbids_links_below_it(ckpts, method):
+    """tau = -1 links every face to its nearest higher-confidence neighbour, whatever the
+    similarity: without the floor the two groups chain into one cluster; with a floor between the
+    within- and across-group cosines (a user checkpoint: the floor still applies) they cannot."""
+    pv, pe, _, _ = ckpts
+    kw = dict(checkpoint_v=str(pv), device="cpu", tau_0=-1.0, tau=-1.0, use_gcn_feat=False)
+    if method == "gcn-ve":
+        kw.update(checkpoint_e=str(pe), ignore_ratio=0.0)
+    X, y = _two_groups()
+    off = get_clusterer(method, similarity_floor=False, **kw).fit_predict(X)
+    assert len(np.unique(off)) == 1
+    on = get_clusterer(method, min_link_sim=0.8, **kw).fit_predict(X)
+    # no cluster spans both groups
+    assert all(len(np.unique(y[on == c])) == 1 for c in np.unique(on))
+    # the floor is per embedder: a user checkpoint on dlib features gets dlib's floor
+    from facecluster.calibration import LINK_FLOOR_BY_EMBEDDER
+
+    s = get_clusterer(method, embedder="dlib", **kw).settings()
+    assert s["min_link_sim"] == LINK_FLOOR_BY_EMBEDDER["dlib"] and s["features"] == "raw"
+    assert get_clusterer(method, embedder="dlib", similarity_floor=False, **kw).settings()["min_link_sim"] is None
+
+
+def test_floor_off_is_the_original_rule(ckpts):
+    """similarity_floor=false, join_duplicates=false: exactly learn-to-cluster's stage A on the
+    network's outputs (nearest strictly-higher confidence, 1 - sim < 1 - tau_0)."""
+    pv, _, _, _ = ckpts
+    X, _ = _clustered(300, seed=4)
+    m = get_clusterer("gcn-v", checkpoint_v=str(pv), device="cpu", use_gcn_feat=False, tau_0=0.2,
+                      similarity_floor=False, join_duplicates=False)
+    lab = m.fit_predict(X)
+    Xn = l2_normalize(X)
+    sims, ids = knn(Xn, 80, normalize=False, backend="faiss", device="cpu")
+    peak, psim = __import__("facecluster.graph", fromlist=["nearest_higher"]).nearest_higher(ids, sims, m.conf_)
+    keep = (peak >= 0) & ((1.0 - psim.astype(np.float64)) < (1.0 - 0.2))
+    src = np.nonzero(keep)[0]
+    from facecluster.graph import components
+
+    np.testing.assert_array_equal(lab, components(len(X), src, peak[src]))
+
+
+@pytest.mark.parametrize("method", ["gcn-v", "gcn-ve"])
+def test_copies_of_one_photo_share_a_cluster(method):
+    """Four copies of one face among other faces: one cluster, with the shipped weights (the
+    issue: ties in the confidence ordering gave them four ids)."""
+    X, _ = _clustered(120, d=128, seed=7)
+    X = np.concatenate([X[:50], np.repeat(X[50:51], 4, axis=0), X[51:]])
+    lab = get_clusterer(method, device="cpu", embedder="dlib").fit_predict(X)
+    assert len(np.unique(lab[50:54])) == 1
+
+
+def test_checkpoint_feature_kind(ckpts, tmp_path):
+    pv, pe, sv, se = ckpts
+    assert gc.checkpoint_features(gc.read_meta(pv)) == "raw"  # learn-to-cluster release
+    assert gc.checkpoint_features({"facecluster": "gcn-v"}) == "calibrated"  # facecluster before issue 11
+    assert gc.checkpoint_features({"facecluster": "gcn-v", "features": "raw"}) == "raw"
+    torch.save({"state_dict": sv, "meta": {"features": "calibrated"}}, tmp_path / "v.pth")
+    m = get_clusterer("gcn-v", checkpoint_v=str(tmp_path / "v.pth"), device="cpu")
+    assert m.feature_kind() == "calibrated"
+    assert get_clusterer("gcn-v", checkpoint_v=str(tmp_path / "v.pth"), features="raw").feature_kind() == "raw"
+    # the shipped weights say what they were trained on
+    shipped = get_clusterer("gcn-ve", device="cpu")
+    assert shipped.settings()["features"] in ("raw", "calibrated") and shipped.link_floor() is not None
+
+
+def test_total_order_breaks_ties_by_index():
+    r = gc.total_order(np.array([0.5, 0.5, 0.1, 0.5, 0.9], np.float32))
+    # ascending confidence; among the 0.5s the lower index ranks higher
+    np.testing.assert_array_equal(np.argsort(r), [2, 3, 1, 0, 4])

@@ -43,3 +43,59 @@ def calibration_mean(embedder: str | None) -> np.ndarray | None:
         return None
     p = calibration_path(embedder)
     return np.load(p).astype(np.float32) if p.exists() else None
+
+
+# --------------------------------------------------------------------------------------------
+# similarity floor and near-duplicate rule (issue 11)
+# --------------------------------------------------------------------------------------------
+#: Lowest cosine similarity of the *plain L2-normalised* descriptors at which a learned method
+#: (gcn-v, gcn-ve, adanets) may still link two faces, per embedder. The learned parts decide
+#: which links above the floor to make; the floor forbids the links that chain hundreds of
+#: people into one cluster when the learned confidences are wrong on a new source.
+#: dlib: measured same/different-person similarities among each face's 80 nearest neighbours
+#: on the training identities (``facecluster train floor``): at 0.92 / 0.93 / 0.94, LFW keeps
+#: 99.0 / 96.3 / 90.3 % of its same-person pairs and 24.6 / 6.2 / 1.2 % of its different-person
+#: pairs, glint18 99.4 / 98.0 / 93.6 % and 67 / 38 / 12 %. Among these candidates 0.93 was
+#: chosen on the training identities (``bench/regimes.py --tuning``: lfw, glint18, and the
+#: loose-crop lfw-loose and low-resolution glint-lowres styles the shipped weights never saw) by
+#: the worst regime of gcn-ve among the floors that keep faces in mixed clusters <= 2 % on every
+#: regime: 0.92 leaves 5.8 % mixed on lfw-loose; worst BCubed F 0.8156 at 0.93 (glint-lowres),
+#: 0.7352 at 0.94 (docs/benchmarks/gcn_ve.md §6, "similarity floor").
+LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93}
+
+#: Cosine (plain L2-normalised descriptors) at and above which two faces are treated as the same
+#: image (duplicate video frames, re-encoded copies): they always share a cluster, in every
+#: method. dlib, measured: one photo re-saved at JPEG q60, shrunk 10 % or blurred (sigma 0.8)
+#: scores 0.9954-0.9997 against the original (8 LFW photos); the largest different-person
+#: cosine among nearest neighbours is 0.962 on glint18, 0.945 on ORL and 0.964 on LFW's
+#: 99.99th percentile (LFW's few pairs above 0.97 are its known label errors: one person under
+#: two names, or one photo in two folders). On Extended Yale B (extreme lighting) 11 of 2,414
+#: faces have a different person's face at >= 0.995 (up to 0.9998): there no cosine separates
+#: people, and the rule joins those 11.
+DUPLICATE_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.995}
+#: for embedders without a measured value: numerically identical descriptors only
+GENERIC_DUPLICATE_SIM = 0.9999
+
+
+def link_floor(embedder: str | None) -> float | None:
+    """The similarity floor of ``embedder`` (None when it has no measured one)."""
+    return LINK_FLOOR_BY_EMBEDDER.get(embedder or "")
+
+
+def duplicate_sim(embedder: str | None) -> float:
+    """Near-duplicate cosine of ``embedder`` (``GENERIC_DUPLICATE_SIM`` when not measured)."""
+    return DUPLICATE_SIM_BY_EMBEDDER.get(embedder or "", GENERIC_DUPLICATE_SIM)
+
+
+def pair_cosine(xn: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """Cosine of the pairs (a[p], b[p]) of L2-normalised rows of ``xn``.
+
+    xn : (N, D) float32 L2-normalised; a, b : (P,) int indices. Returns (P,) float32. Works in
+    chunks of ``chunk`` pairs so memory stays O(chunk·D) whatever P is."""
+    a = np.asarray(a, np.int64).reshape(-1)
+    b = np.asarray(b, np.int64).reshape(-1)
+    out = np.empty(len(a), np.float32)
+    for s in range(0, len(a), chunk):
+        e = min(s + chunk, len(a))
+        out[s:e] = np.einsum("ij,ij->i", xn[a[s:e]], xn[b[s:e]])
+    return out

@@ -183,6 +183,41 @@ def load_into(model: nn.Module, path: str | Path, *, trust: bool = False, what: 
     return model
 
 
+def read_meta(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
+    """The ``meta`` dict stored next to a checkpoint's weights ({} when there is none)."""
+    obj = torch_load(Path(path), trust)
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def checkpoint_features(meta: dict[str, Any]) -> str:
+    """Which features a checkpoint expects: ``"raw"`` (plain L2-normalised descriptors) or
+    ``"calibrated"`` (minus the embedder's shipped mean, ``calibration.prepare_features``).
+
+    Read from ``meta["features"]``; checkpoints written by facecluster before that key existed
+    (``meta["facecluster"]`` for GCN-V/E, ``meta["train"]`` for Ada-NETS) were all trained on
+    calibrated features; anything else (learn-to-cluster / Ada-NETS releases) took its features
+    as given, i.e. raw."""
+    f = meta.get("features")
+    if f in ("raw", "calibrated"):
+        return f
+    if "facecluster" in meta or "train" in meta:
+        return "calibrated"
+    return "raw"
+
+
+def total_order(conf: np.ndarray) -> np.ndarray:
+    """(N,) confidences → (N,) int64 ranks of a strict total order: by confidence, ties broken in
+    favour of the lower index. Identical faces get identical confidences, and "strictly higher
+    confidence" then links none of them to another (learn-to-cluster's rule), so four copies of
+    one photo became four roots; with ranks every copy but one has a higher twin."""
+    n = len(conf)
+    order = np.lexsort((-np.arange(n), np.asarray(conf, np.float64)))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
 def infer_gcn_v_dims(path: str | Path, *, trust: bool = False) -> tuple[int, int]:
     """(feature_dim, nhid) of a GCN-V checkpoint, from ``conv1.weight`` (2·D, nhid)."""
     sd = read_state_dict(path, trust=trust)

@@ -31,7 +31,7 @@ from ..graph import components
 from ..knn import l2_normalize
 from ..progress import bar
 from . import gcn_common as gc
-from .gcn_v import GCNVClusterer, GCNVConfig, link_keep
+from .gcn_v import GCNVClusterer, GCNVConfig, floor_keep, link_keep
 
 
 class GCNVEConfig(GCNVConfig):
@@ -111,7 +111,7 @@ class GCNVEClusterer(GCNVClusterer):
             peak, psim = gcn_e_peaks(
                 model_e,
                 feat_n,
-                conf,
+                self._order(conf),
                 ids,
                 sims,
                 ignore_ratio=r["ignore_ratio"],
@@ -121,7 +121,7 @@ class GCNVEClusterer(GCNVClusterer):
                 progress=self.config.progress,
             )
         with self._timed("components"):
-            keep = link_keep(peak, psim, r["tau"])
+            keep = floor_keep(link_keep(peak, psim, r["tau"]), peak, st["xr"], r["min_link_sim"])
             src = np.nonzero(keep)[0]
             return components(n, src, peak[src])
 
@@ -199,7 +199,8 @@ def gcn_e_peaks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each face's peak (-1 for roots) and its similarity, GCN-E deciding where it applies.
 
-    feat : (N, D) L2-normalised GCN-V features; conf : (N,); ids, sims : (N, k) kNN on feat.
+    feat : (N, D) L2-normalised GCN-V features; conf : (N,) confidences (or their ranks: only
+    their order matters); ids, sims : (N, k) kNN on feat.
     Returns peak (N,) int64, peak_sim (N,) float32."""
     n, k = ids.shape
     ec = edge_candidates(ids, conf, ignore_ratio)

@@ -17,16 +17,31 @@ Pipeline (notes §1.1–§1.5), every step vectorised:
 Settings left at ``None`` take the values stored next to the shipped dlib weights
 (``weights/gcn_ve_dlib.json``, chosen on validation identities) when no checkpoint is given,
 and the papers' MS1M values (k=80, tau_0=0.65, tau=0.8) when one is.
+
+Issue 11 (faces from another source), on by default, off with ``similarity_floor=false`` (then
+the result is learn-to-cluster's, for A/B checks):
+
+* **similarity floor**: every face→peak link (stage A, stage B, GCN-E) also needs the cosine of
+  the plain L2-normalised descriptors to reach ``min_link_sim`` (measured per embedder,
+  ``calibration.LINK_FLOOR_BY_EMBEDDER``); it applies to user checkpoints too. The networks
+  decide which links to make; the floor forbids the links different people make, so no chain
+  of links can join hundreds of people when the learned confidences are wrong on a new source.
+* **ties**: confidences are replaced by ranks of a strict total order (ties to the lower
+  index, ``gcn_common.total_order``) so identical faces link to each other.
+* **features per checkpoint**: the pipeline passes the plain descriptors
+  (``wants_raw_features``) and the method prepares what its checkpoint was trained on
+  (``features``: raw | calibrated, from the checkpoint's ``meta``; old checkpoints keep working).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 from pydantic import Field
 
+from ..calibration import calibration_mean, link_floor, pair_cosine, prepare_features
 from ..graph import build_adjacency, build_adjacency_torch, components, nearest_higher
 from ..knn import knn, l2_normalize
 from . import gcn_common as gc
@@ -72,16 +87,65 @@ class GCNVConfig(ClusterConfig):
         None, description="gcn-v labels from stage B (rebuilt kNN on GCN-V features, tau; paper "
         "config use_gcn_feat=True) instead of stage A (original kNN, tau_0). None: paper/shipped."
     )
+    features: Optional[Literal["raw", "calibrated"]] = Field(
+        None, description="Features the checkpoint was trained on: raw (plain L2-normalised "
+        "descriptors) or calibrated (minus the embedder's shipped mean). None: the checkpoint's "
+        "meta['features']; facecluster checkpoints older than that key: calibrated; others "
+        "(learn-to-cluster releases): raw."
+    )
+    similarity_floor: bool = Field(
+        True, description="Every link needs a plain-descriptor cosine >= min_link_sim, and "
+        "confidence ties break by index. False: the original algorithm (A/B with learn-to-cluster)."
+    )
+    min_link_sim: Optional[float] = Field(
+        None, ge=-1.0, le=1.0, description="The similarity floor (cosine of the L2-normalised "
+        "descriptors). None: the value measured for the embedder (dlib: "
+        "calibration.LINK_FLOOR_BY_EMBEDDER); embedders without one get no floor unless set."
+    )
 
 
 class GCNVClusterer(Clusterer):
     name = "gcn-v"
     summary = "GCN-V (CVPR 2020): learned vertex confidence + peaks; shipped weights for dlib."
     Config = GCNVConfig
+    #: the pipeline passes the plain descriptors; the method prepares its checkpoint's features
+    wants_raw_features: ClassVar[bool] = True
 
     # -- settings ---------------------------------------------------------------------------
     def _uses_shipped(self) -> bool:
         return self.config.checkpoint_v is None
+
+    def _meta_v(self) -> dict[str, Any]:
+        key = str(self._path_v())
+        cache = self.__dict__.setdefault("_meta_cache", {})
+        if key not in cache:
+            cache[key] = gc.read_meta(key, trust=self.config.trust_checkpoint)
+        return cache[key]
+
+    def feature_kind(self) -> str:
+        """"raw" or "calibrated": what the GCN-V checkpoint expects (setting, else its meta)."""
+        return self.config.features or gc.checkpoint_features(self._meta_v())
+
+    def embedder(self) -> Optional[str]:
+        """The features' embedder; the shipped weights exist for dlib only, so they imply it."""
+        return self.config.embedder or ("dlib" if self._uses_shipped() else None)
+
+    def link_floor(self) -> Optional[float]:
+        """The similarity floor in use (None: off)."""
+        c = self.config
+        if not c.similarity_floor:
+            return None
+        return c.min_link_sim if c.min_link_sim is not None else link_floor(self.embedder())
+
+    def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) input → (plain L2-normalised, what the network reads)."""
+        xr = l2_normalize(X)
+        if self.feature_kind() == "calibrated":
+            return xr, prepare_features(X, calibration_mean(self.embedder()))
+        return xr, xr
+
+    def _order(self, conf: np.ndarray) -> np.ndarray:
+        return gc.total_order(conf) if self.config.similarity_floor else conf
 
     def resolved(self) -> dict[str, Any]:
         """Concrete settings: explicit values, else shipped-JSON values (no checkpoint given)
@@ -94,6 +158,9 @@ class GCNVClusterer(Clusterer):
             if key in cfg and cfg[key] is None:
                 cfg[key] = val
         cfg["checkpoint_v"] = str(self._path_v())
+        cfg["features"] = self.feature_kind()
+        cfg["min_link_sim"] = self.link_floor()
+        cfg["duplicate_sim"] = self.duplicate_sim()
         return cfg
 
     def settings(self) -> dict[str, Any]:
@@ -121,21 +188,23 @@ class GCNVClusterer(Clusterer):
             )
 
     def _gcn_v_stage(self, X: np.ndarray, r: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Steps 1–3: kNN, adjacency, GCN-V. Returns ids/sims (N, k'), conf (N,), feat (N, nhid)."""
+        """Steps 1–3: kNN, adjacency, GCN-V. Returns ids/sims (N, k'), conf (N,), feat (N, nhid),
+        xr (N, D) plain L2-normalised descriptors (for the floor)."""
         dev = self.device
         with self._timed("load_gcn_v"):
             model = self._load_v()
         self._check_dim(model, X, "GCN-V")
-        X = l2_normalize(X)
+        xr, X = self._prepare(X)
         with self._timed("knn"):
             sims, ids = knn(X, r["k"], normalize=False, backend=self.config.knn_backend, device=dev)
+        self._input_knn = ids  # candidate pairs for the near-duplicate rule
         with self._timed("adjacency"):
             # on a GPU the adjacency is built there (scipy took ~30 s single-threaded at 1M)
             adj = (build_adjacency_torch(ids, sims, self.config.th_sim, dev) if dev.startswith("cuda")
                    else build_adjacency(ids, sims, self.config.th_sim))
         with self._timed("gcn_v"):
             conf, feat = gcn_v_forward(model, X, adj, dev)
-        return {"ids": ids, "sims": sims, "conf": conf, "feat": feat}
+        return {"ids": ids, "sims": sims, "conf": conf, "feat": feat, "xr": xr}
 
     def _stage_b_knn(self, feat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._timed("knn_gcn_feat"):
@@ -152,12 +221,13 @@ class GCNVClusterer(Clusterer):
             return np.zeros(0, np.int64)
         st = self._gcn_v_stage(X, r)
         self.conf_, self.gcn_feat_ = st["conf"], st["feat"]
+        order, floor = self._order(st["conf"]), r["min_link_sim"]
         if not r["use_gcn_feat"]:
             with self._timed("peaks"):
-                return peaks_labels(st["ids"], st["sims"], st["conf"], r["tau_0"])
+                return peaks_labels(st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor)
         sims, ids = self._stage_b_knn(st["feat"], r["k"])
         with self._timed("peaks"):
-            return peaks_labels(ids, sims, st["conf"], r["tau"])
+            return peaks_labels(ids, sims, order, r["tau"], xr=st["xr"], floor=floor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,11 +259,25 @@ def link_keep(peak: np.ndarray, peak_sim: np.ndarray, tau: float) -> np.ndarray:
     return (peak >= 0) & ((1.0 - peak_sim.astype(np.float64)) < (1.0 - float(tau)))
 
 
-def peaks_labels(ids: np.ndarray, sims: np.ndarray, conf: np.ndarray, tau: float) -> np.ndarray:
-    """Nearest-higher-confidence peaks on a kNN list, cut at ``tau``, connected components.
+def floor_keep(keep: np.ndarray, peak: np.ndarray, xr: np.ndarray | None, floor: float | None) -> np.ndarray:
+    """``keep`` (N,) bool narrowed to the links i→peak[i] whose plain-descriptor cosine
+    (rows of ``xr``, (N, D) L2-normalised) is >= ``floor``; unchanged when ``floor`` is None."""
+    if floor is None or xr is None:
+        return keep
+    keep = keep.copy()
+    src = np.nonzero(keep)[0]
+    keep[src] = pair_cosine(xr, src, peak[src]) >= floor
+    return keep
+
+
+def peaks_labels(
+    ids: np.ndarray, sims: np.ndarray, conf: np.ndarray, tau: float, *, xr: np.ndarray | None = None, floor: float | None = None
+) -> np.ndarray:
+    """Nearest-higher-confidence peaks on a kNN list, cut at ``tau`` (and at the similarity
+    ``floor`` of the plain descriptors ``xr`` when given), connected components.
 
     ids, sims : (N, k) kNN (descending similarity); conf : (N,). Returns (N,) int64 labels."""
     peak, psim = nearest_higher(ids, sims, conf)
-    keep = link_keep(peak, psim, tau)
+    keep = floor_keep(link_keep(peak, psim, tau), peak, xr, floor)
     src = np.nonzero(keep)[0]
     return components(len(conf), src, peak[src])

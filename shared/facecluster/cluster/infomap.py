@@ -198,6 +198,7 @@ class InfomapClusterer(Clusterer):
         cfg = self.config
         with self._timed("knn"):
             sims, ids = knn(X, cfg.k, backend=cfg.knn_backend, device=self.device)
+        self._input_knn = ids  # candidate pairs for the near-duplicate rule (spares its own kNN)
         with self._timed("graph"):
             rows = np.repeat(np.arange(n), ids.shape[1])
             cols = ids.reshape(-1)

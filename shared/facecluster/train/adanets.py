@@ -393,7 +393,7 @@ def register(app) -> None:
         typer.echo(f"train {len(x)} faces / {len(np.unique(y))} ids; validation {len(xv)} faces")
         m_and, i_and = train_and(x, y, xv=xv, yv=yv, steps=and_steps, batch_size=and_batch, optimizer=and_optimizer,
                                  lr=and_lr, device=dev, seed=seed, progress=want_progress(), log=typer.echo)
-        save_checkpoint(m_and, out_dir / "adanets_and_dlib.pth", and_steps, {"scale_max": i_and["k"], "train": i_and})
+        save_checkpoint(m_and, out_dir / "adanets_and_dlib.pth", and_steps, {"scale_max": i_and["k"], "features": "calibrated", "train": i_and})
         m_gcn, i_gcn = train_gcn(x, y, steps=gcn_steps, groups=gcn_groups, graph=gcn_graph, and_model=m_and,
                                  optimizer=gcn_optimizer, lr=gcn_lr, device=dev, seed=seed,
                                  progress=want_progress(), log=typer.echo)
@@ -418,7 +418,7 @@ def register(app) -> None:
         m, info = train_and(x, y, xv=xv, yv=yv, steps=steps, batch_size=batch, optimizer=optimizer, lr=lr,
                             device=resolve_device(device), seed=seed,
                             progress=want_progress(), log=typer.echo)
-        save_checkpoint(m, out, steps, {"scale_max": info["k"], "train": info})
+        save_checkpoint(m, out, steps, {"scale_max": info["k"], "features": "calibrated", "train": info})
 
     @app.command("adanets-gcn")
     def adanets_gcn_cmd(

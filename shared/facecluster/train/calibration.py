@@ -27,6 +27,8 @@ def estimate_mean(feats: np.ndarray) -> np.ndarray:
 
 
 def register(app: typer.Typer) -> None:
+    register_floor(app)
+
     @app.command("mean")
     def train_mean(
         work_dir: Path = typer.Option(..., "--work-dir", "-w", help="An embedded work dir (after merge)."),
@@ -47,3 +49,83 @@ def register(app: typer.Typer) -> None:
         mean = estimate_mean(feats[keep])
         atomic_save_npy(output, mean)
         typer.echo(f"mean of {int(keep.sum())} faces ({meta['embedder']['embedder']}, {feats.shape[1]}-D) → {output}")
+
+
+# --------------------------------------------------------------------------------------------
+# similarity floor and near-duplicate cosine (issue 11)
+# --------------------------------------------------------------------------------------------
+#: the recall-safe floor proposal: the highest similarity (0.005 steps) that still keeps this
+#: share of the same-person pairs among each face's nearest neighbours (``similarity_stats``).
+#: It is the lower end of the candidates; the shipped value is chosen among candidates by the
+#: worst tuning regime (``bench/regimes.py --tuning``), see calibration.LINK_FLOOR_BY_EMBEDDER.
+FLOOR_SAME_SHARE = 0.99
+
+
+def similarity_stats(feats: np.ndarray, names: np.ndarray, k: int = 80) -> dict:
+    """Same-person and different-person cosine similarities among each face's ``k`` nearest
+    neighbours (plain L2-normalised descriptors; self excluded) — the pairs a clustering method
+    can link, so the part of the distributions that matters.
+
+    feats : (N, D) descriptors; names : (N,) identity labels. Returns a JSON-able dict of
+    quantiles, the share of different-person pairs at or above candidate floors, the share of
+    same-person pairs kept by them, the largest different-person cosine, and the proposed floor
+    (highest 0.005-step value keeping at least ``FLOOR_SAME_SHARE`` of same-person pairs: the
+    lowest candidate worth trying)."""
+    from ..knn import knn, l2_normalize
+
+    x = l2_normalize(np.asarray(feats, np.float32))
+    names = np.asarray(names)
+    sims, ids = knn(x, min(k + 1, len(x)), normalize=False, backend="auto", device="cpu")
+    rows = np.arange(len(x))[:, None]
+    other = ids != rows
+    same = (names[ids] == names[:, None]) & other
+    diff = (names[ids] != names[:, None]) & other
+    s_same, s_diff = sims[same], sims[diff]
+    grid = np.round(np.arange(0.80, 0.995, 0.005), 3)
+    share_diff = [(float(g), float((s_diff >= g).mean()) if len(s_diff) else 0.0) for g in grid]
+    share_same = [(float(g), float((s_same >= g).mean()) if len(s_same) else 1.0) for g in grid]
+    proposed = max((g for g, sh in share_same if sh >= FLOOR_SAME_SHARE), default=float(grid[0]))
+    q = [0.5, 0.9, 0.99, 0.999, 0.9999]
+    return {
+        "n": int(len(x)),
+        "k": int(k),
+        "same_pairs": int(len(s_same)),
+        "diff_pairs": int(len(s_diff)),
+        "same_quantiles": {str(a): float(np.quantile(s_same, 1 - a)) for a in q} if len(s_same) else {},
+        "diff_quantiles": {str(a): float(np.quantile(s_diff, a)) for a in q} if len(s_diff) else {},
+        "diff_max": float(s_diff.max()) if len(s_diff) else None,
+        "diff_share_at": dict((str(g), sh) for g, sh in share_diff),
+        "same_share_at": dict((str(g), sh) for g, sh in share_same),
+        "proposed_floor": proposed,
+    }
+
+
+def register_floor(app: typer.Typer) -> None:
+    @app.command("floor")
+    def train_floor(
+        work_dir: list[Path] = typer.Option(..., "--work-dir", "-w", help="Embedded work dirs (repeatable); labels = image folder."),
+        set_name: list[str] = typer.Option(None, "--set", help="Identity-split name per work dir (lfw | glint18 | orl); default lfw."),
+        k: int = typer.Option(80, help="Neighbours per face whose similarities are measured."),
+        output: Path = typer.Option(None, "-o", "--output", help="Write the statistics as JSON here."),
+    ):
+        """Measure same/different-person similarities among nearest neighbours of the training
+        identities and propose the similarity floor for gcn-v / gcn-ve / adanets."""
+        import json
+
+        from ..evaluate import labels_from
+        from ..workdir import WorkDir
+        from .splits import validation_mask
+
+        out = {}
+        for i, wdp in enumerate(work_dir):
+            wd = WorkDir(wdp)
+            feats, index, _ = wd.read_features()
+            man = wd.read_manifest()
+            names = np.asarray(labels_from([man["records"][j] for j in index], "folder"))
+            sn = set_name[i] if set_name and i < len(set_name) else "lfw"
+            keep = ~validation_mask(sn, names)
+            out[str(wdp)] = similarity_stats(feats[keep], names[keep], k)
+            r = out[str(wdp)]
+            typer.echo(f"{wdp}: {r['n']} faces, different-person max {r['diff_max']}, proposed floor {r['proposed_floor']}")
+        if output:
+            output.write_text(json.dumps(out, indent=1))

@@ -331,7 +331,7 @@ def register(app) -> None:
         typer.echo(f"training GCN-V on {len(X)} faces / {len(np.unique(y))} identities")
         t = time.time()
         model = train_gcn_v(X, y, k=k, nhid=nhid, epochs=epochs, lr=lr, optimizer=optimizer, seed=seed, device=device, progress=_tty())
-        gc.save_checkpoint(model, out, meta={"facecluster": "gcn-v", "sets": list(sets), "k": k, "nhid": nhid, "epochs": epochs, "lr": lr, "optimizer": optimizer, "seed": seed, "n_train": int(len(X)), "seconds": round(time.time() - t, 1)})
+        gc.save_checkpoint(model, out, meta={"facecluster": "gcn-v", "features": "calibrated", "sets": list(sets), "k": k, "nhid": nhid, "epochs": epochs, "lr": lr, "optimizer": optimizer, "seed": seed, "n_train": int(len(X)), "seconds": round(time.time() - t, 1)})
         typer.echo(f"wrote {out}")
 
     @app.command("gcn-e")
@@ -356,7 +356,7 @@ def register(app) -> None:
         mv = gc.load_gcn_v(checkpoint_v)
         t = time.time()
         model = train_gcn_e(mv, X, y, k=k, k_e=k_e, ignore_ratio=ignore_ratio, nhid=nhid, epochs=epochs, lr=lr, optimizer=optimizer, seed=seed, device=device, progress=_tty())
-        gc.save_checkpoint(model, out, meta={"facecluster": "gcn-e", "sets": list(sets), "k": k, "k_e": k_e, "ignore_ratio": ignore_ratio, "nhid": nhid, "epochs": epochs, "lr": lr, "optimizer": optimizer, "seed": seed, "seconds": round(time.time() - t, 1)})
+        gc.save_checkpoint(model, out, meta={"facecluster": "gcn-e", "features": "calibrated", "sets": list(sets), "k": k, "k_e": k_e, "ignore_ratio": ignore_ratio, "nhid": nhid, "epochs": epochs, "lr": lr, "optimizer": optimizer, "seed": seed, "seconds": round(time.time() - t, 1)})
         typer.echo(f"wrote {out}")
 
     @app.command("gcn-ve-tune")

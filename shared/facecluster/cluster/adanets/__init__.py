@@ -5,8 +5,15 @@ adaptive adjacency (first k̂ re-ranked neighbours) → two-layer SAGE-`gcn` GCN
 features, edges with cos ≥ threshold, connected components.
 
 No labels are needed. The shipped weights (``weights/adanets_{and,gcn}_dlib.pth``) were trained
-on calibrated dlib features; their tuned thresholds live in ``weights/adanets_dlib.json`` and
-become this method's defaults (paper values are used when the file is absent).
+for dlib features; their tuned thresholds live in ``weights/adanets_dlib.json`` and become this
+method's defaults (paper values are used when the file is absent).
+
+Issue 11 (faces from another source), off with ``similarity_floor=false`` (the original
+algorithm, for A/B checks): both the adaptive graph's edges and the final links need the
+cosine of the plain L2-normalised descriptors to reach ``min_link_sim`` (measured per embedder,
+``calibration.LINK_FLOOR_BY_EMBEDDER``; user checkpoints get it too). The pipeline passes the
+plain descriptors (``wants_raw_features``); the method prepares what the AND checkpoint was
+trained on (``features``: raw | calibrated, from its ``meta``).
 """
 
 from __future__ import annotations
@@ -14,14 +21,17 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar, Literal, Optional
 
 import numpy as np
 from pydantic import Field
 
+from ...calibration import calibration_mean, link_floor, pair_cosine, prepare_features
 from ...graph import components
 from ...knn import knn, l2_normalize
 from ...progress import bar
 from ..base import ClusterConfig, Clusterer
+from ..gcn_common import checkpoint_features
 from .and_model import ANDModel, load_and_checkpoint, predict_k
 from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
@@ -72,6 +82,24 @@ class AdaNetsConfig(ClusterConfig):
         description="Allow torch.load(weights_only=False) for checkpoints that cannot be read "
         "safely (runs pickle code from the file: only for files you trust).",
     )
+    features: Optional[Literal["raw", "calibrated"]] = Field(
+        None,
+        description="Features the checkpoints were trained on: raw (plain L2-normalised descriptors) "
+        "or calibrated (minus the embedder's shipped mean). None: the AND checkpoint's meta['features']; "
+        "facecluster checkpoints older than that key: calibrated; others (Ada-NETS releases): raw.",
+    )
+    similarity_floor: bool = Field(
+        True,
+        description="Adaptive-graph edges and final links need a plain-descriptor cosine >= "
+        "min_link_sim. False: the original algorithm (A/B checks).",
+    )
+    min_link_sim: Optional[float] = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="The similarity floor (cosine of the L2-normalised descriptors). None: the value "
+        "measured for the embedder (dlib: calibration.LINK_FLOOR_BY_EMBEDDER); none for embedders without one.",
+    )
 
 
 @lru_cache(maxsize=4)
@@ -93,28 +121,62 @@ class AdaNetsClusterer(Clusterer):
     name = "adanets"
     summary = "Ada-NETS (ICLR 2022): structure space + adaptive neighbours (AND) + GCN, then a cosine threshold"
     Config = AdaNetsConfig
+    #: the pipeline passes the plain descriptors; the method prepares its checkpoint's features
+    wants_raw_features: ClassVar[bool] = True
 
     def _models(self):
         c = self.config
         return _load_models(str(c.checkpoint_and or DEFAULT_AND), str(c.checkpoint_gcn or DEFAULT_GCN), c.trust_checkpoint)
 
+    def _uses_shipped(self) -> bool:
+        return self.config.checkpoint_and is None and self.config.checkpoint_gcn is None
+
+    def embedder(self) -> Optional[str]:
+        """The features' embedder; the shipped weights exist for dlib only, so they imply it."""
+        return self.config.embedder or ("dlib" if self._uses_shipped() else None)
+
+    def feature_kind(self) -> str:
+        """"raw" or "calibrated": what the checkpoints expect (setting, else the AND meta)."""
+        return self.config.features or checkpoint_features(self._models()[1])
+
+    def link_floor(self) -> Optional[float]:
+        """The similarity floor in use (None: off)."""
+        c = self.config
+        if not c.similarity_floor:
+            return None
+        return c.min_link_sim if c.min_link_sim is not None else link_floor(self.embedder())
+
+    def settings(self) -> dict:
+        d = super().settings()
+        d["features"] = self.feature_kind()
+        d["min_link_sim"] = self.link_floor()
+        return d
+
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Steps 1–5: (N, D) features → (N, nhid) L2-normalised GCN features ("fcfeat")."""
+        return self._embed(X)[0]
+
+    def _embed(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``embed`` plus the (N, D) plain L2-normalised descriptors (for the floor)."""
         import torch
 
         c = self.config
         dev = self.device
-        x = l2_normalize(self._check_input(X))
-        n = x.shape[0]
+        X = self._check_input(X)
+        xr = l2_normalize(X)
         m_and, meta_and, m_gcn, _ = self._models()
+        x = prepare_features(X, calibration_mean(self.embedder())) if self.feature_kind() == "calibrated" else xr
+        n = x.shape[0]
+        floor = self.link_floor()
         if n and x.shape[1] != m_and.feature_dim:
             raise ValueError(f"Ada-NETS weights expect {m_and.feature_dim}-d features, got {x.shape[1]}-d")
         if n == 0:
-            return np.zeros((0, m_gcn.nhid), np.float32)
+            return np.zeros((0, m_gcn.nhid), np.float32), xr
         scale_max = int(meta_and.get("scale_max", c.k))
         with self._timed("knn"):
             sims, ids = knn(x, c.k, normalize=False, backend=c.knn_backend, device=dev)
             ids, sims = _self_first(ids, sims)
+        self._input_knn = ids  # candidate pairs for the near-duplicate rule
         with self._timed("structure_space"):
             # on a GPU the same sets and counts are computed there (identical output): on one
             # core the numpy version took 21 s per 100k faces, the longest step at 1M
@@ -125,17 +187,21 @@ class AdaNetsClusterer(Clusterer):
         self.k_hat_ = k_hat
         cuda = dev.startswith("cuda")
         with self._timed("adjacency"):
+            if floor is not None:
+                # edges under the floor get an infinite distance, so the adjacency drops them
+                cos = pair_cosine(xr, np.repeat(np.arange(n), ids_ss.shape[1]), ids_ss.reshape(-1)).reshape(ids_ss.shape)
+                d_ss = np.where(cos >= floor, d_ss, np.inf).astype(np.float32)
             # on a GPU both the adjacency and the aggregation operator are built there
             adj = adaptive_adjacency(ids_ss, d_ss, k_hat, c.th_sim, device=dev if cuda else None)
         with self._timed("gcn"), torch.inference_mode():
             g = SparseGraph.from_torch(adj) if cuda else SparseGraph(adj, dev)
             out = m_gcn.to(dev)(g, torch.from_numpy(x).to(dev)).float().cpu().numpy()
-        return l2_normalize(out)
+        return l2_normalize(out), xr
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:
         c = self.config
         self.timings_ = {}
-        feat = self.embed(X)
+        feat, xr = self._embed(X)
         n = feat.shape[0]
         if n == 0:
             return np.zeros(0, np.int64)
@@ -143,8 +209,12 @@ class AdaNetsClusterer(Clusterer):
             sims, ids = knn(feat, c.final_topk, normalize=False, backend=c.knn_backend, device=self.device)
         with self._timed("components"):
             rows = np.repeat(np.arange(n), ids.shape[1])
-            keep = (sims.reshape(-1) >= c.final_th) & (ids.reshape(-1) != rows)
-            labels = components(n, rows[keep], ids.reshape(-1)[keep])
+            cols = ids.reshape(-1)
+            keep = np.flatnonzero((sims.reshape(-1) >= c.final_th) & (cols != rows) & (cols >= 0))
+            floor = self.link_floor()
+            if floor is not None:
+                keep = keep[pair_cosine(xr, rows[keep], cols[keep]) >= floor]
+            labels = components(n, rows[keep], cols[keep])
         return labels
 
 
