@@ -95,7 +95,7 @@ def test_infomap_numpy_handoff_same_partition_as_tuples(faces, tmp_path):
     from facecluster.cluster import get_clusterer
 
     x, _ = faces
-    c = get_clusterer("infomap", device="cpu", embedder="dlib", merge_fragments=False, attach_max_size=0)  # Infomap alone, no post-steps
+    c = get_clusterer("infomap", device="cpu", embedder="dlib", merge_fragments=False, attach_max_size=0, join_duplicates=False)  # Infomap alone, no post-steps
     lab = c.fit_predict(x)
     # the hand-off as it was: a Python loop over (source, target, weight) tuples
     s, i = knn_mod.knn(x, 80)
