@@ -3,6 +3,7 @@
 
     python bench/scenarios.py --root WORKDIRS [--variant infomap] [--variant chinese-whispers] \
         [--variant "infomap:attach_max_size=0"] [--json out.json]
+    python bench/scenarios.py --root WORKDIRS --fragments video6/glint18/s0,glint-lowres-val [--variant ...]
 
 ``WORKDIRS/<set>`` are work dirs embedded with the dlib embedder (see ``bench/regimes.py``).
 Shapes (each the training identities of a set; labels = image folder):
@@ -117,13 +118,87 @@ def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.
     return out
 
 
+def fragment_report(name: str, x: np.ndarray, names: np.ndarray, method: str, settings: dict, top: int = 10) -> None:
+    """Where the error sits: fragments of each size, and their links to their person's cluster.
+
+    A *fragment* is a cluster of <= 30 faces that is not the cluster holding most of its majority
+    identity's faces (that one is the identity's *home*). For each fragment: the share of its
+    members' ``top`` neighbour slots that lie in the home cluster, the median similarity of those
+    links, and the home cluster's own internal kNN-edge similarities (10th percentile), as
+    :func:`facecluster.graph.attach_relative` compares them.
+    """
+    from facecluster.calibration import calibration_mean, prepare_features
+    from facecluster.cluster import get_clusterer
+    from facecluster.knn import knn
+
+    c = get_clusterer(method, device="cpu", embedder="dlib", **settings)
+    xx = x if getattr(c, "wants_raw_features", False) else prepare_features(x, calibration_mean("dlib"))
+    lab = np.unique(c.fit_predict(xx), return_inverse=True)[1]
+    s, i = knn(xx, 80, device="cpu")
+    y = np.unique(names, return_inverse=True)[1]
+    n = len(y)
+    real = i != np.arange(n)[:, None]
+    take = real & (np.cumsum(real, 1) <= top)
+    rows, cols, w = np.nonzero(take)[0], i[take], s[take]
+    sizes = np.bincount(lab)
+    # home cluster of every identity: the one holding most of its faces
+    pair = np.unique(y * (lab.max() + 1) + lab, return_counts=True)
+    py, pl = np.divmod(pair[0], lab.max() + 1)
+    order = np.lexsort((-pair[1], py))
+    first = np.r_[True, py[order][1:] != py[order][:-1]]
+    home = np.zeros(y.max() + 1, np.int64)
+    home[py[order][first]] = pl[order][first]
+    inner = lab[rows] == lab[cols]
+    ref = np.full(sizes.size, np.nan)
+    for cl in np.unique(lab[rows[inner]]):
+        ref[cl] = np.percentile(w[inner][lab[rows[inner]] == cl], 10)
+    recs = []
+    for cl in np.flatnonzero(sizes <= 30):
+        mem = np.flatnonzero(lab == cl)
+        maj = np.bincount(y[mem]).argmax()
+        h = home[maj]
+        if h == cl:
+            continue
+        sel = np.isin(rows, mem) & (lab[cols] == h)
+        link = np.median(w[sel]) if sel.any() else np.nan
+        recs.append((sizes[cl], sel.sum() / (len(mem) * top), link, ref[h]))
+    r = np.array(recs, float).reshape(-1, 4)
+    print(f"== {name}: {n} faces, {y.max() + 1} people, {sizes.size} clusters")
+    for lo, hi in ((1, 1), (2, 3), (4, 10), (11, 30)):
+        m = (r[:, 0] >= lo) & (r[:, 0] <= hi)
+        print(f"  fragments of {lo}-{hi} faces: {int(m.sum())} holding {int(r[m, 0].sum())} faces")
+    big = sum(1 for cl in np.flatnonzero(sizes > 30) if home[np.bincount(y[lab == cl]).argmax()] != cl)
+    print(f"  fragments > 30 faces: {big}")
+    ok = ~np.isnan(r[:, 2])
+    if ok.any():
+        q = lambda v: " ".join(f"{np.percentile(v, p):.3f}" for p in (10, 25, 50, 75, 90))  # noqa: E731
+        print(f"  (p10 p25 p50 p75 p90 over {int(ok.sum())} fragments with a link into their home cluster)")
+        print(f"  share of slots into home       {q(r[:, 1])}")
+        print(f"  median link similarity         {q(r[ok, 2])}")
+        print(f"  home's internal edges, p10     {q(r[ok, 3])}")
+        print(f"  link - home p10                {q(r[ok, 2] - r[ok, 3])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="folder of embedded work dirs, one per set")
     ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--fragments", help="comma-separated scenarios and/or validation regimes: print where the "
+                    "first variant's fragments are (sizes, link similarity vs the home cluster's own) and exit")
     a = ap.parse_args()
     variants = a.variant or ["infomap"]
+    if a.fragments:
+        from regimes import validation_regimes
+
+        want = a.fragments.split(",")
+        method, settings = parse_variant(variants[0])
+        for name, draws in training_scenarios(a.root):
+            if name in want:
+                fragment_report(name, *draws[0], method, settings)
+        for name, x, n in validation_regimes(a.root, want):
+            fragment_report(name, x, n, method, settings)
+        return
     rows = []
     worst = {v: (None, 2.0) for v in variants}
     print(f"{'scenario':24s} {'faces':>6s} {'ids':>5s}  " + "  ".join(f"{v[:40]:>40s}" for v in variants))

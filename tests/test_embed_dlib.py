@@ -210,3 +210,18 @@ def test_cuda_matches_cpu(real_chips):
     gpu = DlibEmbedder(device="cuda").embed_batch(real_chips)
     cos = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
     assert cos.min() >= 0.9999
+
+
+def test_mirror_averaging_is_opt_in(emb, real_chips):
+    """mirror=true: the mean of the chip's and its mirror image's raw descriptors; off by default
+    with the fingerprint unchanged (existing work dirs stay valid)."""
+    chips = real_chips[:3]
+    on = get_embedder("dlib?mirror=true")
+    assert on.mirror and not emb.mirror and on.describe()["mirror"] is True
+    want = (emb.embed_batch(chips) + emb.embed_batch(chips[:, :, ::-1])) / 2
+    assert np.allclose(on.embed_batch(chips), want, atol=1e-5)
+    # a chip and its mirror image get the same descriptor
+    assert np.allclose(on.embed_batch(chips[:1, :, ::-1]), on.embed_batch(chips[:1]), atol=1e-5)
+    assert on.fingerprint() != emb.fingerprint() == get_embedder("dlib?mirror=false").fingerprint()
+    with pytest.raises(EmbedderError):
+        get_embedder("dlib?mirror=sometimes")

@@ -98,6 +98,8 @@ def test_infomap_merge_settings_recorded():
     assert s["min_sim"] == 0.947 and s["merge_min_sim"] == 0.91 and s["merge_fragments"] is True
     assert s["attach_max_size"] == 3 and s["attach_min_sim"] == 0.93 and s["attach_share"] == 0.8
     assert s["split_min_size"] == 0
+    assert s["attach_frac"] == 0.05 and s["attach_rel_min_size"] == 2 and s["attach_rel_margin"] == 0.01
+    assert s["attach_rel_share"] == 0.5 and s["attach_rel_q"] == 10.0
     # other embedders: generic threshold, floor relative to it
     g = get_clusterer("infomap", device="cpu", embedder="arcface").settings()
     assert g["min_sim"] == 0.5 and g["merge_min_sim"] == pytest.approx(0.4)
@@ -227,3 +229,33 @@ def test_default_keeps_identical_faces_together_and_ids_deterministic():
     assert lab[72] == lab[73] == lab[74] and lab[75] == lab[12]
     assert np.array_equal(lab, get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X.copy()))
     assert {"knn", "infomap", "merge", "attach"} <= set(c.timings_)
+
+
+def test_default_relative_attach_joins_a_blurred_videos_fragment_not_a_crisp_look_alike():
+    """The default relative-attach settings through InfomapClusterer.refine (the fragment merge and
+    small-cluster attach switched off: in this hand-made scene, whose fragments send every link
+    into one cluster, they would join both): crisp cluster B (80 faces,
+    internal links 0.97) with a 3-face group A linking into it at 0.94; degraded cluster D (80
+    faces, internal links 0.93) with a 3-face fragment E linking into it at 0.925. The relative
+    attach joins E (0.925 >= 0.93 - 0.01) and keeps A apart (0.94 < 0.97 - 0.01), although A's
+    links are the stronger ones; with attach_frac=0 (the previous default) E stays apart too."""
+    k, n0 = 10, 80
+    n = 2 * n0 + 6
+    ids = np.full((n, k + 1), -1, np.int64)
+    sims = np.zeros((n, k + 1), np.float32)
+    for start, s in ((0, 0.97), (n0 + 3, 0.93)):
+        m = list(range(start, start + n0))
+        for j, i in enumerate(m):
+            ids[i] = [i] + [m[(j + t) % n0] for t in range(1, k + 1)]
+            sims[i] = [1.0] + [s] * k
+    for frag, target, s in ((range(n0, n0 + 3), 0, 0.94), (range(2 * n0 + 3, n), n0 + 3, 0.925)):
+        for i in frag:
+            ids[i] = [i] + list(range(target, target + k))
+            sims[i] = [1.0] + [s] * k
+    labels = np.array([0] * n0 + [1] * 3 + [2] * n0 + [3] * 3)
+    only = dict(merge_fragments=False, attach_max_size=0)
+    out = get_clusterer("infomap", device="cpu", embedder="dlib", **only).refine(labels, ids, sims)
+    assert out[2 * n0 + 3] == out[n0 + 3] and len(set(out[n0 + 3 :])) == 1
+    assert out[n0] != out[0] and len(set(out)) == 3
+    off = get_clusterer("infomap", device="cpu", embedder="dlib", attach_frac=0, **only).refine(labels, ids, sims)
+    assert len(set(off)) == 4

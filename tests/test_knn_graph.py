@@ -101,3 +101,64 @@ def test_split_weak_edge_cases():
     # identical faces: a complete graph has no weak cut
     ids = np.tile(np.arange(25), (25, 1))
     assert len(set(split_weak(np.zeros(25, np.int64), ids, np.ones((25, 25), np.float32), min_size=10))) == 1
+
+
+def _scene_relative():
+    """Two clusters of 20 and one fragment of 3 each. Crisp B = 0..19 (internal links 0.97) with
+    fragment A = 20..22 linking into B at 0.955; degraded D = 23..42 (internal links 0.93) with
+    fragment E = 43..45 linking into D at 0.925. Every face lists 5 neighbours (self first)."""
+    k = 5
+    n = 46
+    ids = np.full((n, k + 1), -1, np.int64)
+    sims = np.zeros((n, k + 1), np.float32)
+    groups = [(range(0, 20), 0.97), (range(23, 43), 0.93)]
+    for members, s in groups:
+        m = list(members)
+        for j, i in enumerate(m):
+            ids[i] = [i] + [m[(j + t) % len(m)] for t in range(1, k + 1)]
+            sims[i] = [1.0] + [s] * k
+    for frag, target, s in ((range(20, 23), 0, 0.955), (range(43, 46), 23, 0.925)):
+        for i in frag:
+            ids[i] = [i] + list(range(target, target + k))
+            sims[i] = [1.0] + [s] * k
+    labels = np.array([0] * 20 + [1] * 3 + [2] * 20 + [3] * 3)
+    return labels, ids, sims
+
+
+def test_attach_relative_compares_a_fragment_with_its_targets_own_links():
+    from facecluster.graph import attach_relative
+
+    labels, ids, sims = _scene_relative()
+    out = attach_relative(labels, ids, sims, max_frac=0.2, top=5, min_sim=0.9, share=0.5, q=10, margin=0.01)
+    # A links to crisp B at 0.955 < 0.97 - 0.01: stays; E links to degraded D at 0.925 >= 0.93 - 0.01: joins,
+    # although A's links are the stronger ones (no fixed floor does this)
+    assert out[20] != out[0] and len(set(out[20:23])) == 1
+    assert out[43] == out[23] and len(set(out[23:46])) == 1
+    # a wider margin lets A join too; a fragment above max_frac of its target does not
+    wide = attach_relative(labels, ids, sims, max_frac=0.2, top=5, min_sim=0.9, margin=0.02)
+    assert len(set(wide)) == 2
+    assert len(set(attach_relative(labels, ids, sims, max_frac=0.1, top=5, min_sim=0.9, margin=0.02))) == 4
+    # links below the absolute floor do not vote; min_size keeps fragments below it
+    assert len(set(attach_relative(labels, ids, sims, max_frac=0.2, top=5, min_sim=0.93, margin=0.02))) == 3
+    assert len(set(attach_relative(labels, ids, sims, max_frac=0.2, top=5, min_sim=0.9, margin=0.02, min_size=4))) == 4
+    # a target below min_target has no reference: nothing joins
+    assert len(set(attach_relative(labels, ids, sims, max_frac=0.2, top=5, min_sim=0.9, margin=0.02, min_target=21))) == 4
+    # off
+    assert np.array_equal(attach_relative(labels, ids, sims, max_frac=0), np.unique(labels, return_inverse=True)[1])
+
+
+def test_attach_relative_edge_cases_and_determinism():
+    from facecluster.graph import attach_relative
+
+    assert attach_relative(np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 3))).shape == (0,)
+    assert list(attach_relative(np.array([7]), np.array([[0]]), np.array([[1.0]]))) == [0]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 8)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    sims, ids = knn(X, 11)
+    labels = np.minimum(rng.integers(0, 400, 600), 40)  # one cluster of ~540 faces + small ones
+    a = attach_relative(labels, ids, sims, max_frac=0.1, min_sim=0.0, share=0.3, margin=0.5)
+    assert np.array_equal(a, attach_relative(labels.copy(), ids.copy(), sims.copy(), max_frac=0.1, min_sim=0.0, share=0.3, margin=0.5))
+    assert len(set(a)) < len(set(labels))
+    for c in np.unique(labels):  # every output cluster is a union of input clusters
+        assert len(set(a[labels == c])) == 1

@@ -329,6 +329,125 @@ def attach_small(
     return lab
 
 
+def attach_relative(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    sims: np.ndarray,
+    *,
+    max_frac: float = 0.1,
+    min_size: int = 1,
+    min_target: int = 10,
+    top: int = 10,
+    min_sim: float = -np.inf,
+    share: float = 0.5,
+    q: float = 10.0,
+    margin: float = 0.02,
+    max_rounds: int = 10,
+) -> np.ndarray:
+    """Join a fragment to the cluster its strong neighbours agree on when its links to that
+    cluster are as similar as the cluster's own links are.
+
+    A fixed similarity floor cannot fit both crisp photos and a degraded video: a blurred or
+    low-resolution video's frames are less similar to each other, so its odd frames link to
+    their person's cluster at similarities a crisp photo collection only reaches between
+    look-alikes. This rule compares a fragment's links with the target's own: for every
+    cluster ``B`` of at least ``min_target`` faces, ``ref(B)`` is the ``q``-th percentile of the
+    similarities of its *internal* kNN edges (each member's ``top`` nearest neighbours that are
+    in ``B``). A cluster ``A`` joins ``B`` when
+
+    * ``B`` is the cluster most of ``A``'s strong links (the ``top`` nearest neighbours of each
+      member with similarity >= ``min_sim``, outside ``A``) go to, with at least ``share`` of
+      ``A``'s ``|A| * top`` slots;
+    * ``|A| <= max_frac * |B|`` (a fragment, not a second person of similar size; also makes
+      joins a forest);
+    * the mean similarity of those links is >= ``ref(B) - margin``.
+
+    Repeated until nothing changes (at most ``max_rounds``; references recomputed each round).
+
+    Parameters
+    ----------
+    labels : (N,) int, the partition to refine.
+    ids : (N, k) int64 kNN ids sorted by similarity (self anywhere, ignored; -1 = none).
+    sims : (N, k) float cosine similarities of ``ids``.
+    max_frac : largest fragment, as a fraction of the target's size, in (0, 1).
+    min_size : smallest fragment that may join (2 leaves singletons to :func:`attach_small`).
+    min_target : smallest target (its reference needs enough internal edges).
+    top : nearest neighbours per face that vote and that define the internal edges.
+    min_sim : absolute floor below which a neighbour does not vote.
+    share : fraction of the ``|A| * top`` slots that must vote for ``B``.
+    q, margin : percentile (0-100) of ``B``'s internal edge similarities, and how far below it
+        ``A``'s mean link similarity may lie.
+
+    Returns
+    -------
+    (N,) int64 labels numbered 0.. in order of the sorted input labels; every input cluster is
+    either kept or wholly merged into another.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    lab = np.unique(labels, return_inverse=True)[1].astype(np.int64) if n else np.zeros(0, np.int64)
+    if n == 0 or ids.size == 0 or max_frac <= 0:
+        return lab
+    ids = np.asarray(ids, np.int64)
+    sims = np.asarray(sims, np.float64)
+    real = (ids >= 0) & (ids != np.arange(n)[:, None])
+    rank = np.cumsum(real, axis=1)
+    take = real & (rank <= top)
+    rows = np.nonzero(take)[0]
+    cols, w = ids[take], sims[take]
+    slots = np.bincount(rows, minlength=n)
+    strong = w >= min_sim
+    for _ in range(max_rounds):
+        nc = int(lab.max()) + 1
+        sizes = np.bincount(lab, minlength=nc)
+        a, b = lab[rows], lab[cols]
+        # reference of every cluster: the q-th percentile of its internal edge similarities
+        inner = a == b
+        ia, iw = a[inner], w[inner]
+        order = np.lexsort((iw, ia))
+        ia, iw = ia[order], iw[order]
+        cnt = np.bincount(ia, minlength=nc)
+        start = np.r_[0, np.cumsum(cnt)[:-1]]
+        ref = np.full(nc, np.inf)
+        has = cnt > 0
+        ref[has] = iw[start[has] + np.floor(q / 100.0 * (cnt[has] - 1)).astype(np.int64)]
+        vote = strong & ~inner
+        if not vote.any():
+            break
+        va, vb = a[vote], b[vote]
+        cnt_m = sp.csr_matrix((np.ones(len(va)), (va, vb)), shape=(nc, nc))
+        # +2 keeps every summed entry positive (an explicit zero could be dropped)
+        sum_m = sp.csr_matrix((w[vote] + 2.0, (va, vb)), shape=(nc, nc))
+        cnt_m.sum_duplicates()
+        sum_m.sum_duplicates()
+        cnt_m, sum_m = cnt_m.tocoo(), sum_m.tocoo()
+        # same sparsity pattern, same canonical order after sum_duplicates
+        order = np.lexsort((cnt_m.col, -cnt_m.data, cnt_m.row))
+        r, c, d, s = cnt_m.row[order], cnt_m.col[order], cnt_m.data[order], sum_m.data[order]
+        first = np.r_[True, r[1:] != r[:-1]]
+        r, c, d, s = r[first], c[first], d[first], s[first] - 2.0 * d[first]
+        cap = np.bincount(lab, weights=slots, minlength=nc)
+        ok = (
+            (sizes[c] >= min_target)
+            & (sizes[r] >= min_size)
+            & (sizes[r] <= max_frac * sizes[c])
+            & (d >= share * cap[r])
+            & (s / d >= ref[c] - margin)
+        )
+        if not ok.any():
+            break
+        parent = np.arange(nc)
+        parent[r[ok]] = c[ok]
+        # targets are more than 1 / max_frac times bigger, so pointer jumping terminates
+        while True:
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+        lab = np.unique(parent[lab], return_inverse=True)[1].astype(np.int64)
+    return lab
+
+
 def _sweep_cut(w: sp.csr_matrix, min_part: int) -> tuple[float, np.ndarray | None]:
     """Lowest-conductance split of one connected-or-not graph along its Fiedler vector.
 

@@ -27,7 +27,17 @@ The fragment merge cannot do this: it counts a cluster's votes against all its 4
 which a lone face whose farther neighbours spread over look-alikes never fills. Chosen on the
 training scenarios of ``bench/scenarios.py`` and checked on ``bench/regimes.py``
 (docs/benchmarks/default_quality.md): looser settings (50 % share, floor 0.91) also attach
-photo-collection passers-by to look-alikes. An optional weak-cut split
+photo-collection passers-by to look-alikes.
+
+Relative attach (``attach_frac`` > 0, on by default since issue 13, run last): a fragment of 2 or
+more faces, at most 5 % of its target's size, joins the cluster >= 50 % of its members' 10
+nearest neighbours (>= ``merge_min_sim``) belong to when its mean link similarity is within 0.01
+of the 10th percentile of that cluster's own internal kNN-edge similarities
+(:func:`facecluster.graph.attach_relative`). A blurred or low-resolution video's clusters are
+looser, so its fragments join at similarities a fixed floor tuned on crisp photos refuses.
+Singletons are left to ``attach_small``: with them the relative rule attached photo passers-by.
+
+An optional weak-cut split
 (:func:`facecluster.graph.split_weak`, ``split_min_size`` > 0) is off: it cuts long-video people
 along lighting and pose as readily as it parts two look-alikes.
 
@@ -50,7 +60,7 @@ from typing import ClassVar, Optional
 import numpy as np
 from pydantic import Field
 
-from ..graph import attach_small, merge_fragments, split_weak
+from ..graph import attach_relative, attach_small, merge_fragments, split_weak
 from ..knn import knn
 from .base import ClusterConfig, Clusterer
 
@@ -118,6 +128,30 @@ class InfomapConfig(ClusterConfig):
         description="A small cluster joins B when >= this share of its members' attach_k neighbour slots vote "
         "for B (0.5 attached LFW's one-photo people to look-alikes; measured in docs/benchmarks/default_quality.md).",
     )
+    attach_frac: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Relative attach (facecluster.graph.attach_relative), after the small-cluster attach: a "
+        "fragment of attach_rel_min_size faces up to this fraction of its target's size joins the cluster its "
+        "strong neighbours agree on when its mean link similarity is >= the target's own internal kNN edges' "
+        "attach_rel_q-th percentile minus attach_rel_margin (a blurred video's clusters are looser, so its "
+        "fragments need less); 0 = off. Chosen on bench/scenarios.py (docs/benchmarks/default_quality.md).",
+    )
+    attach_rel_q: float = Field(10.0, ge=0, le=100, description="Percentile of the target's internal edge similarities.")
+    attach_rel_margin: float = Field(
+        0.01, ge=0, le=2, description="How far below that percentile a fragment's mean link may lie (0.02 let passers-by join)."
+    )
+    attach_rel_share: float = Field(
+        0.5, gt=0, le=1, description="Share of the fragment's attach_k neighbour slots that must vote for the target."
+    )
+    attach_rel_min_sim: Optional[float] = Field(
+        None, ge=-1.0, le=1.0, description="Absolute floor of a voting link in the relative attach. Default: merge_min_sim."
+    )
+    attach_rel_min_size: int = Field(
+        2, ge=1, description="Smallest fragment the relative attach moves (singletons: 1 attached photo passers-by)."
+    )
+    attach_rel_min_target: int = Field(10, ge=2, description="Smallest target cluster of the relative attach.")
     split_min_size: int = Field(
         0,
         ge=0,
@@ -288,5 +322,20 @@ class InfomapClusterer(Clusterer):
                     top=cfg.attach_k,
                     min_sim=self.attach_min_sim(),
                     share=cfg.attach_share,
+                )
+        if cfg.attach_frac > 0:
+            with self._timed("attach_rel"):
+                labels = attach_relative(
+                    labels,
+                    ids,
+                    sims,
+                    max_frac=cfg.attach_frac,
+                    min_size=cfg.attach_rel_min_size,
+                    min_target=cfg.attach_rel_min_target,
+                    top=cfg.attach_k,
+                    min_sim=cfg.attach_rel_min_sim if cfg.attach_rel_min_sim is not None else self.merge_min_sim(),
+                    share=cfg.attach_rel_share,
+                    q=cfg.attach_rel_q,
+                    margin=cfg.attach_rel_margin,
                 )
         return labels
