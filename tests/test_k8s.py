@@ -328,8 +328,6 @@ def test_add_jobs_pods_play(tmp_path):
     records' ids equal a single-process `facecluster run` + `facecluster add`."""
     if shutil.which("debootstrap") is None and not os.environ.get("BASE"):
         pytest.skip("debootstrap is not installed (needed for the local base image)")
-    if METHOD != "infomap":
-        pytest.skip("facecluster add grows infomap results only")
     images = containers.build_cpu_images()
     demo = tmp_path / "demo"
     subprocess.run([sys.executable, "-m", "facecluster.demo", str(demo)], check=True, capture_output=True)
@@ -364,7 +362,10 @@ def test_add_jobs_pods_play(tmp_path):
     with __import__("tempfile").TemporaryDirectory() as tmp:
         res = {s: k8s_pods.run_stage(objs, vol, s, Path(tmp)) for s in ("add-embed", "add")}
     assert [rc for rc, _ in res["add-embed"]] == [0], res["add-embed"]
-    assert [rc for rc, _ in res["add"]] == [3], res["add"]  # same exit code as the CLI
+    # exit 3 (some records failed) is reported and mapped to success, as in the cluster Job:
+    # retrying the pod cannot mend an unreadable image
+    assert [rc for rc, _ in res["add"]] == [0], res["add"]
+    assert "some records failed" in res["add"][0][1]
     k8s_io.unpack(vol / "add" / "output.json", new, tmp_path / "new-out.json")
     got = json.loads((tmp_path / "new-out.json").read_text())
     assert got == json.loads((tmp_path / "ref-new.json").read_text())
