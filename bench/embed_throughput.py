@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     def common(p, n=400):
         p.add_argument("--input", help="facecluster input JSON (img_path per record)")
         p.add_argument("--src", nargs="+", default=[], help="folders of JPEG/PNG crops (instead of --input)")
-        p.add_argument("--n", type=int, default=n, help="records (cycled when the input has fewer)")
+        p.add_argument("--n", type=int, default=n, help="records (cycled when the input has fewer)"
+                       + ("; default: every record of the input, once" if n is None else ""))
         p.add_argument("--json", help="also write the numbers to this JSON file")
 
     p = sub.add_parser("records")
@@ -341,7 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", help="work dir (removed first)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p = sub.add_parser("dlib-loop")
-    common(p)
+    # the reference for the whole-process pair: the same records as the pipeline gets, once
+    # (a fixed default cycled a 40-record input to 400 faces and inflated the ratio 10x)
+    common(p, None)
     p = sub.add_parser("landmarks")
     common(p, 512)
     p.add_argument("--device", default="cpu")
