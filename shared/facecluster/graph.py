@@ -148,6 +148,21 @@ def peaks_to_labels(peak: np.ndarray, peak_sim: np.ndarray, tau: float) -> np.nd
     return components(n, src, peak[src])
 
 
+def _join_into(lab: np.ndarray, nc: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Relabel after joining cluster ``src[i]`` into ``dst[i]`` (cluster ids 0..nc-1).
+
+    The joins must form a forest (each target strictly bigger than its source), so following
+    the pointers to a root terminates; returns labels renumbered 0.. in sorted root order."""
+    parent = np.arange(nc)
+    parent[src] = dst
+    while True:  # pointer jumping: every cluster ends pointing at its root
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            break
+        parent = nxt
+    return np.unique(parent[lab], return_inverse=True)[1].astype(np.int64)
+
+
 def merge_fragments(
     labels: np.ndarray,
     ids: np.ndarray,
@@ -227,15 +242,7 @@ def merge_fragments(
         ok = (sizes[c] > sizes[r]) & (d >= share * leaving[r]) & (d >= min_links * cap[r])
         if not ok.any():
             break
-        parent = np.arange(nc)
-        parent[r[ok]] = c[ok]
-        # targets are strictly bigger, so pointer jumping terminates
-        while True:
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                break
-            parent = nxt
-        lab = np.unique(parent[lab], return_inverse=True)[1].astype(np.int64)
+        lab = _join_into(lab, nc, r[ok], c[ok])  # targets are strictly bigger: a forest
     return lab
 
 
@@ -317,15 +324,7 @@ def attach_small(
         ok = (sizes[c] > sizes[r]) & (d >= share * cap[r])
         if not ok.any():
             break
-        parent = np.arange(nc)
-        parent[r[ok]] = c[ok]
-        # targets are strictly bigger, so pointer jumping terminates
-        while True:
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                break
-            parent = nxt
-        lab = np.unique(parent[lab], return_inverse=True)[1].astype(np.int64)
+        lab = _join_into(lab, nc, r[ok], c[ok])  # targets are strictly bigger: a forest
     return lab
 
 
@@ -436,15 +435,7 @@ def attach_relative(
         )
         if not ok.any():
             break
-        parent = np.arange(nc)
-        parent[r[ok]] = c[ok]
-        # targets are more than 1 / max_frac times bigger, so pointer jumping terminates
-        while True:
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                break
-            parent = nxt
-        lab = np.unique(parent[lab], return_inverse=True)[1].astype(np.int64)
+        lab = _join_into(lab, nc, r[ok], c[ok])  # targets are > 1 / max_frac times bigger: a forest
     return lab
 
 
