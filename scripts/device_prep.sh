@@ -38,7 +38,7 @@ wheels=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-ins
 n="$(find "$out/whl" -name '*.whl' | wc -l)"
 [ "$n" -eq "${#wheels[@]}" ] || { echo "expected ${#wheels[@]} wheels in $out/whl, got $n (pip download failed?)" >&2; exit 1; }
 
-models="$(PYTHONPATH= "$PYTHON" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("face_recognition_models"); print(pathlib.Path(list(s.submodule_search_locations)[0]) / "models")')"
+models="$(PYTHONPATH='' "$PYTHON" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("face_recognition_models"); print(pathlib.Path(list(s.submodule_search_locations)[0]) / "models")')"
 cp "$models/shape_predictor_5_face_landmarks.dat" "$models/dlib_face_recognition_resnet_model_v1.dat" \
    "$out/pkgs/face_recognition_models/models/"
 echo '"""Trimmed copy for the device check: the two models the dlib embedder loads."""' \
