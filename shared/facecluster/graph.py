@@ -148,6 +148,24 @@ def peaks_to_labels(peak: np.ndarray, peak_sim: np.ndarray, tau: float) -> np.nd
     return components(n, src, peak[src])
 
 
+def _nearest_links(ids: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``top`` real neighbours of every face (self and -1 padding removed, order
+    kept): a boolean (N, k) mask over ``ids`` and the row of each kept entry."""
+    real = (ids >= 0) & (ids != np.arange(ids.shape[0])[:, None])
+    take = real & (np.cumsum(real, axis=1) <= top)
+    return take, np.nonzero(take)[0]
+
+
+def _top_target(m: sp.coo_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each source cluster's most-voted target in a summed (source, target) vote matrix; ties go
+    to the lower target id (deterministic). Returns rows, cols, votes and the entries' positions
+    in ``m.data`` (to read a parallel matrix with the same pattern)."""
+    order = np.lexsort((m.col, -m.data, m.row))
+    r = m.row[order]
+    sel = order[np.r_[True, r[1:] != r[:-1]]]
+    return m.row[sel], m.col[sel], m.data[sel], sel
+
+
 def _join_into(lab: np.ndarray, nc: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Relabel after joining cluster ``src[i]`` into ``dst[i]`` (cluster ids 0..nc-1).
 
@@ -234,11 +252,7 @@ def merge_fragments(
         m.sum_duplicates()
         leaving = np.asarray(m.sum(axis=1)).reshape(-1)
         m = m.tocoo()
-        # each cluster's top target; ties go to the lower cluster id (deterministic)
-        order = np.lexsort((m.col, -m.data, m.row))
-        r, c, d = m.row[order], m.col[order], m.data[order]
-        first = np.r_[True, r[1:] != r[:-1]]
-        r, c, d = r[first], c[first], d[first]
+        r, c, d, _ = _top_target(m)  # each cluster's most-voted target
         ok = (sizes[c] > sizes[r]) & (d >= share * leaving[r]) & (d >= min_links * cap[r])
         if not ok.any():
             break
@@ -297,11 +311,7 @@ def attach_small(
         return lab
     ids = np.asarray(ids, np.int64)
     sims = np.asarray(sims, np.float32)
-    # the first `top` real neighbours of every face (self and padding removed, order kept)
-    real = (ids >= 0) & (ids != np.arange(n)[:, None])
-    rank = np.cumsum(real, axis=1)
-    take = real & (rank <= top)
-    rows = np.nonzero(take)[0]
+    take, rows = _nearest_links(ids, top)
     cols, w = ids[take], sims[take]
     slots = np.bincount(rows, minlength=n)
     strong = w >= min_sim
@@ -315,11 +325,7 @@ def attach_small(
         m = sp.csr_matrix((np.ones(int(vote.sum())), (a[vote], b[vote])), shape=(nc, nc))
         m.sum_duplicates()
         m = m.tocoo()
-        # each small cluster's most-voted target; ties go to the lower cluster id (deterministic)
-        order = np.lexsort((m.col, -m.data, m.row))
-        r, c, d = m.row[order], m.col[order], m.data[order]
-        first = np.r_[True, r[1:] != r[:-1]]
-        r, c, d = r[first], c[first], d[first]
+        r, c, d, _ = _top_target(m)  # each cluster's most-voted target
         cap = np.bincount(lab, weights=slots, minlength=nc)
         ok = (sizes[c] > sizes[r]) & (d >= share * cap[r])
         if not ok.any():
@@ -389,10 +395,7 @@ def attach_relative(
         return lab
     ids = np.asarray(ids, np.int64)
     sims = np.asarray(sims, np.float64)
-    real = (ids >= 0) & (ids != np.arange(n)[:, None])
-    rank = np.cumsum(real, axis=1)
-    take = real & (rank <= top)
-    rows = np.nonzero(take)[0]
+    take, rows = _nearest_links(ids, top)
     cols, w = ids[take], sims[take]
     slots = np.bincount(rows, minlength=n)
     strong = w >= min_sim
@@ -421,10 +424,8 @@ def attach_relative(
         sum_m.sum_duplicates()
         cnt_m, sum_m = cnt_m.tocoo(), sum_m.tocoo()
         # same sparsity pattern, same canonical order after sum_duplicates
-        order = np.lexsort((cnt_m.col, -cnt_m.data, cnt_m.row))
-        r, c, d, s = cnt_m.row[order], cnt_m.col[order], cnt_m.data[order], sum_m.data[order]
-        first = np.r_[True, r[1:] != r[:-1]]
-        r, c, d, s = r[first], c[first], d[first], s[first] - 2.0 * d[first]
+        r, c, d, sel = _top_target(cnt_m)
+        s = sum_m.data[sel] - 2.0 * d
         cap = np.bincount(lab, weights=slots, minlength=nc)
         ok = (
             (sizes[c] >= min_target)
@@ -525,8 +526,7 @@ def split_weak(
         return lab
     ids = np.asarray(ids, np.int64)
     sims = np.asarray(sims, np.float32)
-    real = (ids >= 0) & (ids != np.arange(n)[:, None])
-    take = real & (np.cumsum(real, axis=1) <= top) & (sims >= min_sim)
+    take = _nearest_links(ids, top)[0] & (sims >= min_sim)
     rows = np.nonzero(take)[0]
     cols, w = ids[take], np.maximum(sims[take], 0).astype(np.float64)
     internal = lab[rows] == lab[cols]
