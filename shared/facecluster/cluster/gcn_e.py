@@ -123,7 +123,8 @@ class GCNVEClusterer(GCNVClusterer):
         with self._timed("components"):
             keep = floor_keep(link_keep(peak, psim, r["tau"]), peak, st["xr"], r["min_link_sim"])
             src = np.nonzero(keep)[0]
-            return components(n, src, peak[src])
+            labels = components(n, src, peak[src])
+        return self._refine(labels, st, r)
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ from ..calibration import calibration_mean, link_floor, pair_cosine, prepare_fea
 from ..graph import build_adjacency, build_adjacency_torch, components, nearest_higher
 from ..knn import knn, l2_normalize
 from . import gcn_common as gc
-from .base import ClusterConfig, Clusterer
+from .base import Clusterer
+from .refine import RefineConfig, refine_learned, refine_on
 
 #: the papers' MS1M test configs (cfg_test_gcnv_ms1m.py / cfg_test_gcne_ms1m.py)
 PAPER_DEFAULTS: dict[str, Any] = {
@@ -58,7 +59,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
 }
 
 
-class GCNVConfig(ClusterConfig):
+class GCNVConfig(RefineConfig):
     checkpoint_v: Optional[str] = Field(
         None,
         description="GCN-V weights (.pth; mmcv container or bare state_dict, e.g. the released "
@@ -161,6 +162,7 @@ class GCNVClusterer(Clusterer):
         cfg["features"] = self.feature_kind()
         cfg["min_link_sim"] = self.link_floor()
         cfg["duplicate_sim"] = self.duplicate_sim()
+        cfg["refine"] = refine_on(self.config, self.embedder())
         return cfg
 
     def settings(self) -> dict[str, Any]:
@@ -198,6 +200,7 @@ class GCNVClusterer(Clusterer):
         with self._timed("knn"):
             sims, ids = knn(X, r["k"], normalize=False, backend=self.config.knn_backend, device=dev)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule
+        self.knn_ = (ids, sims)  # (N, k) input kNN on the network's features (the refinement reads it)
         with self._timed("adjacency"):
             # on a GPU the adjacency is built there (scipy took ~30 s single-threaded at 1M)
             adj = (build_adjacency_torch(ids, sims, self.config.th_sim, dev) if dev.startswith("cuda")
@@ -224,10 +227,29 @@ class GCNVClusterer(Clusterer):
         order, floor = self._order(st["conf"]), r["min_link_sim"]
         if not r["use_gcn_feat"]:
             with self._timed("peaks"):
-                return peaks_labels(st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor)
-        sims, ids = self._stage_b_knn(st["feat"], r["k"])
-        with self._timed("peaks"):
-            return peaks_labels(ids, sims, order, r["tau"], xr=st["xr"], floor=floor)
+                labels = peaks_labels(st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor)
+        else:
+            sims, ids = self._stage_b_knn(st["feat"], r["k"])
+            with self._timed("peaks"):
+                labels = peaks_labels(ids, sims, order, r["tau"], xr=st["xr"], floor=floor)
+        return self._refine(labels, st, r)
+
+    def _refine(self, labels: np.ndarray, st: dict[str, np.ndarray], r: dict[str, Any]) -> np.ndarray:
+        """The default method's post-steps on ``labels`` (setting ``refine``), on the stage-A kNN
+        lists re-scored with the plain cosine (already plain when the checkpoint reads raw
+        features)."""
+        if not r["refine"]:
+            return labels
+        return refine_learned(
+            labels,
+            st["ids"],
+            st["xr"],
+            embedder=self.embedder(),
+            overrides=self.config.refine_settings,
+            plain=self.feature_kind() == "raw",
+            sims=st["sims"],
+            timed=self._timed,
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,9 +60,9 @@ from typing import ClassVar, Optional
 import numpy as np
 from pydantic import Field
 
-from ..graph import attach_relative, attach_small, merge_fragments, split_weak
 from ..knn import knn
 from .base import ClusterConfig, Clusterer
+from .refine import refine_partition
 
 
 class InfomapConfig(ClusterConfig):
@@ -275,7 +275,8 @@ class InfomapClusterer(Clusterer):
         return self.refine(labels, ids, sims)
 
     def refine(self, labels: np.ndarray, ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
-        """The post-steps after Infomap: fragment merge, then small clusters attached.
+        """The post-steps after Infomap: fragment merge, then small clusters attached
+        (:func:`facecluster.cluster.refine.refine_partition`, shared with the learned methods).
 
         Parameters
         ----------
@@ -286,56 +287,12 @@ class InfomapClusterer(Clusterer):
         -------
         (N,) int64 labels.
         """
-        cfg = self.config
-        if cfg.merge_fragments:
-            with self._timed("merge"):
-                # self is in the list (ignored); merge_k other neighbours vote
-                m = cfg.merge_k + 1
-                labels = merge_fragments(
-                    labels,
-                    ids[:, :m],
-                    sims[:, :m],
-                    min_sim=self.merge_min_sim(),
-                    share=cfg.merge_share,
-                    min_links=cfg.merge_min_links,
-                )
-        if cfg.split_min_size > 0:
-            with self._timed("split"):
-                labels = split_weak(
-                    labels,
-                    ids,
-                    sims,
-                    min_size=cfg.split_min_size,
-                    top=cfg.split_k,
-                    min_sim=cfg.split_min_sim if cfg.split_min_sim is not None else self.merge_min_sim(),
-                    min_part=cfg.split_min_part,
-                    max_cut=cfg.split_max_cut,
-                )
-        if cfg.attach_max_size > 0:
-            with self._timed("attach"):
-                labels = attach_small(
-                    labels,
-                    ids,
-                    sims,
-                    max_size=cfg.attach_max_size,
-                    min_size=cfg.attach_min_size,
-                    top=cfg.attach_k,
-                    min_sim=self.attach_min_sim(),
-                    share=cfg.attach_share,
-                )
-        if cfg.attach_frac > 0:
-            with self._timed("attach_rel"):
-                labels = attach_relative(
-                    labels,
-                    ids,
-                    sims,
-                    max_frac=cfg.attach_frac,
-                    min_size=cfg.attach_rel_min_size,
-                    min_target=cfg.attach_rel_min_target,
-                    top=cfg.attach_k,
-                    min_sim=cfg.attach_rel_min_sim if cfg.attach_rel_min_sim is not None else self.merge_min_sim(),
-                    share=cfg.attach_rel_share,
-                    q=cfg.attach_rel_q,
-                    margin=cfg.attach_rel_margin,
-                )
-        return labels
+        return refine_partition(
+            labels,
+            ids,
+            sims,
+            self.config,
+            merge_min_sim=self.merge_min_sim(),
+            attach_min_sim=self.attach_min_sim(),
+            timed=self._timed,
+        )

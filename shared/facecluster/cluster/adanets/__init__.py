@@ -30,8 +30,9 @@ from ...calibration import calibration_mean, link_floor, pair_cosine, prepare_fe
 from ...graph import components
 from ...knn import knn, l2_normalize
 from ...progress import bar
-from ..base import ClusterConfig, Clusterer
+from ..base import Clusterer
 from ..gcn_common import checkpoint_features
+from ..refine import RefineConfig, refine_learned, refine_on
 from .and_model import ANDModel, load_and_checkpoint, predict_k
 from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
@@ -68,7 +69,7 @@ _DOC = {
 }
 
 
-class AdaNetsConfig(ClusterConfig):
+class AdaNetsConfig(RefineConfig):
     k: int = _default("k")
     lamb: float = _default("lamb")
     th_sim: float = _default("th_sim")
@@ -150,6 +151,7 @@ class AdaNetsClusterer(Clusterer):
         d = super().settings()
         d["features"] = self.feature_kind()
         d["min_link_sim"] = self.link_floor()
+        d["refine"] = refine_on(self.config, self.embedder())
         return d
 
     def embed(self, X: np.ndarray) -> np.ndarray:
@@ -157,7 +159,8 @@ class AdaNetsClusterer(Clusterer):
         return self._embed(X)[0]
 
     def _embed(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``embed`` plus the (N, D) plain L2-normalised descriptors (for the floor)."""
+        """``embed`` plus the (N, D) plain L2-normalised descriptors (for the floor); leaves the
+        input kNN lists in ``self.knn_`` (ids, sims) for the refinement."""
         import torch
 
         c = self.config
@@ -177,6 +180,7 @@ class AdaNetsClusterer(Clusterer):
             sims, ids = knn(x, c.k, normalize=False, backend=c.knn_backend, device=dev)
             ids, sims = _self_first(ids, sims)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule
+        self.knn_ = (ids, sims)
         with self._timed("structure_space"):
             # on a GPU the same sets and counts are computed there (identical output): on one
             # core the numpy version took 21 s per 100k faces, the longest step at 1M
@@ -215,6 +219,14 @@ class AdaNetsClusterer(Clusterer):
             if floor is not None:
                 keep = keep[pair_cosine(xr, rows[keep], cols[keep]) >= floor]
             labels = components(n, rows[keep], cols[keep])
+        if refine_on(c, self.embedder()):
+            # the default method's post-steps on the input kNN lists, scored with the plain
+            # cosine (already plain when the checkpoints read raw features)
+            ids_in, sims_in = self.knn_
+            labels = refine_learned(
+                labels, ids_in, xr, embedder=self.embedder(), overrides=c.refine_settings,
+                plain=self.feature_kind() == "raw", sims=sims_in, timed=self._timed,
+            )
         return labels
 
 

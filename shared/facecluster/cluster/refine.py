@@ -1,0 +1,240 @@
+"""The default method's post-steps on the kNN graph, as one reusable function (issue 11).
+
+:class:`~facecluster.cluster.infomap.InfomapClusterer` gets much of its recall on long videos
+and blurred sources from three generic steps that take *any* partition plus the faces' kNN
+lists (ids and cosine similarities of the plain L2-normalised descriptors): the fragment merge
+(:func:`facecluster.graph.merge_fragments`), the small-cluster attach
+(:func:`facecluster.graph.attach_small`) and the relative attach
+(:func:`facecluster.graph.attach_relative`), with an optional weak-cut split
+(:func:`facecluster.graph.split_weak`, off by default). :func:`refine_partition` runs them in
+Infomap's order with Infomap's settings; the learned methods (gcn-v, gcn-ve, adanets) run the
+same function on their own output (:func:`refine_learned`, setting ``refine``), with the
+thresholds Infomap uses for the embedder: they are properties of the plain-descriptor cosine,
+not of Infomap.
+
+The learned methods search their kNN on the features their checkpoint expects (mean-centred
+for the shipped dlib weights). :func:`plain_knn_from` turns those lists into plain-cosine
+lists without a second search: it scores each listed neighbour with the plain cosine and
+re-sorts the row. The candidates are the method's own k nearest (80 by default), and the
+steps read at most the first ``merge_k + 1`` (41) of each re-sorted row.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Optional
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from ..calibration import pair_cosine
+from ..graph import attach_relative, attach_small, merge_fragments, split_weak
+from .base import ClusterConfig
+
+#: the post-step settings of ``InfomapConfig`` that ``refine_settings`` may override
+REFINE_FIELDS: tuple[str, ...] = (
+    "merge_fragments",
+    "merge_min_sim",
+    "merge_k",
+    "merge_share",
+    "merge_min_links",
+    "attach_max_size",
+    "attach_min_size",
+    "attach_k",
+    "attach_min_sim",
+    "attach_share",
+    "attach_frac",
+    "attach_rel_q",
+    "attach_rel_margin",
+    "attach_rel_share",
+    "attach_rel_min_sim",
+    "attach_rel_min_size",
+    "attach_rel_min_target",
+    "split_min_size",
+    "split_k",
+    "split_min_sim",
+    "split_max_cut",
+    "split_min_part",
+)
+
+
+def refine_partition(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    sims: np.ndarray,
+    cfg: Any,
+    *,
+    merge_min_sim: float,
+    attach_min_sim: float,
+    timed: Optional[Callable[[str], ContextManager]] = None,
+) -> np.ndarray:
+    """Fragment merge, optional weak-cut split, small-cluster attach, relative attach.
+
+    Parameters
+    ----------
+    labels : (N,) int partition to refine (singletons have their own ids).
+    ids, sims : (N, k) kNN lists of the plain L2-normalised descriptors, similarity descending
+        (self anywhere, ignored; -1 = no neighbour).
+    cfg : an object with the post-step settings named in ``REFINE_FIELDS`` (an ``InfomapConfig``).
+    merge_min_sim, attach_min_sim : the resolved thresholds (cosine); ``cfg``'s
+        ``split_min_sim`` / ``attach_rel_min_sim`` default to ``merge_min_sim`` when None.
+    timed : optional ``timed(step)`` context manager recording each step's time.
+
+    Returns
+    -------
+    (N,) int64 labels; every input cluster is kept or wholly joined to another.
+    """
+    timed = timed or (lambda step: nullcontext())
+    if cfg.merge_fragments:
+        with timed("merge"):
+            # self is in the list (ignored); merge_k other neighbours vote
+            m = cfg.merge_k + 1
+            labels = merge_fragments(
+                labels,
+                ids[:, :m],
+                sims[:, :m],
+                min_sim=merge_min_sim,
+                share=cfg.merge_share,
+                min_links=cfg.merge_min_links,
+            )
+    if cfg.split_min_size > 0:
+        with timed("split"):
+            labels = split_weak(
+                labels,
+                ids,
+                sims,
+                min_size=cfg.split_min_size,
+                top=cfg.split_k,
+                min_sim=cfg.split_min_sim if cfg.split_min_sim is not None else merge_min_sim,
+                min_part=cfg.split_min_part,
+                max_cut=cfg.split_max_cut,
+            )
+    if cfg.attach_max_size > 0:
+        with timed("attach"):
+            labels = attach_small(
+                labels,
+                ids,
+                sims,
+                max_size=cfg.attach_max_size,
+                min_size=cfg.attach_min_size,
+                top=cfg.attach_k,
+                min_sim=attach_min_sim,
+                share=cfg.attach_share,
+            )
+    if cfg.attach_frac > 0:
+        with timed("attach_rel"):
+            labels = attach_relative(
+                labels,
+                ids,
+                sims,
+                max_frac=cfg.attach_frac,
+                min_size=cfg.attach_rel_min_size,
+                min_target=cfg.attach_rel_min_target,
+                top=cfg.attach_k,
+                min_sim=cfg.attach_rel_min_sim if cfg.attach_rel_min_sim is not None else merge_min_sim,
+                share=cfg.attach_rel_share,
+                q=cfg.attach_rel_q,
+                margin=cfg.attach_rel_margin,
+            )
+    return np.asarray(labels, np.int64)
+
+
+def plain_knn_from(ids: np.ndarray, xr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score kNN lists found in another feature space with the plain cosine and re-sort.
+
+    Parameters
+    ----------
+    ids : (N, k) int neighbour ids (any order; -1 = none).
+    xr : (N, D) float32 plain L2-normalised descriptors.
+
+    Returns
+    -------
+    ids, sims : (N, k) int64 / float32, each row sorted by plain cosine, descending (ties keep
+    the input order, so the result is deterministic); -1 entries get -inf and go last.
+    """
+    ids = np.asarray(ids, np.int64)
+    n, k = ids.shape
+    sims = np.full((n, k), -np.inf, np.float32)
+    ok = ids >= 0
+    rows = np.broadcast_to(np.arange(n)[:, None], ids.shape)
+    sims[ok] = pair_cosine(xr, rows[ok], ids[ok])
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
+
+
+class RefineConfig(ClusterConfig):
+    """Settings of the learned methods' optional refinement (gcn-v, gcn-ve, adanets)."""
+
+    refine: Optional[bool] = Field(
+        None,
+        description="After the method, run the default method's post-steps (fragment merge, "
+        "small-cluster and relative attach: facecluster.cluster.refine) on its partition, with "
+        "the plain-cosine kNN it already has. None: on when the similarity floor is on and the "
+        "embedder has tuned post-step thresholds (dlib), off otherwise, so similarity_floor=false "
+        "still gives the original algorithm.",
+    )
+    refine_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the post-step settings, by their infomap names (merge_min_sim, "
+        "attach_frac, ...; facecluster.cluster.refine.REFINE_FIELDS); the rest are infomap's "
+        "defaults for the embedder.",
+    )
+
+    @field_validator("refine_settings")
+    @classmethod
+    def _known_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) - set(REFINE_FIELDS))
+        if bad:
+            raise ValueError(f"unknown refine_settings {bad}; choose from {', '.join(REFINE_FIELDS)}")
+        return v
+
+
+def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
+    """Whether the refinement runs: the setting, else on iff the floor is on and the embedder
+    has tuned post-step thresholds (see ``RefineConfig.refine``)."""
+    if config.refine is not None:
+        return bool(config.refine)
+    from .infomap import MERGE_MIN_SIM_BY_EMBEDDER
+
+    return bool(getattr(config, "similarity_floor", False)) and (embedder or "") in MERGE_MIN_SIM_BY_EMBEDDER
+
+
+def refine_learned(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    xr: np.ndarray,
+    *,
+    embedder: Optional[str],
+    overrides: dict[str, Any],
+    plain: bool = False,
+    sims: Optional[np.ndarray] = None,
+    timed: Optional[Callable[[str], ContextManager]] = None,
+) -> np.ndarray:
+    """Refine a learned method's partition with the default method's post-steps.
+
+    Parameters
+    ----------
+    labels : (N,) int the method's labels.
+    ids : (N, k) int the method's kNN ids (self included).
+    xr : (N, D) float32 plain L2-normalised descriptors.
+    embedder : picks Infomap's thresholds for these descriptors.
+    overrides : post-step settings replacing Infomap's (``REFINE_FIELDS`` names).
+    plain, sims : when ``plain`` the lists are already plain-cosine ones with ``sims``
+        (no re-scoring needed).
+
+    Returns
+    -------
+    (N,) int64 labels.
+    """
+    from .infomap import InfomapClusterer
+
+    if len(labels) == 0:
+        return np.asarray(labels, np.int64)
+    im = InfomapClusterer(embedder=embedder, **overrides)
+    if plain and sims is not None:
+        ids_p, sims_p = np.asarray(ids, np.int64), np.asarray(sims, np.float32)
+    else:
+        ids_p, sims_p = plain_knn_from(ids, xr)
+    return refine_partition(
+        labels, ids_p, sims_p, im.config, merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(), timed=timed
+    )
