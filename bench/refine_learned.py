@@ -1,7 +1,7 @@
 """Does the default method's refinement close the learned methods' recall gap? (issue 11)
 
     python bench/refine_learned.py --root WORKDIRS [--tuning] [--regimes R1,R2] \
-        [--method gcn-v --method gcn-ve --method adanets] [--cache DIR] [--json OUT]
+        [--method gcn-v --method gcn-ve --method adanets] [--floor 0.94] [--cache DIR] [--json OUT]
 
 Each learned method runs once per regime with its defaults (similarity floor on) but
 ``refine=false`` and ``join_duplicates=false``; then every refinement variant in ``VARIANTS``
@@ -35,36 +35,42 @@ from facecluster.knn import l2_normalize  # noqa: E402
 from facecluster.metrics import evaluate  # noqa: E402
 from regimes import tuning_regimes, validation_regimes  # noqa: E402
 
-#: refinement variants: name -> refine_settings overrides (None: no refinement)
+#: refinement variants: name -> refine_settings overrides (None: no refinement; "default": the
+#: learned methods' defaults; the others change one thing from Infomap's own settings)
 VARIANTS: dict[str, dict | None] = {
     "off": None,
-    "infomap-steps": {},
-    "merge-only": {"attach_max_size": 0, "attach_frac": 0.0},
-    "merge+attach": {"attach_frac": 0.0},
-    "no-merge": {"merge_fragments": False},
-    "merge0.92": {"merge_min_sim": 0.92},
-    "merge0.90": {"merge_min_sim": 0.90},
-    "attach0.92": {"attach_min_sim": 0.92},
-    "margin0.02": {"attach_rel_margin": 0.02},
-    "share0.6": {"merge_share": 0.6},
-    "links0.10": {"merge_min_links": 0.10},
-    "merge0.93": {"merge_min_sim": 0.93},
-    "merge0.94": {"merge_min_sim": 0.94},
-    "mergek20": {"merge_k": 20},
-    "merge0.93k20": {"merge_min_sim": 0.93, "merge_k": 20},
+    "default": {},
+    "infomap-steps": {"attach_share": 0.8},
+    "merge-only": {"attach_max_size": 0, "attach_frac": 0.0, "attach_share": 0.8},  # the rest: as "infomap-steps"
+    "merge+attach": {"attach_frac": 0.0, "attach_share": 0.8},
+    "no-merge": {"merge_fragments": False, "attach_share": 0.8},
+    "merge0.92": {"merge_min_sim": 0.92, "attach_share": 0.8},
+    "merge0.90": {"merge_min_sim": 0.90, "attach_share": 0.8},
+    "attach0.92": {"attach_min_sim": 0.92, "attach_share": 0.8},
+    "margin0.02": {"attach_rel_margin": 0.02, "attach_share": 0.8},
+    "share0.6": {"merge_share": 0.6, "attach_share": 0.8},
+    "links0.10": {"merge_min_links": 0.10, "attach_share": 0.8},
+    "merge0.93": {"merge_min_sim": 0.93, "attach_share": 0.8},
+    "merge0.94": {"merge_min_sim": 0.94, "attach_share": 0.8},
+    "mergek20": {"merge_k": 20, "attach_share": 0.8},
+    "merge0.93k20": {"merge_min_sim": 0.93, "merge_k": 20, "attach_share": 0.8},
+    "attach-share0.5": {"attach_share": 0.5},
     "attach-share0.6": {"attach_share": 0.6},
-    "attach-size5": {"attach_max_size": 5},
+    "attach-share0.7": {"attach_share": 0.7},
+    "attach-size5": {"attach_max_size": 5, "attach_share": 0.8},
 }
 
 
-def base_run(method: str, x: np.ndarray, cache: Path | None, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float]:
+def base_run(
+    method: str, x: np.ndarray, cache: Path | None, key: str, **settings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float]:
     """The method's labels without refinement or duplicate rule, its kNN lists, whether they are
     plain cosine lists already, and its seconds (cached in ``cache/key.npz``)."""
     f = cache / f"{key}.npz" if cache else None
     if f is not None and f.exists():
         z = np.load(f)
         return z["labels"], z["ids"], z["sims"], bool(z["plain"]), float(z["seconds"])
-    c = get_clusterer(method, device="cpu", embedder="dlib", refine=False, join_duplicates=False)
+    c = get_clusterer(method, device="cpu", embedder="dlib", refine=False, join_duplicates=False, **settings)
     t = time.perf_counter()
     lab = c.fit_predict(x)
     dt = time.perf_counter() - t
@@ -85,6 +91,7 @@ def main() -> None:
     ap.add_argument("--variants", help="comma-separated subset of VARIANTS")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--floor", type=float, help="min_link_sim of the learned methods (default: the embedder's)")
     a = ap.parse_args()
     regs = (tuning_regimes if a.tuning else validation_regimes)(a.root, a.regimes.split(",") if a.regimes else None)
     methods = a.method or ["gcn-v", "gcn-ve", "adanets"]
@@ -99,7 +106,8 @@ def main() -> None:
               f"largest {r['largest_cluster']}/{r['largest_cluster_ids']} mixed {r['mixed_faces']}", flush=True)
         xr = l2_normalize(x)
         for m in methods:
-            lab0, ids, sims, plain, dt = base_run(m, x, a.cache, f"{name}-{m}")
+            extra = {} if a.floor is None else {"min_link_sim": a.floor}
+            lab0, ids, sims, plain, dt = base_run(m, x, a.cache, f"{name}-{m}" + (f"-floor{a.floor}" if extra else ""), **extra)
             for v, over in variants.items():
                 t = time.perf_counter()
                 lab = lab0 if over is None else refine_learned(lab0, ids, xr, embedder="dlib", overrides=over, plain=plain, sims=sims)

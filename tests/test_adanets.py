@@ -275,8 +275,11 @@ def test_similarity_floor_on_graph_and_final_links(tiny_ckpts):
     assert all(len(np.unique(y[on == c])) == 1 for c in np.unique(on))
     from facecluster.calibration import LINK_FLOOR_BY_EMBEDDER
 
-    c = get_clusterer("adanets", embedder="dlib", **kw)
+    from facecluster.cluster.refine import REFINED_LINK_FLOOR_BY_EMBEDDER
+
+    c = get_clusterer("adanets", embedder="dlib", refine=False, **kw)
     assert c.settings()["min_link_sim"] == LINK_FLOOR_BY_EMBEDDER["dlib"]
+    assert get_clusterer("adanets", embedder="dlib", **kw).settings()["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER["dlib"]
     assert c.feature_kind() == "raw"  # an original-layout checkpoint without meta
 
 
@@ -291,3 +294,29 @@ def test_shipped_weights_are_calibrated_and_copies_share_a_cluster():
     # the original algorithm may split them; the rule alone joins them
     off = AdaNetsClusterer(device="cpu", embedder="dlib", similarity_floor=False, join_duplicates=False).fit_predict(X)
     assert off.shape == (63,)
+
+
+def test_refine_default_follows_the_floor(tiny_ckpts, clustered_features):
+    """The default's post-steps run after Ada-NETS with the floor for dlib, not with
+    similarity_floor=false (the original algorithm: labels as with refine=false)."""
+    from facecluster.cluster.base import join_near_duplicates
+    from facecluster.cluster.refine import refine_learned
+    from facecluster.knn import l2_normalize
+
+    X, _ = clustered_features
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.9, k=20, embedder="dlib")
+    assert get_clusterer("adanets", **kw).settings()["refine"] is True
+    assert AdaNetsClusterer(device="cpu", embedder="dlib").settings()["refine"] is True  # shipped weights
+    off = get_clusterer("adanets", similarity_floor=False, join_duplicates=False, **kw)
+    assert off.settings()["refine"] is False
+    np.testing.assert_array_equal(
+        off.fit_predict(X), get_clusterer("adanets", similarity_floor=False, join_duplicates=False, refine=False, **kw).fit_predict(X)
+    )
+    # refine on = the method's labels, refine_learned on its own kNN lists, duplicate rule last
+    on = get_clusterer("adanets", min_link_sim=0.0, **kw)
+    lab = on.fit_predict(X)
+    base = get_clusterer("adanets", min_link_sim=0.0, refine=False, join_duplicates=False, **kw)
+    lab0 = base.fit_predict(X)
+    ids, sims = base.knn_
+    ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides={}, plain=True, sims=sims)
+    np.testing.assert_array_equal(lab, join_near_duplicates(X, ref, on.duplicate_sim(), knn_cache=ids))

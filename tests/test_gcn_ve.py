@@ -283,8 +283,12 @@ def test_similarity_floor_forbids_links_below_it(ckpts, method):
     # the floor is per embedder: a user checkpoint on dlib features gets dlib's floor
     from facecluster.calibration import LINK_FLOOR_BY_EMBEDDER
 
-    s = get_clusterer(method, embedder="dlib", **kw).settings()
+    from facecluster.cluster.refine import REFINED_LINK_FLOOR_BY_EMBEDDER
+
+    s = get_clusterer(method, embedder="dlib", refine=False, **kw).settings()
     assert s["min_link_sim"] == LINK_FLOOR_BY_EMBEDDER["dlib"] and s["features"] == "raw"
+    # with the refinement (on by default for dlib) the floor is the stricter refined one
+    assert get_clusterer(method, embedder="dlib", **kw).settings()["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER["dlib"]
     assert get_clusterer(method, embedder="dlib", similarity_floor=False, **kw).settings()["min_link_sim"] is None
 
 
@@ -334,3 +338,89 @@ def test_total_order_breaks_ties_by_index():
     r = gc.total_order(np.array([0.5, 0.5, 0.1, 0.5, 0.9], np.float32))
     # ascending confidence; among the 0.5s the lower index ranks higher
     np.testing.assert_array_equal(np.argsort(r), [2, 3, 1, 0, 4])
+
+
+# -------------------------------------------------------------------------------- refinement
+def _fragmented(seed=0, d=128):
+    """A tight group of 12 faces (plain cosine ~0.99) split into 11 + a lone face, and a
+    different person (cosine ~0.3 to the group) alone."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=d)
+    b = 0.3 * a + np.sqrt(1 - 0.09) * rng.normal(size=d)
+    X = np.concatenate([a + 0.08 * rng.normal(size=(12, d)), b[None] + 0.08 * rng.normal(size=(1, d))]).astype(np.float32)
+    labels = np.array([0] * 11 + [1, 2])
+    return X, labels
+
+
+def test_plain_knn_from_rescores_and_sorts():
+    from facecluster.cluster.refine import plain_knn_from
+
+    xr = l2_normalize(np.array([[1, 0], [0.6, 0.8], [0.99, 0.14], [0, 1]], np.float32))
+    # lists found in another space (wrong order, one -1 padding)
+    ids = np.array([[0, 1, 2, 3], [1, 3, 0, -1], [2, 1, 0, 3], [3, 0, 1, 2]])
+    i2, s2 = plain_knn_from(ids, xr)
+    np.testing.assert_array_equal(i2[0], [0, 2, 1, 3])
+    np.testing.assert_array_equal(i2[1], [1, 3, 0, -1])  # 0.8 > 0.6; the missing entry goes last
+    assert s2[1, 3] == -np.inf and np.all(np.diff(s2[:, :3], axis=1) <= 0)
+    np.testing.assert_allclose(s2[0, :2], [1.0, xr[0] @ xr[2]], rtol=1e-6)
+
+
+def test_refine_learned_attaches_a_fragment_not_a_stranger():
+    """The default's post-steps on a learned method's partition, from kNN lists in any order:
+    the lone face of the tight group joins it (its 10 nearest agree, cosine >= 0.93), the
+    different person stays alone."""
+    from facecluster.cluster.refine import refine_learned
+
+    X, labels = _fragmented()
+    xr = l2_normalize(X)
+    sims, ids = knn(xr, 13, normalize=False, backend="faiss", device="cpu")
+    scrambled = np.ascontiguousarray(ids[:, ::-1])  # the order must not matter
+    out = refine_learned(labels, scrambled, xr, embedder="dlib", overrides={})
+    assert len(np.unique(out[:12])) == 1 and out[12] != out[0]
+    # off by override: nothing joins
+    none = refine_learned(labels, ids, xr, embedder="dlib", overrides={"merge_fragments": False, "attach_max_size": 0, "attach_frac": 0.0})
+    np.testing.assert_array_equal(np.unique(none, return_inverse=True)[1], np.unique(labels, return_inverse=True)[1])
+    with pytest.raises(ValueError, match="unknown refine_settings"):
+        get_clusterer("gcn-v", refine_settings={"min_sim": 0.9})
+
+
+@pytest.mark.parametrize("method", ["gcn-v", "gcn-ve"])
+def test_refine_default_follows_the_floor(ckpts, method):
+    """On with the floor for an embedder with tuned post-step thresholds (dlib); off with
+    similarity_floor=false (the original algorithm, labels unchanged) and for unknown embedders."""
+    pv, pe, _, _ = ckpts
+    kw = dict(checkpoint_v=str(pv), device="cpu", use_gcn_feat=False, tau_0=0.3)
+    if method == "gcn-ve":
+        kw["checkpoint_e"] = str(pe)
+    assert get_clusterer(method, embedder="dlib", **kw).settings()["refine"] is True
+    assert get_clusterer(method, **kw).settings()["refine"] is False  # unknown embedder
+    off = get_clusterer(method, embedder="dlib", similarity_floor=False, join_duplicates=False, **kw)
+    assert off.settings()["refine"] is False
+    X, _ = _clustered(200, seed=3)
+    np.testing.assert_array_equal(
+        off.fit_predict(X),
+        get_clusterer(method, embedder="dlib", similarity_floor=False, join_duplicates=False, refine=False, **kw).fit_predict(X),
+    )
+    assert get_clusterer(method, embedder="dlib", similarity_floor=False, refine=True, **kw).settings()["refine"] is True
+
+
+@pytest.mark.parametrize("method", ["gcn-v", "gcn-ve"])
+def test_refine_in_fit_predict_is_the_shared_step(ckpts, method):
+    """fit_predict with refine on = the method's labels, then refine_learned on its own kNN
+    lists, then the near-duplicate rule."""
+    from facecluster.cluster.base import join_near_duplicates
+    from facecluster.cluster.refine import refine_learned
+
+    pv, pe, _, _ = ckpts
+    kw = dict(checkpoint_v=str(pv), device="cpu", embedder="dlib", min_link_sim=0.0)
+    if method == "gcn-ve":
+        kw["checkpoint_e"] = str(pe)
+    X, _ = _clustered(300, seed=6, noise=0.3)
+    on = get_clusterer(method, refine=True, **kw)
+    lab = on.fit_predict(X)
+    base = get_clusterer(method, refine=False, join_duplicates=False, **kw)
+    lab0 = base.fit_predict(X)
+    ids, sims = base.knn_
+    ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides={}, plain=True, sims=sims)
+    np.testing.assert_array_equal(lab, join_near_duplicates(X, ref, on.duplicate_sim(), knn_cache=ids))
+    assert {"merge", "attach", "attach_rel"} <= set(on.timings_)

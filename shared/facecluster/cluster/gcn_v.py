@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..calibration import calibration_mean, link_floor, pair_cosine, prepare_features
+from ..calibration import calibration_mean, pair_cosine, prepare_features
 from ..graph import build_adjacency, build_adjacency_torch, components, nearest_higher
 from ..knn import knn, l2_normalize
 from . import gcn_common as gc
 from .base import Clusterer
-from .refine import RefineConfig, refine_learned, refine_on
+from .refine import RefineConfig, learned_link_floor, refine_learned, refine_on
 
 #: the papers' MS1M test configs (cfg_test_gcnv_ms1m.py / cfg_test_gcne_ms1m.py)
 PAPER_DEFAULTS: dict[str, Any] = {
@@ -100,8 +100,9 @@ class GCNVConfig(RefineConfig):
     )
     min_link_sim: Optional[float] = Field(
         None, ge=-1.0, le=1.0, description="The similarity floor (cosine of the L2-normalised "
-        "descriptors). None: the value measured for the embedder (dlib: "
-        "calibration.LINK_FLOOR_BY_EMBEDDER); embedders without one get no floor unless set."
+        "descriptors). None: the value measured for the embedder: with the refinement on "
+        "(refine) refine.REFINED_LINK_FLOOR_BY_EMBEDDER (dlib 0.94), without it "
+        "calibration.LINK_FLOOR_BY_EMBEDDER (dlib 0.93); embedders without one get no floor unless set."
     )
 
 
@@ -133,10 +134,7 @@ class GCNVClusterer(Clusterer):
 
     def link_floor(self) -> Optional[float]:
         """The similarity floor in use (None: off)."""
-        c = self.config
-        if not c.similarity_floor:
-            return None
-        return c.min_link_sim if c.min_link_sim is not None else link_floor(self.embedder())
+        return learned_link_floor(self.config, self.embedder())
 
     def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) input → (plain L2-normalised, what the network reads)."""

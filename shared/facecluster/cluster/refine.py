@@ -176,8 +176,8 @@ class RefineConfig(ClusterConfig):
     refine_settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of the post-step settings, by their infomap names (merge_min_sim, "
-        "attach_frac, ...; facecluster.cluster.refine.REFINE_FIELDS); the rest are infomap's "
-        "defaults for the embedder.",
+        "attach_frac, ...; facecluster.cluster.refine.REFINE_FIELDS). Unset: infomap's defaults for "
+        "the embedder, except refine.LEARNED_REFINE_DEFAULTS (attach_share 0.6).",
     )
 
     @field_validator("refine_settings")
@@ -199,6 +199,36 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
     return bool(getattr(config, "similarity_floor", False)) and (embedder or "") in MERGE_MIN_SIM_BY_EMBEDDER
 
 
+#: Where the learned methods' refinement departs from Infomap's post-step settings (chosen on the
+#: training identities, docs/benchmarks/gcn_ve.md §7): a small cluster attaches when 60 % of its
+#: members' 10 nearest neighbours agree (Infomap: 80 %). A learned method's partition leaves more
+#: small same-person fragments whose neighbours mostly, not almost all, agree.
+LEARNED_REFINE_DEFAULTS: dict[str, Any] = {"attach_share": 0.6}
+
+#: The similarity floor of a learned method's own links when the refinement runs after it, per
+#: embedder (plain-descriptor cosine; without the refinement ``calibration.LINK_FLOOR_BY_EMBEDDER``
+#: applies). The refinement wins back the recall a stricter floor costs (it joins fragments and
+#: lone faces by neighbour vote), so the floor can cut more of the different-person links the
+#: learned parts make on a new source. dlib: chosen on the training identities
+#: (``bench/refine_learned.py --tuning --floor F``) by the worst regime of gcn-ve,
+#: docs/benchmarks/gcn_ve.md §7.
+REFINED_LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.94}
+
+
+def learned_link_floor(config: RefineConfig, embedder: Optional[str]) -> Optional[float]:
+    """The floor a learned method uses (None: off): ``min_link_sim`` when set, else the
+    embedder's refined floor when the refinement runs, else its plain floor."""
+    from ..calibration import link_floor
+
+    if not getattr(config, "similarity_floor", False):
+        return None
+    if getattr(config, "min_link_sim", None) is not None:
+        return config.min_link_sim
+    if refine_on(config, embedder) and (embedder or "") in REFINED_LINK_FLOOR_BY_EMBEDDER:
+        return REFINED_LINK_FLOOR_BY_EMBEDDER[embedder or ""]
+    return link_floor(embedder)
+
+
 def refine_learned(
     labels: np.ndarray,
     ids: np.ndarray,
@@ -218,7 +248,8 @@ def refine_learned(
     ids : (N, k) int the method's kNN ids (self included).
     xr : (N, D) float32 plain L2-normalised descriptors.
     embedder : picks Infomap's thresholds for these descriptors.
-    overrides : post-step settings replacing Infomap's (``REFINE_FIELDS`` names).
+    overrides : post-step settings replacing Infomap's (``REFINE_FIELDS`` names), on top of
+        ``LEARNED_REFINE_DEFAULTS``.
     plain, sims : when ``plain`` the lists are already plain-cosine ones with ``sims``
         (no re-scoring needed).
 
@@ -230,7 +261,7 @@ def refine_learned(
 
     if len(labels) == 0:
         return np.asarray(labels, np.int64)
-    im = InfomapClusterer(embedder=embedder, **overrides)
+    im = InfomapClusterer(embedder=embedder, **{**LEARNED_REFINE_DEFAULTS, **overrides})
     if plain and sims is not None:
         ids_p, sims_p = np.asarray(ids, np.int64), np.asarray(sims, np.float32)
     else:

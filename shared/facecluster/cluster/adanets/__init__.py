@@ -26,13 +26,13 @@ from typing import ClassVar, Literal, Optional
 import numpy as np
 from pydantic import Field
 
-from ...calibration import calibration_mean, link_floor, pair_cosine, prepare_features
+from ...calibration import calibration_mean, pair_cosine, prepare_features
 from ...graph import components
 from ...knn import knn, l2_normalize
 from ...progress import bar
 from ..base import Clusterer
 from ..gcn_common import checkpoint_features
-from ..refine import RefineConfig, refine_learned, refine_on
+from ..refine import RefineConfig, learned_link_floor, refine_learned, refine_on
 from .and_model import ANDModel, load_and_checkpoint, predict_k
 from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
@@ -99,7 +99,8 @@ class AdaNetsConfig(RefineConfig):
         ge=-1.0,
         le=1.0,
         description="The similarity floor (cosine of the L2-normalised descriptors). None: the value "
-        "measured for the embedder (dlib: calibration.LINK_FLOOR_BY_EMBEDDER); none for embedders without one.",
+        "measured for the embedder: with the refinement on (refine) refine.REFINED_LINK_FLOOR_BY_EMBEDDER "
+        "(dlib 0.94), without it calibration.LINK_FLOOR_BY_EMBEDDER (dlib 0.93); none for embedders without one.",
     )
 
 
@@ -142,10 +143,7 @@ class AdaNetsClusterer(Clusterer):
 
     def link_floor(self) -> Optional[float]:
         """The similarity floor in use (None: off)."""
-        c = self.config
-        if not c.similarity_floor:
-            return None
-        return c.min_link_sim if c.min_link_sim is not None else link_floor(self.embedder())
+        return learned_link_floor(self.config, self.embedder())
 
     def settings(self) -> dict:
         d = super().settings()
