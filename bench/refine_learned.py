@@ -1,7 +1,7 @@
 """Does the default method's refinement close the learned methods' recall gap? (issue 11)
 
     python bench/refine_learned.py --root WORKDIRS [--tuning] [--regimes R1,R2] \
-        [--method gcn-v --method gcn-ve --method adanets] [--floor 0.94] [--cache DIR] [--json OUT]
+        [--method gcn-v --method gcn-ve --method adanets] [--floor 0.94] [--exact-knn] [--cache DIR] [--json OUT]
 
 Each learned method runs once per regime with its defaults (similarity floor on) but
 ``refine=false`` and ``join_duplicates=false``; then every refinement variant in ``VARIANTS``
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import run_method  # noqa: E402
 from facecluster.cluster import get_clusterer  # noqa: E402
 from facecluster.cluster.base import join_near_duplicates  # noqa: E402
-from facecluster.cluster.refine import refine_learned  # noqa: E402
-from facecluster.knn import l2_normalize  # noqa: E402
+from facecluster.cluster.refine import plain_knn_from, refine_learned  # noqa: E402
+from facecluster.knn import knn, l2_normalize  # noqa: E402
 from facecluster.metrics import evaluate  # noqa: E402
 from regimes import tuning_regimes, validation_regimes  # noqa: E402
 
@@ -58,6 +58,11 @@ VARIANTS: dict[str, dict | None] = {
     "attach-share0.6": {"attach_share": 0.6},
     "attach-share0.7": {"attach_share": 0.7},
     "attach-size5": {"attach_max_size": 5, "attach_share": 0.8},
+    "frac0.1": {"attach_frac": 0.1},
+    "frac0.2": {"attach_frac": 0.2},
+    "frac0.2-margin0.02": {"attach_frac": 0.2, "attach_rel_margin": 0.02},
+    "frac0.2-q20": {"attach_frac": 0.2, "attach_rel_q": 20.0},
+    "frac0.5": {"attach_frac": 0.5},
 }
 
 
@@ -92,6 +97,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--floor", type=float, help="min_link_sim of the learned methods (default: the embedder's)")
+    ap.add_argument(
+        "--exact-knn",
+        action="store_true",
+        help="also refine on an exact plain-cosine kNN (k 80) and print its top-41 overlap with the re-scored lists",
+    )
     a = ap.parse_args()
     regs = (tuning_regimes if a.tuning else validation_regimes)(a.root, a.regimes.split(",") if a.regimes else None)
     methods = a.method or ["gcn-v", "gcn-ve", "adanets"]
@@ -108,6 +118,15 @@ def main() -> None:
         for m in methods:
             extra = {} if a.floor is None else {"min_link_sim": a.floor}
             lab0, ids, sims, plain, dt = base_run(m, x, a.cache, f"{name}-{m}" + (f"-floor{a.floor}" if extra else ""), **extra)
+            if a.exact_knn and not plain:
+                se, ie = knn(xr, 80, normalize=False, backend="faiss", device="cpu")
+                ir, _ = plain_knn_from(ids, xr)
+                m41 = min(41, ie.shape[1])
+                ov = np.mean([len(np.intersect1d(ir[i, :m41], ie[i, :m41])) / m41 for i in range(len(xr))])
+                fa = evaluate(y, refine_learned(lab0, ids, xr, embedder="dlib", overrides={}))["bcubed_fscore"]
+                fb = evaluate(y, refine_learned(lab0, ie, xr, embedder="dlib", overrides={}, plain=True, sims=se))["bcubed_fscore"]
+                print(f"{name:22s} {m:8s} re-scored vs exact plain kNN: top-{m41} overlap {ov:.4f}, "
+                      f"BCubed F after refinement {fa:.4f} vs {fb:.4f}", flush=True)
             for v, over in variants.items():
                 t = time.perf_counter()
                 lab = lab0 if over is None else refine_learned(lab0, ids, xr, embedder="dlib", overrides=over, plain=plain, sims=sims)

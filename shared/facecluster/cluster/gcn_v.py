@@ -28,6 +28,11 @@ the result is learn-to-cluster's, for A/B checks):
   of links can join hundreds of people when the learned confidences are wrong on a new source.
 * **ties**: confidences are replaced by ranks of a strict total order (ties to the lower
   index, ``gcn_common.total_order``) so identical faces link to each other.
+* **refinement** (``refine``, on by default when the floor is on and the embedder has tuned
+  post-step thresholds): the default method's post-steps (``cluster/refine.py``: fragment merge,
+  small-cluster and relative attach) run on the labels, on the stage-A kNN re-scored with the
+  plain cosine; with it the floor is ``refine.REFINED_LINK_FLOOR_BY_EMBEDDER`` (dlib 0.94: the
+  post-steps win back the recall a stricter floor costs). docs/benchmarks/gcn_ve.md §7.
 * **features per checkpoint**: the pipeline passes the plain descriptors
   (``wants_raw_features``) and the method prepares what its checkpoint was trained on
   (``features``: raw | calibrated, from the checkpoint's ``meta``; old checkpoints keep working).

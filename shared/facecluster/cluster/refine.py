@@ -9,8 +9,9 @@ lists (ids and cosine similarities of the plain L2-normalised descriptors): the 
 (:func:`facecluster.graph.split_weak`, off by default). :func:`refine_partition` runs them in
 Infomap's order with Infomap's settings; the learned methods (gcn-v, gcn-ve, adanets) run the
 same function on their own output (:func:`refine_learned`, setting ``refine``), with the
-thresholds Infomap uses for the embedder: they are properties of the plain-descriptor cosine,
-not of Infomap.
+thresholds Infomap uses for the embedder (they are properties of the plain-descriptor cosine, not
+of Infomap) except ``LEARNED_REFINE_DEFAULTS``, and with a stricter similarity floor on their own
+links (``REFINED_LINK_FLOOR_BY_EMBEDDER``). Measured: docs/benchmarks/gcn_ve.md §7.
 
 The learned methods search their kNN on the features their checkpoint expects (mean-centred
 for the shipped dlib weights). :func:`plain_knn_from` turns those lists into plain-cosine

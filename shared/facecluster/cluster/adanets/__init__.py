@@ -13,7 +13,10 @@ algorithm, for A/B checks): both the adaptive graph's edges and the final links 
 cosine of the plain L2-normalised descriptors to reach ``min_link_sim`` (measured per embedder,
 ``calibration.LINK_FLOOR_BY_EMBEDDER``; user checkpoints get it too). The pipeline passes the
 plain descriptors (``wants_raw_features``); the method prepares what the AND checkpoint was
-trained on (``features``: raw | calibrated, from its ``meta``).
+trained on (``features``: raw | calibrated, from its ``meta``). Then (``refine``, on by default
+with the floor for dlib) the default method's post-steps run on the labels, on the input kNN
+re-scored with the plain cosine, and the floor is the stricter refined one (dlib 0.94;
+``cluster/refine.py``, docs/benchmarks/adanets.md §6).
 """
 
 from __future__ import annotations
