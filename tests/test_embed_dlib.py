@@ -272,3 +272,23 @@ def test_cpu_fast_path_matches_plain_network(layers, emb, real_chips):
     with torch.no_grad():
         y = net(x.contiguous()).numpy()
     assert np.abs(y - got).max() < 1e-5
+
+
+def test_constructing_the_embedder_does_not_import_torch():
+    """torch (1-3 s of CPU here) is imported when the network is first needed, so the embed
+    runner can start its alignment workers first; the network is then built by ``warmup``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from facecluster.embed import get_embedder\n"
+        "e = get_embedder('dlib')\n"
+        "e.fingerprint(); e.describe(); e.preparer()\n"
+        "assert 'torch' not in sys.modules, 'torch imported by the constructor'\n"
+        "e.warmup()\n"
+        "assert 'torch' in sys.modules and e._net is not None\n"
+        "print('ok')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
