@@ -12,9 +12,14 @@ Configurations
 * ``e2e t=T``: decode (``facecluster.imageio.load_image``) + alignment (HOG + 5 landmarks + chip,
   ``DlibEmbedder.prepare``) + network at batch 64, with the three times reported separately
 
+* ``--cpu-bound``: FLOPs per chip, sgemm GFLOP/s and the forward's ms/chip in CPU time per batch
+  size, optionally against another checkout's network (``--baseline /work/main/shared``)
+
 Usage::
 
     python bench/embed_network.py [--n 256] [--n-dlib 48] [--device cpu]
+    python bench/embed_network.py --cpu-bound --threads 1 --batches 1,8,16,32,64,128 --repeat 6 \\
+        --baseline /work/main/shared
 """
 
 from __future__ import annotations
@@ -144,6 +149,94 @@ def child(args: argparse.Namespace) -> dict:
     raise SystemExit(f"unknown mode {mode}")
 
 
+def _conv_flops(net) -> float:
+    """FLOPs (2 x multiply-adds of the convolutions and the fc layer) of one 150x150 chip."""
+    import torch
+
+    total = [0.0]
+
+    def hook(m, inp, out):
+        w = m.weight
+        total[0] += 2.0 * out[0].numel() * w.shape[1] * w.shape[2] * w.shape[3]
+
+    convs = [m for m in net.modules() if hasattr(m, "weight") and getattr(m, "weight").dim() == 4]
+    hs = [m.register_forward_hook(hook) for m in convs]
+    with torch.inference_mode():
+        net(torch.zeros(1, 3, 150, 150))
+    for h in hs:
+        h.remove()
+    return total[0] + 2.0 * net.fc.numel()
+
+
+def _load_baseline(shared: str):
+    """``load_dlib_resnet`` of another checkout's ``shared/`` (e.g. main), under a separate name."""
+    import importlib.util
+
+    src = Path(shared) / "facecluster" / "embed" / "dlib_resnet.py"
+    spec = importlib.util.spec_from_file_location("facecluster.embed._baseline_dlib_resnet", src)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod.load_dlib_resnet()
+
+
+def cpu_bound(args: argparse.Namespace) -> None:
+    """How close the CPU forward is to this CPU's compute bound (issue 12, CPU half).
+
+    Prints the network's FLOPs per chip, a large sgemm's GFLOP/s on the same threads, and per
+    batch size the forward's ms/chip and GFLOP/s as *CPU time* of this process (so that other
+    processes on a shared box inflate it less than wall time), optionally against a baseline
+    checkout's network alternating in the same process.
+    """
+    import statistics
+
+    import torch
+
+    from facecluster.embed.dlib_resnet import DlibEmbedder
+    from facecluster.imageio import load_image
+
+    threads = int(args.threads.split(",")[0])
+    torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 else time.process_time
+    emb = DlibEmbedder(threads=threads)
+    paths = sample_paths(64)
+    chips = np.stack([emb.prepare(load_image(p), {}) for p in paths])
+    nets = {"this checkout": emb.net}
+    if args.baseline:
+        nets["baseline"] = _load_baseline(args.baseline)
+    gflop = _conv_flops(emb.net) / 1e9
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    ts = []
+    for _ in range(5):
+        t = clock()
+        a @ b
+        ts.append(clock() - t)
+    sgemm = 2 * 2048**3 / statistics.median(ts) / 1e9
+    print(f"{threads} thread(s), load {os.getloadavg()[0]:.1f}: network {gflop:.3f} GFLOP per chip; "
+          f"sgemm 2048^3 {sgemm:.1f} GFLOP/s (CPU time)")
+    print("| batch | " + " | ".join(f"{k} ms/chip (GFLOP/s)" for k in nets) + " | max abs diff |")
+    print("|---|" + "---|" * (len(nets) + 1))
+    rows = []
+    for bsz in [int(x) for x in args.batches.split(",")]:
+        c = np.concatenate([chips] * (bsz // len(chips) + 1))[:bsz]
+        times = {k: [] for k in nets}
+        with torch.inference_mode():
+            outs = {k: n(torch.from_numpy(c).permute(0, 3, 1, 2).float()) for k, n in nets.items()}
+            for _ in range(args.repeat):
+                for k, n in nets.items():  # alternating: load changes hit both alike
+                    t = clock()
+                    n(torch.from_numpy(c).permute(0, 3, 1, 2).float())
+                    times[k].append(clock() - t)
+        med = {k: statistics.median(v) / bsz for k, v in times.items()}
+        diff = max(float((o - outs["this checkout"]).abs().max()) for o in outs.values())
+        print(f"| {bsz} | " + " | ".join(f"{1e3 * med[k]:.2f} ({gflop / med[k]:.1f})" for k in nets) + f" | {diff:.1e} |")
+        rows.append({"batch": bsz, "ms_per_chip": {k: 1e3 * v for k, v in med.items()}, "max_abs_diff": diff})
+    if args.json:
+        args.json.write_text(json.dumps({"threads": threads, "gflop_per_chip": gflop, "sgemm_gflops": sgemm,
+                                         "rows": rows, "load": os.getloadavg()[0]}, indent=1))
+
+
 def run_child(argv: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -161,6 +254,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=4, help="alternations in the paired dlib-bin/port run")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--cpu-bound", action="store_true",
+                    help="only the CPU compute-bound report: FLOPs, sgemm GFLOP/s, ms/chip in CPU time "
+                         "per batch size (first of --threads), optionally vs --baseline")
+    ap.add_argument("--baseline", help="with --cpu-bound: another checkout's shared/ folder to compare "
+                                       "(e.g. /work/main/shared), alternating in one process")
     # internal (child processes)
     ap.add_argument("--child")
     ap.add_argument("--chips")
@@ -175,6 +273,10 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         print(json.dumps(child(args)))
+        return
+
+    if args.cpu_bound:
+        cpu_bound(args)
         return
 
     from facecluster.embed.dlib_resnet import DlibEmbedder

@@ -167,11 +167,70 @@ def cmd_steps(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def _timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall s, peak RSS MB of the process tree, output tail) of one child command."""
+class _TreeCPU:
+    """CPU seconds (user + system) of a process and all its descendants, polled from /proc.
+
+    ``getrusage(RUSAGE_CHILDREN)`` misses the embed workers: they are children of the
+    multiprocessing fork server, which nobody waits for. So a thread reads ``/proc/<pid>/stat``
+    of every descendant every ``period`` s and keeps each process's last value; the CPU a
+    process spends after its last poll (< ``period`` s) is missed. Linux only (else 0).
+    """
+
+    def __init__(self, pid: int, period: float = 0.2):
+        import threading
+
+        self.pid, self.period, self.seen = pid, period, {}
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _poll(self) -> None:
+        stats = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / self.hz)  # ppid, utime + stime
+        tree, grew = {self.pid}, True
+        while grew:
+            new = {p for p, (pp, _) in stats.items() if pp in tree} - tree
+            tree |= new
+            grew = bool(new)
+        for p in tree:
+            if p in stats:
+                self.seen[p] = max(self.seen.get(p, 0.0), stats[p][1])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._poll()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return sum(self.seen.values())
+
+
+def _timed(cmd: list[str], env: dict, cpu: list[float] | None = None) -> tuple[float, float, str]:
+    """(wall s, peak RSS MB of the process tree, output tail) of one child command.
+
+    ``cpu``, if given, gets the command's CPU seconds appended: the whole process tree's
+    (:class:`_TreeCPU`), at least the waited-for processes' (``RUSAGE_CHILDREN``).
+    """
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree = _TreeCPU(proc.pid) if sys.platform.startswith("linux") else None
+    out, err = proc.communicate()
     dt = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    waited = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    polled = tree.stop() if tree is not None else 0.0
+    if cpu is not None:
+        cpu.append(max(waited, polled))
+    p = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
@@ -187,22 +246,27 @@ def cmd_e2e(args: argparse.Namespace) -> None:
     if args.worker_kind:
         env["FACECLUSTER_EMBED_WORKERS"] = args.worker_kind
     fc = [sys.executable, "-m", "facecluster.cli"]
-    t_prep, _, _ = _timed([*fc, "prepare", args.input, "-w", str(work)], env)
+    cpu: list[float] = []
+    load0 = os.getloadavg()[0]
+    t_prep, _, _ = _timed([*fc, "prepare", args.input, "-w", str(work)], env, cpu)
     cmd = [*fc, "embed", "-w", str(work), "--device", args.device, "--batch-size", str(args.batch_size),
            "--embedder", args.embedder]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
-    t_emb, rss, tail = _timed(cmd, env)
+    t_emb, rss, tail = _timed(cmd, env, cpu)
     meta = json.loads(next((work / "features").glob("*.meta.json")).read_text()) if (work / "features").is_dir() else {}
     errors = len(meta.get("errors", {})) if isinstance(meta.get("errors"), dict) else meta.get("errors")
     wall = t_prep + t_emb
     data = {"n": n, "device": args.device, "embedder": args.embedder, "workers": args.workers,
             "worker_kind": args.worker_kind or "auto", "prepare_s": t_prep, "embed_s": t_emb, "wall_s": wall,
-            "faces_per_s": n / wall, "peak_rss_mb": rss, "errors": errors, "embed_output": tail}
+            "faces_per_s": n / wall, "peak_rss_mb": rss, "errors": errors, "embed_output": tail,
+            "prepare_cpu_s": cpu[0], "embed_cpu_s": cpu[1], "cpu_s": sum(cpu), "load_1min": load0}
     print(f"e2e: {n} records, {args.embedder}, {args.device}: {tail}")
     _emit(args, [(n, args.embedder, args.device, args.workers if args.workers is not None else "default",
-                  f"{t_prep:.1f}", f"{t_emb:.1f}", f"{n / wall:.0f}", f"{rss:.0f}", errors)],
-          ("records", "embedder", "device", "workers", "prepare s", "embed s", "faces/s", "peak RSS MB", "errors"), data)
+                  f"{t_prep:.1f}", f"{t_emb:.1f}", f"{n / wall:.0f}", f"{sum(cpu):.1f}", f"{load0:.1f}", f"{rss:.0f}",
+                  errors)],
+          ("records", "embedder", "device", "workers", "prepare s", "embed s", "faces/s", "CPU s", "load", "peak RSS MB",
+           "errors"), data)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

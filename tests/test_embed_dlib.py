@@ -225,3 +225,70 @@ def test_mirror_averaging_is_opt_in(emb, real_chips):
     assert on.fingerprint() != emb.fingerprint() == get_embedder("dlib?mirror=false").fingerprint()
     with pytest.raises(EmbedderError):
         get_embedder("dlib?mirror=sometimes")
+
+
+def _plain_forward(layers, x: torch.Tensor) -> torch.Tensor:
+    """The network straight from the .dat layers in float64, op by op as dlib runs it: no folding,
+    no in-place ops, NCHW (the reference for the CPU fast path's rewrites)."""
+    import torch.nn.functional as F
+
+    def con(layer, aff, t):
+        w = torch.from_numpy(layer.tensors["weight"]).double()
+        b = torch.from_numpy(layer.tensors["bias"]).double()
+        s = layer.settings
+        y = F.conv2d(t, w, b, (s["stride_y"], s["stride_x"]), (s["pad_y"], s["pad_x"]))
+        g = torch.from_numpy(aff.tensors["gamma"]).double().view(1, -1, 1, 1)
+        return y * g + torch.from_numpy(aff.tensors["beta"]).double().view(1, -1, 1, 1)
+
+    inp, stem, body, fc = layers[0], layers[1:5], layers[5:-2], layers[-1]
+    t = (x.double() - torch.tensor(inp.settings["means"], dtype=torch.float64).view(1, 3, 1, 1)) / 256
+    mp = stem[3].settings
+    t = F.max_pool2d(F.relu(con(stem[0], stem[1], t)), mp["nr"], mp["stride_y"])
+    i = 0
+    while i < len(body):
+        y = con(body[i + 3], body[i + 4], F.relu(con(body[i], body[i + 1], t)))
+        if body[i + 5].kind == "avg_pool":
+            s = body[i + 5].settings
+            sc, i = F.avg_pool2d(t, s["nr"], s["stride_y"]), i + 8
+        else:
+            sc, i = t, i + 7
+        t = F.relu(add_prev(y, sc))
+    return t.mean(dim=(2, 3)) @ torch.from_numpy(fc.tensors["weight"]).double()
+
+
+def test_cpu_fast_path_matches_plain_network(layers, emb, real_chips):
+    """The CPU forward's rewrites (input normalisation folded into the stem, max-pool before the
+    stem ReLU, in-place ReLUs and residual sums, channels_last) change nothing but rounding."""
+    layers_, _ = layers
+    x = torch.from_numpy(real_chips).permute(0, 3, 1, 2).float()
+    want = _plain_forward(layers_, x).numpy()
+    got = emb.embed_batch(real_chips)
+    assert emb.net.input_folded and emb.net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.99999, cos
+    assert np.abs(got - want).max() < 1e-5
+    # plain NCHW input and calls outside inference_mode give the same descriptors
+    net = load_dlib_resnet()
+    with torch.no_grad():
+        y = net(x.contiguous()).numpy()
+    assert np.abs(y - got).max() < 1e-5
+
+
+def test_constructing_the_embedder_does_not_import_torch():
+    """torch (1-3 s of CPU here) is imported when the network is first needed, so the embed
+    runner can start its alignment workers first; the network is then built by ``warmup``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from facecluster.embed import get_embedder\n"
+        "e = get_embedder('dlib')\n"
+        "e.fingerprint(); e.describe(); e.preparer()\n"
+        "assert 'torch' not in sys.modules, 'torch imported by the constructor'\n"
+        "e.warmup()\n"
+        "assert 'torch' in sys.modules and e._net is not None\n"
+        "print('ok')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]

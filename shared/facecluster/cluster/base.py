@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 def resolve_device(device: str = "auto") -> str:
     """"auto" → "cuda" when torch sees a GPU, else "cpu"; other values are checked."""
+    if device == "cpu":  # no torch import: `facecluster embed --device cpu` imports it later,
+        return device  # while its alignment workers run (facecluster.embed.runner)
     import torch
 
     if device == "auto":

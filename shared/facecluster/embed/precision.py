@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
 from .base import EmbedderError
+
+# torch is imported inside the functions that use it: check_precision runs when an embedder is
+# constructed, which should not import torch (see facecluster.embed.dlib_resnet)
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
@@ -36,15 +37,19 @@ def check_precision(precision: str, device: str = "cuda") -> str:
 
 def configure_backends(precision: str) -> None:
     """Set the process-wide TF32 switches for ``precision`` (they are global in torch)."""
+    import torch
+
     allow = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = allow
     torch.backends.cudnn.allow_tf32 = allow
     torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
 
 
-def autocast_context(device: torch.device, precision: str):
-    """Autocast context for bf16/fp16 on CUDA; a no-op otherwise."""
+def autocast_context(device, precision: str):
+    """Autocast context for bf16/fp16 on CUDA (``device``: a ``torch.device``); a no-op otherwise."""
     if precision in ("bf16", "fp16"):
+        import torch
+
         if device.type != "cuda":
             raise EmbedderError(f"precision {precision!r} is only supported on CUDA; use fp32 on CPU")
         return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -402,7 +402,8 @@ def iter_embed_chunks(
     progress : rich progress bar (None: when stderr is a terminal).
     load : path → (H, W, 3) uint8 RGB (default :func:`facecluster.imageio.load_image`).
     timings : if given, filled with seconds: decode, prepare (summed over threads), network
-        (main thread, including waits for the GPU), wait (main thread waiting for chunks), wall;
+        (main thread, including waits for the GPU), wait (main thread waiting for chunks), wall,
+        warmup (the embedder's optional ``warmup()``, run while the workers start on the first chunks);
         with ``decoder=nvjpeg`` also gpu_decode (seconds) and gpu_images (count); with
         ``decoder=dali`` dali_decode and dali_images.
     workers : "auto", "threads" or "processes" (see :func:`use_processes`; None: the environment's
@@ -474,6 +475,13 @@ def iter_embed_chunks(
                     inflight.append(submit(r))
                     if len(inflight) >= num_workers + 2:
                         break
+                # set up the network (dlib: import torch, parse the .dat) while the workers
+                # prepare the first chunks rather than before they start
+                warmup = getattr(embedder, "warmup", None)
+                if callable(warmup):
+                    t0 = time.perf_counter()
+                    warmup()
+                    t["warmup"] = time.perf_counter() - t0
                 while inflight:
                     t0 = time.perf_counter()
                     c = inflight.popleft().result()
