@@ -154,3 +154,26 @@ def test_dlib_embedder_accepts_agree():
     emb = DlibEmbedder(margin="agree")
     assert emb.aligner.kind == "agree"
     assert "HOG" in emb.preprocessing
+
+
+def test_agree_landmarks_batched_equals_per_crop():
+    """The batch form (any predictor callable over all crops at once) gives the per-crop result."""
+    imgs = _crops(3, 2, 2)
+    pred = dlib.shape_predictor(str(default_landmarks_path()))
+    m = A.mean_shape(default_landmarks_path())
+    calls = []
+
+    def predict(boxes):
+        calls.append(len(boxes))
+        return np.stack([_pts(pred(im, A._dlib_rect(b))) for im, b in zip(imgs, boxes)])
+
+    hw = np.array([im.shape[:2] for im in imgs])
+    pts, ok = A.agree_landmarks(predict, hw, m)
+    assert pts.shape == (len(imgs), 5, 2) and ok.shape == (len(imgs),) and ok.dtype == bool
+    assert calls == [len(imgs)] * sum(1 + r for _, _, r in A.AGREE_STARTS)  # 3 batched predictor runs
+    ag = A.Aligner("agree")
+    for im, p, k in zip(imgs, pts, ok):
+        shape, rule = ag.landmarks_rule(im)
+        assert (rule == "agree") == bool(k) or rule == "agree"  # disagreement + no HOG box -> first start
+        if rule == "agree":
+            np.testing.assert_array_equal(_pts(shape), p)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -237,6 +238,47 @@ def landmarks_agree(a: np.ndarray, b: np.ndarray, tol: float = AGREE_TOL) -> np.
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff = np.abs(a - b).max(axis=(-2, -1))
     return diff <= tol * np.maximum(interocular(a), 1.0)
+
+
+def agree_landmarks(
+    predict: Callable[[np.ndarray], np.ndarray],
+    hw: np.ndarray,
+    mean: np.ndarray,
+    starts: tuple[tuple[float, float, int], ...] | None = None,
+    tol: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detector-free half of ``"agree"`` for a batch of crops, with any landmark predictor.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(boxes)`` with ``boxes`` (N, 4) float (left, top, right, bottom) pixels, one per
+        crop of the batch in order, returns (N, 5, 2) landmarks in pixels. dlib's predictor takes
+        integer rectangles: round the boxes to the nearest integer to reproduce it (the CPU path
+        uses ``int(round(v))``).
+    hw : (N, 2) crop sizes (height, width) in pixels, after :func:`normalise_size`.
+    mean : (5, 2) the predictor's mean shape (:func:`mean_shape`).
+    starts, tol : default :data:`AGREE_STARTS`, :data:`AGREE_TOL`.
+
+    Returns
+    -------
+    pts : (N, 5, 2) float64, the first start's landmarks.
+    agree : (N,) bool; where False the crop goes to the HOG path (:meth:`Aligner.hog_rect` and one
+        predictor run from its box; no plausible detection: keep ``pts``).
+    """
+    starts = AGREE_STARTS if starts is None else starts
+    tol = AGREE_TOL if tol is None else tol
+    hw = np.asarray(hw, np.float64).reshape(-1, 2)
+    found = []
+    for margin, shift, refits in starts:
+        pts = np.asarray(predict(start_boxes(hw, margin, shift)), np.float64)
+        for _ in range(refits):
+            pts = np.asarray(predict(refit_boxes(pts, mean)), np.float64)
+        found.append(pts)
+    ok = np.ones(len(hw), bool)
+    for other in found[1:]:
+        ok &= landmarks_agree(found[0], other, tol)
+    return found[0], ok
 
 
 def _detector() -> "dlib.fhog_object_detector":
@@ -439,18 +481,20 @@ class Aligner:
         _require_dlib()
         pred = _predictor(self.landmarks_path)
         h, w = img.shape[:2]
-        shapes, pts = [], []
-        for margin, shift, refits in AGREE_STARTS:
-            shape = pred(img, _dlib_rect(start_box(h, w, margin, shift)))
-            for _ in range(refits):
-                shape = pred(img, _dlib_rect(refit_box(_points(shape), self._mean)))
-            shapes.append(shape)
-            pts.append(_points(shape))
-        if all(bool(landmarks_agree(pts[0], q, AGREE_TOL)) for q in pts[1:]):
-            return shapes[0], "agree"
+
+        def predict(boxes: np.ndarray) -> np.ndarray:
+            return np.stack([_points(pred(img, _dlib_rect(b))) for b in boxes])
+
+        pts, ok = agree_landmarks(predict, np.array([[h, w]]), self._mean, AGREE_STARTS, AGREE_TOL)
+        first = dlib.full_object_detection(
+            _dlib_rect(start_boxes(np.array([h, w]), *AGREE_STARTS[0][:2])),
+            [dlib.point(int(x), int(y)) for x, y in pts[0]],
+        )
+        if ok[0]:
+            return first, "agree"
         r = self.hog_rect(img)
         if r is None:  # no plausible detection either: the first start is the better guess than a fixed box
-            return shapes[0], "agree"
+            return first, "agree"
         return pred(img, _dlib_rect(r)), "hog"
 
     def landmarks_in(self, img: np.ndarray, box: tuple[float, float, float, float]) -> "dlib.full_object_detection":
