@@ -16,6 +16,8 @@ descriptors are scored by
   copies. On these samples the default method's BCubed F moves by 0.005-0.02 under such a
   perturbation, more than the 0.003 a change of alignment may cost, so single values compare
   alignments only to that noise floor,
+* ``flips``: images whose 1-NN is right only under the first strategy / only under this one, and
+  the two-sided sign test p of that split (a 1-NN difference of a few images is often chance),
 * ``cos``: median / 5th percentile / minimum cosine of each image's descriptor to the first
   strategy's (the reference, e.g. ``auto``),
 * ``align ms``: CPU time per crop of the landmark step (HOG included at its measured per-crop cost
@@ -44,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from facecluster.embed import align as A
 from facecluster.embed.dlib_resnet import DlibEmbedder
@@ -101,7 +104,8 @@ def score(feats: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     s = x @ x.T
     np.fill_diagonal(s, -np.inf)
-    nn1 = float((labels[s.argmax(1)] == labels).mean())
+    hit = labels[s.argmax(1)] == labels
+    nn1 = float(hit.mean())
     iu = np.triu_indices(len(labels), 1)
     same = (labels[:, None] == labels[None, :])[iu]
     auc = float(roc_auc_score(same, s[iu]))
@@ -113,7 +117,7 @@ def score(feats: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
     pred = get_clusterer(DEFAULT_METHOD, device="cpu").fit_predict(prepare_features(feats, calibration_mean("dlib")))
     return {"1nn": nn1, "auc": auc, "d_same": float(d[same].mean()), "d_diff": float(d[~same].mean()),
-            "bcubed_f": float(bcubed(labels, pred)[2])}
+            "bcubed_f": float(bcubed(labels, pred)[2]), "hit": hit}
 
 
 def chips_for(strategy: str, imgs: list[np.ndarray], hog: list) -> tuple[np.ndarray, float, float, float]:
@@ -313,7 +317,7 @@ def main() -> None:
         set_name = set_root(set_name).name if args.transform == "none" else f"{set_root(set_name).name} ({args.transform})"
         print(f"{set_name}: {len(paths)} images, {len(set(labels))} ids, HOG {1000 * t_hog:.2f} ms CPU/img, "
               f"{np.mean([h is not None for h in hog]):.3f} detected", flush=True)
-        ref, ref_seeds = None, None
+        ref, ref_seeds, ref_hit = None, None, None
         for st in args.strategies.split(","):
             chips, hog_frac, hog_run, lm_ms = chips_for(st, imgs, hog)
             feats = emb.embed_batch(chips)
@@ -322,6 +326,11 @@ def main() -> None:
             first = ref is None
             ref = x if first else ref
             c = (x * ref).sum(1)
+            ref_hit = r["hit"] if first else ref_hit
+            # 1-NN flips against the reference: images only it gets right / only this one does,
+            # and the two-sided sign test of that split (is the 1-NN difference more than chance?)
+            a, b = int((ref_hit & ~r["hit"]).sum()), int((~ref_hit & r["hit"]).sum())
+            r["flips"] = (a, b, float(binomtest(a, a + b).pvalue) if a + b else 1.0)
             r.update(cos=(float(np.median(c)), float(np.percentile(c, 5)), float(c.min())),
                      hog=hog_frac, align_ms=lm_ms + hog_run * 1000 * t_hog, hog_run=hog_run)
             if args.bf_seeds:
@@ -335,7 +344,8 @@ def main() -> None:
                   f"+- {r['bf_smooth'][3]:.4f})" if args.bf_seeds else "")
             print(f"  {st:>12}  1nn {r['1nn']:.4f}  auc {r['auc']:.4f}  bF {r['bcubed_f']:.4f}{sm}  d_same {r['d_same']:.3f}  "
                   f"d_diff {r['d_diff']:.3f}  cos {r['cos'][0]:.4f}/{r['cos'][1]:.4f}/{r['cos'][2]:.4f}  "
-                  f"hog used {hog_frac:.3f} run {hog_run:.3f}  align {r['align_ms']:.2f} ms", flush=True)
+                  f"hog used {hog_frac:.3f} run {hog_run:.3f}  align {r['align_ms']:.2f} ms  "
+                  f"1-NN flips vs first {r['flips'][0]}/{r['flips'][1]} (sign p {r['flips'][2]:.2f})", flush=True)
     sm_h = (f" BCubed F mean of {args.bf_seeds} perturbed (sd) | its paired difference to the first (SE) |"
             if args.bf_seeds else "")
     print(f"\n| set | strategy | 1-NN acc | AUC | BCubed F (default method) |{sm_h} cos to {args.strategies.split(',')[0]} "
