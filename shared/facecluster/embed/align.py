@@ -25,6 +25,13 @@ strategy (``margin``):
     dlib-bin a predictor run costs about a third of a HOG pass, so this saves only ~10-25 % of
     the alignment time on a CPU (``docs/benchmarks/embedding.md`` §5); it is what a batched
     GPU predictor needs (no detector in the loop).
+``"agree"``
+    landmarks from two start boxes (:data:`AGREE_STARTS`, refitted as in ``iter``); when the two
+    landmark sets agree within :data:`AGREE_TOL` inter-ocular distances, the first is used,
+    otherwise (a face off-centre or at an unusual scale, where a start converges to the wrong
+    place) dlib's HOG detector decides as in ``"auto"`` (no plausible detection: the first
+    start's landmarks). Three predictor runs on every crop and HOG on a few per cent of them
+    instead of HOG on every crop (``docs/benchmarks/embedding.md`` §7).
 
 Which default aligns best was measured on LFW (~20-30 % margin) and glint18 (tight ArcFace
 crops), see ``docs/benchmarks/embedding.md``. The chip is ``dlib.get_face_chip(img, shape,
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -69,6 +77,19 @@ ITER_ROUNDS = 2
 #: is a little smaller and lower than the box in which the mean shape fits the landmarks. The
 #: horizontal shift (0.01) is left out: faces are mirror-symmetric.
 ITER_BOX = (0.936, 0.052)
+#: ``"agree"``: the two starts, (margin of the start box, its downward shift in units of its side,
+#: refits). The first start's landmarks are used when the two agree. Chosen on 1,723 HOG-detected
+#: crops of *training* identities (250 per set of LFW, glint18, ORL, lfw-loose, lfw-tight,
+#: lfw-mixed, glint-lowres; ``bench/embed_alignment.py --fit-agree``, docs/benchmarks/embedding.md
+#: §7): a 0.3-margin box 0.05 lower with one refit is the single start closest to the HOG path
+#: (0.4 % of crops > 0.15 inter-ocular distances away, vs 0.8-1.2 % for the 0.15-margin starts and
+#: the ``"iter"`` start); checking it against the plain 0.15-margin box 0.05 lower (no refit) is
+#: the cheapest pair (3 predictor runs) that left no crop > 0.15 IOD from the HOG path.
+AGREE_STARTS = ((0.3, 0.05, 1), (0.15, 0.05, 0))
+#: ``"agree"``: largest landmark coordinate difference between the two starts, in inter-ocular
+#: distances, that counts as agreement (0.1 ~ 4-5 px in a 150 px LFW crop). On the training crops
+#: above: HOG runs on 4.1 % of crops (0.07: 5.7 %, 0.05: 8.1 %), none left > 0.15 IOD away.
+AGREE_TOL = 0.1
 
 _local = threading.local()
 
@@ -89,6 +110,17 @@ def _predictor(path: Path) -> "dlib.shape_predictor":
     if key not in cache:
         cache[key] = dlib.shape_predictor(key)
     return cache[key]
+
+
+def _dlib_rect(box: tuple[float, float, float, float]) -> "dlib.rectangle":
+    """(left, top, right, bottom) floats → dlib's integer rectangle (rounded)."""
+    l, t, r, b = box
+    return dlib.rectangle(int(round(l)), int(round(t)), int(round(r)), int(round(b)))
+
+
+def _points(shape: "dlib.full_object_detection") -> np.ndarray:
+    """(K, 2) float64 pixel coordinates of a dlib shape's parts."""
+    return np.asarray([(q.x, q.y) for q in shape.parts()], np.float64)
 
 
 _MEAN_SHAPES: dict[str, np.ndarray] = {}
@@ -133,6 +165,120 @@ def box_from_landmarks(pts: np.ndarray, mean: np.ndarray) -> tuple[float, float,
     left, top = pts.mean(0) - side * mean.mean(0)
     # dlib maps the unit box's (0, 0) to (left, top) and (1, 1) to (right, bottom)
     return float(left), float(top), float(left + side), float(top + side)
+
+
+def refit_boxes(pts: np.ndarray, mean: np.ndarray, box: tuple[float, float] = ITER_BOX) -> np.ndarray:
+    """The next landmark boxes from landmarks: where the HOG detector would have put its box.
+
+    Vectorised :func:`box_from_landmarks` (the square box in which ``mean`` best fits the points,
+    least squares), then scaled by ``box[0]`` about its centre and moved down by ``box[1]`` of its
+    side (:data:`ITER_BOX`: the detector's box is a little smaller and lower). Pure numpy, so a
+    batched (e.g. torch) landmark pass can use it between its predictor runs.
+
+    Parameters
+    ----------
+    pts : (..., K, 2) landmarks in pixels.
+    mean : (K, 2) the predictor's mean shape in [0, 1] box coordinates.
+    box : (side ratio, downward shift in units of the side).
+
+    Returns
+    -------
+    (..., 4) float64 (left, top, right, bottom) in pixels.
+    """
+    pts = np.asarray(pts, np.float64)
+    mean = np.asarray(mean, np.float64)
+    mc = mean - mean.mean(0)
+    pm = pts.mean(-2)  # (..., 2)
+    side = ((pts - pm[..., None, :]) * mc).sum((-2, -1)) / max(float((mc * mc).sum()), 1e-12)
+    centre = pm - side[..., None] * mean.mean(0) + side[..., None] / 2  # the mean-shape box's centre
+    new = side * box[0]
+    cx, cy = centre[..., 0], centre[..., 1] + box[1] * side
+    return np.stack([cx - new / 2, cy - new / 2, cx + new / 2, cy + new / 2], axis=-1)
+
+
+def refit_box(pts: np.ndarray, mean: np.ndarray, box: tuple[float, float] = ITER_BOX) -> tuple[float, float, float, float]:
+    """:func:`refit_boxes` for one (K, 2) set of landmarks → (left, top, right, bottom) floats."""
+    return tuple(float(v) for v in refit_boxes(pts, mean, box))  # type: ignore[return-value]
+
+
+def start_boxes(hw: np.ndarray, margin: float, shift: float) -> np.ndarray:
+    """(..., 4) start boxes of crops of sizes ``hw`` (..., 2) = (height, width).
+
+    The ``margin`` box (:meth:`Aligner.margin_rect`: the crop shrunk by ``1 + 2 margin`` about its
+    centre) moved down by ``shift`` of its width.
+    """
+    hw = np.asarray(hw, np.float64)
+    h, w = hw[..., 0], hw[..., 1]
+    fw, fh = w / (1 + 2 * margin), h / (1 + 2 * margin)
+    cx, cy = (w - 1) / 2, (h - 1) / 2 + shift * (fw - 1)
+    return np.stack([cx - (fw - 1) / 2, cy - (fh - 1) / 2, cx + (fw - 1) / 2, cy + (fh - 1) / 2], axis=-1)
+
+
+def start_box(h: int, w: int, margin: float, shift: float) -> tuple[float, float, float, float]:
+    """:func:`start_boxes` for one (h, w) crop → (left, top, right, bottom) floats."""
+    return tuple(float(v) for v in start_boxes(np.array([h, w]), margin, shift))  # type: ignore[return-value]
+
+
+def interocular(pts: np.ndarray) -> np.ndarray:
+    """(...,) distance between the two eye centres of (..., 5, 2) dlib 5-point landmarks (pixels).
+
+    dlib's 5-point order: points 0-1 are one eye's corners, 2-3 the other's, 4 the nose base.
+    """
+    pts = np.asarray(pts, np.float64)
+    return np.linalg.norm(pts[..., 0:2, :].mean(-2) - pts[..., 2:4, :].mean(-2), axis=-1)
+
+
+def landmarks_agree(a: np.ndarray, b: np.ndarray, tol: float = AGREE_TOL) -> np.ndarray:
+    """(...,) bool: two (..., 5, 2) landmark sets differ by at most ``tol`` inter-ocular distances.
+
+    The measure is the largest coordinate difference over the 5 points, relative to the
+    inter-ocular distance of ``a`` (at least 1 px, so a collapsed shape never agrees by accident
+    of a zero scale).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = np.abs(a - b).max(axis=(-2, -1))
+    return diff <= tol * np.maximum(interocular(a), 1.0)
+
+
+def agree_landmarks(
+    predict: Callable[[np.ndarray], np.ndarray],
+    hw: np.ndarray,
+    mean: np.ndarray,
+    starts: tuple[tuple[float, float, int], ...] | None = None,
+    tol: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detector-free half of ``"agree"`` for a batch of crops, with any landmark predictor.
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(boxes)`` with ``boxes`` (N, 4) float (left, top, right, bottom) pixels, one per
+        crop of the batch in order, returns (N, 5, 2) landmarks in pixels. dlib's predictor takes
+        integer rectangles: round the boxes to the nearest integer to reproduce it (the CPU path
+        uses ``int(round(v))``).
+    hw : (N, 2) crop sizes (height, width) in pixels, after :func:`normalise_size`.
+    mean : (5, 2) the predictor's mean shape (:func:`mean_shape`).
+    starts, tol : default :data:`AGREE_STARTS`, :data:`AGREE_TOL`.
+
+    Returns
+    -------
+    pts : (N, 5, 2) float64, the first start's landmarks.
+    agree : (N,) bool; where False the crop goes to the HOG path (:meth:`Aligner.hog_rect` and one
+        predictor run from its box; no plausible detection: keep ``pts``).
+    """
+    starts = AGREE_STARTS if starts is None else starts
+    tol = AGREE_TOL if tol is None else tol
+    hw = np.asarray(hw, np.float64).reshape(-1, 2)
+    found = []
+    for margin, shift, refits in starts:
+        pts = np.asarray(predict(start_boxes(hw, margin, shift)), np.float64)
+        for _ in range(refits):
+            pts = np.asarray(predict(refit_boxes(pts, mean)), np.float64)
+        found.append(pts)
+    ok = np.ones(len(hw), bool)
+    for other in found[1:]:
+        ok &= landmarks_agree(found[0], other, tol)
+    return found[0], ok
 
 
 def _detector() -> "dlib.fhog_object_detector":
@@ -185,7 +331,10 @@ def normalise_size(img: np.ndarray) -> np.ndarray:
 
 
 def parse_margin(margin: str | float) -> tuple[str, float]:
-    """Strategy spec → (kind, fallback margin); kind in margin / hog / auto / iter."""
+    """Strategy spec → (kind, fallback margin); kind in margin / hog / auto / iter / agree.
+
+    ``"agree"`` has no fallback margin of its own (its starts are :data:`AGREE_STARTS`); 0 is returned.
+    """
     if isinstance(margin, (int, float)) and not isinstance(margin, bool):
         m = float(margin)
         if not -0.45 < m < 2.0:
@@ -204,10 +353,14 @@ def parse_margin(margin: str | float) -> tuple[str, float]:
         return "iter", AUTO_FALLBACK_MARGIN
     if s.startswith("iter:"):
         return "iter", parse_margin(float(s[5:]))[1]
+    if s == "agree":
+        return "agree", 0.0
     try:
         return parse_margin(float(s))
     except ValueError:
-        raise ValueError(f"unknown margin strategy {margin!r}: whole | hog | auto | auto:<m> | iter | iter:<m> | <m>") from None
+        raise ValueError(
+            f"unknown margin strategy {margin!r}: whole | hog | auto | auto:<m> | iter | iter:<m> | agree | <m>"
+        ) from None
 
 
 class Aligner:
@@ -229,7 +382,7 @@ class Aligner:
         self.kind, self.fallback = parse_margin(margin)
         # canonical spelling: "0.2", 0.2 and "auto:0.15" == "auto" give the same fingerprint
         self.margin = f"{self.fallback:g}" if self.kind == "margin" else (
-            "hog" if self.kind == "hog" else f"{self.kind}:{self.fallback:g}")
+            self.kind if self.kind in ("hog", "agree") else f"{self.kind}:{self.fallback:g}")
         if border not in ("black", "replicate"):
             raise ValueError("border must be 'black' or 'replicate'")
         self.border = border
@@ -239,7 +392,7 @@ class Aligner:
 
             raise EmbedderError(f"landmark model not found: {self.landmarks_path}")
         # read here, so that a pickled copy in a worker process needs no file parsing (nor torch)
-        self._mean = mean_shape(self.landmarks_path) if self.kind == "iter" else None
+        self._mean = mean_shape(self.landmarks_path) if self.kind in ("iter", "agree") else None
 
     def settings(self) -> dict:
         return {
@@ -249,8 +402,10 @@ class Aligner:
             "border": self.border,
             "chip": [CHIP_SIZE, CHIP_PADDING],
             "size_range": [MIN_SIDE, MAX_SIDE],
-            "hog": [HOG_SIDE, HOG_THRESHOLD] if self.kind in ("hog", "auto") else None,
+            "hog": [HOG_SIDE, HOG_THRESHOLD] if self.kind in ("hog", "auto", "agree") else None,
             **({"iter": [ITER_ROUNDS, *ITER_BOX]} if self.kind == "iter" else {}),
+            **({"agree": [[list(st) for st in AGREE_STARTS], AGREE_TOL, *ITER_BOX]}
+               if self.kind == "agree" else {}),
             "landmarks": self.landmarks_path.name,
         }
 
@@ -297,7 +452,11 @@ class Aligner:
         return None
 
     def rect(self, img: np.ndarray) -> tuple[tuple[float, float, float, float], str]:
-        """The landmark rectangle for this crop and which rule produced it ("hog" / "margin")."""
+        """The landmark rectangle for this crop and which rule produced it ("hog" / "margin").
+
+        For ``"iter"`` and ``"agree"`` this is only the first box (they refit it from landmarks):
+        use :meth:`landmarks_rule` for the rule that decided.
+        """
         h, w = img.shape[:2]
         if self.kind in ("hog", "auto"):
             r = self.hog_rect(img)
@@ -308,22 +467,50 @@ class Aligner:
     # -- main entry ----------------------------------------------------------------------------
     def landmarks(self, img: np.ndarray) -> "dlib.full_object_detection":
         """5-point landmarks of an (H, W, 3) uint8 RGB image already size-normalised."""
-        return self.landmarks_in(img, self.rect(img)[0])
+        return self.landmarks_rule(img)[0]
+
+    def landmarks_rule(self, img: np.ndarray) -> tuple["dlib.full_object_detection", str]:
+        """5-point landmarks and the rule that placed them: "hog", "margin", "iter" or "agree"."""
+        if self.kind == "agree":
+            return self._agree(img)
+        box, rule = self.rect(img)
+        return self.landmarks_in(img, box), ("iter" if self.kind == "iter" else rule)
+
+    def _agree(self, img: np.ndarray) -> tuple["dlib.full_object_detection", str]:
+        """``"agree"``: two refitted starts; HOG (as in ``"auto"``) only when they disagree."""
+        _require_dlib()
+        pred = _predictor(self.landmarks_path)
+        h, w = img.shape[:2]
+
+        def predict(boxes: np.ndarray) -> np.ndarray:
+            return np.stack([_points(pred(img, _dlib_rect(b))) for b in boxes])
+
+        pts, ok = agree_landmarks(predict, np.array([[h, w]]), self._mean, AGREE_STARTS, AGREE_TOL)
+        first = dlib.full_object_detection(
+            _dlib_rect(start_boxes(np.array([h, w]), *AGREE_STARTS[0][:2])),
+            [dlib.point(int(x), int(y)) for x, y in pts[0]],
+        )
+        if ok[0]:
+            return first, "agree"
+        r = self.hog_rect(img)
+        if r is None:  # no plausible detection either: the first start is the better guess than a fixed box
+            return first, "agree"
+        return pred(img, _dlib_rect(r)), "hog"
 
     def landmarks_in(self, img: np.ndarray, box: tuple[float, float, float, float]) -> "dlib.full_object_detection":
-        """5-point landmarks from the (left, top, right, bottom) ``box`` (refitted for ``"iter"``)."""
+        """5-point landmarks from the (left, top, right, bottom) ``box`` (refitted for ``"iter"``).
+
+        Not for ``"agree"``, which places its own boxes (use :meth:`landmarks`).
+        """
+        if self.kind == "agree":
+            raise ValueError("the 'agree' strategy places its own boxes: use Aligner.landmarks(img)")
         _require_dlib()
         l, t, r, b = box
         pred = _predictor(self.landmarks_path)
         shape = pred(img, dlib.rectangle(int(round(l)), int(round(t)), int(round(r)), int(round(b))))
         if self.kind == "iter":
-            mean = self._mean
             for _ in range(ITER_ROUNDS):
-                pts = np.asarray([(q.x, q.y) for q in shape.parts()], np.float64)
-                l, t, r, b = box_from_landmarks(pts, mean)
-                side, cx, cy = (r - l) * ITER_BOX[0], (l + r) / 2, (t + b) / 2 + ITER_BOX[1] * (r - l)
-                l, t, r, b = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
-                shape = pred(img, dlib.rectangle(int(round(l)), int(round(t)), int(round(r)), int(round(b))))
+                shape = pred(img, _dlib_rect(refit_box(_points(shape), self._mean)))
         return shape
 
     def chip_from(self, img: np.ndarray, shape: "dlib.full_object_detection") -> np.ndarray:

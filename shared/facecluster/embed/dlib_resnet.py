@@ -377,6 +377,7 @@ class DlibEmbedder(Embedder):
             "hog": "dlib HOG detector on the crop, else the whole crop",
             "margin": f"a {self.aligner.fallback:g}-margin box",
             "iter": f"a {self.aligner.fallback:g}-margin box refitted to its own landmarks (no detector)",
+            "agree": "two start boxes refitted to their own landmarks; the HOG detector only when they disagree",
         }[self.aligner.kind]
         self.preprocessing = (
             f"{rule} -> dlib 5-point landmarks -> dlib.get_face_chip 150x150 padding 0.25, RGB; "
