@@ -114,7 +114,7 @@ def pyramid_levels(rect: torch.Tensor, size: int) -> torch.Tensor:
 def _bilinear(img: torch.Tensor, hw: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
     """dlib ``transform_image`` with ``interpolate_bilinear`` and a black background.
 
-    img : (B, H, W, 3) image batch (top-left aligned, any padding beyond ``hw``);
+    img : (B, H, W, 3) uint8 image batch (top-left aligned, any padding beyond ``hw``);
     hw : (B, 2) int64 real (h, w) of each image; corners : (B, 3, 2) float64 image points of chip
     pixels (0, 0), (size-1, 0), (0, size-1). Returns (B, size, size, 3) uint8.
     """
@@ -126,22 +126,24 @@ def _bilinear(img: torch.Tensor, hw: torch.Tensor, corners: torch.Tensor, size: 
     p = corners[:, 0][:, None, None, :] + t[None, None, :, None] * ex + t[None, :, None, None] * ey  # (B, r, c, 2)
     x, y = p[..., 0].reshape(B, -1), p[..., 1].reshape(B, -1)
     left, top = torch.floor(x), torch.floor(y)
-    fx, fy = x - left, y - top
+    fx, fy = (x - left)[:, None], (y - top)[:, None]  # (B, 1, N)
     left, top = left.long(), top.long()
     h, w = hw[:, 0:1], hw[:, 1:2]
     inside = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
-    l0 = left.clamp(0, W - 2)
-    t0 = top.clamp(0, H - 2)
-    flat = img.reshape(B, H * W, 3)
-
-    def tap(rr: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
-        return flat.gather(1, (rr * W + cc)[..., None].expand(-1, -1, 3)).to(torch.float64)
-
-    fx, fy = fx[..., None], fy[..., None]
-    v = (1 - fy) * ((1 - fx) * tap(t0, l0) + fx * tap(t0, l0 + 1)) + fy * ((1 - fx) * tap(t0 + 1, l0) + fx * tap(t0 + 1, l0 + 1))
-    # assign_pixel(uint8, double): clamp, then truncate toward zero
-    v = torch.where(inside[..., None], v.clamp(0, 255), torch.zeros((), dtype=v.dtype, device=dev))
-    return v.to(torch.uint8).reshape(B, size, size, 3)
+    base = top.clamp(0, H - 2) * W + left.clamp(0, W - 2)  # (B, N) index of the top-left tap
+    # one gather of the 4 taps on RGB packed into int32 (a third of the gathers of a per-channel one)
+    i32 = img.to(torch.int32)
+    packed = (i32[..., 0] | (i32[..., 1] << 8) | (i32[..., 2] << 16)).reshape(B, H * W)
+    taps = packed.gather(1, torch.cat([base, base + 1, base + W, base + W + 1], 1))  # (B, 4N)
+    shifts = torch.tensor([0, 8, 16], device=dev, dtype=torch.int32)[None, :, None]
+    ch = ((taps[:, None, :] >> shifts) & 255).to(torch.float64).reshape(B, 3, 4, -1)  # (B, 3, 4, N)
+    tl, tr, bl, br = ch.unbind(2)
+    gx, gy = 1 - fx, 1 - fy
+    # dlib's expression and order of operations, in double: the truncation below then agrees
+    v = gy * (gx * tl + fx * tr) + fy * (gx * bl + fx * br)  # (B, 3, N)
+    # assign_pixel(uint8, double): clamp, then truncate toward zero; outside: black
+    v = torch.where(inside[:, None], v.clamp(0, 255), torch.zeros((), dtype=v.dtype, device=dev))
+    return v.to(torch.uint8).permute(0, 2, 1).reshape(B, size, size, 3)
 
 
 def _pyr_down(x: torch.Tensor, hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
