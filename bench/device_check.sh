@@ -118,7 +118,7 @@ step "e2e align=torch N" 70 $B e2e --input "$WORK/recs/input.json" --device "$DE
 step "e2e align=torch margin=iter N" 40 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
   --embedder "dlib?align=torch&margin=iter" --work "$WORK/w-torch-iter" --json "$WORK/e2e-torch-iter.json"
 # --min-cos 0.99: a floor that catches a broken device kernel; the table reports the count below
-# the issue's 0.999 (on CPU 1-3 % of crops: landmarks 1 px off, docs/benchmarks/embedding.md §8)
+# the issue's 0.999 (on CPU: none, landmarks and chips identical to dlib's, docs/benchmarks/embedding.md §8)
 step "align parity torch" 45 $B align-parity --input "$WORK/recs/input.json" --n "$NALIGN" --device "$DEV" \
   --batch-size "$BS" --min-cos 0.99 --json "$WORK/align-parity.json"
 
@@ -164,7 +164,7 @@ if e2e:
         md.append(f"| {k} | {e['n']} | {e['embedder']} | {e['prepare_s']:.1f} | {e['embed_s']:.1f} | {e['faces_per_s']:.0f} | {e['peak_rss_mb']:.0f} | {e['errors']} |")
 if "landmarks-torch" in res:
     l = res["landmarks-torch"]
-    md += ["", f"torch landmarks ({l['device']}, {l['n']} crops in one batch): {l['faces_per_s']:.0f} faces/s, model parse {l['parse_s']:.1f} s; vs dlib ({l['n_compared']} crops): max {l['max_px_vs_dlib']:.0f} px after rounding, {l['exact_fraction']:.4f} of coordinates exact, max unrounded {l['max_unrounded_px']:.2f} px"]
+    md += ["", f"torch landmarks ({l['device']}, {l['n']} crops in one batch): {l['faces_per_s']:.0f} faces/s exact (leaves added tree by tree), {l.get('faces_per_s_summed', float('nan')):.0f} faces/s with summed leaves, model parse {l['parse_s']:.1f} s; vs dlib ({l['n_compared']} crops): max {l['max_px_vs_dlib']:.0f} px after rounding, {l['exact_fraction']:.4f} of coordinates exact, max unrounded {l['max_unrounded_px']:.2f} px"]
 if "align-parity" in res:
     a = res["align-parity"]
     md += ["", f"align=torch vs CPU alignment ({a['device']}, {a['n']} crops, margin {a['margin']}): landmarks identical {a['landmarks_identical']:.4f} (max {a['landmarks_max_px']:.0f} px), chips mean abs {a['chip_mean_abs']:.4f} (max abs where the landmarks agree: {a['chip_max_abs_same_landmarks']}), descriptor cosine min {a['cos_min']:.6f} / median {a['cos_median']:.6f}, {a['below_0999']} below 0.999"]

@@ -8,7 +8,8 @@ main process runs, per batch, on the embedder's device:
 
 1. dlib's 5-point shape predictor (:class:`facecluster.embed.landmarks_torch.TorchShapePredictor`)
    from those rectangles, refitted ``align.ITER_ROUNDS`` times for ``margin=iter`` exactly as
-   :meth:`facecluster.embed.align.Aligner.landmarks_in` does (its constants imported, not copied);
+   :meth:`facecluster.embed.align.Aligner.landmarks_in` does (``align.box_from_landmarks`` and its
+   constants imported, not copied);
 2. dlib's ``get_face_chip`` (:func:`facecluster.embed.chip_torch.extract_chips`);
 3. the network, on the chips as they are (no round trip through numpy).
 
@@ -36,17 +37,6 @@ from .precision import autocast_context, configure_backends
 ALIGN_CHOICES = ("dlib", "torch")
 
 
-def boxes_from_landmarks(pts: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Batched :func:`facecluster.embed.align.box_from_landmarks`: (B, K, 2) → (B, 4) float64 boxes."""
-    pts = pts.to(torch.float64)
-    mean = mean.to(pts.device, torch.float64)
-    mc = mean - mean.mean(0)
-    pc = pts - pts.mean(1, keepdim=True)
-    side = (mc[None] * pc).sum((1, 2)) / (mc * mc).sum().clamp(min=1e-12)
-    lt = pts.mean(1) - side[:, None] * mean.mean(0)[None]
-    return torch.cat([lt, lt + side[:, None]], 1)
-
-
 def iter_box(box: torch.Tensor) -> torch.Tensor:
     """Mean-shape box → where the HOG detector puts its box (``align.ITER_BOX``), like ``landmarks_in``."""
     l, t, r, b = box.unbind(1)
@@ -72,7 +62,7 @@ class TorchAligner:
         self.aligner = aligner
         self.device = torch.device(device)
         self.predictor = TorchShapePredictor(aligner.landmarks_path, device=str(self.device))
-        self.mean = torch.from_numpy(A.mean_shape(aligner.landmarks_path)).to(self.device) if aligner.kind == "iter" else None
+        self.mean = A.mean_shape(aligner.landmarks_path) if aligner.kind == "iter" else None  # (K, 2) float64
 
     def to_device(self, items: Sequence[FaceImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pad the images into one (B, H, W, 3) uint8 batch on the device (top-left aligned).
@@ -102,8 +92,13 @@ class TorchAligner:
         pts = self.predictor(gray, sizes, torch.round(boxes))
         if self.mean is not None:
             for _ in range(A.ITER_ROUNDS):
-                # the refit starts from dlib's integer landmark points
-                box = iter_box(boxes_from_landmarks(round_points(pts), self.mean))
+                # the refit starts from dlib's integer landmark points; the least-squares box is
+                # align.box_from_landmarks itself, on the host: a batched version sums in another
+                # order, and a last-bit difference flips a .5 rounding of the box now and then
+                # (1 of 200 LFW crops); one sync and B small numpy calls per round
+                host = round_points(pts).cpu().numpy().astype(np.float64)
+                fit = [A.box_from_landmarks(p, self.mean) for p in host]
+                box = iter_box(torch.tensor(fit, dtype=torch.float64, device=pts.device).reshape(-1, 4))
                 pts = self.predictor(gray, sizes, torch.round(box))
         return pts
 
@@ -225,4 +220,4 @@ class DlibTorchAlignEmbedder(DlibEmbedder):
         return d
 
 
-__all__ = ["ALIGN_CHOICES", "DlibTorchAlignEmbedder", "TorchAligner", "boxes_from_landmarks", "iter_box"]
+__all__ = ["ALIGN_CHOICES", "DlibTorchAlignEmbedder", "TorchAligner", "iter_box"]
