@@ -229,8 +229,8 @@ class TorchShapePredictor:
             leaves = self.leaves[lvl][tr, leaf].view(B, T, -1, 2)  # (B, T, K, 2)
             if self.exact:
                 # dlib: current_shape += leaf, tree by tree, in float32 (see ``exact``)
-                for j in range(T):
-                    shape.add_(leaves[:, j])
+                for leaf_j in leaves.unbind(1):  # views made in one call, not one per tree
+                    shape.add_(leaf_j)
             else:
                 shape = shape + leaves.sum(1)
         return origin + shape.double() * scale

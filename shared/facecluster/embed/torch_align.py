@@ -32,11 +32,6 @@ from .dlib_resnet import DlibEmbedder
 from .face_images import FaceImage, FaceImagePreparer
 from .precision import autocast_context, configure_backends
 
-#: values of the dlib embedder's ``align`` setting: "dlib" (default: dlib on the CPU, in the
-#: workers) or "torch" (this module)
-ALIGN_CHOICES = ("dlib", "torch")
-
-
 def iter_box(box: torch.Tensor) -> torch.Tensor:
     """Mean-shape box → where the HOG detector puts its box (``align.ITER_BOX``), like ``landmarks_in``."""
     l, t, r, b = box.unbind(1)
@@ -220,4 +215,4 @@ class DlibTorchAlignEmbedder(DlibEmbedder):
         return d
 
 
-__all__ = ["ALIGN_CHOICES", "DlibTorchAlignEmbedder", "TorchAligner", "iter_box"]
+__all__ = ["DlibTorchAlignEmbedder", "TorchAligner", "iter_box"]
