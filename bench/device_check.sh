@@ -21,7 +21,7 @@
 #   5. descriptor parity: port on the device vs dlib's own compute_face_descriptor (cosine)
 #   6. clustering: every method on 1M synthetic dlib-like faces (bench/cluster_scale.py)
 # Writes $OUT/summary.md, $OUT/summary.json and $OUT/log.txt (3 files).
-# Timeouts add up to 540 s (+ unpacking, a few s); expected on the H200 about 3 minutes.
+# Timeouts add up to 555 s (+ unpacking, a few s); expected on the H200 about 3 minutes.
 set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
@@ -85,7 +85,7 @@ B="$PY bench/embed_throughput.py"
 } 2>&1 | tee -a "$LOG"
 
 # ---- 1. GPU tests ----------------------------------------------------------------------------
-step "gpu tests" 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_embed_backends.py tests/test_embed_dali.py \
+step "gpu tests" 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_embed_backends.py tests/test_embed_dali.py \
   tests/test_embed_throughput.py tests/test_embed_torch_align.py -k "gpu or cuda or mixed or nvjpeg"
 
 # ---- 2. records on disk ----------------------------------------------------------------------
