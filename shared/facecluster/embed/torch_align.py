@@ -9,7 +9,11 @@ main process runs, per batch, on the embedder's device:
 1. dlib's 5-point shape predictor (:class:`facecluster.embed.landmarks_torch.TorchShapePredictor`)
    from those rectangles, refitted ``align.ITER_ROUNDS`` times for ``margin=iter`` exactly as
    :meth:`facecluster.embed.align.Aligner.landmarks_in` does (``align.box_from_landmarks`` and its
-   constants imported, not copied);
+   constants imported, not copied); for ``margin=agree`` the two refitted detector-free starts of
+   :func:`facecluster.embed.align.agree_landmarks` (that function itself, with the batched
+   predictor), then, for the few crops whose starts disagree, dlib's HOG detector on the host
+   (:meth:`facecluster.embed.align.Aligner.hog_rect`, in this process) and one more batched
+   predictor pass from its boxes, as :meth:`facecluster.embed.align.Aligner.landmarks_rule` does;
 2. dlib's ``get_face_chip`` (:func:`facecluster.embed.chip_torch.extract_chips`);
 3. the network, on the chips as they are (no round trip through numpy).
 
@@ -20,6 +24,7 @@ Same alignment strategies and defaults as the dlib embedder (``margin=auto`` unl
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,7 +62,14 @@ class TorchAligner:
         self.aligner = aligner
         self.device = torch.device(device)
         self.predictor = TorchShapePredictor(aligner.landmarks_path, device=str(self.device))
-        self.mean = A.mean_shape(aligner.landmarks_path) if aligner.kind == "iter" else None  # (K, 2) float64
+        # (K, 2) float64: the predictor's mean shape, for the box refits of iter and agree
+        self.mean = A.mean_shape(aligner.landmarks_path) if aligner.kind in ("iter", "agree") else None
+        #: ``agree`` counts since construction: crops, crops whose starts disagreed (HOG run),
+        #: crops where HOG found a plausible box, and the seconds HOG took on the host (benchmarks
+        #: read and may reset it)
+        self.agree_counts: dict[str, float] = {"crops": 0, "hog": 0, "hog_found": 0, "hog_seconds": 0.0}
+        #: ``agree``: the rule of each crop of the last batch ("agree" or "hog")
+        self.last_rules: list[str] = []
 
     def to_device(self, items: Sequence[FaceImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pad the images into one (B, H, W, 3) uint8 batch on the device (top-left aligned).
@@ -80,9 +92,19 @@ class TorchAligner:
         return host.to(self.device, non_blocking=nb), sizes.to(self.device), boxes.to(self.device)
 
     @torch.inference_mode()
-    def landmarks(self, images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """(B, 5, 2) float32 landmarks (unrounded) from the boxes, refitted for ``iter``."""
+    def landmarks(self, images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor,
+                  hosts: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+        """(B, 5, 2) float64 landmarks (unrounded; integer for ``agree``) from the boxes.
+
+        Refitted for ``iter``; for ``agree`` the boxes are not used (the starts are placed from
+        ``sizes``) and ``hosts`` (the B host images, (H, W, 3) uint8) are needed for HOG on the
+        crops whose starts disagree (:meth:`agree_landmarks`).
+        """
         gray = self.predictor.intensity(images)
+        if self.aligner.kind == "agree":
+            if hosts is None:
+                raise EmbedderError("margin=agree on the torch path needs the host images (for HOG)")
+            return self.agree_landmarks(gray, sizes, hosts)
         # dlib.rectangle(int(round(l)), ...): Python's round, half to even, like torch.round
         pts = self.predictor(gray, sizes, torch.round(boxes))
         if self.mean is not None:
@@ -97,13 +119,63 @@ class TorchAligner:
                 pts = self.predictor(gray, sizes, torch.round(box))
         return pts
 
+    def _predict_int(self, gray: torch.Tensor, sizes: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
+        """(N, 5, 2) float64 host landmarks as dlib's integer points from (N, 4) host boxes.
+
+        dlib.rectangle(int(round(l)), ...): Python's round, half to even, like torch.round.
+        """
+        b = torch.round(torch.as_tensor(np.asarray(boxes, np.float64), device=gray.device))
+        return round_points(self.predictor(gray, sizes, b)).cpu().numpy().astype(np.float64)
+
+    def agree_landmarks(self, gray: torch.Tensor, sizes: torch.Tensor, hosts: Sequence[np.ndarray]) -> torch.Tensor:
+        """``margin=agree`` for a batch: :func:`align.agree_landmarks` with the batched predictor,
+        then HOG + one predictor pass for the crops whose two starts disagree.
+
+        Same decisions as :meth:`facecluster.embed.align.Aligner.landmarks_rule` crop by crop: the
+        starts' landmarks are dlib's integer points (the refit starts from them, as on the CPU),
+        a disagreeing crop takes the HOG box when :meth:`~facecluster.embed.align.Aligner.hog_rect`
+        finds a plausible one, else keeps the first start's landmarks.
+
+        Parameters
+        ----------
+        gray : (B, H, W) float32 intensities (:meth:`TorchShapePredictor.intensity`).
+        sizes : (B, 2) int64 (h, w) on the device.
+        hosts : the B size-normalised (H, W, 3) uint8 images on the host (HOG input).
+
+        Returns
+        -------
+        (B, 5, 2) float64 integer-valued landmarks on the device. :attr:`agree_counts` adds the
+        batch's crop / HOG / HOG-found counts; :attr:`last_rules` holds each crop's rule
+        ("agree" or "hog").
+        """
+        hw = sizes.cpu().numpy()
+        pts, ok = A.agree_landmarks(lambda boxes: self._predict_int(gray, sizes, boxes), hw, self.mean,
+                                    A.AGREE_STARTS, A.AGREE_TOL)
+        rules = ["agree"] * len(hw)
+        bad = np.flatnonzero(~ok)
+        # HOG (dlib, CPU, holds the GIL) only on the disagreeing crops: 1-13 % of them
+        # (docs/benchmarks/embedding.md §7)
+        t0 = time.perf_counter()
+        found = [(int(i), r) for i in bad if (r := A.Aligner.hog_rect(hosts[int(i)])) is not None]
+        self.agree_counts["hog_seconds"] += time.perf_counter() - t0
+        if found:
+            idx = np.array([i for i, _ in found])
+            sel = torch.as_tensor(idx, device=gray.device)
+            pts[idx] = self._predict_int(gray[sel], sizes[sel], np.array([r for _, r in found], np.float64))
+            for i in idx:
+                rules[int(i)] = "hog"
+        for k, v in (("crops", len(hw)), ("hog", len(bad)), ("hog_found", len(found))):
+            self.agree_counts[k] += int(v)
+        self.last_rules = rules
+        return torch.as_tensor(pts, device=gray.device)
+
     @torch.inference_mode()
     def chips(self, items: Sequence[FaceImage]) -> torch.Tensor:
         """(B, 150, 150, 3) uint8 chips on the device, in ``items`` order."""
         if not items:
             return torch.zeros((0, A.CHIP_SIZE, A.CHIP_SIZE, 3), dtype=torch.uint8, device=self.device)
         images, sizes, boxes = self.to_device(items)
-        pts = self.landmarks(images, sizes, boxes)
+        pts = self.landmarks(images, sizes, boxes, [it.image for it in items])
         return extract_chips(images, sizes, pts, A.CHIP_SIZE, A.CHIP_PADDING)
 
 
