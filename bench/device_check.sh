@@ -176,7 +176,7 @@ if "landmarks-torch" in res:
 for k in ("align-parity", "align-parity-agree"):
     if k in res:
         a = res[k]
-        extra = f", HOG route on {a['hog_share']:.1%} of crops, same route {a['rules_identical']:.4f}" if "hog_share" in a else ""
+        extra = f", HOG ran on {a['hog_run_share']:.1%} of crops, its box used on {a['hog_share']:.1%}, same rule {a['rules_identical']:.4f}" if "hog_share" in a else ""
         md += ["", f"align=torch vs CPU alignment ({a['device']}, {a['n']} crops, margin {a['margin']}): landmarks identical {a['landmarks_identical']:.4f} (max {a['landmarks_max_px']:.0f} px), chips mean abs {a['chip_mean_abs']:.4f} (max abs where the landmarks agree: {a['chip_max_abs_same_landmarks']}), descriptor cosine min {a['cos_min']:.6f} / median {a['cos_median']:.6f}, {a['below_0999']} below 0.999{extra}"]
 if "parity" in res:
     p = res["parity"]

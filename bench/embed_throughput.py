@@ -487,11 +487,14 @@ def cmd_align_parity(args: argparse.Namespace) -> None:
     ref_pts, ref_chips = np.asarray(ref_pts, float), np.stack(ref_chips)
     ta = emb.torch_aligner
     got_pts, got_chips, got_rules = [], [], []
+    hog_runs = 0  # agree: crops whose two starts disagreed (HOG ran; it may find no plausible box)
     for s in range(0, len(items), args.batch_size):
         batch = items[s : s + args.batch_size]
         m = ta.to_device(batch)
+        runs = ta.agree_counts["hog"]
         got_pts.append(round_points(ta.landmarks(*m, [it.image for it in batch])).cpu().numpy())
         got_rules += ta.last_rules
+        hog_runs += ta.agree_counts["hog"] - runs
         got_chips.append(ta.chips(batch).cpu().numpy())
     got_pts, got_chips = np.concatenate(got_pts), np.concatenate(got_chips)
     dp = np.abs(got_pts - ref_pts).max((1, 2))
@@ -511,8 +514,9 @@ def cmd_align_parity(args: argparse.Namespace) -> None:
     if agree:  # share of crops that took the HOG route, and whether both paths routed alike
         data["hog_share"] = float(np.mean([r == "hog" for r in ref_rules]))
         data["rules_identical"] = float(np.mean([a == b for a, b in zip(ref_rules, got_rules)]))
-        print(f"agree: HOG box on {data['hog_share']:.1%} of crops (CPU path), same rule on "
-              f"{data['rules_identical']:.1%}")
+        data["hog_run_share"] = hog_runs / max(1, len(items))
+        print(f"agree: starts disagreed (HOG ran) on {data['hog_run_share']:.1%} of crops, HOG box used on "
+              f"{data['hog_share']:.1%} (CPU path), same rule on {data['rules_identical']:.1%}")
     _emit(args, [(len(paths), args.device, al.margin, f"{same.mean():.4f}", f"{dp.max():.0f}", f"{dc.mean():.4f}",
                   dc.max(), data["chip_max_abs_same_landmarks"], f"{cos.min():.6f}", f"{np.median(cos):.6f}",
                   data["below_0999"])],
