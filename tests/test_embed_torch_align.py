@@ -275,6 +275,27 @@ def test_agree_hog_route_and_fallback():
     assert ta.agree_counts["crops"] == 2 and 1 <= ta.agree_counts["hog"] <= 2 and ta.agree_counts["hog_found"] >= 1
 
 
+def test_agree_hog_pool_same_as_in_process():
+    """``hog_workers=2`` (HOG of the disagreeing crops in a process pool) only moves the work."""
+    faces = _faces()
+    imgs = [_off_centre(faces[0]), _off_centre(faces[5]), load_image(faces[1]), _off_centre(faces[3], 50)]
+    b0 = get_embedder("dlib?align=torch&margin=agree&threads=1", batch_size=4)
+    b2 = get_embedder("dlib?align=torch&margin=agree&threads=1&hog_workers=2", batch_size=4)
+    assert b2.hog_workers == 2 and b0.fingerprint() == b2.fingerprint()
+    items = [b0.prepare(im) for im in imgs]
+    t0, t2 = b0.torch_aligner, b2.torch_aligner
+    try:
+        p0 = t0.landmarks(*t0.to_device(items), [it.image for it in items]).numpy()
+        p2 = t2.landmarks(*t2.to_device(items), [it.image for it in items]).numpy()
+        assert t2._hog_pool is not None and t2.agree_counts["hog"] >= 2
+        np.testing.assert_array_equal(p0, p2)
+        assert t0.last_rules == t2.last_rules
+    finally:
+        t2.close()
+    with pytest.raises(EmbedderError):
+        get_embedder("dlib?align=torch&margin=agree&hog_workers=-1")
+
+
 def test_agree_deterministic_batch_independent_and_n_records():
     b = get_embedder("dlib?align=torch&margin=agree&threads=1", batch_size=3)
     paths = _faces()[:7]
@@ -339,10 +360,11 @@ def test_bench_steps_and_align_parity(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_torch_align_matches_cpu():
+@pytest.mark.parametrize("margin", ["auto", "agree"])
+def test_cuda_torch_align_matches_cpu(margin):
     paths = _faces()
-    cpu = embed_records(DlibTorchAlignEmbedder(batch_size=8), paths, num_workers=0)
-    gpu = embed_records(DlibTorchAlignEmbedder(device="cuda", batch_size=8), paths, num_workers=0)
+    cpu = embed_records(DlibTorchAlignEmbedder(batch_size=8, margin=margin), paths, num_workers=0)
+    gpu = embed_records(DlibTorchAlignEmbedder(device="cuda", batch_size=8, margin=margin), paths, num_workers=0)
     assert cpu.index.tolist() == gpu.index.tolist()
     cos = _cos(cpu.features, gpu.features)
     assert cos.min() >= 0.999, cos

@@ -52,9 +52,14 @@ class TorchAligner:
     ----------
     aligner : the dlib embedder's :class:`facecluster.embed.align.Aligner` (strategy, model file).
     device : torch device.
+    hog_workers : int
+        ``agree`` only: processes that run HOG on the crops whose starts disagree (0, the default:
+        in this process). dlib's HOG holds the GIL, so threads would not help; a pool is started on
+        the first batch that needs it (fork server, like the runner's workers) and only used when a
+        batch has at least two such crops. Same boxes either way (it only moves the work).
     """
 
-    def __init__(self, aligner: A.Aligner, device: str | torch.device = "cpu"):
+    def __init__(self, aligner: A.Aligner, device: str | torch.device = "cpu", hog_workers: int = 0):
         from .landmarks_torch import TorchShapePredictor
 
         if aligner.border != "black":
@@ -70,6 +75,28 @@ class TorchAligner:
         self.agree_counts: dict[str, float] = {"crops": 0, "hog": 0, "hog_found": 0, "hog_seconds": 0.0}
         #: ``agree``: the rule of each crop of the last batch ("agree" or "hog")
         self.last_rules: list[str] = []
+        self.hog_workers = max(0, int(hog_workers))
+        self._hog_pool = None
+
+    def _hog_rects(self, images: list[np.ndarray]) -> list[tuple[float, float, float, float] | None]:
+        """:meth:`align.Aligner.hog_rect` of each image, in order (in the HOG pool when there is one)."""
+        if self.hog_workers <= 0 or len(images) < 2:
+            return [A.Aligner.hog_rect(im) for im in images]
+        if self._hog_pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["facecluster.embed.align"])
+            self._hog_pool = ProcessPoolExecutor(max_workers=self.hog_workers, mp_context=ctx)
+        chunk = max(1, -(-len(images) // self.hog_workers))
+        return list(self._hog_pool.map(A.Aligner.hog_rect, images, chunksize=chunk))
+
+    def close(self) -> None:
+        """Stop the HOG pool, if one was started."""
+        if self._hog_pool is not None:
+            self._hog_pool.shutdown(cancel_futures=True)
+            self._hog_pool = None
 
     def to_device(self, items: Sequence[FaceImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pad the images into one (B, H, W, 3) uint8 batch on the device (top-left aligned).
@@ -156,7 +183,8 @@ class TorchAligner:
         # HOG (dlib, CPU, holds the GIL) only on the disagreeing crops: 1-13 % of them
         # (docs/benchmarks/embedding.md §7)
         t0 = time.perf_counter()
-        found = [(int(i), r) for i in bad if (r := A.Aligner.hog_rect(hosts[int(i)])) is not None]
+        rects = self._hog_rects([hosts[int(i)] for i in bad])
+        found = [(int(i), r) for i, r in zip(bad, rects) if r is not None]
         self.agree_counts["hog_seconds"] += time.perf_counter() - t0
         if found:
             idx = np.array([i for i, _ in found])
@@ -183,7 +211,9 @@ class DlibTorchAlignEmbedder(DlibEmbedder):
     """The dlib embedder with landmarks and chips batched in torch on its device.
 
     Selected by ``--embedder "dlib?align=torch"`` (registry: :data:`facecluster.embed.ALIGN_VARIANTS`).
-    Parameters as :class:`facecluster.embed.dlib_resnet.DlibEmbedder`, plus ``align`` ("torch").
+    Parameters as :class:`facecluster.embed.dlib_resnet.DlibEmbedder`, plus ``align`` ("torch") and
+    ``hog_workers`` (``margin=agree``: processes for the HOG of the crops whose starts disagree;
+    0 = in the main process; see :class:`TorchAligner`).
     ``prepare`` returns a :class:`FaceImage` (decoded crop + landmark rectangle), not a chip;
     ``embed_batch`` takes a list of them (or ready (B, 150, 150, 3) chips, as the dlib embedder).
     """
@@ -201,12 +231,18 @@ class DlibTorchAlignEmbedder(DlibEmbedder):
         precision: str = "fp32",
         mirror: bool | str = False,
         align: str = "torch",
+        hog_workers: int | str = 0,
     ):
         if str(align).strip().lower() != "torch":
             raise EmbedderError(f"DlibTorchAlignEmbedder needs align='torch', got {align!r}")
         super().__init__(path=path, device=device, batch_size=batch_size, margin=margin, threads=threads,
                          precision=precision, mirror=mirror)
         self.align = "torch"
+        #: ``margin=agree``: processes for the HOG of disagreeing crops (:class:`TorchAligner`);
+        #: moves work only, so it is not part of the fingerprint
+        self.hog_workers = int(hog_workers)
+        if self.hog_workers < 0:
+            raise EmbedderError(f"hog_workers must be >= 0, got {hog_workers!r}")
         self.preprocessing = self.preprocessing.replace(
             "dlib 5-point landmarks -> dlib.get_face_chip 150x150 padding 0.25",
             "dlib 5-point landmarks and get_face_chip 150x150 padding 0.25 batched in torch on the device (align=torch)",
@@ -229,7 +265,8 @@ class DlibTorchAlignEmbedder(DlibEmbedder):
     @property
     def torch_aligner(self) -> TorchAligner:
         if self._torch_aligner is None:
-            self._torch_aligner = TorchAligner(self.aligner, next(self.net.parameters()).device)
+            self._torch_aligner = TorchAligner(self.aligner, next(self.net.parameters()).device,
+                                               hog_workers=self.hog_workers)
         return self._torch_aligner
 
     def align_chips(self, items: Sequence[FaceImage]) -> torch.Tensor:
