@@ -128,18 +128,36 @@ def cmd_steps(args: argparse.Namespace) -> None:
     paths = _paths(args)
     al = A.Aligner(margin=args.margin)
     emb = DlibEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin, threads=args.threads)
+    agree = al.kind == "agree"
+    t_hog = [0.0, 0]  # agree: HOG seconds and runs inside landmarks_rule (its face-box step)
+    if agree:
+        def timed_hog(img):
+            t0 = time.perf_counter()
+            try:
+                return A.Aligner.hog_rect(img)
+            finally:
+                t_hog[0] += time.perf_counter() - t0
+                t_hog[1] += 1
+        al.hog_rect = timed_hog  # Aligner._agree calls self.hog_rect for the disagreeing crops
     # warm-up: the predictor's model load and the first HOG run are not per-face costs
     w = A.normalise_size(A.to_rgb_uint8(load_image(paths[0])))
-    al.chip_from(w, al.landmarks_in(w, al.rect(w)[0]))
+    A.Aligner.hog_rect(w)
+    al.chip_from(w, al.landmarks_rule(w)[0])
+    t_hog[:] = [0.0, 0]
     t = {"decode": 0.0, "face box": 0.0, "landmarks": 0.0, "chip": 0.0}
     chips = []
     for p in paths:
         t0 = time.perf_counter()
         img = A.normalise_size(A.to_rgb_uint8(load_image(p)))
         t1 = time.perf_counter()
-        box, _ = al.rect(img)
-        t2 = time.perf_counter()
-        shape = al.landmarks_in(img, box)
+        if agree:  # agree places its own boxes: 3 predictor runs, HOG + 1 run where they disagree
+            h0 = t_hog[0]
+            shape = al.landmarks_rule(img)[0]
+            t2 = t1 + (t_hog[0] - h0)  # the HOG share counts as the face box
+        else:
+            box, _ = al.rect(img)
+            t2 = time.perf_counter()
+            shape = al.landmarks_in(img, box)
         t3 = time.perf_counter()
         chips.append(al.chip_from(img, shape))
         t4 = time.perf_counter()
@@ -173,6 +191,9 @@ def cmd_steps(args: argparse.Namespace) -> None:
     rows.append(("CPU steps together", f"{args.workers} workers", f"{cpu_ms:.2f}", f"{cpu_fps:.0f}"))
     rows.append(("bound: min(CPU steps, network)", "", "", f"{min(cpu_fps, net_fps):.0f}"))
     data.update(cpu_ms_per_face=cpu_ms, cpu_faces_per_s=cpu_fps, network_faces_per_s=net_fps, bound=min(cpu_fps, net_fps))
+    if agree:
+        data["agree_hog_share"] = t_hog[1] / n
+        print(f"agree: HOG ran on {t_hog[1]} of {n} crops ({t_hog[1] / n:.1%}); 'face box' is that HOG time")
     print(f"steps: {n} crops, margin {al.margin}, device {args.device}")
     _emit(args, rows, ("step", "where", "ms/face", "faces/s"), data)
 
@@ -187,7 +208,8 @@ def _steps_torch_align(args: argparse.Namespace) -> None:
     from facecluster.imageio import load_image
 
     paths = _paths(args)
-    emb = DlibTorchAlignEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin, threads=args.threads)
+    emb = DlibTorchAlignEmbedder(device=args.device, batch_size=args.batch_size, margin=args.margin, threads=args.threads,
+                                 hog_workers=args.hog_workers)
     prep = FaceImagePreparer(emb.aligner)
     prep.prepare(load_image(paths[0]))  # warm-up: HOG's first run
     t = {"decode": 0.0, "face box": 0.0}
@@ -216,10 +238,14 @@ def _steps_torch_align(args: argparse.Namespace) -> None:
     moved = [ta.to_device(b) for b in batches()]
     sync()
     t_h2d = time.perf_counter() - t0
+    agree = emb.aligner.kind == "agree"
+    for k in ta.agree_counts:
+        ta.agree_counts[k] = 0
     t0 = time.perf_counter()
-    pts = [ta.landmarks(*m) for m in moved]
+    pts = [ta.landmarks(*m, [it.image for it in b]) for m, b in zip(moved, batches())]
     sync()
     t_lm = time.perf_counter() - t0
+    counts = dict(ta.agree_counts)
     from facecluster.embed.align import CHIP_PADDING, CHIP_SIZE
     from facecluster.embed.chip_torch import extract_chips
 
@@ -248,6 +274,19 @@ def _steps_torch_align(args: argparse.Namespace) -> None:
         cpu_ms += ms
         rows.append((k, "cpu, 1 core", f"{ms:.2f}", f"{1000 / ms:.0f}" if ms > 0 else "-"))
         data["steps"][k] = {"ms_per_face": ms}
+    if agree:
+        # HOG of the disagreeing crops runs on the host inside the landmarks step: report it as a
+        # CPU step (per face of the whole set) and the device landmarks without it
+        hog_s = counts["hog_seconds"]
+        t_lm -= hog_s
+        ms = 1000 * hog_s / m
+        where = "cpu, main process" if not args.hog_workers else f"main waits on {args.hog_workers} HOG processes"
+        rows.append(("face box (HOG, disagreeing crops)", where, f"{ms:.2f}",
+                     f"{1000 / ms:.0f}" if ms > 0 else "-"))
+        data["steps"]["agree hog"] = {"ms_per_face": ms, "share": counts["hog"] / max(1, counts["crops"]),
+                                      "found": counts["hog_found"]}
+        print(f"agree: starts disagreed on {counts['hog']:.0f} of {counts['crops']:.0f} crops "
+              f"({counts['hog'] / max(1, counts['crops']):.1%}), HOG box on {counts['hog_found']:.0f}")
     for k, v in (("host to device", t_h2d), ("landmarks", t_lm), ("chip", t_chip), ("network", t_net),
                  ("landmarks + chip + network", t_all)):
         rows.append((k, f"{args.device}, batch {bs}", f"{1000 * v / m:.3f}", f"{m / v:.0f}"))
@@ -437,18 +476,28 @@ def cmd_align_parity(args: argparse.Namespace) -> None:
     imgs = [load_image(p) for p in paths]
     items = [emb.prepare(im) for im in imgs]
     al = ref.aligner
-    ref_pts, ref_chips = [], []
+    agree = al.kind == "agree"
+    ref_pts, ref_chips, ref_rules = [], [], []
     for it in items:  # the CPU path on the same normalised image and box as the torch path
-        shape = al.landmarks_in(it.image, it.box)
+        if agree:  # agree places its own boxes (and runs HOG where its starts disagree)
+            shape, rule = al.landmarks_rule(it.image)
+            ref_rules.append(rule)
+        else:
+            shape = al.landmarks_in(it.image, it.box)
         ref_pts.append([(q.x, q.y) for q in shape.parts()])
         ref_chips.append(al.chip_from(it.image, shape))
     ref_pts, ref_chips = np.asarray(ref_pts, float), np.stack(ref_chips)
     ta = emb.torch_aligner
-    got_pts, got_chips = [], []
+    got_pts, got_chips, got_rules = [], [], []
+    hog_runs = 0  # agree: crops whose two starts disagreed (HOG ran; it may find no plausible box)
     for s in range(0, len(items), args.batch_size):
-        m = ta.to_device(items[s : s + args.batch_size])
-        got_pts.append(round_points(ta.landmarks(*m)).cpu().numpy())
-        got_chips.append(ta.chips(items[s : s + args.batch_size]).cpu().numpy())
+        batch = items[s : s + args.batch_size]
+        m = ta.to_device(batch)
+        runs = ta.agree_counts["hog"]
+        got_pts.append(round_points(ta.landmarks(*m, [it.image for it in batch])).cpu().numpy())
+        got_rules += ta.last_rules
+        hog_runs += ta.agree_counts["hog"] - runs
+        got_chips.append(ta.chips(batch).cpu().numpy())
     got_pts, got_chips = np.concatenate(got_pts), np.concatenate(got_chips)
     dp = np.abs(got_pts - ref_pts).max((1, 2))
     same = dp == 0
@@ -464,6 +513,12 @@ def cmd_align_parity(args: argparse.Namespace) -> None:
         "cos_min": float(cos.min()), "cos_median": float(np.median(cos)), "cos_p01": float(np.quantile(cos, 0.01)),
         "below_0999": int((cos < 0.999).sum()),
     }
+    if agree:  # share of crops that took the HOG route, and whether both paths routed alike
+        data["hog_share"] = float(np.mean([r == "hog" for r in ref_rules]))
+        data["rules_identical"] = float(np.mean([a == b for a, b in zip(ref_rules, got_rules)]))
+        data["hog_run_share"] = hog_runs / max(1, len(items))
+        print(f"agree: starts disagreed (HOG ran) on {data['hog_run_share']:.1%} of crops, HOG box used on "
+              f"{data['hog_share']:.1%} (CPU path), same rule on {data['rules_identical']:.1%}")
     _emit(args, [(len(paths), args.device, al.margin, f"{same.mean():.4f}", f"{dp.max():.0f}", f"{dc.mean():.4f}",
                   dc.max(), data["chip_max_abs_same_landmarks"], f"{cos.min():.6f}", f"{np.median(cos):.6f}",
                   data["below_0999"])],
@@ -597,6 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--net-faces", type=int, default=0, help="time the network on at least this many chips (repeats)")
     p.add_argument("--align", choices=["dlib", "torch"], default="dlib",
                    help="torch: landmarks + chip batched on --device (embedder setting align=torch)")
+    p.add_argument("--hog-workers", type=int, default=0,
+                   help="align=torch, margin=agree: processes for the HOG of disagreeing crops (embedder setting hog_workers)")
     p = sub.add_parser("e2e")
     p.add_argument("--input", required=True)
     p.add_argument("--json")

@@ -208,6 +208,121 @@ def test_registry_align_option():
         get_embedder("dlib?align=gpu")
 
 
+# -- margin=agree ---------------------------------------------------------------------------------
+def _off_centre(path: str, pad: int = 60) -> np.ndarray:
+    """A real crop with its face pushed to the bottom right (edge-padded top and left): the two
+    detector-free starts of ``agree`` disagree there and the crop takes the HOG route."""
+    img = A.to_rgb_uint8(load_image(path))
+    return np.pad(img, ((pad, 0), (pad, 0), (0, 0)), mode="edge")
+
+
+def _agree_ref(al: A.Aligner, img: np.ndarray) -> tuple[np.ndarray, str]:
+    shape, rule = al.landmarks_rule(img)
+    return np.array([(q.x, q.y) for q in shape.parts()], float), rule
+
+
+def test_agree_matches_cpu_agree_on_real_crops():
+    """``dlib?align=torch&margin=agree`` vs ``dlib?margin=agree``: every crop takes the same route
+    (the agreeing starts, or HOG), the very same integer landmarks and chips, descriptors cos >= 0.9999;
+    the batch mixes LFW, glint18, ORL and off-centre crops that go to HOG."""
+    paths = _faces()
+    a = get_embedder("dlib?margin=agree&threads=1", batch_size=8)
+    b = get_embedder("dlib?align=torch&margin=agree&threads=1", batch_size=8)
+    assert isinstance(b, DlibTorchAlignEmbedder) and b.aligner.kind == "agree"
+    imgs = [load_image(p) for p in paths] + [_off_centre(paths[0]), _off_centre(paths[5])]
+    items = [b.prepare(im) for im in imgs]
+    assert {it.rule for it in items} == {"agree"}  # the workers run no HOG for agree
+    ref = [_agree_ref(a.aligner, it.image) for it in items]
+    ta = b.torch_aligner
+    got = ta.landmarks(*ta.to_device(items), [it.image for it in items]).numpy()
+    np.testing.assert_array_equal(got, np.stack([r[0] for r in ref]))
+    assert ta.last_rules == [r[1] for r in ref]
+    assert ta.last_rules[-2:] == ["hog", "hog"] and ta.last_rules.count("hog") < len(items) // 2
+    ref_chips = [a.aligner.chip(im) for im in imgs]
+    np.testing.assert_array_equal(ta.chips(items).numpy(), np.stack(ref_chips))
+    cos = _cos(a.embed_batch(np.stack(ref_chips)), b.embed_batch(items))
+    assert cos.min() >= 0.9999, cos
+    # through the runner as well, in order
+    ra, rb = embed_records(a, paths, num_workers=0), embed_records(b, paths, num_workers=0, chunk_size=5)
+    assert ra.index.tolist() == rb.index.tolist() == list(range(len(paths)))
+    assert _cos(ra.features, rb.features).min() >= 0.9999
+
+
+def test_agree_hog_route_and_fallback():
+    """A crop whose starts disagree runs HOG once more on the host; with a plausible detection its
+    landmarks are one predictor run from the HOG box (dlib's own predictor from the same box), with
+    none (a face-less image) the first start's landmarks stay, as on the CPU path."""
+    b = DlibTorchAlignEmbedder(margin="agree", batch_size=4, threads=1)
+    al = b.aligner
+    off = A.normalise_size(_off_centre(_faces()[0]))
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    items = [b.prepare(off), b.prepare(noise)]
+    ta = b.torch_aligner
+    for k in ta.agree_counts:
+        ta.agree_counts[k] = 0
+    got = ta.landmarks(*ta.to_device(items), [it.image for it in items]).numpy()
+    box = A.Aligner.hog_rect(items[0].image)
+    assert box is not None and ta.last_rules[0] == "hog"
+    pred = dlib.shape_predictor(str(al.landmarks_path))
+    want = pred(items[0].image, dlib.rectangle(*[int(round(v)) for v in box]))
+    np.testing.assert_array_equal(got[0], [(q.x, q.y) for q in want.parts()])
+    pts, rule = _agree_ref(al, items[1].image)
+    np.testing.assert_array_equal(got[1], pts)
+    assert rule == ta.last_rules[1]
+    if A.Aligner.hog_rect(noise) is None:  # the fallback: no detection keeps the first start
+        assert rule == "agree"
+    assert ta.agree_counts["crops"] == 2 and 1 <= ta.agree_counts["hog"] <= 2 and ta.agree_counts["hog_found"] >= 1
+
+
+def test_agree_hog_pool_same_as_in_process():
+    """``hog_workers=2`` (HOG of the disagreeing crops in a process pool) only moves the work."""
+    faces = _faces()
+    imgs = [_off_centre(faces[0]), _off_centre(faces[5]), load_image(faces[1]), _off_centre(faces[3], 50)]
+    b0 = get_embedder("dlib?align=torch&margin=agree&threads=1", batch_size=4)
+    b2 = get_embedder("dlib?align=torch&margin=agree&threads=1&hog_workers=2", batch_size=4)
+    assert b2.hog_workers == 2 and b0.fingerprint() == b2.fingerprint()
+    items = [b0.prepare(im) for im in imgs]
+    t0, t2 = b0.torch_aligner, b2.torch_aligner
+    try:
+        p0 = t0.landmarks(*t0.to_device(items), [it.image for it in items]).numpy()
+        p2 = t2.landmarks(*t2.to_device(items), [it.image for it in items]).numpy()
+        assert t2._hog_pool is not None and t2.agree_counts["hog"] >= 2
+        np.testing.assert_array_equal(p0, p2)
+        assert t0.last_rules == t2.last_rules
+    finally:
+        t2.close()
+    with pytest.raises(EmbedderError):
+        get_embedder("dlib?align=torch&margin=agree&hog_workers=-1")
+
+
+def test_agree_deterministic_batch_independent_and_n_records():
+    b = get_embedder("dlib?align=torch&margin=agree&threads=1", batch_size=3)
+    paths = _faces()[:7]
+    r1 = embed_records(b, paths, num_workers=0)
+    r2 = embed_records(b, paths, num_workers=0)
+    np.testing.assert_array_equal(r1.features, r2.features)
+    r3 = embed_records(b, paths, num_workers=0, chunk_size=2)  # other batches and padding
+    np.testing.assert_allclose(r1.features, r3.features, atol=1e-5)
+    for n in range(6):
+        r = embed_records(b, paths[:n], num_workers=0, chunk_size=2)
+        assert r.features.shape == (n, 128) and r.index.tolist() == list(range(n)) and r.errors == {}
+    assert b.fingerprint() != get_embedder("dlib?align=torch").fingerprint()
+    assert b.fingerprint() != get_embedder("dlib?margin=agree").fingerprint()
+
+
+def test_agree_bad_images_reported(tmp_path):
+    b = get_embedder("dlib?align=torch&margin=agree&threads=1", batch_size=4)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    faces = _faces()
+    paths = [faces[0], str(bad), faces[6], str(tmp_path / "missing.png"), faces[11]]
+    r = embed_records(b, paths, num_workers=1, chunk_size=2, workers="processes")
+    assert r.index.tolist() == [0, 2, 4] and sorted(r.errors) == [1, 3]
+    ref = embed_records(get_embedder("dlib?margin=agree&threads=1"), [faces[0], faces[6], faces[11]], num_workers=0)
+    assert _cos(r.features, ref.features).min() >= 0.9999
+
+
 # -- benchmark -----------------------------------------------------------------------------------
 def test_bench_steps_and_align_parity(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "bench"))
@@ -228,13 +343,28 @@ def test_bench_steps_and_align_parity(tmp_path, capsys):
     p = json.loads(out.read_text())
     assert p["n"] == 4 and p["cos_min"] >= 0.999 and p["landmarks_identical"] == 1.0 and p["chip_max_abs"] == 0
     assert "| landmarks + chip + network |" in capsys.readouterr().out
+    # margin=agree: the CPU steps (HOG only inside landmarks_rule), the torch steps, agree-vs-agree parity
+    out = tmp_path / "steps-agree.json"
+    b.main(["steps", "--input", str(inp), "--n", "4", "--margin", "agree", "--batch-size", "4", "--workers", "1",
+            "--json", str(out)])
+    s = json.loads(out.read_text())
+    assert s["margin"] == "agree" and 0 <= s["agree_hog_share"] <= 1 and s["steps"]["landmarks"]["ms_per_face"] > 0
+    b.main(["steps", "--input", str(inp), "--n", "4", "--align", "torch", "--margin", "agree", "--batch-size", "4",
+            "--workers", "1", "--json", str(out)])
+    s = json.loads(out.read_text())
+    assert s["margin"] == "agree" and "agree hog" in s["steps"] and s["device_faces_per_s"] > 0
+    b.main(["align-parity", "--input", str(inp), "--n", "4", "--batch-size", "4", "--margin", "agree",
+            "--min-cos", "0.9999", "--json", str(out)])
+    p = json.loads(out.read_text())
+    assert p["landmarks_identical"] == 1.0 and p["chip_max_abs"] == 0 and p["rules_identical"] == 1.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_torch_align_matches_cpu():
+@pytest.mark.parametrize("margin", ["auto", "agree"])
+def test_cuda_torch_align_matches_cpu(margin):
     paths = _faces()
-    cpu = embed_records(DlibTorchAlignEmbedder(batch_size=8), paths, num_workers=0)
-    gpu = embed_records(DlibTorchAlignEmbedder(device="cuda", batch_size=8), paths, num_workers=0)
+    cpu = embed_records(DlibTorchAlignEmbedder(batch_size=8, margin=margin), paths, num_workers=0)
+    gpu = embed_records(DlibTorchAlignEmbedder(device="cuda", batch_size=8, margin=margin), paths, num_workers=0)
     assert cpu.index.tolist() == gpu.index.tolist()
     cos = _cos(cpu.features, gpu.features)
     assert cos.min() >= 0.999, cos

@@ -4,7 +4,8 @@ With ``align=torch`` the decode/alignment workers of :mod:`facecluster.embed.run
 compute landmarks and chips: they decode, normalise the size exactly as
 :meth:`facecluster.embed.align.Aligner.chip` does, and find the landmark rectangle with the
 aligner's strategy (dlib's HOG detector for ``auto`` / ``hog``, the margin box for a fixed margin
-and for ``iter``). The image and its rectangle go to the main process, where
+and for ``iter``; for ``agree`` nothing: the device places its two starts from the image size and
+runs HOG on the host only for the few crops whose starts disagree). The image and its rectangle go to the main process, where
 :mod:`facecluster.embed.torch_align` runs the 5-point predictor and the chip batched on the
 embedder's device. This module imports no torch, so worker processes stay light.
 """
@@ -24,7 +25,7 @@ class FaceImage:
 
     image: np.ndarray  #: (H, W, 3) uint8 RGB, longer side in [align.MIN_SIDE, align.MAX_SIDE]
     box: tuple[float, float, float, float]  #: (left, top, right, bottom) pixels, unrounded
-    rule: str  #: "hog" or "margin": which rule gave the box
+    rule: str  #: "hog", "margin" or "agree" (the box is unused: the device places its starts)
 
 
 class FaceImagePreparer:
@@ -44,8 +45,8 @@ class FaceImagePreparer:
     def prepare(self, img: np.ndarray, record: dict | None = None) -> FaceImage:
         """Decoded face crop (any size, grey / RGB / RGBA) → :class:`FaceImage`."""
         img = normalise_size(to_rgb_uint8(img))
-        box, rule = self.aligner.rect(img)
-        return FaceImage(img, tuple(float(v) for v in box), rule)
+        box, rule = self.aligner.rect(img)  # agree: the margin box, no HOG (runs on the device side)
+        return FaceImage(img, tuple(float(v) for v in box), "agree" if self.aligner.kind == "agree" else rule)
 
 
 __all__ = ["FaceImage", "FaceImagePreparer"]
