@@ -115,6 +115,18 @@ def cmd_records(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+def _cpu_step_rows(t: dict[str, float], n: int, rows: list[tuple], steps: dict) -> float:
+    """Append one table row and one ``steps`` entry per CPU step (``t``: seconds over ``n`` faces,
+    one core); returns their summed ms per face."""
+    cpu_ms = 0.0
+    for k, v in t.items():
+        ms = 1000 * v / n
+        cpu_ms += ms
+        rows.append((k, "cpu, 1 core", f"{ms:.2f}", f"{1000 / ms:.0f}" if ms > 0 else "-"))
+        steps[k] = {"ms_per_face": ms}
+    return cpu_ms
+
+
 def cmd_steps(args: argparse.Namespace) -> None:
     import torch
 
@@ -178,12 +190,7 @@ def cmd_steps(args: argparse.Namespace) -> None:
     sync()
     t_net = time.perf_counter() - t0
     rows, data = [], {"n": n, "device": args.device, "margin": al.margin, "workers": args.workers, "steps": {}}
-    cpu_ms = 0.0
-    for k, v in t.items():
-        ms = 1000 * v / n
-        cpu_ms += ms
-        rows.append((k, "cpu, 1 core", f"{ms:.2f}", f"{1000 / ms:.0f}" if ms > 0 else "-"))
-        data["steps"][k] = {"ms_per_face": ms}
+    cpu_ms = _cpu_step_rows(t, n, rows, data["steps"])
     net_fps = len(big) / t_net
     rows.append(("network", f"{args.device}, batch {args.batch_size}", f"{1000 / net_fps:.3f}", f"{net_fps:.0f}"))
     data["steps"]["network"] = {"faces_per_s": net_fps, "faces": len(big)}
@@ -268,12 +275,7 @@ def _steps_torch_align(args: argparse.Namespace) -> None:
     m = len(big)
     rows, data = [], {"n": n, "device": args.device, "margin": emb.aligner.margin, "align": "torch",
                       "workers": args.workers, "steps": {}}
-    cpu_ms = 0.0
-    for k, v in t.items():
-        ms = 1000 * v / n
-        cpu_ms += ms
-        rows.append((k, "cpu, 1 core", f"{ms:.2f}", f"{1000 / ms:.0f}" if ms > 0 else "-"))
-        data["steps"][k] = {"ms_per_face": ms}
+    cpu_ms = _cpu_step_rows(t, n, rows, data["steps"])
     if agree:
         # HOG of the disagreeing crops runs on the host inside the landmarks step: report it as a
         # CPU step (per face of the whole set) and the device landmarks without it

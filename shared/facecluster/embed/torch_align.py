@@ -33,7 +33,7 @@ import torch
 from . import align as A
 from .base import EmbedderError
 from .chip_torch import extract_chips, round_points
-from .dlib_resnet import DlibEmbedder
+from .dlib_resnet import DEFAULT_CPU_THREADS, DlibEmbedder
 from .face_images import FaceImage, FaceImagePreparer
 from .precision import autocast_context, configure_backends
 
@@ -227,7 +227,7 @@ class DlibTorchAlignEmbedder(DlibEmbedder):
         device: str = "cpu",
         batch_size: int = 64,
         margin: str | float | None = None,
-        threads: int | str | None = "auto",
+        threads: int | str | None = DEFAULT_CPU_THREADS,
         precision: str = "fp32",
         mirror: bool | str = False,
         align: str = "torch",
