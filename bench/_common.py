@@ -29,6 +29,21 @@ def load_workdir(path: str | Path, labels: str = "folder") -> tuple[np.ndarray, 
     return feats, names, meta["embedder"]["embedder"]
 
 
+def load_face_px(path: str | Path, n: int) -> np.ndarray:
+    """The crops' sizes (n,) of a work dir (``features-face-px.npy``, written by ``facecluster
+    merge``); work dirs merged before it existed: read from the image headers of the manifest
+    (the same value for images of 32-1024 px; NaN where unreadable)."""
+    from facecluster.embed.runner import _header_side
+
+    wd = WorkDir(Path(path))
+    px = wd.read_face_px(n)
+    if px is not None:
+        return px
+    _, index, _ = wd.read_features()
+    paths = wd.read_manifest()["paths"]
+    return np.array([_header_side(paths[i]) for i in index], np.float32)
+
+
 def parse_value(v: str):
     """A setting's value from the command line: JSON when it parses (numbers, true/false), else the string."""
     try:
@@ -48,13 +63,18 @@ def method_settings(pairs: list[str], method: str) -> dict:
     return out
 
 
-def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = "cpu", **settings) -> dict:
-    """Cluster ``feats`` with ``method`` as the pipeline would and score against ``gt`` labels."""
+def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = "cpu", face_px=None, labels_out: list | None = None, **settings) -> dict:
+    """Cluster ``feats`` with ``method`` as the pipeline would and score against ``gt`` labels;
+    ``face_px`` (N,): the crops' sizes, passed as the pipeline does to methods that use them;
+    ``labels_out``: a list that receives the (N,) labels."""
     c = get_clusterer(method, device=device, embedder=embedder, **settings)
     x = feats if getattr(c, "wants_raw_features", False) else prepare_features(feats, calibration_mean(embedder))
     rss0 = peak_rss_mb()
     t = time.perf_counter()
-    lab = c.fit_predict(x)
+    use_px = face_px is not None and getattr(c, "uses_face_px", False)
+    lab = c.fit_predict(x, face_px=face_px) if use_px else c.fit_predict(x)
+    if labels_out is not None:
+        labels_out.append(lab)
     dt = time.perf_counter() - t
     y = np.unique(np.asarray(gt), return_inverse=True)[1]
     r = evaluate(y, lab)

@@ -150,15 +150,22 @@ def similarity_profile(x: np.ndarray, y: np.ndarray, k: int = 10) -> dict:
 # --------------------------------------------------------------------------------------------
 # running the command
 # --------------------------------------------------------------------------------------------
-def make_workdir(root: Path, x: np.ndarray) -> Path:
-    """A work dir holding ``x`` as merged dlib features (what `facecluster merge` writes)."""
+def make_workdir(root: Path, x: np.ndarray, small_share: float = 0.0, seed: int = 0) -> Path:
+    """A work dir holding ``x`` as merged dlib features (what `facecluster merge` writes); with
+    ``small_share`` > 0 also crop sizes (features-face-px.npy): that share of the faces, drawn at
+    random, 48 px, the others 150 px, so infomap's small-face rule runs."""
     from facecluster.workdir import WorkDir, atomic_save_npy, atomic_write_json, fingerprint
 
     root.mkdir(parents=True, exist_ok=True)
     wd = WorkDir(root)
     atomic_save_npy(wd.features_npy, x)
     atomic_save_npy(wd.features_index, np.arange(len(x), dtype=np.int64))
-    fp = fingerprint("cluster_scale", len(x), float(x[:64].sum()) if len(x) else 0.0)
+    if small_share > 0:
+        small = np.random.default_rng(seed + 1).random(len(x)) < small_share
+        atomic_save_npy(wd.features_face_px, np.where(small, 48.0, 150.0).astype(np.float32))
+    else:
+        wd.features_face_px.unlink(missing_ok=True)
+    fp = fingerprint("cluster_scale", len(x), float(x[:64].sum()) if len(x) else 0.0, small_share)
     atomic_write_json(
         wd.features_meta,
         {"fingerprint": fp, "manifest": fp, "n_records": len(x), "n_features": len(x), "dim": int(x.shape[1]),
@@ -279,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--zipf", type=float, default=2.0, help="identity-size Zipf exponent")
+    ap.add_argument("--small-share", type=float, default=0.0,
+                    help="share of faces given 48-px crops (features-face-px.npy), the rest 150 px: times infomap's small-face rule (0: no sizes)")
     ap.add_argument("--max-size", type=int, default=1000, help="largest identity")
     ap.add_argument("--time-limit", type=float, default=600, help="seconds per method (child killed after)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run; later methods are skipped")
@@ -333,7 +342,7 @@ def main(argv=None) -> int:
         for n in a.n or [100000]:
             t = time.perf_counter()
             x, y = synthetic(n, a.seed, zipf=a.zipf, max_size=a.max_size)
-            wd = make_workdir(root / f"n{n}", x)
+            wd = make_workdir(root / f"n{n}", x, a.small_share, a.seed)
             gen_s = time.perf_counter() - t
             print(f"N={n}: {len(np.unique(y))} identities, largest {np.bincount(y).max()}, generated in {gen_s:.1f} s", flush=True)
             if a.knn_check:

@@ -21,6 +21,11 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
                                 (photo collection of regulars, ~30 % margin)
   ``glint18-val``               5 held-out glint18 people, 1,650 tight crops (long video)
   ``glint-lowres-val``          same people at 48 px, JPEG q40 (low-resolution video)
+  ``glint-mixed-val``           same people, each crop at 32-112 px, some blurred (a video
+                                whose faces come near and go far; added with the quality rule)
+  ``lfw-mixed-val``             held-out LFW ids, per photo a random crop, size, JPEG quality,
+                                blur, grey (photos from mixed sources; work dir
+                                ``lfw-mixed-val`` holds only these ids)
   ``glint18-val+singletons``    glint18-val + held-out LFW one-photo people (video with
                                 passers-by)
   ``yale``                      Extended Yale B: 38 people x ~64 greyscale shots under extreme
@@ -47,16 +52,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_workdir, parse_value, run_method  # noqa: E402
+from _common import load_face_px, load_workdir, parse_value, run_method  # noqa: E402
 from facecluster.train.splits import validation_mask  # noqa: E402
 
-TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres"]
+TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed"]
 SHAPES = {
     "lfw-val": "photos",
     "lfw-lowq-val": "photos",
     "lfw-loose-val21": "photos",
     "glint18-val": "video",
     "glint-lowres-val": "video",
+    "glint-mixed-val": "video, mixed sizes",
+    "lfw-mixed-val": "photos, mixed sizes",
     "glint18-val+singletons": "video+singles",
     "yale": "video",
     "orl": "small",
@@ -67,14 +74,26 @@ def _set_name(s: str) -> str:
     return "glint18" if s.startswith("glint") else "orl" if s == "orl" else "lfw"
 
 
-def load(root: Path, name: str, part: str = "all") -> tuple[np.ndarray, np.ndarray]:
-    """Features (N, D) and identity names (N,) of ``root/name``; ``part`` all | train | val."""
+def load(root: Path, name: str, part: str = "all", with_px: bool = False):
+    """Features (N, D) and identity names (N,) of ``root/name``; ``part`` all | train | val.
+    ``with_px``: also the crops' sizes (N,) (``_common.load_face_px``)."""
     x, n, _ = load_workdir(root / name)
+    px = load_face_px(root / name, len(x)) if with_px else None
     if part != "all":
         m = validation_mask(_set_name(name), n)
         keep = m if part == "val" else ~m
         x, n = x[keep], n[keep]
-    return x, n
+        px = None if px is None else px[keep]
+    return (x, n, px) if with_px else (x, n)
+
+
+def _cap21(x, n, px):
+    """People with >= 5 photos, at most 21 each (the shape of the issue's in-the-wild set)."""
+    keep = np.zeros(len(n), bool)
+    for ident, c in Counter(n.tolist()).items():
+        if c >= 5:
+            keep[np.flatnonzero(n == ident)[:21]] = True
+    return x[keep], n[keep], px[keep]
 
 
 def training_pool(root: Path, sets: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -82,8 +101,9 @@ def training_pool(root: Path, sets: list[str] | None = None) -> list[tuple[str, 
     return [(s, *load(root, s, "train")) for s in (sets or TRAIN_SETS) if (root / s / "features.npy").exists()]
 
 
-def validation_regimes(root: Path, only: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(regime, features, names) for every validation regime whose work dir exists."""
+def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool = False) -> list[tuple]:
+    """(regime, features, names) for every validation regime whose work dir exists; with
+    ``with_px`` also the crops' sizes: (regime, features, names, face_px)."""
     out = []
 
     def have(s: str) -> bool:
@@ -91,45 +111,45 @@ def validation_regimes(root: Path, only: list[str] | None = None) -> list[tuple[
 
     def add(name, fn):
         if only is None or name in only:
-            out.append((name, *fn()))
+            r = fn()
+            out.append((name, *(r if with_px else r[:2])))
+
+    def ld(set_name, part="all"):
+        return load(root, set_name, part, with_px=True)
 
     if have("lfw"):
-        add("lfw-val", lambda: load(root, "lfw", "val"))
+        add("lfw-val", lambda: ld("lfw", "val"))
     if have("lfw-lowq"):
-        add("lfw-lowq-val", lambda: load(root, "lfw-lowq", "val"))
+        add("lfw-lowq-val", lambda: ld("lfw-lowq", "val"))
     if have("lfw-loose"):
-
-        def loose21():
-            x, n = load(root, "lfw-loose", "val")
-            keep = np.zeros(len(n), bool)
-            for ident, c in Counter(n.tolist()).items():
-                if c >= 5:
-                    keep[np.flatnonzero(n == ident)[:21]] = True
-            return x[keep], n[keep]
-
-        add("lfw-loose-val21", loose21)
+        add("lfw-loose-val21", lambda: _cap21(*ld("lfw-loose", "val")))
+    if have("lfw-mixed-val"):  # the validation identities' lfw-mixed crops (their own work dir)
+        add("lfw-mixed-val", lambda: ld("lfw-mixed-val"))
     if have("glint18"):
-        add("glint18-val", lambda: load(root, "glint18", "val"))
+        add("glint18-val", lambda: ld("glint18", "val"))
     if have("glint-lowres"):
-        add("glint-lowres-val", lambda: load(root, "glint-lowres", "val"))
+        add("glint-lowres-val", lambda: ld("glint-lowres", "val"))
+    if have("glint-mixed"):
+        add("glint-mixed-val", lambda: ld("glint-mixed", "val"))
     if have("glint18") and have("lfw"):
 
         def with_singles():
-            gx, gn = load(root, "glint18", "val")
-            lx, ln = load(root, "lfw", "val")
+            gx, gn, gp = ld("glint18", "val")
+            lx, ln, lp = ld("lfw", "val")
             c = Counter(ln.tolist())
             s = np.array([c[v] == 1 for v in ln], bool)
-            return np.concatenate([gx, lx[s]]), np.concatenate([gn, np.char.add("lfw:", ln[s])])
+            return (np.concatenate([gx, lx[s]]), np.concatenate([gn, np.char.add("lfw:", ln[s])]),
+                    np.concatenate([gp, lp[s]]))
 
         add("glint18-val+singletons", with_singles)
     if have("yale"):
-        add("yale", lambda: load(root, "yale"))
+        add("yale", lambda: ld("yale"))
     if have("orl"):
-        add("orl", lambda: load(root, "orl"))
+        add("orl", lambda: ld("orl"))
     return out
 
 
-def tuning_regimes(root: Path, only: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = False) -> list[tuple]:
     """(regime, features, names) on the *training* identities, for choosing settings (issue 11):
     each available training set on its own (``<set>-train``), and for the LFW-style sets also
     the people with >= 5 photos capped at 21 each (``<set>-train21``, the shape of the issue's
@@ -143,14 +163,28 @@ def tuning_regimes(root: Path, only: list[str] | None = None) -> list[tuple[str,
                 continue
             if only is not None and name not in only:
                 continue
-            x, n = load(root, s, "train")
+            x, n, px = load(root, s, "train", with_px=True)
             if name.endswith("21"):
-                keep = np.zeros(len(n), bool)
-                for ident, c in Counter(n.tolist()).items():
-                    if c >= 5:
-                        keep[np.flatnonzero(n == ident)[:21]] = True
-                x, n = x[keep], n[keep]
-            out.append((name, x, n))
+                x, n, px = _cap21(x, n, px)
+            out.append((name, x, n, px) if with_px else (name, x, n))
+    return out
+
+
+SIZE_BINS = [0, 40, 56, 72, 96, 128, 100000]
+
+
+def precision_by_size(names: np.ndarray, labels: np.ndarray, px: np.ndarray) -> list[dict]:
+    """Mean per-face BCubed precision (share of the face's cluster that is its person) by crop
+    size ``px`` (the bins of ``SIZE_BINS``): which faces end up in other people's clusters."""
+    y = np.unique(names, return_inverse=True)[1]
+    pair = labels.astype(np.int64) * (y.max() + 1) + y
+    _, inv, cnt = np.unique(pair, return_inverse=True, return_counts=True)
+    prec = cnt[inv] / np.bincount(np.unique(labels, return_inverse=True)[1])[np.unique(labels, return_inverse=True)[1]]
+    out = []
+    for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:]):
+        m = (px >= lo) & (px < hi)
+        if m.any():
+            out.append({"px": f"{lo}-{hi if hi < 100000 else ''}", "faces": int(m.sum()), "precision": float(prec[m].mean())})
     return out
 
 
@@ -170,20 +204,26 @@ def main() -> None:
     ap.add_argument("--regimes", help="comma-separated subset")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--tuning", action="store_true", help="the training identities' regimes (tuning_regimes) instead of the validation ones")
+    ap.add_argument("--by-size", action="store_true", help="also print each regime's mean per-face BCubed precision by crop size (face_px)")
     a = ap.parse_args()
     rows = []
     pick = tuning_regimes if a.tuning else validation_regimes
-    regs = pick(a.root, a.regimes.split(",") if a.regimes else None)
+    regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)
     for v in a.variant or ["infomap"]:
         method, _, rest = v.partition(":")
         settings = {k: parse_value(val) for k, _, val in (kv.partition("=") for kv in filter(None, rest.split(",")))}
         print(f"== {v}")
         worst = None
-        for name, x, n in regs:
-            r = run_method(method, x, n, "dlib", **settings)
+        for name, x, n, px in regs:
+            got: list = []
+            r = run_method(method, x, n, "dlib", face_px=px, labels_out=got, **settings)
             r.update(regime=name, shape=SHAPES.get(name, "tuning"), variant=v)
             rows.append(r)
             print(format_row(name, r), flush=True)
+            if a.by_size:
+                r["precision_by_size"] = precision_by_size(n, got[0], px)
+                print("   precision by crop size: " + "; ".join(
+                    f"{b['px']} px {b['faces']} faces {b['precision']:.3f}" for b in r["precision_by_size"]), flush=True)
             if worst is None or r["bcubed_fscore"] < worst["bcubed_fscore"]:
                 worst = r
         if worst:

@@ -28,6 +28,8 @@ of its file name, so a rebuild gives the same bytes):
 ``lfw-greyblur``   centre 170, greyscale, Gaussian blur radius 1.5, 170 px, JPEG q80
 ``lfw-mixed``      per image one of: centre 120-230, 64-250 px, q30-95, blur 0-2, grey 25 %
 ``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
+``glint-mixed``    per glint18 crop: 32-112 px, q35-95, blur 0-1.5 on a third (a video whose
+                   faces come near and go far: mixed resolution in one batch)
 ``yale``           Extended Yale B, all lighting conditions but the ambient shots, PGM -> PNG
 ``yale-moderate``  Extended Yale B, light within 60 deg azimuth and 45 deg elevation
 =================  ======================================================================
@@ -47,7 +49,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter, ImageOps
 
-REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "glint-lowres", "yale", "yale-moderate"]
+REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed", "yale", "yale-moderate"]
 
 
 def _u(name: str, salt: str) -> float:
@@ -84,6 +86,19 @@ def lfw_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image, i
     raise ValueError(regime)
 
 
+def glint_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image, int]:
+    """(image, JPEG quality) of one glint18 crop in ``regime``."""
+    if regime == "glint-lowres":
+        return im.resize((48, 48), Image.BILINEAR), 40
+    if regime == "glint-mixed":
+        size = int(32 + 80 * _u(name, "gsize"))
+        out = im.resize((size, size), Image.BILINEAR)
+        if _u(name, "gblur") < 1 / 3:
+            out = out.filter(ImageFilter.GaussianBlur(1.5 * _u(name, "gsigma")))
+        return out, int(35 + 60 * _u(name, "gq"))
+    raise ValueError(regime)
+
+
 _YALE = re.compile(r"_P00A([+-]\d{3})E([+-]\d{2})\.pgm$")
 
 
@@ -101,7 +116,7 @@ def build(regime: str, a, out: Path) -> int:
     if regime.startswith("lfw-"):
         src = a.lfw_originals
         files = sorted(src.glob("*/*.jpg"))
-    elif regime == "glint-lowres":
+    elif regime.startswith("glint-"):
         src = a.glint
         files = sorted(src.glob("*/*.jpg"))
     else:
@@ -119,8 +134,9 @@ def build(regime: str, a, out: Path) -> int:
         if regime.startswith("lfw-"):
             img, q = lfw_variant(im.convert("RGB"), regime, f.name)
             img.save(target, quality=q)
-        elif regime == "glint-lowres":
-            im.convert("RGB").resize((48, 48), Image.BILINEAR).save(target, quality=40)
+        elif regime.startswith("glint-"):
+            img, q = glint_variant(im.convert("RGB"), regime, f.name)
+            img.save(target, quality=q)
         else:
             im.convert("L").save(target)
     (out / f"{regime}.json").write_text(json.dumps(recs))
@@ -137,7 +153,7 @@ def main() -> None:
     a = ap.parse_args()
     wanted = REGIMES if a.regimes == "all" else a.regimes.split(",")
     for r in wanted:
-        need = a.lfw_originals if r.startswith("lfw-") else a.glint if r == "glint-lowres" else a.yale
+        need = a.lfw_originals if r.startswith("lfw-") else a.glint if r.startswith("glint-") else a.yale
         if need is None:
             if a.regimes != "all":
                 ap.error(f"regime {r} needs its source folder")

@@ -3,9 +3,10 @@
     python bench/train_shift.py --root /work/extdata/work --out OUT [--what v,e,and,gcn]
 
 Training data: the *training* identities of every available set in ``bench/regimes.TRAIN_SETS``
-(several crop styles of the same LFW / glint18 faces, ``bench/shift_sets.py``), pooled into one
-graph with identity = person name, so the same person under several crop styles is one cluster
-(from LFW's one-photo people to glint18's ~400-face video people, times the crop styles).
+(several crop styles of the same LFW / glint18 faces, ``bench/shift_sets.py``), identity = person
+name. ``--graphs per-set`` (default): each set is its own training graph (a face's neighbours come
+from its own crop style, as in a real batch); ``--graphs pooled``: one graph of every set, so the
+same person under several crop styles is one cluster and holds copies of each photo.
 Validation regimes (``bench/regimes.py``) are never read here.
 
 Features: ``meta['features'] = 'raw'`` in every checkpoint, so the methods feed them the plain
@@ -35,11 +36,15 @@ from facecluster.knn import l2_normalize  # noqa: E402
 
 
 def pool(root: Path, sets: list[str]):
+    """Training rows of every set: x (N, D) plain descriptors, y (N,) identity (the same person
+    in every set and crop style is one identity), names (N,), graphs (N,) the set index of each
+    row, and the sets used."""
     parts = training_pool(root, sets)
     x = l2_normalize(np.concatenate([p[1] for p in parts]).astype(np.float32))
     names = np.concatenate([p[2] for p in parts]).astype(str)
+    graphs = np.concatenate([np.full(len(p[1]), i) for i, p in enumerate(parts)])
     _, y = np.unique(names, return_inverse=True)
-    return x, y.astype(np.int64), names, [p[0] for p in parts]
+    return x, y.astype(np.int64), names, graphs, [p[0] for p in parts]
 
 
 def holdback(names: np.ndarray, share: float = 0.1) -> np.ndarray:
@@ -67,17 +72,20 @@ def main() -> None:
     ap.add_argument("--and-warmup", type=int, default=128)
     ap.add_argument("--and-faces", type=int, default=0, help="train AND on a random subset of identities with about this many faces (0: all)")
     ap.add_argument("--gcn-steps", type=int, default=400)
+    ap.add_argument("--graphs", choices=["per-set", "pooled"], default="per-set",
+                    help="per-set: each set (crop style) is its own training graph, as a real batch is one source; pooled: one graph of every set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (the same code path; the shipped GPU recipes used cuda)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     what = set(a.what.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
-    x, y, names, used = pool(a.root, a.sets.split(","))
-    print(f"pool: {len(x)} faces, {len(np.unique(y))} identities, sets {used}", flush=True)
+    x, y, names, graphs, used = pool(a.root, a.sets.split(","))
+    groups = graphs if a.graphs == "per-set" else None
+    print(f"pool: {len(x)} faces, {len(np.unique(y))} identities, sets {used}, graphs {a.graphs}", flush=True)
     dev = a.device
-    log = {"sets": used, "faces": int(len(x)), "identities": int(len(np.unique(y))), "features": "raw", "device": dev}
-    common = {"features": "raw", "embedder": "dlib", "sets": used, "n_train": int(len(x)), "device": dev}
+    log = {"sets": used, "faces": int(len(x)), "identities": int(len(np.unique(y))), "features": "raw", "device": dev, "graphs": a.graphs}
+    common = {"features": "raw", "embedder": "dlib", "sets": used, "n_train": int(len(x)), "device": dev, "graphs": a.graphs}
 
     if "v" in what or "e" in what:
         from facecluster.train.gcn_ve import train_gcn_v, train_gcn_e
@@ -85,13 +93,13 @@ def main() -> None:
         pv = a.out / "gcn_v_dlib.pth"
         if "v" in what:
             t = time.time()
-            mv = train_gcn_v(x, y, k=80, nhid=a.v_nhid, epochs=a.v_epochs, progress=False, device=dev)
+            mv = train_gcn_v(x, y, k=80, nhid=a.v_nhid, epochs=a.v_epochs, progress=False, device=dev, graphs=groups)
             gc.save_checkpoint(mv, pv, meta={**common, "facecluster": "gcn-v", "k": 80, "nhid": a.v_nhid, "epochs": a.v_epochs, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
             log["gcn_v_seconds"] = round(time.time() - t, 1)
         if "e" in what:
             mv = gc.load_gcn_v(pv)
             t = time.time()
-            me = train_gcn_e(mv, x, y, k=80, k_e=160, ignore_ratio=a.e_ignore, nhid=a.e_nhid, epochs=a.e_epochs, progress=False, device=dev)
+            me = train_gcn_e(mv, x, y, k=80, k_e=160, ignore_ratio=a.e_ignore, nhid=a.e_nhid, epochs=a.e_epochs, progress=False, device=dev, graphs=groups)
             gc.save_checkpoint(me, a.out / "gcn_e_dlib.pth", meta={**common, "facecluster": "gcn-e", "k": 80, "k_e": 160, "nhid": a.e_nhid, "epochs": a.e_epochs, "ignore_ratio_train": a.e_ignore, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
             log["gcn_e_seconds"] = round(time.time() - t, 1)
 
@@ -111,13 +119,14 @@ def main() -> None:
                 take = ids_perm[np.cumsum(sizes[ids_perm]) <= a.and_faces]
                 use = np.isin(y, take)
             tr, va = use & ~hb, use & hb
+            gtr, gva = (None, None) if groups is None else (groups[tr], groups[va])
             m_and, info = train_and(x[tr], y[tr], xv=x[va], yv=y[va], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3,
-                                    batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True, device=dev)
+                                    batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True, device=dev, graphs=gtr, graphs_v=gva)
             # predicted vs true neighbour counts: the collapse check
             from facecluster.cluster.adanets.and_model import predict_k
             from facecluster.train.adanets import and_data
 
-            ids_v, kv = and_data(x[va], y[va], device=dev)
+            ids_v, kv = and_data(x[va], y[va], device=dev, graphs=gva)
             kh = predict_k(m_and, x[va], ids_v, 80, device=dev)
             bins = [1, 2, 5, 10, 20, 40, 81]
             table = []
@@ -131,7 +140,7 @@ def main() -> None:
             log["and"] = info
         if "gcn" in what:
             m_and, _ = load_and_checkpoint(pa)
-            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph="adaptive", and_model=m_and, optimizer="sgd", device=dev)
+            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph="adaptive", and_model=m_and, optimizer="sgd", device=dev, graphs=groups)
             save_checkpoint(m_gcn, a.out / "adanets_gcn_dlib.pth", info["steps"], {**common, "train": info})
             log["gcn"] = info
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1, default=str))

@@ -259,3 +259,56 @@ def test_default_relative_attach_joins_a_blurred_videos_fragment_not_a_crisp_loo
     assert out[n0] != out[0] and len(set(out)) == 3
     off = get_clusterer("infomap", device="cpu", embedder="dlib", attach_frac=0, **only).refine(labels, ids, sims)
     assert len(set(off)) == 4
+
+
+def _small_faces_scene():
+    """People A and B (30 large crops each, cosine between them ~0.8), eight small crops (4 of
+    A, 4 of B) that share a strong low-resolution look (cosine ~0.96 to each other, ~0.4 to
+    their own person's large crops) and one small crop close to A's large ones (~0.96)."""
+    rng = np.random.default_rng(0)
+    d = 128
+    e = np.eye(d)
+    a, b, g = e[0], 0.8 * e[0] + 0.6 * e[1], e[2]
+    A = _unit(a + 0.2 * _unit(rng.normal(size=(30, d))))
+    B = _unit(b + 0.2 * _unit(rng.normal(size=(30, d))))
+    S = _unit(np.vstack([np.tile(a, (4, 1)), np.tile(b, (4, 1))]) + 2.5 * g + 0.3 * _unit(rng.normal(size=(8, d))))
+    near = _unit(a + 0.2 * _unit(rng.normal(size=(1, d))))
+    X = np.vstack([A, B, S, near]).astype(np.float32)
+    px = np.r_[np.full(60, 150.0), np.full(9, 40.0)].astype(np.float32)
+    return X, px
+
+
+def test_small_faces_never_link_clusters_and_join_the_person_their_large_neighbours_agree_on():
+    X, px = _small_faces_scene()
+    c = get_clusterer("infomap", device="cpu", embedder="dlib")
+    off = c.fit_predict(X)
+    assert len(set(off[60:68])) == 1  # without sizes the small crops form one mixed cluster
+    on = c.fit_predict(X, face_px=px)
+    assert len(set(on[:30])) == 1 and len(set(on[30:60])) == 1 and on[0] != on[30]
+    assert len(set(on[60:68])) == 8 and not set(on[60:68]) & set(on[:60])  # each stays alone
+    assert on[68] == on[0]  # its 10 nearest large crops are A's, cosine >= 0.91: it joins A
+    assert "small_faces" in c.timings_
+    assert np.array_equal(on, get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X.copy(), face_px=px))
+    # duplicate frames still share a cluster: a copy of a small crop, a small copy of a large one
+    X2 = np.vstack([X, X[60:61], X[40:41]])
+    dup = c.fit_predict(X2, face_px=np.r_[px, 40.0, 40.0])
+    assert dup[69] == dup[60] and dup[70] == dup[40] == dup[30]
+
+
+def test_small_faces_rule_is_a_no_op_when_it_cannot_inform():
+    X, px = _small_faces_scene()
+    c = get_clusterer("infomap", device="cpu", embedder="dlib")
+    off = c.fit_predict(X)
+    same = [
+        np.full(len(X), 150.0),  # every crop large
+        np.full(len(X), 40.0),  # every crop small: nothing to anchor them
+        np.where(np.arange(len(X)) < 30, 150.0, 40.0),  # more than half small (small_max_share 0.5)
+        np.where(px < 72, np.nan, px),  # unknown sizes count as large
+    ]
+    for p in same:
+        assert np.array_equal(c.fit_predict(X, face_px=p), off)
+    assert np.array_equal(get_clusterer("infomap", device="cpu", embedder="dlib", small_face_px=0).fit_predict(X, face_px=px), off)
+    with pytest.raises(ValueError, match="face_px"):
+        c.fit_predict(X, face_px=px[:5])
+    for n in (0, 1, 2):  # tiny inputs
+        assert len(c.fit_predict(X[:n], face_px=px[:n])) == n

@@ -40,6 +40,28 @@ def test_knn_ties_are_deterministic():
     assert (i == np.arange(6)[None, :]).all()
 
 
+def test_knn_within_searches_each_group_on_its_own():
+    from facecluster.knn import knn_within
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(90, 8)).astype(np.float32)
+    groups = np.repeat(["a", "b", "c"], 30)
+    groups[[0, 45]] = ["c", "a"]  # groups need not be contiguous
+    sims, ids = knn_within(X, 12, groups)
+    assert sims.shape == ids.shape == (90, 12)
+    assert (groups[ids] == groups[:, None]).all()
+    rows = np.flatnonzero(groups == "b")
+    s_b, i_b = knn(X[rows], 12)
+    np.testing.assert_array_equal(ids[rows], rows[i_b])
+    np.testing.assert_allclose(sims[rows], s_b)
+    s0, i0 = knn_within(X, 12, None)  # no groups: plain knn
+    np.testing.assert_array_equal(i0, knn(X, 12)[1])
+    with pytest.raises(ValueError, match="fewer than k"):
+        knn_within(X, 40, groups)
+    with pytest.raises(ValueError, match="shape"):
+        knn_within(X, 5, groups[:10])
+
+
 def test_adjacency_is_max_symmetric_row_normalised():
     ids = np.array([[0, 1], [1, 2], [2, 0]])
     sims = np.array([[1.0, 0.5], [1.0, 0.8], [1.0, -0.2]], np.float32)

@@ -114,6 +114,28 @@ def test_shards_merge_equal_unsharded(tmp_path, faces):
     np.testing.assert_allclose(f1, f3, rtol=0, atol=1e-5)
     raw = np.fromfile(wd3.features_bin, dtype="<f4").reshape(-1, f3.shape[1])
     assert (raw == f3).all()  # learn-to-cluster's headerless float32 format
+    assert np.array_equal(wd1.read_face_px(len(f1)), wd3.read_face_px(len(f3)))
+
+
+def test_face_sizes_recorded_in_file_pixels_and_used(tmp_path, faces):
+    """face_px: each crop's shorter side in its file's pixels (also where load_image rescales
+    tiny and huge images), rows as features.npy; the cluster stage hands it to infomap."""
+    tmp, paths = faces
+    recs = [{"img_path": str(p)} for p in paths[:4]] + [{"img_path": str(tmp / n)} for n in ("tiny.jpg", "huge.jpg", "empty.jpg")]
+    code, out = _run(tmp_path, recs)
+    assert code == 3 and out[-1]["cluster_id"] == -1  # the empty file is reported, as always
+    wd = WorkDir(tmp_path / "wd")
+    feats, index, _ = wd.read_features()
+    px = wd.read_face_px(len(feats))
+    assert index.tolist() == [0, 1, 2, 3, 4, 5]
+    assert px.tolist() == [min(Image.open(p).size) for p in paths[:4]] + [24.0, 3000.0]
+    assert json.loads(wd.labels_meta("infomap").read_text())["face_px"] is True
+    # work dirs merged before face_px existed still cluster (no quality rule)
+    wd.features_face_px.unlink()
+    assert wd.read_face_px(len(feats)) is None
+    code, out2 = _run(tmp_path, recs)
+    assert code == 3 and [r["cluster_id"] for r in out2] == [r["cluster_id"] for r in out]
+    assert json.loads(wd.labels_meta("infomap").read_text())["face_px"] is False
 
 
 def test_merge_refuses_missing_shard(tmp_path, faces):

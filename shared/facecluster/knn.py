@@ -135,6 +135,35 @@ def knn(
     return _sort_ties(sims, ids)
 
 
+def knn_within(
+    x: np.ndarray, k: int, groups: np.ndarray | None = None, *, normalize: bool = True, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn` with every row's neighbours taken from its own group only.
+
+    Training pools several sets (crop styles, sources); at inference a batch is one source, so
+    each set is searched on its own. ``groups`` (N,) labels the rows of one group (None: one
+    group, plain :func:`knn`); every group needs at least ``k`` rows, so all rows get (N, k).
+
+    Returns
+    -------
+    sims, ids : (N, k) as :func:`knn`, ids into ``x``.
+    """
+    if groups is None:
+        return knn(x, k, normalize=normalize, device=device)
+    groups = np.asarray(groups)
+    if groups.shape != (len(x),):
+        raise ValueError(f"groups must have shape ({len(x)},), got {groups.shape}")
+    sims = np.empty((len(x), k), np.float32)
+    ids = np.empty((len(x), k), np.int64)
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        if len(rows) < k:
+            raise ValueError(f"group {g!r} has {len(rows)} rows, fewer than k={k}")
+        s, i = knn(x[rows], k, normalize=normalize, device=device)
+        sims[rows], ids[rows] = s, rows[i]
+    return sims, ids
+
+
 def _knn_faiss(x, q, k, gpu: bool, block: int):
     faiss = _faiss()
     index = faiss.IndexFlatIP(x.shape[1])

@@ -7,6 +7,8 @@ rerun resumes and a changed input or setting recomputes (no stale caches).
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 import os
 import sys
@@ -91,16 +93,17 @@ def embed(
         return StageResult("embed", True, info={"shard": f"{i}/{n}", "records": stop - start})
     from .embed.runner import embed_records
 
-    feats, ok, errors = embed_records(
+    res = embed_records(
         embedder,
         man["paths"][start:stop],
         man["records"][start:stop],
         num_workers=num_workers,
         progress=progress,
     )
+    feats, ok, errors = res
     index = (np.asarray(ok, np.int64) + start) if len(ok) else np.zeros(0, np.int64)
     feats = np.asarray(feats, np.float32).reshape(len(index), embedder.dim)
-    atomic_save_npz(part, features=feats, index=index)
+    atomic_save_npz(part, features=feats, index=index, face_px=np.asarray(res.face_px, np.float32).reshape(len(index)))
     errs = {str(start + int(k)): v for k, v in errors.items()}
     atomic_write_json(
         meta_path,
@@ -147,17 +150,23 @@ def merge(wd: WorkDir, n_shards: int | None = None) -> StageResult:
     fp = fingerprint("merge", [m["fingerprint"] for m in metas])
     if wd.is_fresh(wd.features_meta, fp, wd.features_npy, wd.features_index):
         return StageResult("merge", True)
-    feats, index, errors = [], [], {}
+    feats, index, errors, face_px = [], [], {}, []
     for i, m in enumerate(metas):
         with np.load(wd.part(i, n_shards)) as z:
             feats.append(z["features"])
             index.append(z["index"])
+            # parts written before face_px existed: no quality signal for the whole set
+            face_px.append(z["face_px"] if "face_px" in z.files else None)
         errors.update(m["errors"])
     dim = metas[0]["embedder"]["dim"]
     feats = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
     index = np.concatenate(index) if index else np.zeros(0, np.int64)
     order = np.argsort(index, kind="stable")  # shards are contiguous, but never trust order
     feats, index = np.ascontiguousarray(feats[order], np.float32), index[order]
+    if face_px and all(p is not None for p in face_px):
+        atomic_save_npy(wd.features_face_px, np.concatenate(face_px).astype(np.float32)[order])
+    else:
+        wd.features_face_px.unlink(missing_ok=True)
     atomic_save_npy(wd.features_npy, feats)
     atomic_write_bytes(wd.features_bin, feats.astype("<f4").tobytes())  # learn-to-cluster format
     atomic_save_npy(wd.features_index, index)
@@ -192,15 +201,23 @@ def cluster(
     clusterer = get_clusterer(method, **settings)
     raw = getattr(clusterer, "wants_raw_features", False)
     mean = None if (raw or not calibrate) else calibration_mean(embedder)
+    # the crops' sizes, for methods with a quality rule (infomap's small_face_px)
+    face_px = wd.read_face_px(len(feats)) if getattr(clusterer, "uses_face_px", False) else None
     fp = fingerprint(
         "cluster", fmeta["fingerprint"], method, clusterer.settings(), raw, calibrate,
         None if mean is None else mean.tolist(), getattr(clusterer, "weights_fingerprint", lambda: None)(),
+        None if face_px is None else hashlib.sha256(face_px.tobytes()).hexdigest(),
     )
     out, meta_path = wd.labels(method), wd.labels_meta(method)
     if wd.is_fresh(meta_path, fp, out):
         return StageResult("cluster", True, info={"method": method})
     x = feats if raw else prepare_features(feats, mean)
-    labels = clusterer.fit_predict(x) if len(x) else np.zeros(0, np.int64)
+    if not len(x):
+        labels = np.zeros(0, np.int64)
+    elif face_px is not None:
+        labels = clusterer.fit_predict(x, face_px=face_px)
+    else:
+        labels = clusterer.fit_predict(x)
     labels = contract.renumber(np.asarray(labels, np.int64))
     atomic_save_npy(out, labels)
     n_clusters = int(labels.max() + 1) if len(labels) else 0
@@ -211,6 +228,7 @@ def cluster(
             "method": method,
             "settings": clusterer.settings(),
             "calibration": None if mean is None else f"{embedder}_mean.npy",
+            "face_px": face_px is not None,
             "timings": clusterer.timings_,
             "n_clusters": n_clusters,
             "seconds": time.perf_counter() - t,

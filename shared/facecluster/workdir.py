@@ -142,6 +142,11 @@ class WorkDir:
         return self.root / "features-index.npy"
 
     @property
+    def features_face_px(self) -> Path:
+        """(M,) float32 shorter side of each face crop in its file's pixels, rows as features.npy."""
+        return self.root / "features-face-px.npy"
+
+    @property
     def features_meta(self) -> Path:
         return self.root / "features.json"
 
@@ -182,3 +187,12 @@ class WorkDir:
         feats = np.load(self.features_npy, mmap_mode=None).astype(np.float32, copy=False)
         index = np.load(self.features_index)
         return feats, index, meta
+
+    def read_face_px(self, n: int) -> np.ndarray | None:
+        """The quality signal of the merged features ((n,) float32), None when the work dir has
+        none (features merged by an older version) or it does not match ``n`` rows."""
+        try:
+            px = np.load(self.features_face_px)
+        except FileNotFoundError:
+            return None
+        return px.astype(np.float32) if px.shape == (n,) else None

@@ -144,14 +144,14 @@ def _with_duplicate_rule(fit_predict):
     import functools
 
     @functools.wraps(fit_predict)
-    def wrapped(self: "Clusterer", X: np.ndarray) -> np.ndarray:
+    def wrapped(self: "Clusterer", X: np.ndarray, **kw: Any) -> np.ndarray:
         # re-entrancy guard: a subclass's fit_predict may call its parent's (both wrapped)
         if getattr(self, "_fitting", False):
-            return fit_predict(self, X)
+            return fit_predict(self, X, **kw)
         self._fitting = True
         self._input_knn = None
         try:
-            labels = fit_predict(self, X)
+            labels = fit_predict(self, X, **kw)
             if not self.config.join_duplicates or len(labels) < 2:
                 return labels
             with self._timed("duplicates"):

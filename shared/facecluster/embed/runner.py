@@ -163,6 +163,34 @@ def _image_scale(path: str, shape: tuple[int, ...]) -> tuple[float, float] | Non
     return shape[1] / w, shape[0] / h
 
 
+def source_side(path: str, img: np.ndarray) -> float:
+    """Shorter side of the face crop in the file's own pixels: the quality signal ``face_px``.
+
+    The decoded array's side, except where ``load_image`` rescaled a tiny or huge image (the
+    file header then tells the original size)."""
+    from ..imageio import MAX_SIDE, MIN_SIDE
+
+    h, w = img.shape[:2]
+    if min(h, w) <= MIN_SIDE or max(h, w) >= MAX_SIDE:
+        scale = _image_scale(path, img.shape)
+        if scale is not None:
+            return float(min(h / scale[1], w / scale[0]))
+    return float(min(h, w))
+
+
+def _header_side(path: str, size: tuple[int, int] | None = None) -> float:
+    """Shorter side from a known (w, h) or the file header; NaN when unknown."""
+    if size and min(size) > 0:
+        return float(min(size))
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return float(min(im.size))
+    except Exception:  # noqa: BLE001 - unknown is allowed: the clustering then ignores it
+        return float("nan")
+
+
 def _message(e: BaseException) -> str:
     from ..imageio import ImageError
 
@@ -177,6 +205,7 @@ class _Chunk:
     chips: np.ndarray | None  # (k, h, w, 3) uint8, None when k == 0 (a list of FaceImage: _prepares_images)
     errors: dict[int, str]
     n: int  # records in the chunk (ok + failed)
+    sides: list[float]  # (k,) face_px of each record in `index` (source_side)
     t_decode: float
     t_prepare: float
     # GPU-decoder mode: JPEG bytes still to decode on the GPU, and their record indices
@@ -207,6 +236,7 @@ def _prepare_chunk(
     """Decode + prepare ``idx`` on the CPU; with ``gpu`` ("nvjpeg"/True or "dali") the files that
     decoder reproduces exactly are only read (``gpu_bytes``), for the main thread to decode."""
     ok: list[int] = []
+    sides: list[float] = []
     chips: list[np.ndarray] = []
     errors: dict[int, str] = {}
     gpu_index: list[int] = []
@@ -245,12 +275,14 @@ def _prepare_chunk(
                 if scale is not None and scale != (1.0, 1.0):
                     rec = {**rec, "_image_scale": scale}
             chip = embedder.prepare(img, rec)
+            side = source_side(paths[i], img)
             tp += time.perf_counter() - t1
         except Exception as e:  # noqa: BLE001 - every failure becomes this record's error
             errors[i] = _message(e)
             continue
         if _prepares_images(embedder):
             ok.append(i)
+            sides.append(side)
             chips.append(chip)
             continue
         chip = np.asarray(chip)
@@ -258,11 +290,12 @@ def _prepare_chunk(
             errors[i] = f"embedder returned a chip of shape {chip.shape} {chip.dtype}, expected {(*embedder.input_size, 3)} uint8"
             continue
         ok.append(i)
+        sides.append(side)
         chips.append(chip)
     if chips and not _prepares_images(embedder):
         chips = np.stack(chips)
     return _Chunk(
-        np.asarray(ok, np.int64), chips if len(chips) else None, errors, len(idx), td, tp, gpu_index, gpu_bytes,
+        np.asarray(ok, np.int64), chips if len(chips) else None, errors, len(idx), sides, td, tp, gpu_index, gpu_bytes,
         gpu_sizes,
     )
 
@@ -285,13 +318,16 @@ def _gpu_decode_chunk(embedder: Embedder, load: Loader, paths, records, c: _Chun
 
         decoded = decode_batch(c.gpu_bytes, embedder.input_size[0], str(dev))
     gpu_ok = [(i, t) for i, t in zip(c.gpu_index, decoded) if t is not None]
+    gpu_side = {i: _header_side(paths[i], sz) for i, t, sz in zip(c.gpu_index, decoded, c.gpu_sizes) if t is not None}
     # JPEGs the GPU decoder refused: the CPU path decides (a chip, or the exact error message)
     retry = _prepare_chunk(embedder, load, paths, records, [i for i, t in zip(c.gpu_index, decoded) if t is None])
     errors = {**c.errors, **retry.errors}
     cpu_idx = list(c.index) + list(retry.index)
     cpu_chips = [x for x in (c.chips, retry.chips) if x is not None]
     order = sorted([(int(i), "c", k) for k, i in enumerate(cpu_idx)] + [(int(i), "g", k) for k, (i, _) in enumerate(gpu_ok)])
+    cpu_side = dict(zip(cpu_idx, list(c.sides) + list(retry.sides)))
     c.index = np.asarray([o[0] for o in order], np.int64)
+    c.sides = [cpu_side[i] if src == "c" else gpu_side[i] for i, src, _ in order]
     c.errors = errors
     c.t_decode += retry.t_decode
     c.t_prepare += retry.t_prepare
@@ -329,6 +365,8 @@ class EmbedResult:
     index: np.ndarray  #: (M,) int64 record index (0-based in ``paths``) of each row, increasing
     errors: dict[int, str]  #: {record index: message} for the others
     timings: dict[str, float] = field(default_factory=dict)  #: seconds (decode/prepare summed over threads)
+    #: (M,) float32 shorter side of each crop in its file's pixels (NaN: unknown)
+    face_px: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __iter__(self):
         return iter((self.features, self.index, self.errors))
@@ -407,8 +445,10 @@ def iter_embed_chunks(
     load: Loader | None = None,
     timings: dict[str, float] | None = None,
     workers: str | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str]]]:
-    """Stream ``(index (k,), features (k, D) float32, errors {i: msg})`` chunk by chunk, in input order.
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str], np.ndarray]]:
+    """Stream ``(index (k,), features (k, D) float32, errors {i: msg}, face_px (k,) float32)`` chunk
+    by chunk, in input order; ``face_px`` is the shorter side of each crop in its file's pixels
+    (:func:`source_side`, NaN when unknown), the quality signal the clustering may use.
 
     Parameters
     ----------
@@ -458,7 +498,7 @@ def iter_embed_chunks(
     def finish(chunk: _Chunk, feats: np.ndarray | None):
         errors = dict(chunk.errors)
         if chunk.chips is None:
-            return chunk.index, np.zeros((0, embedder.dim), np.float32), errors
+            return chunk.index, np.zeros((0, embedder.dim), np.float32), errors, np.zeros(0, np.float32)
         feats = np.asarray(feats, np.float32)
         if feats.shape != (len(chunk.index), embedder.dim):
             raise EmbedderError(f"embedder returned {feats.shape}, expected ({len(chunk.index)}, {embedder.dim})")
@@ -466,7 +506,8 @@ def iter_embed_chunks(
         if not good.all():
             for i in chunk.index[~good]:
                 errors[int(i)] = "embedder produced non-finite values for this image"
-        return chunk.index[good], feats[good], dict(sorted(errors.items()))
+        sides = np.asarray(chunk.sides, np.float32).reshape(len(chunk.index))
+        return chunk.index[good], feats[good], dict(sorted(errors.items())), sides[good]
 
     def chunks() -> Iterator[_Chunk]:
         if num_workers <= 0:
@@ -567,22 +608,25 @@ def embed_records(
     EmbedResult
         ``features`` (M, D) float32 raw descriptors of the records that worked, ``index`` (M,) int64
         their positions in ``paths`` (increasing), ``errors`` {position: message} for all others
-        (M + len(errors) == len(paths)), ``timings`` seconds per step.
+        (M + len(errors) == len(paths)), ``timings`` seconds per step, ``face_px`` (M,) the
+        shorter side of each crop in its file's pixels.
     """
     timings: dict[str, float] = {}
-    idx, feats, errors = [], [], {}
-    for i, f, e in iter_embed_chunks(
+    idx, feats, errors, px = [], [], {}, []
+    for i, f, e, p in iter_embed_chunks(
         embedder, paths, records, num_workers=num_workers, chunk_size=chunk_size, progress=progress, load=load,
         timings=timings, workers=workers,
     ):
         idx.append(i)
         feats.append(f)
         errors.update(e)
+        px.append(p)
     dim = int(embedder.dim)
     index = np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64)
     features = np.concatenate(feats).astype(np.float32, copy=False) if feats else np.zeros((0, dim), np.float32)
     assert len(index) + len(errors) == len(paths), "every record must yield a feature or an error"
-    return EmbedResult(features, index, dict(sorted(errors.items())), timings)
+    face_px = np.concatenate(px).astype(np.float32) if px else np.zeros(0, np.float32)
+    return EmbedResult(features, index, dict(sorted(errors.items())), timings, face_px)
 
 
 __all__ = [

@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from ..calibration import prepare_features
-from ..knn import knn
+from ..knn import knn, knn_within
 from ..metrics import evaluate
 from .splits import validation_mask
 
@@ -93,12 +93,13 @@ def _seed(seed: int) -> None:
 
 # ----------------------------------------------------------------------------------------
 # AND
-def and_data(x: np.ndarray, y: np.ndarray, k: int = 80, lamb: float = 0.3, beta: float = 0.5, device: str = "cpu"):
-    """Structure-space ids (N, k) and max-Q targets k* (N,) for labelled features."""
+def and_data(x: np.ndarray, y: np.ndarray, k: int = 80, lamb: float = 0.3, beta: float = 0.5, device: str = "cpu", graphs=None):
+    """Structure-space ids (N, k) and max-Q targets k* (N,) for labelled features; ``graphs``
+    (N,): rows of one training graph (neighbours from the own graph, ``knn.knn_within``)."""
     from ..cluster.adanets import _self_first
     from ..cluster.adanets.structure_space import max_q_targets, structure_space
 
-    sims, ids = knn(x, k, device=device)
+    sims, ids = knn_within(x, k, graphs, device=device)
     ids, sims = _self_first(ids, sims)
     ids_ss, _ = structure_space(ids, sims, k, lamb)
     return ids_ss, max_q_targets(ids_ss, y, beta)
@@ -107,9 +108,10 @@ def and_data(x: np.ndarray, y: np.ndarray, k: int = 80, lamb: float = 0.3, beta:
 def train_and(
     x, y, *, xv=None, yv=None, k=80, lamb=0.3, beta=0.5, steps=2000, batch_size=512, lr=0.01, warmup=128,
     nhid=512, dropout=0.5, optimizer="sgd", clip=1.0, loss="relative", train_mre=False, device="cpu", seed=0,
-    progress=None, log=print,
+    progress=None, log=print, graphs=None, graphs_v=None,
 ):
     """Train AND; returns (model, info). ``xv, yv``: validation features/labels for the MRE.
+    ``graphs`` / ``graphs_v`` (N,): rows of one training graph (see :func:`and_data`).
 
     Two guards the paper does not need on MS1M: gradient-norm clipping (``clip``) and a
     regressor bias starting at the median target. The relative-error loss has gradient
@@ -121,7 +123,7 @@ def train_and(
     from ..progress import bar
 
     _seed(seed)
-    ids_ss, kstar = and_data(x, y, k, lamb, beta, device)
+    ids_ss, kstar = and_data(x, y, k, lamb, beta, device, graphs)
     L = ids_ss.shape[1]
     model = ANDModel(x.shape[1], nhid, dropout).to(device)
     with torch.no_grad():
@@ -161,7 +163,7 @@ def train_and(
         khat = predict_k(model, x, ids_ss, k, device=device)
         info["train_mre"] = float(np.mean(np.abs(khat / kstar - 1)))
     if xv is not None and len(xv):
-        ids_v, kv = and_data(xv, yv, k, lamb, beta, device)
+        ids_v, kv = and_data(xv, yv, k, lamb, beta, device, graphs_v)
         kh = predict_k(model, xv, ids_v, k, device=device)
         info["val_mre"] = float(np.mean(np.abs(kh / kv - 1)))
         info["val_mean_kstar"] = float(kv.mean())
@@ -210,7 +212,7 @@ class _Op:
 def train_gcn(
     x, y, *, steps=1500, order_k=256, group=128, groups=8, fanout=80, lr=0.1, warmup=None, nhid=512,
     pmargin=0.9, margin=1.0, graph="knn", and_model=None, k=80, lamb=0.3, optimizer="sgd",
-    device="cpu", seed=0, progress=None, log=print,
+    device="cpu", seed=0, progress=None, log=print, graphs=None,
 ):
     """Train the Ada-NETS GCN with the cluster loss; returns (model, info).
 
@@ -218,7 +220,8 @@ def train_gcn(
     and layer each step). graph="adaptive": the inference graph (structure space + the trained
     ``and_model``'s k̂ on the training faces, all neighbours), so training sees what inference sees.
     Each step's loss averages ``groups`` groups of a random seed face and ``group`` of its
-    order_k neighbours (the original used one group per step)."""
+    order_k neighbours (the original used one group per step). ``graphs`` (N,): rows of one
+    training graph (neighbours from the own graph, ``knn.knn_within``)."""
     import torch
 
     from ..cluster.adanets import _self_first
@@ -229,14 +232,14 @@ def train_gcn(
 
     _seed(seed)
     n = len(x)
-    _, ids = knn(x, order_k, device=device)
+    _, ids = knn_within(x, order_k, graphs, device=device)
     ids, _ = _self_first(ids, np.zeros(ids.shape, np.float32))
     nbrs = torch.from_numpy(ids).to(device)
     full = None
     if graph == "adaptive":
         if and_model is None:
             raise ValueError("graph='adaptive' needs the trained AND model")
-        sims, kid = knn(x, k, device=device)
+        sims, kid = knn_within(x, k, graphs, device=device)
         kid, sims = _self_first(kid, sims)
         ids_ss, d_ss = structure_space(kid, sims, k, lamb)
         khat = predict_k(and_model, x, ids_ss, k, device=device)

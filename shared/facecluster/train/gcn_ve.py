@@ -36,7 +36,7 @@ from ..cluster import gcn_common as gc
 from ..cluster.gcn_e import edge_candidates, gcn_e_peaks, sub_adjacency
 from ..cluster.gcn_v import gcn_v_forward, link_keep, peaks_labels
 from ..graph import build_adjacency, components
-from ..knn import knn, l2_normalize
+from ..knn import knn, knn_within, l2_normalize
 from ..progress import bar
 from .splits import validation_mask
 
@@ -138,15 +138,17 @@ def train_gcn_v(
     device: str = "cpu",
     progress: bool = True,
     log=print,
+    graphs: Optional[np.ndarray] = None,
 ) -> gc.GCNV:
     """Train GCN-V on one labelled graph (X (N, D) calibrated, y (N,) identities).
 
     Optimiser ``optimizer`` (default Adam, see :func:`make_optimizer`; "sgd" = the paper's),
     weight decay 1e-5, lr steps ×0.1 at 50/80/90 % (the paper's schedule, counted in epochs of
-    mini-batches instead of full-graph iterations)."""
+    mini-batches instead of full-graph iterations). ``graphs`` (N,): rows of one training graph
+    (e.g. one crop style of a set; neighbours come from the own graph, ``knn.knn_within``)."""
     seed_all(seed)
     X = l2_normalize(X)
-    sims, ids = knn(X, k, normalize=False, device=device)
+    sims, ids = knn_within(X, k, graphs, normalize=False, device=device)
     adj = build_adjacency(ids, sims, th_sim)
     target = s_nbr(ids, sims, y)
     ax = np.asarray(adj @ X, dtype=np.float32)
@@ -212,15 +214,17 @@ def train_gcn_e(
     device: str = "cpu",
     progress: bool = True,
     log=print,
+    graphs: Optional[np.ndarray] = None,
 ) -> gc.GCNE:
     """Train GCN-E on the GCN-V features of one labelled graph (connectivity target:
-    candidate j is positive when it has the centre's identity), NLL over real candidates."""
+    candidate j is positive when it has the centre's identity), NLL over real candidates.
+    ``graphs``: as :func:`train_gcn_v`."""
     seed_all(seed)
     X = l2_normalize(X)
-    sims, ids = knn(X, k, normalize=False, device=device)
+    sims, ids = knn_within(X, k, graphs, normalize=False, device=device)
     conf, feat = gcn_v_forward(model_v, X, build_adjacency(ids, sims, th_sim), device)
     feat_n = l2_normalize(feat)
-    sims_e, ids_e = knn(feat_n, k_e, normalize=False, device=device)
+    sims_e, ids_e = knn_within(feat_n, k_e, graphs, normalize=False, device=device)
     todo, cand_all, cnt, lab_all = edge_training_set(feat_n, conf, y, ids_e, sims_e, ignore_ratio)
     log(f"GCN-E: {len(todo)} training subgraphs, {int(cnt.sum())} candidates, {lab_all.sum() / max(cnt.sum(), 1):.3f} positive")
     model = gc.GCNE(feat.shape[1], nhid).to(device)
