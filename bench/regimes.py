@@ -23,6 +23,9 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
   ``glint-lowres-val``          same people at 48 px, JPEG q40 (low-resolution video)
   ``glint-mixed-val``           same people, each crop at 32-112 px, some blurred (a video
                                 whose faces come near and go far; added with the quality rule)
+  ``glint-mixed-val-far``       glint-mixed-val where the people with the fewest faces (up to
+                                15 % of them) keep only their crops under 72 px (someone seen
+                                only from afar)
   ``lfw-mixed-val``             held-out LFW ids, per photo a random crop, size, JPEG quality,
                                 blur, grey (photos from mixed sources; work dir
                                 ``lfw-mixed-val`` holds only these ids)
@@ -63,6 +66,7 @@ SHAPES = {
     "glint18-val": "video",
     "glint-lowres-val": "video",
     "glint-mixed-val": "video, mixed sizes",
+    "glint-mixed-val-far": "video, mixed sizes, one person only small",
     "lfw-mixed-val": "photos, mixed sizes",
     "glint18-val+singletons": "video+singles",
     "yale": "video",
@@ -85,6 +89,20 @@ def load(root: Path, name: str, part: str = "all", with_px: bool = False):
         x, n = x[keep], n[keep]
         px = None if px is None else px[keep]
     return (x, n, px) if with_px else (x, n)
+
+
+def _far(x, n, px, share: float = 0.15, small: float = 72.0):
+    """The people with the fewest faces, up to ``share`` of the faces, keep only their crops under
+    ``small`` px: people seen only from afar in a video where the others also come near."""
+    c = Counter(n.tolist())
+    far, total = set(), 0
+    for ident, k in sorted(c.items(), key=lambda kv: (kv[1], kv[0])):
+        if total + k > share * len(n):
+            break
+        far.add(ident)
+        total += k
+    keep = ~np.isin(n, list(far)) | (px < small)
+    return x[keep], n[keep], px[keep]
 
 
 def _cap21(x, n, px):
@@ -131,6 +149,7 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
         add("glint-lowres-val", lambda: ld("glint-lowres", "val"))
     if have("glint-mixed"):
         add("glint-mixed-val", lambda: ld("glint-mixed", "val"))
+        add("glint-mixed-val-far", lambda: _far(*ld("glint-mixed", "val")))
     if have("glint18") and have("lfw"):
 
         def with_singles():
@@ -158,14 +177,18 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
     for s in TRAIN_SETS:
         if not (root / s / "features.npy").exists():
             continue
-        for name in (f"{s}-train", f"{s}-train21"):
+        for name in (f"{s}-train", f"{s}-train21", f"{s}-train-far"):
             if name.endswith("21") and s.startswith("glint"):
+                continue
+            if name.endswith("-far") and s != "glint-mixed":
                 continue
             if only is not None and name not in only:
                 continue
             x, n, px = load(root, s, "train", with_px=True)
             if name.endswith("21"):
                 x, n, px = _cap21(x, n, px)
+            elif name.endswith("-far"):
+                x, n, px = _far(x, n, px)
             out.append((name, x, n, px) if with_px else (name, x, n))
     return out
 
