@@ -312,3 +312,24 @@ def test_small_faces_rule_is_a_no_op_when_it_cannot_inform():
         c.fit_predict(X, face_px=px[:5])
     for n in (0, 1, 2):  # tiny inputs
         assert len(c.fit_predict(X[:n], face_px=px[:n])) == n
+
+
+@pytest.mark.parametrize("method", ["gcn-v", "gcn-ve", "adanets"])
+def test_small_faces_rule_in_the_learned_methods(method):
+    """The rule lives in cluster/base.py: the learned methods cluster the large crops, small
+    ones join by vote or stay alone; the original algorithms (similarity_floor=false) ignore it."""
+    X, px = _small_faces_scene()
+    c = get_clusterer(method, device="cpu", embedder="dlib")
+    on = c.fit_predict(X, face_px=px)
+    big = get_clusterer(method, device="cpu", embedder="dlib").fit_predict(X[:60])
+    assert np.array_equal(on[:60], big)  # the large crops: the method's own result on them
+    assert len(set(on[60:68])) == 8 and not set(on[60:68]) & set(on[:60])  # small ones stay alone
+    assert on[68] in set(on[:30])  # the small crop close to A joins one of A's clusters
+    orig = get_clusterer(method, device="cpu", embedder="dlib", similarity_floor=False)
+    assert np.array_equal(orig.fit_predict(X, face_px=px), orig.fit_predict(X))
+
+
+def test_baselines_reproduce_their_tools_without_the_rule():
+    X, px = _small_faces_scene()
+    c = get_clusterer("chinese-whispers", device="cpu", embedder="dlib")
+    assert np.array_equal(c.fit_predict(X, face_px=px), c.fit_predict(X))

@@ -77,6 +77,13 @@ DUPLICATE_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.995}
 GENERIC_DUPLICATE_SIM = 0.9999
 
 
+#: the small-face rule's vote floor per embedder (every method; cluster/base.py): the cosine a
+#: larger face needs to vote for a small face's cluster. dlib: Infomap's merge floor 0.91
+#: (chosen on the training scenarios, docs/benchmarks/default_quality.md "Small faces").
+#: Embedders without one: the rule is off in the learned methods (Infomap uses its merge_min_sim).
+SMALL_VOTE_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.91}
+
+
 def link_floor(embedder: str | None) -> float | None:
     """The similarity floor of ``embedder`` (None when it has no measured one)."""
     return LINK_FLOOR_BY_EMBEDDER.get(embedder or "")

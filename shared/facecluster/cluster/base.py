@@ -32,6 +32,14 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+#: the small-face rule's defaults (chosen on the training scenarios lfw-mixed-train(21) and
+#: glint-mixed-train by the worst regime, then the fewest faces in mixed clusters;
+#: docs/benchmarks/default_quality.md, "Small faces")
+SMALL_FACE_PX = 72.0
+SMALL_SHARE = 0.4
+SMALL_MAX_SHARE = 0.5
+
+
 class ClusterConfig(BaseModel):
     """Settings common to every method."""
 
@@ -52,6 +60,29 @@ class ClusterConfig(BaseModel):
         "L2-normalised features >= duplicate_sim: duplicate video frames, re-encoded copies) always "
         "share a cluster, whatever the method decided. False: the method's own result (A/B checks).",
     )
+    small_face_px: float = Field(
+        SMALL_FACE_PX,
+        ge=0,
+        description="Small-face rule (methods that take face_px: the crops' shorter side in their files' "
+        "pixels, which `facecluster embed` records): faces whose crop is smaller than this never link "
+        "clusters; the method clusters the other faces, then a small face joins the cluster >= small_share "
+        "of its 10 nearest larger faces (cosine >= small_min_sim) belong to, else stays alone. 0 = off. "
+        "Chosen on the training scenarios (docs/benchmarks/default_quality.md, \"Small faces\").",
+    )
+    small_share: float = Field(
+        SMALL_SHARE, gt=0, le=1, description="Share of a small face's 10 nearest larger faces that must agree."
+    )
+    small_min_sim: Optional[float] = Field(
+        None, ge=-1.0, le=1.0, description="Only larger faces with cosine >= this vote for a small face. "
+        "Default: the embedder's value (calibration.SMALL_VOTE_SIM_BY_EMBEDDER, dlib 0.91; infomap: merge_min_sim)."
+    )
+    small_max_share: float = Field(
+        SMALL_MAX_SHARE,
+        ge=0,
+        le=1,
+        description="The small-face rule applies only when at most this share of the faces is small: a batch "
+        "of mostly small faces (a low-resolution video) has too few larger ones to anchor it.",
+    )
     duplicate_sim: Optional[float] = Field(
         None,
         ge=0.0,
@@ -67,7 +98,10 @@ class Clusterer:
 
     Every subclass's ``fit_predict`` is wrapped (``__init_subclass__``) so that the
     near-duplicate rule (:func:`join_near_duplicates`, setting ``join_duplicates``) applies to
-    every method, present and future, without each one re-implementing it. A method that has
+    every method, present and future, without each one re-implementing it; so does the
+    small-face rule for methods with ``uses_face_px`` (``fit_predict(X, face_px=...)``: the
+    method clusters the faces whose crops are not small, then each small face joins the
+    cluster its nearest larger faces agree on or stays alone, :meth:`_place_small`). A method that has
     already computed a kNN of its faces (in any feature space where near-duplicates are also
     nearest neighbours, e.g. mean-centred features) may leave its (N, k) ids in
     ``self._input_knn`` to spare the rule its own kNN search (measured: 4.5 s of extra kNN at
@@ -77,6 +111,10 @@ class Clusterer:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Config: ClassVar[type[ClusterConfig]] = ClusterConfig
+    #: fit_predict takes ``face_px`` (the crops' sizes) for the small-face rule; the pipeline
+    #: passes it to such methods (those that read plain descriptors; the baselines reproduce
+    #: other tools as they are and leave it off)
+    uses_face_px: ClassVar[bool] = False
 
     def __init__(self, config: ClusterConfig | None = None, **settings: Any):
         if config is not None and settings:
@@ -104,6 +142,83 @@ class Clusterer:
     @property
     def device(self) -> str:
         return resolve_device(self.config.device)
+
+    # -- small-face rule (every method with uses_face_px) -------------------------------------
+    def small_vote_floor(self) -> Optional[float]:
+        """The small-face vote's cosine floor (None: no measured value, the rule is off)."""
+        from ..calibration import SMALL_VOTE_SIM_BY_EMBEDDER
+
+        c = self.config
+        return float(c.small_min_sim) if c.small_min_sim is not None else SMALL_VOTE_SIM_BY_EMBEDDER.get(self.embedder() or "")
+
+    def small_faces(self, face_px: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
+        """(N,) bool: the faces the small-face rule sets apart, or None when it does not apply
+        (method without it, off, no face_px, no vote floor, none small, or more than
+        ``small_max_share`` of the faces small)."""
+        cfg = self.config
+        if face_px is None or not self.uses_face_px:
+            return None
+        px = np.asarray(face_px, np.float64)
+        if px.shape != (n,):
+            raise ValueError(f"face_px must have shape ({n},), got {px.shape}")
+        if cfg.small_face_px <= 0 or n < 2 or self.small_vote_floor() is None:
+            return None
+        small = np.isfinite(px) & (px < cfg.small_face_px)  # unknown size: treated as large
+        k = int(small.sum())
+        if k == 0 or k == n or k > cfg.small_max_share * n:
+            return None
+        return small
+
+    def _place_small(self, X: np.ndarray, big: np.ndarray, lab_big: np.ndarray, small: np.ndarray) -> np.ndarray:
+        """Small faces join the cluster small_share of their 10 nearest large faces (cosine >=
+        the vote floor) belong to; the others become singletons. (N,) int64 labels."""
+        from ..knn import knn
+
+        cfg = self.config
+        n = X.shape[0]
+        with self._timed("small_faces"):
+            k = min(SMALL_VOTE_K, len(big))
+            sims, ids = knn(X[big], k, backend=cfg.knn_backend, device=self.device, query=X[small])
+            vote = np.where(sims >= self.small_vote_floor(), lab_big[ids], -1)
+            need = int(np.ceil(cfg.small_share * k - 1e-9))
+            target = np.full(len(small), -1, np.int64)
+            rows, labs = np.nonzero(vote >= 0)[0], vote[vote >= 0]
+            if len(rows):
+                pair, cnt = np.unique(np.stack([rows, labs], 1), axis=0, return_counts=True)
+                # per face: the most votes, ties to the smaller label (deterministic)
+                order = np.lexsort((pair[:, 1], -cnt, pair[:, 0]))
+                pair, cnt = pair[order], cnt[order]
+                first = np.unique(pair[:, 0], return_index=True)[1]
+                ok = cnt[first] >= need
+                target[pair[first[ok], 0]] = pair[first[ok], 1]
+            labels = np.empty(n, np.int64)
+            labels[big] = lab_big
+            lone = target < 0
+            target[lone] = (lab_big.max() + 1 if len(lab_big) else 0) + np.arange(int(lone.sum()))
+            labels[small] = target
+            self._input_knn = self._duplicate_candidates(X, big, small, ids, sims)
+        return labels
+
+    def _duplicate_candidates(self, X, big, small, ids_sb, sims_sb) -> np.ndarray:
+        """(N, DUPLICATE_K) candidate pairs for the near-duplicate rule (-1: none), from the
+        searches already made (large faces among large, by the method or here; small among
+        large) plus one search of the small faces among themselves, instead of a new search of
+        all N faces."""
+        from ..knn import knn
+
+        n, kd = X.shape[0], DUPLICATE_K
+        cand = np.full((n, kd), -1, np.int64)
+        ids_bb = self._input_knn  # the method's kNN of the large faces, ids into `big`
+        if ids_bb is None or ids_bb.shape[0] != len(big):
+            ids_bb = knn(X[big], kd, backend=self.config.knn_backend, device=self.device)[1]
+        w = min(kd, ids_bb.shape[1])
+        cand[big, :w] = big[ids_bb[:, :w]]
+        sims_ss, ids_ss = knn(X[small], kd, backend=self.config.knn_backend, device=self.device)
+        both_ids = np.concatenate([big[ids_sb], small[ids_ss]], axis=1)
+        both_sims = np.concatenate([sims_sb, sims_ss], axis=1)
+        top = np.argsort(-both_sims, axis=1, kind="stable")[:, :kd]
+        cand[small, : top.shape[1]] = np.take_along_axis(both_ids, top, axis=1)
+        return cand
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -144,14 +259,21 @@ def _with_duplicate_rule(fit_predict):
     import functools
 
     @functools.wraps(fit_predict)
-    def wrapped(self: "Clusterer", X: np.ndarray, **kw: Any) -> np.ndarray:
+    def wrapped(self: "Clusterer", X: np.ndarray, face_px: Optional[np.ndarray] = None) -> np.ndarray:
         # re-entrancy guard: a subclass's fit_predict may call its parent's (both wrapped)
         if getattr(self, "_fitting", False):
-            return fit_predict(self, X, **kw)
+            return fit_predict(self, X)
         self._fitting = True
         self._input_knn = None
         try:
-            labels = fit_predict(self, X, **kw)
+            X = np.asarray(X)
+            small = self.small_faces(face_px, X.shape[0]) if X.ndim == 2 else None
+            if small is None:
+                labels = fit_predict(self, X)
+            else:
+                big = np.flatnonzero(~small)
+                lab_big = np.asarray(fit_predict(self, X[big]), np.int64)
+                labels = self._place_small(X, big, lab_big, np.flatnonzero(small))
             if not self.config.join_duplicates or len(labels) < 2:
                 return labels
             with self._timed("duplicates"):
@@ -170,6 +292,8 @@ def _with_duplicate_rule(fit_predict):
 #: neighbours searched for near-duplicates (self included); more twins than this still end up
 #: together because each one's list reaches some of the others (connected components)
 DUPLICATE_K = 8
+#: larger faces that vote for a small face's cluster (the small-face rule)
+SMALL_VOTE_K = 10
 
 
 def join_near_duplicates(

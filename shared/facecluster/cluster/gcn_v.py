@@ -117,6 +117,8 @@ class GCNVClusterer(Clusterer):
     Config = GCNVConfig
     #: the pipeline passes the plain descriptors; the method prepares its checkpoint's features
     wants_raw_features: ClassVar[bool] = True
+    #: the small-face rule (cluster/base.py) applies, with the floor on
+    uses_face_px: ClassVar[bool] = True
 
     # -- settings ---------------------------------------------------------------------------
     def _uses_shipped(self) -> bool:
@@ -136,6 +138,10 @@ class GCNVClusterer(Clusterer):
     def embedder(self) -> Optional[str]:
         """The features' embedder; the shipped weights exist for dlib only, so they imply it."""
         return self.config.embedder or ("dlib" if self._uses_shipped() else None)
+
+    def small_vote_floor(self) -> Optional[float]:
+        """None (small-face rule off) for the original algorithm (similarity_floor=false)."""
+        return super().small_vote_floor() if self.config.similarity_floor else None
 
     def link_floor(self) -> Optional[float]:
         """The similarity floor in use (None: off)."""

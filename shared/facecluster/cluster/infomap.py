@@ -46,7 +46,7 @@ joins the cluster >= 40 % of its 10 nearest larger faces (cosine >= ``merge_min_
 to, else it stays alone; it never links two clusters. The rule applies only when small faces
 are at most half of the batch (a low-resolution video has no larger faces to anchor it and is
 clustered as one) and not at all without ``face_px`` (features merged by older versions,
-Python callers that pass none).
+Python callers that pass none). The rule is in ``cluster/base.py``: the learned methods get it too.
 
 An optional weak-cut split
 (:func:`facecluster.graph.split_weak`, ``split_min_size`` > 0) is off: it cuts long-video people
@@ -74,13 +74,6 @@ from pydantic import Field
 from ..knn import knn
 from .base import ClusterConfig, Clusterer
 from .refine import refine_partition
-
-
-#: the quality rule's defaults (chosen on the training scenarios lfw-mixed-train(21) and
-#: glint-mixed-train by the worst regime, then the fewest faces in mixed clusters;
-#: docs/benchmarks/default_quality.md, "Small faces")
-SMALL_FACE_PX = 72.0
-SMALL_MAX_SHARE = 0.5
 
 
 class InfomapConfig(ClusterConfig):
@@ -183,29 +176,6 @@ class InfomapConfig(ClusterConfig):
     )
     split_max_cut: float = Field(0.05, ge=0, le=1, description="Split when the best spectral cut's conductance is <= this ...")
     split_min_part: int = Field(5, ge=1, description="... and each side keeps >= this many faces.")
-    small_face_px: float = Field(
-        SMALL_FACE_PX,
-        ge=0,
-        description="Quality rule (needs face_px, the crops' shorter side in their files' pixels, which "
-        "`facecluster embed` records): faces whose crop is smaller than this many pixels never link "
-        "clusters; the other faces are clustered first, and a small face joins the cluster >= small_share "
-        "of its attach_k nearest larger faces (cosine >= small_min_sim) belong to, else stays alone. "
-        "0 = off. Chosen on the training scenarios (docs/benchmarks/default_quality.md).",
-    )
-    small_share: float = Field(
-        0.4, gt=0, le=1, description="Share of a small face's attach_k nearest larger faces that must agree."
-    )
-    small_min_sim: Optional[float] = Field(
-        None, ge=-1.0, le=1.0, description="Only larger faces with cosine >= this vote for a small face. Default: merge_min_sim."
-    )
-    small_max_share: float = Field(
-        SMALL_MAX_SHARE,
-        ge=0,
-        le=1,
-        description="The quality rule applies only when at most this share of the faces is small: a batch of "
-        "mostly small faces (a low-resolution video) has too few larger ones to anchor it, and is clustered "
-        "as one.",
-    )
 
 
 #: default ``min_sim`` per embedder (raw L2-normalised descriptors), see module doc
@@ -231,9 +201,8 @@ def _parallel_trials(num_trials: int) -> dict:
 
 
 class InfomapClusterer(Clusterer):
-    #: fit_predict takes face_px (the crops' sizes) for the quality rule; the pipeline passes it
-    uses_face_px: ClassVar[bool] = True
     name = "infomap"
+    uses_face_px: ClassVar[bool] = True
     summary = "Training-free: Infomap on the kNN cosine graph, then fragments and lone faces joined by neighbour vote (default; fast, no weights)."
     Config = InfomapConfig
     #: the pipeline passes the plain descriptors (see module doc)
@@ -264,82 +233,17 @@ class InfomapClusterer(Clusterer):
         d["attach_min_sim"] = self.attach_min_sim()
         return d
 
-    def small_faces(self, face_px: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
-        """(N,) bool: the faces the quality rule sets apart, or None when it does not apply (off,
-        no face_px, none small, or more than ``small_max_share`` of the faces small)."""
-        cfg = self.config
-        if face_px is None or cfg.small_face_px <= 0 or n < 2:
-            return None
-        px = np.asarray(face_px, np.float64)
-        if px.shape != (n,):
-            raise ValueError(f"face_px must have shape ({n},), got {px.shape}")
-        small = np.isfinite(px) & (px < cfg.small_face_px)  # unknown size: treated as large
-        k = int(small.sum())
-        if k == 0 or k == n or k > cfg.small_max_share * n:
-            return None
-        return small
+    def small_vote_floor(self) -> Optional[float]:
+        """The small-face vote's cosine floor: small_min_sim, else merge_min_sim."""
+        c = self.config
+        return float(c.small_min_sim) if c.small_min_sim is not None else self.merge_min_sim()
 
-    def fit_predict(self, X: np.ndarray, face_px: Optional[np.ndarray] = None) -> np.ndarray:
-        """Cluster (N, D) plain descriptors; returns (N,) int64 labels.
-
-        ``face_px`` (N,), optional: each crop's shorter side in its file's pixels (NaN: unknown),
-        for the quality rule (``small_face_px``): small faces cannot link clusters."""
+    def fit_predict(self, X: np.ndarray) -> np.ndarray:
+        """Cluster (N, D) plain descriptors; returns (N,) int64 labels. (The small-face rule and
+        the near-duplicate rule wrap this: ``fit_predict(X, face_px=...)``, ``cluster/base.py``.)"""
         X = self._check_input(X)
         self.timings_ = {}
-        small = self.small_faces(face_px, X.shape[0])
-        if small is None:
-            return self._fit(X)
-        big = np.flatnonzero(~small)
-        lab_big = self._fit(X[big])
-        return self._place_small(X, big, lab_big, np.flatnonzero(small))
-
-    def _place_small(self, X: np.ndarray, big: np.ndarray, lab_big: np.ndarray, small: np.ndarray) -> np.ndarray:
-        """Small faces join the cluster small_share of their attach_k nearest large faces
-        (cosine >= attach_min_sim) belong to; the others become singletons. (N,) labels."""
-        cfg = self.config
-        n = X.shape[0]
-        with self._timed("small_faces"):
-            k = min(cfg.attach_k, len(big))
-            sims, ids = knn(X[big], k, backend=cfg.knn_backend, device=self.device, query=X[small])
-            floor = self.merge_min_sim() if cfg.small_min_sim is None else float(cfg.small_min_sim)
-            vote = np.where(sims >= floor, lab_big[ids], -1)
-            need = int(np.ceil(cfg.small_share * k - 1e-9))
-            target = np.full(len(small), -1, np.int64)
-            rows, labs = np.nonzero(vote >= 0)[0], vote[vote >= 0]
-            if len(rows):
-                pair, cnt = np.unique(np.stack([rows, labs], 1), axis=0, return_counts=True)
-                # per face: the most votes, ties to the smaller label (deterministic)
-                order = np.lexsort((pair[:, 1], -cnt, pair[:, 0]))
-                pair, cnt = pair[order], cnt[order]
-                first = np.unique(pair[:, 0], return_index=True)[1]
-                ok = cnt[first] >= need
-                target[pair[first[ok], 0]] = pair[first[ok], 1]
-            labels = np.empty(n, np.int64)
-            labels[big] = lab_big
-            lone = target < 0
-            target[lone] = lab_big.max() + 1 + np.arange(int(lone.sum()))
-            labels[small] = target
-            self._input_knn = self._duplicate_candidates(X, big, small, ids, sims)
-        return labels
-
-    def _duplicate_candidates(self, X, big, small, ids_sb, sims_sb) -> np.ndarray:
-        """(N, DUPLICATE_K) candidate pairs for the near-duplicate rule (-1: none), from the
-        searches already made (large faces among large, small among large) plus one search of
-        the small faces among themselves, instead of a new search of all N faces."""
-        from .base import DUPLICATE_K
-
-        n, kd = X.shape[0], DUPLICATE_K
-        cand = np.full((n, kd), -1, np.int64)
-        ids_bb = self._input_knn  # _fit's kNN of the large faces, ids into `big`
-        if ids_bb is not None:
-            w = min(kd, ids_bb.shape[1])
-            cand[big, :w] = big[ids_bb[:, :w]]
-        sims_ss, ids_ss = knn(X[small], kd, backend=self.config.knn_backend, device=self.device)
-        both_ids = np.concatenate([big[ids_sb], small[ids_ss]], axis=1)
-        both_sims = np.concatenate([sims_sb, sims_ss], axis=1)
-        top = np.argsort(-both_sims, axis=1, kind="stable")[:, :kd]
-        cand[small, : top.shape[1]] = np.take_along_axis(both_ids, top, axis=1)
-        return cand
+        return self._fit(X)
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
         """The default method on (N, D) features: kNN graph, Infomap, post-steps."""

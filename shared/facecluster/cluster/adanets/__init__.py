@@ -128,6 +128,8 @@ class AdaNetsClusterer(Clusterer):
     Config = AdaNetsConfig
     #: the pipeline passes the plain descriptors; the method prepares its checkpoint's features
     wants_raw_features: ClassVar[bool] = True
+    #: the small-face rule (cluster/base.py) applies, with the floor on
+    uses_face_px: ClassVar[bool] = True
 
     def _models(self):
         c = self.config
@@ -143,6 +145,10 @@ class AdaNetsClusterer(Clusterer):
     def feature_kind(self) -> str:
         """"raw" or "calibrated": what the checkpoints expect (setting, else the AND meta)."""
         return self.config.features or checkpoint_features(self._models()[1])
+
+    def small_vote_floor(self) -> Optional[float]:
+        """None (small-face rule off) for the original algorithm (similarity_floor=false)."""
+        return super().small_vote_floor() if self.config.similarity_floor else None
 
     def link_floor(self) -> Optional[float]:
         """The similarity floor in use (None: off)."""
