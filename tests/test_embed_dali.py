@@ -316,3 +316,37 @@ def test_hfsoftmax_dali_mixed_gpu_agrees(dali, hfs_ckpt, tmp_path):
     assert gpu.errors == pil.errors and sorted(gpu.errors) == [5]
     assert gpu.timings["dali_images"] == 4
     assert _centred_cos(pil.features, gpu.features).min() >= 0.999
+
+
+def test_gpu_decoded_records_keep_their_crop_sizes(tmp_path):
+    """face_px (each crop's shorter side in its file) survives the GPU-decoder merge: records the
+    decoder took, one it refused (decoded again on the CPU) and a PNG it never saw. A stand-in
+    decoder, so no DALI is needed; the merge code is the runner's own."""
+    from facecluster.embed.runner import _gpu_decode_chunk, _prepare_chunk
+
+    src = Image.open(_real_jpegs(1, 1)[0]).convert("RGB")
+    paths = []
+    for i, (w, h) in enumerate([(150, 150), (90, 120), (60, 60), (200, 170)]):
+        p = tmp_path / f"f{i}.{'png' if i == 2 else 'jpg'}"
+        src.resize((w, h)).save(p)
+        paths.append(str(p))
+
+    class Emb:
+        input_size = (112, 112)
+        needs_keypoints = False
+        device = "cpu"
+
+        def prepare(self, img, rec=None):
+            return np.asarray(Image.fromarray(img).resize((112, 112)))
+
+    class FakeDali:
+        to_torch = False
+
+        def decode(self, datas, sizes):  # refuses the second JPEG it is given
+            return [None if k == 1 else np.zeros((112, 112, 3), np.uint8) for k in range(len(datas))]
+
+    c = _prepare_chunk(Emb(), load_image, paths, None, range(len(paths)), gpu="dali")
+    assert c.index.tolist() == [2] and len(c.gpu_index) == 3  # the PNG on the CPU, JPEGs held
+    c = _gpu_decode_chunk(Emb(), load_image, paths, None, c, dali=FakeDali())
+    assert c.index.tolist() == [0, 1, 2, 3]
+    assert c.sides == [150.0, 90.0, 60.0, 170.0]
