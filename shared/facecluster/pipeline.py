@@ -8,7 +8,6 @@ rerun resumes and a changed input or setting recomputes (no stale caches).
 from __future__ import annotations
 
 import hashlib
-
 import logging
 import os
 import sys
@@ -201,7 +200,7 @@ def cluster(
     clusterer = get_clusterer(method, **settings)
     raw = getattr(clusterer, "wants_raw_features", False)
     mean = None if (raw or not calibrate) else calibration_mean(embedder)
-    # the crops' sizes, for methods with a quality rule (infomap's small_face_px)
+    # the crops' sizes, for methods with the small-face rule (cluster/base.py)
     face_px = wd.read_face_px(len(feats)) if getattr(clusterer, "uses_face_px", False) else None
     fp = fingerprint(
         "cluster", fmeta["fingerprint"], method, clusterer.settings(), raw, calibrate,

@@ -125,8 +125,8 @@ class Clusterer:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         fp = cls.__dict__.get("fit_predict")
-        if fp is not None and not getattr(fp, "_joins_duplicates", False):
-            cls.fit_predict = _with_duplicate_rule(fp)
+        if fp is not None and not getattr(fp, "_common_rules", False):
+            cls.fit_predict = _with_common_rules(fp)
 
     def embedder(self) -> Optional[str]:
         """The embedder that made the features (methods whose weights imply one override this)."""
@@ -255,7 +255,7 @@ class Clusterer:
 # --------------------------------------------------------------------------------------------
 # near-duplicate rule (every method)
 # --------------------------------------------------------------------------------------------
-def _with_duplicate_rule(fit_predict):
+def _with_common_rules(fit_predict):
     import functools
 
     @functools.wraps(fit_predict)
@@ -285,7 +285,7 @@ def _with_duplicate_rule(fit_predict):
             self._fitting = False
             self._input_knn = None
 
-    wrapped._joins_duplicates = True
+    wrapped._common_rules = True
     return wrapped
 
 
