@@ -44,6 +44,41 @@ def load_face_px(path: str | Path, n: int) -> np.ndarray:
     return np.array([_header_side(paths[i]) for i in index], np.float32)
 
 
+def load_face_iod(path: str | Path, n: int) -> np.ndarray:
+    """Each face's inter-ocular distance in its file's pixels (n,), from the dlib embedder's
+    default alignment (landmarks on the size-normalised crop, scaled back); NaN where the image
+    does not load. Computed once per work dir and cached in ``WD/bench-face-iod.npy`` (a bench
+    file, not a pipeline artifact): the face-size signal that does not depend on the detector's
+    margin, measured against the crop size in docs/benchmarks/default_quality.md."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from facecluster.embed.align import Aligner, _points, interocular, normalise_size, to_rgb_uint8
+    from facecluster.imageio import load_image
+
+    wd = WorkDir(Path(path))
+    cache = wd.root / "bench-face-iod.npy"
+    if cache.exists():
+        v = np.load(cache)
+        if v.shape == (n,):
+            return v
+    _, index, _ = wd.read_features()
+    paths = wd.read_manifest()["paths"]
+    al = Aligner()
+
+    def iod(p: str) -> float:
+        try:
+            img = to_rgb_uint8(load_image(p))
+        except Exception:  # noqa: BLE001 - unreadable: unknown size
+            return float("nan")
+        im = normalise_size(img)
+        return float(interocular(_points(al.landmarks(im))[None])[0] * img.shape[0] / im.shape[0])
+
+    with ThreadPoolExecutor(2) as ex:
+        v = np.array(list(ex.map(iod, [paths[i] for i in index])), np.float32)
+    np.save(cache, v)
+    return v
+
+
 def parse_value(v: str):
     """A setting's value from the command line: JSON when it parses (numbers, true/false), else the string."""
     try:

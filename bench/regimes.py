@@ -55,7 +55,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_face_px, load_workdir, parse_value, run_method  # noqa: E402
+import _common  # noqa: E402
+from _common import load_workdir, parse_value, run_method  # noqa: E402
 from facecluster.train.splits import validation_mask  # noqa: E402
 
 TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed"]
@@ -82,7 +83,7 @@ def load(root: Path, name: str, part: str = "all", with_px: bool = False):
     """Features (N, D) and identity names (N,) of ``root/name``; ``part`` all | train | val.
     ``with_px``: also the crops' sizes (N,) (``_common.load_face_px``)."""
     x, n, _ = load_workdir(root / name)
-    px = load_face_px(root / name, len(x)) if with_px else None
+    px = FACE_SIZE[0](root / name, len(x)) if with_px else None
     if part != "all":
         m = validation_mask(_set_name(name), n)
         keep = m if part == "val" else ~m
@@ -193,6 +194,10 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
     return out
 
 
+#: the face-size signal the regimes pass as face_px: the crops' shorter side (what the pipeline
+#: records) or, with --face-size iod, the inter-ocular distance from the alignment's landmarks
+FACE_SIZE = [_common.load_face_px]
+
 SIZE_BINS = [0, 40, 56, 72, 96, 128, 100000]
 
 
@@ -228,7 +233,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--tuning", action="store_true", help="the training identities' regimes (tuning_regimes) instead of the validation ones")
     ap.add_argument("--by-size", action="store_true", help="also print each regime's mean per-face BCubed precision by crop size (face_px)")
+    ap.add_argument("--face-size", choices=["crop", "iod"], default="crop",
+                    help="face_px passed to the methods: the crop's shorter side (the pipeline's) or the inter-ocular distance "
+                    "from the dlib alignment (_common.load_face_iod; a study: set small_face_px on that scale)")
     a = ap.parse_args()
+    if a.face_size == "iod":
+        FACE_SIZE[0] = _common.load_face_iod
     rows = []
     pick = tuning_regimes if a.tuning else validation_regimes
     regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)
