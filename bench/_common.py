@@ -30,15 +30,20 @@ def load_workdir(path: str | Path, labels: str = "folder") -> tuple[np.ndarray, 
 
 
 def load_face_px(path: str | Path, n: int) -> np.ndarray:
-    """The crops' sizes (n,) of a work dir (``features-face-px.npy``, written by ``facecluster
-    merge``); work dirs merged before it existed: read from the image headers of the manifest
-    (the same value for images of 32-1024 px; NaN where unreadable)."""
+    """The faces' sizes (n,) as the pipeline records them for the dlib embedder (``face_px``: the
+    inter-ocular distance in file pixels): ``features-face-px.npy`` written by ``facecluster
+    merge``; for work dirs merged before it existed, computed with the same alignment
+    (:func:`load_face_iod`, cached)."""
+    px = WorkDir(Path(path)).read_face_px(n)
+    return px if px is not None else load_face_iod(path, n)
+
+
+def load_crop_side(path: str | Path, n: int) -> np.ndarray:
+    """Each crop's shorter side in its file's pixels (n,) from the image headers of the manifest
+    (NaN where unreadable): the size signal the small-face rule was first built on."""
     from facecluster.embed.runner import _header_side
 
     wd = WorkDir(Path(path))
-    px = wd.read_face_px(n)
-    if px is not None:
-        return px
     _, index, _ = wd.read_features()
     paths = wd.read_manifest()["paths"]
     return np.array([_header_side(paths[i]) for i in index], np.float32)
@@ -48,11 +53,12 @@ def load_face_iod(path: str | Path, n: int) -> np.ndarray:
     """Each face's inter-ocular distance in its file's pixels (n,), from the dlib embedder's
     default alignment (landmarks on the size-normalised crop, scaled back); NaN where the image
     does not load. Computed once per work dir and cached in ``WD/bench-face-iod.npy`` (a bench
-    file, not a pipeline artifact): the face-size signal that does not depend on the detector's
-    margin, measured against the crop size in docs/benchmarks/default_quality.md."""
+    file, not a pipeline artifact); the same value as ``DlibEmbedder.prepare_sized`` gives the
+    embed stage."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from facecluster.embed.align import Aligner, _points, interocular, normalise_size, to_rgb_uint8
+    from facecluster.embed.align import Aligner
+    from facecluster.embed.runner import source_side
     from facecluster.imageio import load_image
 
     wd = WorkDir(Path(path))
@@ -67,11 +73,10 @@ def load_face_iod(path: str | Path, n: int) -> np.ndarray:
 
     def iod(p: str) -> float:
         try:
-            img = to_rgb_uint8(load_image(p))
+            img = load_image(p)
         except Exception:  # noqa: BLE001 - unreadable: unknown size
             return float("nan")
-        im = normalise_size(img)
-        return float(interocular(_points(al.landmarks(im))[None])[0] * img.shape[0] / im.shape[0])
+        return al.chip_and_size(img)[1] * source_side(p, img) / min(img.shape[:2])
 
     with ThreadPoolExecutor(2) as ex:
         v = np.array(list(ex.map(iod, [paths[i] for i in index])), np.float32)

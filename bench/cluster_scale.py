@@ -152,8 +152,8 @@ def similarity_profile(x: np.ndarray, y: np.ndarray, k: int = 10) -> dict:
 # --------------------------------------------------------------------------------------------
 def make_workdir(root: Path, x: np.ndarray, small_share: float = 0.0, seed: int = 0) -> Path:
     """A work dir holding ``x`` as merged dlib features (what `facecluster merge` writes); with
-    ``small_share`` > 0 also crop sizes (features-face-px.npy): that share of the faces, drawn at
-    random, 48 px, the others 150 px, so infomap's small-face rule runs."""
+    ``small_share`` > 0 also face sizes (features-face-px.npy, eye distance in px): that share of
+    the faces, drawn at random, 12 px (small), the others 45 px, so the small-face rule runs."""
     from facecluster.workdir import WorkDir, atomic_save_npy, atomic_write_json, fingerprint
 
     root.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def make_workdir(root: Path, x: np.ndarray, small_share: float = 0.0, seed: int 
     atomic_save_npy(wd.features_index, np.arange(len(x), dtype=np.int64))
     if small_share > 0:
         small = np.random.default_rng(seed + 1).random(len(x)) < small_share
-        atomic_save_npy(wd.features_face_px, np.where(small, 48.0, 150.0).astype(np.float32))
+        atomic_save_npy(wd.features_face_px, np.where(small, 12.0, 45.0).astype(np.float32))
     else:
         wd.features_face_px.unlink(missing_ok=True)
     fp = fingerprint("cluster_scale", len(x), float(x[:64].sum()) if len(x) else 0.0, small_share)
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--zipf", type=float, default=2.0, help="identity-size Zipf exponent")
     ap.add_argument("--small-share", type=float, default=0.0,
-                    help="share of faces given 48-px crops (features-face-px.npy), the rest 150 px: times infomap's small-face rule (0: no sizes)")
+                    help="share of faces given small sizes (features-face-px.npy: eyes 12 px apart, the rest 45 px): times the small-face rule (0: no sizes)")
     ap.add_argument("--max-size", type=int, default=1000, help="largest identity")
     ap.add_argument("--time-limit", type=float, default=600, help="seconds per method (child killed after)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run; later methods are skipped")

@@ -24,8 +24,8 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
   ``glint-mixed-val``           same people, each crop at 32-112 px, some blurred (a video
                                 whose faces come near and go far; added with the quality rule)
   ``glint-mixed-val-far``       glint-mixed-val where the people with the fewest faces (up to
-                                15 % of them) keep only their crops under 72 px (someone seen
-                                only from afar)
+                                15 % of them) keep only their small faces (eyes under 18 px
+                                apart: someone seen only from afar)
   ``lfw-mixed-val``             held-out LFW ids, per photo a random crop, size, JPEG quality,
                                 blur, grey (photos from mixed sources; work dir
                                 ``lfw-mixed-val`` holds only these ids)
@@ -57,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import load_workdir, parse_value, run_method  # noqa: E402
+from facecluster.cluster.base import SMALL_FACE_PX  # noqa: E402
 from facecluster.train.splits import validation_mask  # noqa: E402
 
 TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed"]
@@ -92,9 +93,10 @@ def load(root: Path, name: str, part: str = "all", with_px: bool = False):
     return (x, n, px) if with_px else (x, n)
 
 
-def _far(x, n, px, share: float = 0.15, small: float = 72.0):
-    """The people with the fewest faces, up to ``share`` of the faces, keep only their crops under
-    ``small`` px: people seen only from afar in a video where the others also come near."""
+def _far(x, n, px, share: float = 0.15, small: float = SMALL_FACE_PX):
+    """The people with the fewest faces, up to ``share`` of the faces, keep only their small
+    faces (``px`` under ``small``, the small-face rule's threshold): people seen only from afar
+    in a video where the others also come near."""
     c = Counter(n.tolist())
     far, total = set(), 0
     for ident, k in sorted(c.items(), key=lambda kv: (kv[1], kv[0])):
@@ -194,11 +196,11 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
     return out
 
 
-#: the face-size signal the regimes pass as face_px: the crops' shorter side (what the pipeline
-#: records) or, with --face-size iod, the inter-ocular distance from the alignment's landmarks
+#: the face-size signal the regimes pass as face_px: what the pipeline records (the inter-ocular
+#: distance from the dlib alignment) or, with --face-size crop, the crops' shorter side
 FACE_SIZE = [_common.load_face_px]
 
-SIZE_BINS = [0, 40, 56, 72, 96, 128, 100000]
+SIZE_BINS = [0, 12, 16, 18, 20, 24, 32, 100000]
 
 
 def precision_by_size(names: np.ndarray, labels: np.ndarray, px: np.ndarray) -> list[dict]:
@@ -233,12 +235,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--tuning", action="store_true", help="the training identities' regimes (tuning_regimes) instead of the validation ones")
     ap.add_argument("--by-size", action="store_true", help="also print each regime's mean per-face BCubed precision by crop size (face_px)")
-    ap.add_argument("--face-size", choices=["crop", "iod"], default="crop",
-                    help="face_px passed to the methods: the crop's shorter side (the pipeline's) or the inter-ocular distance "
-                    "from the dlib alignment (_common.load_face_iod; a study: set small_face_px on that scale)")
+    ap.add_argument("--face-size", choices=["pipeline", "crop"], default="pipeline",
+                    help="face_px passed to the methods: what the pipeline records (inter-ocular distance from the dlib alignment, "
+                    "_common.load_face_px) or the crop's shorter side (_common.load_crop_side; a study: set small_face_px on that scale)")
     a = ap.parse_args()
-    if a.face_size == "iod":
-        FACE_SIZE[0] = _common.load_face_iod
+    if a.face_size == "crop":
+        FACE_SIZE[0] = _common.load_crop_side
     rows = []
     pick = tuning_regimes if a.tuning else validation_regimes
     regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)

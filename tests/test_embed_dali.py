@@ -319,10 +319,11 @@ def test_hfsoftmax_dali_mixed_gpu_agrees(dali, hfs_ckpt, tmp_path):
 
 
 def test_gpu_decoded_records_keep_their_crop_sizes(tmp_path):
-    """face_px (each crop's shorter side in its file) survives the GPU-decoder merge: records the
-    decoder took, one it refused (decoded again on the CPU) and a PNG it never saw. A stand-in
-    decoder, so no DALI is needed; the merge code is the runner's own."""
-    from facecluster.embed.runner import _gpu_decode_chunk, _prepare_chunk
+    """face_px survives the GPU-decoder merge: records the decoder took, one it refused (decoded
+    again on the CPU) and a PNG it never saw. A stand-in decoder and an embedder without
+    landmarks (so face_px is IOD_PER_SIDE x the crop's shorter side), no DALI needed; the merge
+    code is the runner's own."""
+    from facecluster.embed.runner import IOD_PER_SIDE, _gpu_decode_chunk, _prepare_chunk
 
     src = Image.open(_real_jpegs(1, 1)[0]).convert("RGB")
     paths = []
@@ -349,4 +350,4 @@ def test_gpu_decoded_records_keep_their_crop_sizes(tmp_path):
     assert c.index.tolist() == [2] and len(c.gpu_index) == 3  # the PNG on the CPU, JPEGs held
     c = _gpu_decode_chunk(Emb(), load_image, paths, None, c, dali=FakeDali())
     assert c.index.tolist() == [0, 1, 2, 3]
-    assert c.sides == [150.0, 90.0, 60.0, 170.0]
+    np.testing.assert_allclose(c.sides, IOD_PER_SIDE * np.array([150.0, 90.0, 60.0, 170.0]))

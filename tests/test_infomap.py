@@ -274,7 +274,7 @@ def _small_faces_scene():
     S = _unit(np.vstack([np.tile(a, (4, 1)), np.tile(b, (4, 1))]) + 2.5 * g + 0.3 * _unit(rng.normal(size=(8, d))))
     near = _unit(a + 0.2 * _unit(rng.normal(size=(1, d))))
     X = np.vstack([A, B, S, near]).astype(np.float32)
-    px = np.r_[np.full(60, 150.0), np.full(9, 40.0)].astype(np.float32)
+    px = np.r_[np.full(60, 45.0), np.full(9, 12.0)].astype(np.float32)  # inter-ocular distance, px
     return X, px
 
 
@@ -291,7 +291,7 @@ def test_small_faces_never_link_clusters_and_join_the_person_their_large_neighbo
     assert np.array_equal(on, get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X.copy(), face_px=px))
     # duplicate frames still share a cluster: a copy of a small crop, a small copy of a large one
     X2 = np.vstack([X, X[60:61], X[40:41]])
-    dup = c.fit_predict(X2, face_px=np.r_[px, 40.0, 40.0])
+    dup = c.fit_predict(X2, face_px=np.r_[px, 12.0, 12.0])
     assert dup[69] == dup[60] and dup[70] == dup[40] == dup[30]
 
 
@@ -300,10 +300,10 @@ def test_small_faces_rule_is_a_no_op_when_it_cannot_inform():
     c = get_clusterer("infomap", device="cpu", embedder="dlib")
     off = c.fit_predict(X)
     same = [
-        np.full(len(X), 150.0),  # every crop large
-        np.full(len(X), 40.0),  # every crop small: nothing to anchor them
-        np.where(np.arange(len(X)) < 30, 150.0, 40.0),  # more than half small (small_max_share 0.5)
-        np.where(px < 72, np.nan, px),  # unknown sizes count as large
+        np.full(len(X), 45.0),  # every face large
+        np.full(len(X), 12.0),  # every face small: nothing to anchor them
+        np.where(np.arange(len(X)) < 30, 45.0, 12.0),  # more than half small (small_max_share 0.5)
+        np.where(px < 18, np.nan, px),  # unknown sizes count as large
     ]
     for p in same:
         assert np.array_equal(c.fit_predict(X, face_px=p), off)

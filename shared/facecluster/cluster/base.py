@@ -35,7 +35,7 @@ def resolve_device(device: str = "auto") -> str:
 #: the small-face rule's defaults (chosen on the training scenarios lfw-mixed-train(21) and
 #: glint-mixed-train by the worst regime, then the fewest faces in mixed clusters;
 #: docs/benchmarks/default_quality.md, "Small faces")
-SMALL_FACE_PX = 72.0
+SMALL_FACE_PX = 18.0
 SMALL_SHARE = 0.4
 SMALL_MAX_SHARE = 0.5
 
@@ -63,11 +63,12 @@ class ClusterConfig(BaseModel):
     small_face_px: float = Field(
         SMALL_FACE_PX,
         ge=0,
-        description="Small-face rule (methods that take face_px: the crops' shorter side in their files' "
-        "pixels, which `facecluster embed` records): faces whose crop is smaller than this never link "
-        "clusters; the method clusters the other faces, then a small face joins the cluster >= small_share "
-        "of its 10 nearest larger faces (cosine >= small_min_sim) belong to, else stays alone. 0 = off. "
-        "Chosen on the training scenarios (docs/benchmarks/default_quality.md, \"Small faces\").",
+        description="Small-face rule (methods that take face_px: each face's inter-ocular distance in its "
+        "file's pixels, which `facecluster embed` records): faces whose eyes are closer than this many "
+        "pixels (18: about a 57-px aligned crop) never link clusters; the method clusters the other faces, "
+        "then a small face joins the cluster >= small_share of its 10 nearest larger faces (cosine >= "
+        "small_min_sim) belong to, else stays alone. 0 = off. Chosen on the training scenarios "
+        "(docs/benchmarks/default_quality.md, \"Small faces\").",
     )
     small_share: float = Field(
         SMALL_SHARE, gt=0, le=1, description="Share of a small face's 10 nearest larger faces that must agree."
@@ -111,7 +112,7 @@ class Clusterer:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Config: ClassVar[type[ClusterConfig]] = ClusterConfig
-    #: fit_predict takes ``face_px`` (the crops' sizes) for the small-face rule; the pipeline
+    #: fit_predict takes ``face_px`` (the faces' sizes) for the small-face rule; the pipeline
     #: passes it to such methods (those that read plain descriptors; the baselines reproduce
     #: other tools as they are and leave it off)
     uses_face_px: ClassVar[bool] = False

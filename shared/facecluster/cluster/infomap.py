@@ -37,12 +37,13 @@ of the 10th percentile of that cluster's own internal kNN-edge similarities
 looser, so its fragments join at similarities a fixed floor tuned on crisp photos refuses.
 Singletons are left to ``attach_small``: with them the relative rule attached photo passers-by.
 
-Small faces (``small_face_px`` > 0, on by default since issue 13; needs ``face_px``, the
-shorter side of each crop in its file's pixels, which ``facecluster embed`` records in
-``features-face-px.npy``): faces whose crop is under 72 px are the ones that bridge two people
-(measured on a batch of mixed sizes, lfw-mixed: mean BCubed precision 0.60 for 56-72-px crops,
-0.83 for crops of 128 px and more). They are set apart: the other faces are clustered as above, and a small face
-joins the cluster >= 40 % of its 10 nearest larger faces (cosine >= ``merge_min_sim``) belong
+Small faces (``small_face_px`` > 0, on by default since issue 13; needs ``face_px``, each
+face's inter-ocular distance in its file's pixels, which ``facecluster embed`` records in
+``features-face-px.npy`` from the alignment's landmarks): faces whose eyes are under 18 px apart
+are the ones that bridge two people (measured on a batch of mixed sizes, lfw-mixed: mean BCubed
+precision 0.60 for 56-72-px crops, 0.83 for crops of 128 px and more; the eye distance does not
+depend on the detector's margin as the crop's side does). They are set apart: the other faces are
+clustered as above, and a small face joins the cluster >= 40 % of its 10 nearest larger faces (cosine >= ``merge_min_sim``) belong
 to, else it stays alone; it never links two clusters. The rule applies only when small faces
 are at most half of the batch (a low-resolution video has no larger faces to anchor it and is
 clustered as one) and not at all without ``face_px`` (features merged by older versions,

@@ -527,8 +527,17 @@ class Aligner:
 
     def chip(self, img: np.ndarray) -> np.ndarray:
         """Decoded face crop (any size, grey / RGB / RGBA) → (150, 150, 3) uint8 RGB chip."""
-        img = normalise_size(to_rgb_uint8(img))
-        return self.chip_from(img, self.landmarks(img))
+        return self.chip_and_size(img)[0]
+
+    def chip_and_size(self, img: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`chip` and the face's inter-ocular distance in ``img``'s pixels (from the same
+        landmarks, scaled back from the size-normalised image): the face's resolution, whatever
+        margin the detector left around it."""
+        rgb = to_rgb_uint8(img)
+        norm = normalise_size(rgb)
+        shape = self.landmarks(norm)
+        iod = float(interocular(_points(shape)[None])[0]) * rgb.shape[0] / norm.shape[0]
+        return self.chip_from(norm, shape), iod
 
 class ChipPreparer:
     """The picklable "prepare" half of the dlib embedder for worker processes.
@@ -546,3 +555,7 @@ class ChipPreparer:
     def prepare(self, img: np.ndarray, record: dict | None = None) -> np.ndarray:
         """Decoded face crop → (150, 150, 3) uint8 chip (:meth:`Aligner.chip`)."""
         return self.aligner.chip(img)
+
+    def prepare_sized(self, img: np.ndarray, record: dict | None = None) -> tuple[np.ndarray, float]:
+        """:meth:`prepare` and the face's inter-ocular distance in the crop's pixels."""
+        return self.aligner.chip_and_size(img)

@@ -451,6 +451,11 @@ class DlibEmbedder(Embedder):
         """
         return self.aligner.chip(img)
 
+    def prepare_sized(self, img: np.ndarray, record: dict[str, Any] | None = None) -> tuple[np.ndarray, float]:
+        """:meth:`prepare` and the face's inter-ocular distance in the crop's pixels (the runner's
+        face size, ``face_px``)."""
+        return self.aligner.chip_and_size(img)
+
     def embed_batch(self, chips: np.ndarray) -> np.ndarray:
         """(B, 150, 150, 3) uint8 RGB chips → (B, 128) float32 raw descriptors."""
         chips = np.asarray(chips)

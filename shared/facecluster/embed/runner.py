@@ -163,8 +163,14 @@ def _image_scale(path: str, shape: tuple[int, ...]) -> tuple[float, float] | Non
     return shape[1] / w, shape[0] / h
 
 
+#: inter-ocular distance of an ArcFace-aligned crop (insightface's 112-px template: eyes at
+#: x 38.3 and 73.5) per pixel of its side: the face size estimated from a crop where the embedder
+#: computes no landmarks
+IOD_PER_SIDE = 35.24 / 112
+
+
 def source_side(path: str, img: np.ndarray) -> float:
-    """Shorter side of the face crop in the file's own pixels: the quality signal ``face_px``.
+    """Shorter side of the face crop in the file's own pixels.
 
     The decoded array's side, except where ``load_image`` rescaled a tiny or huge image (the
     file header then tells the original size)."""
@@ -176,6 +182,11 @@ def source_side(path: str, img: np.ndarray) -> float:
         if scale is not None:
             return float(min(h / scale[1], w / scale[0]))
     return float(min(h, w))
+
+
+def _file_scale(path: str, img: np.ndarray) -> float:
+    """File pixels per pixel of the decoded array (1 unless ``load_image`` rescaled it)."""
+    return source_side(path, img) / float(min(img.shape[:2]))
 
 
 def _header_side(path: str, size: tuple[int, int] | None = None) -> float:
@@ -205,7 +216,7 @@ class _Chunk:
     chips: np.ndarray | None  # (k, h, w, 3) uint8, None when k == 0 (a list of FaceImage: _prepares_images)
     errors: dict[int, str]
     n: int  # records in the chunk (ok + failed)
-    sides: list[float]  # (k,) face_px of each record in `index` (source_side)
+    sides: list[float]  # (k,) face_px of each record in `index` (the face's inter-ocular distance in file pixels)
     t_decode: float
     t_prepare: float
     # GPU-decoder mode: JPEG bytes still to decode on the GPU, and their record indices
@@ -274,8 +285,13 @@ def _prepare_chunk(
                 scale = _image_scale(paths[i], img.shape)
                 if scale is not None and scale != (1.0, 1.0):
                     rec = {**rec, "_image_scale": scale}
-            chip = embedder.prepare(img, rec)
-            side = source_side(paths[i], img)
+            sized = None if _prepares_images(embedder) else getattr(embedder, "prepare_sized", None)
+            if sized is not None:  # the face's inter-ocular distance from the aligner's landmarks
+                chip, iod = sized(img, rec)
+                side = iod * _file_scale(paths[i], img)
+            else:
+                chip = embedder.prepare(img, rec)
+                side = IOD_PER_SIDE * source_side(paths[i], img)
             tp += time.perf_counter() - t1
         except Exception as e:  # noqa: BLE001 - every failure becomes this record's error
             errors[i] = _message(e)
@@ -318,7 +334,7 @@ def _gpu_decode_chunk(embedder: Embedder, load: Loader, paths, records, c: _Chun
 
         decoded = decode_batch(c.gpu_bytes, embedder.input_size[0], str(dev))
     gpu_ok = [(i, t) for i, t in zip(c.gpu_index, decoded) if t is not None]
-    gpu_side = {i: _header_side(paths[i], sz) for i, t, sz in zip(c.gpu_index, decoded, c.gpu_sizes) if t is not None}
+    gpu_side = {i: IOD_PER_SIDE * _header_side(paths[i], sz) for i, t, sz in zip(c.gpu_index, decoded, c.gpu_sizes) if t is not None}
     # JPEGs the GPU decoder refused: the CPU path decides (a chip, or the exact error message)
     retry = _prepare_chunk(embedder, load, paths, records, [i for i, t in zip(c.gpu_index, decoded) if t is None])
     errors = {**c.errors, **retry.errors}
@@ -365,7 +381,7 @@ class EmbedResult:
     index: np.ndarray  #: (M,) int64 record index (0-based in ``paths``) of each row, increasing
     errors: dict[int, str]  #: {record index: message} for the others
     timings: dict[str, float] = field(default_factory=dict)  #: seconds (decode/prepare summed over threads)
-    #: (M,) float32 shorter side of each crop in its file's pixels (NaN: unknown)
+    #: (M,) float32 each face's inter-ocular distance in its file's pixels (NaN: unknown)
     face_px: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __iter__(self):
@@ -447,8 +463,9 @@ def iter_embed_chunks(
     workers: str | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str], np.ndarray]]:
     """Stream ``(index (k,), features (k, D) float32, errors {i: msg}, face_px (k,) float32)`` chunk
-    by chunk, in input order; ``face_px`` is the shorter side of each crop in its file's pixels
-    (:func:`source_side`, NaN when unknown), the quality signal the clustering may use.
+    by chunk, in input order; ``face_px`` is each face's inter-ocular distance in its file's
+    pixels (from the embedder's landmarks, ``prepare_sized``; else estimated as
+    ``IOD_PER_SIDE`` x the crop's shorter side; NaN when unknown), the clustering's size signal.
 
     Parameters
     ----------
@@ -608,8 +625,8 @@ def embed_records(
     EmbedResult
         ``features`` (M, D) float32 raw descriptors of the records that worked, ``index`` (M,) int64
         their positions in ``paths`` (increasing), ``errors`` {position: message} for all others
-        (M + len(errors) == len(paths)), ``timings`` seconds per step, ``face_px`` (M,) the
-        shorter side of each crop in its file's pixels.
+        (M + len(errors) == len(paths)), ``timings`` seconds per step, ``face_px`` (M,) each
+        face's inter-ocular distance in its file's pixels.
     """
     timings: dict[str, float] = {}
     idx, feats, errors, px = [], [], {}, []
