@@ -58,7 +58,7 @@ def load_face_iod(path: str | Path, n: int) -> np.ndarray:
     from concurrent.futures import ThreadPoolExecutor
 
     from facecluster.embed.align import Aligner
-    from facecluster.embed.runner import source_side
+    from facecluster.embed.runner import _file_scale
     from facecluster.imageio import load_image
 
     wd = WorkDir(Path(path))
@@ -76,7 +76,7 @@ def load_face_iod(path: str | Path, n: int) -> np.ndarray:
             img = load_image(p)
         except Exception:  # noqa: BLE001 - unreadable: unknown size
             return float("nan")
-        return al.chip_and_size(img)[1] * source_side(p, img) / min(img.shape[:2])
+        return al.chip_and_size(img)[1] * _file_scale(p, img)
 
     with ThreadPoolExecutor(2) as ex:
         v = np.array(list(ex.map(iod, [paths[i] for i in index])), np.float32)
@@ -111,8 +111,7 @@ def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = 
     x = feats if getattr(c, "wants_raw_features", False) else prepare_features(feats, calibration_mean(embedder))
     rss0 = peak_rss_mb()
     t = time.perf_counter()
-    use_px = face_px is not None and getattr(c, "uses_face_px", False)
-    lab = c.fit_predict(x, face_px=face_px) if use_px else c.fit_predict(x)
+    lab = c.fit_predict(x, face_px=face_px)  # methods without the small-face rule ignore it
     if labels_out is not None:
         labels_out.append(lab)
     dt = time.perf_counter() - t

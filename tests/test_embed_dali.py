@@ -350,4 +350,4 @@ def test_gpu_decoded_records_keep_their_crop_sizes(tmp_path):
     assert c.index.tolist() == [2] and len(c.gpu_index) == 3  # the PNG on the CPU, JPEGs held
     c = _gpu_decode_chunk(Emb(), load_image, paths, None, c, dali=FakeDali())
     assert c.index.tolist() == [0, 1, 2, 3]
-    np.testing.assert_allclose(c.sides, IOD_PER_SIDE * np.array([150.0, 90.0, 60.0, 170.0]))
+    np.testing.assert_allclose(c.face_px, IOD_PER_SIDE * np.array([150.0, 90.0, 60.0, 170.0]))

@@ -200,7 +200,7 @@ def cluster(
     clusterer = get_clusterer(method, **settings)
     raw = getattr(clusterer, "wants_raw_features", False)
     mean = None if (raw or not calibrate) else calibration_mean(embedder)
-    # the crops' sizes, for methods with the small-face rule (cluster/base.py)
+    # the faces' sizes, for methods with the small-face rule (cluster/base.py)
     face_px = wd.read_face_px(len(feats)) if getattr(clusterer, "uses_face_px", False) else None
     fp = fingerprint(
         "cluster", fmeta["fingerprint"], method, clusterer.settings(), raw, calibrate,
@@ -211,12 +211,8 @@ def cluster(
     if wd.is_fresh(meta_path, fp, out):
         return StageResult("cluster", True, info={"method": method})
     x = feats if raw else prepare_features(feats, mean)
-    if not len(x):
-        labels = np.zeros(0, np.int64)
-    elif face_px is not None:
-        labels = clusterer.fit_predict(x, face_px=face_px)
-    else:
-        labels = clusterer.fit_predict(x)
+    # every method's fit_predict takes face_px (cluster/base.py); None: no small-face rule
+    labels = clusterer.fit_predict(x, face_px=face_px) if len(x) else np.zeros(0, np.int64)
     labels = contract.renumber(np.asarray(labels, np.int64))
     atomic_save_npy(out, labels)
     n_clusters = int(labels.max() + 1) if len(labels) else 0

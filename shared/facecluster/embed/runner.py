@@ -143,12 +143,8 @@ def default_cpu_threads() -> int:
     return max(1, usable_cpus() - 1)
 
 
-def _image_scale(path: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
-    """(sx, sy) from the file's own pixel grid (after EXIF orientation) to the decoded array.
-
-    ``load_image`` rescales huge and tiny images; keypoints in the input JSON refer to the file's
-    pixels, so keypoint-based alignment must scale them the same way. None when unknown.
-    """
+def _file_size(path: str) -> tuple[int, int] | None:
+    """(w, h) of the image file from its header, after EXIF orientation; None when unknown."""
     from PIL import Image
 
     try:
@@ -158,9 +154,19 @@ def _image_scale(path: str, shape: tuple[int, ...]) -> tuple[float, float] | Non
                 w, h = h, w
     except Exception:  # noqa: BLE001 - not a file (custom loaders) or unreadable header
         return None
-    if w <= 0 or h <= 0:
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def _image_scale(path: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
+    """(sx, sy) from the file's own pixel grid (after EXIF orientation) to the decoded array.
+
+    ``load_image`` rescales huge and tiny images; keypoints in the input JSON refer to the file's
+    pixels, so keypoint-based alignment must scale them the same way. None when unknown.
+    """
+    size = _file_size(path)
+    if size is None:
         return None
-    return shape[1] / w, shape[0] / h
+    return shape[1] / size[0], shape[0] / size[1]
 
 
 #: inter-ocular distance of an ArcFace-aligned crop (insightface's 112-px template: eyes at
@@ -190,16 +196,11 @@ def _file_scale(path: str, img: np.ndarray) -> float:
 
 
 def _header_side(path: str, size: tuple[int, int] | None = None) -> float:
-    """Shorter side from a known (w, h) or the file header; NaN when unknown."""
-    if size and min(size) > 0:
-        return float(min(size))
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return float(min(im.size))
-    except Exception:  # noqa: BLE001 - unknown is allowed: the clustering then ignores it
-        return float("nan")
+    """Shorter side from a known (w, h) or the file header; NaN when unknown (the clustering
+    then treats the face as large)."""
+    if not (size and min(size) > 0):
+        size = _file_size(path)
+    return float(min(size)) if size else float("nan")
 
 
 def _message(e: BaseException) -> str:
@@ -216,7 +217,7 @@ class _Chunk:
     chips: np.ndarray | None  # (k, h, w, 3) uint8, None when k == 0 (a list of FaceImage: _prepares_images)
     errors: dict[int, str]
     n: int  # records in the chunk (ok + failed)
-    sides: list[float]  # (k,) face_px of each record in `index` (the face's inter-ocular distance in file pixels)
+    face_px: list[float]  # (k,) of each record in `index`: the face's inter-ocular distance in file pixels
     t_decode: float
     t_prepare: float
     # GPU-decoder mode: JPEG bytes still to decode on the GPU, and their record indices
@@ -247,7 +248,7 @@ def _prepare_chunk(
     """Decode + prepare ``idx`` on the CPU; with ``gpu`` ("nvjpeg"/True or "dali") the files that
     decoder reproduces exactly are only read (``gpu_bytes``), for the main thread to decode."""
     ok: list[int] = []
-    sides: list[float] = []
+    face_px: list[float] = []
     chips: list[np.ndarray] = []
     errors: dict[int, str] = {}
     gpu_index: list[int] = []
@@ -288,17 +289,17 @@ def _prepare_chunk(
             sized = None if _prepares_images(embedder) else getattr(embedder, "prepare_sized", None)
             if sized is not None:  # the face's inter-ocular distance from the aligner's landmarks
                 chip, iod = sized(img, rec)
-                side = iod * _file_scale(paths[i], img)
+                px = iod * _file_scale(paths[i], img)
             else:
                 chip = embedder.prepare(img, rec)
-                side = IOD_PER_SIDE * source_side(paths[i], img)
+                px = IOD_PER_SIDE * source_side(paths[i], img)
             tp += time.perf_counter() - t1
         except Exception as e:  # noqa: BLE001 - every failure becomes this record's error
             errors[i] = _message(e)
             continue
         if _prepares_images(embedder):
             ok.append(i)
-            sides.append(side)
+            face_px.append(px)
             chips.append(chip)
             continue
         chip = np.asarray(chip)
@@ -306,12 +307,12 @@ def _prepare_chunk(
             errors[i] = f"embedder returned a chip of shape {chip.shape} {chip.dtype}, expected {(*embedder.input_size, 3)} uint8"
             continue
         ok.append(i)
-        sides.append(side)
+        face_px.append(px)
         chips.append(chip)
     if chips and not _prepares_images(embedder):
         chips = np.stack(chips)
     return _Chunk(
-        np.asarray(ok, np.int64), chips if len(chips) else None, errors, len(idx), sides, td, tp, gpu_index, gpu_bytes,
+        np.asarray(ok, np.int64), chips if len(chips) else None, errors, len(idx), face_px, td, tp, gpu_index, gpu_bytes,
         gpu_sizes,
     )
 
@@ -334,16 +335,16 @@ def _gpu_decode_chunk(embedder: Embedder, load: Loader, paths, records, c: _Chun
 
         decoded = decode_batch(c.gpu_bytes, embedder.input_size[0], str(dev))
     gpu_ok = [(i, t) for i, t in zip(c.gpu_index, decoded) if t is not None]
-    gpu_side = {i: IOD_PER_SIDE * _header_side(paths[i], sz) for i, t, sz in zip(c.gpu_index, decoded, c.gpu_sizes) if t is not None}
+    gpu_px = {i: IOD_PER_SIDE * _header_side(paths[i], sz) for i, t, sz in zip(c.gpu_index, decoded, c.gpu_sizes) if t is not None}
     # JPEGs the GPU decoder refused: the CPU path decides (a chip, or the exact error message)
     retry = _prepare_chunk(embedder, load, paths, records, [i for i, t in zip(c.gpu_index, decoded) if t is None])
     errors = {**c.errors, **retry.errors}
     cpu_idx = list(c.index) + list(retry.index)
     cpu_chips = [x for x in (c.chips, retry.chips) if x is not None]
     order = sorted([(int(i), "c", k) for k, i in enumerate(cpu_idx)] + [(int(i), "g", k) for k, (i, _) in enumerate(gpu_ok)])
-    cpu_side = dict(zip(cpu_idx, list(c.sides) + list(retry.sides)))
+    cpu_px = dict(zip(cpu_idx, list(c.face_px) + list(retry.face_px)))
     c.index = np.asarray([o[0] for o in order], np.int64)
-    c.sides = [cpu_side[i] if src == "c" else gpu_side[i] for i, src, _ in order]
+    c.face_px = [cpu_px[i] if src == "c" else gpu_px[i] for i, src, _ in order]
     c.errors = errors
     c.t_decode += retry.t_decode
     c.t_prepare += retry.t_prepare
@@ -523,8 +524,8 @@ def iter_embed_chunks(
         if not good.all():
             for i in chunk.index[~good]:
                 errors[int(i)] = "embedder produced non-finite values for this image"
-        sides = np.asarray(chunk.sides, np.float32).reshape(len(chunk.index))
-        return chunk.index[good], feats[good], dict(sorted(errors.items())), sides[good]
+        px = np.asarray(chunk.face_px, np.float32).reshape(len(chunk.index))
+        return chunk.index[good], feats[good], dict(sorted(errors.items())), px[good]
 
     def chunks() -> Iterator[_Chunk]:
         if num_workers <= 0:
