@@ -233,6 +233,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
     ap.add_argument("--regimes", help="comma-separated subset")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--embedder", default="dlib", help="the embedder that made ROOT's features: its thresholds are used (dlib, mbf)")
     ap.add_argument("--tuning", action="store_true", help="the training identities' regimes (tuning_regimes) instead of the validation ones")
     ap.add_argument("--by-size", action="store_true", help="also print each regime's mean per-face BCubed precision by crop size (face_px)")
     ap.add_argument("--face-size", choices=["pipeline", "crop"], default="pipeline",
@@ -251,7 +252,7 @@ def main() -> None:
         worst = None
         for name, x, n, px in regs:
             got: list = []
-            r = run_method(method, x, n, "dlib", face_px=px, labels_out=got, **settings)
+            r = run_method(method, x, n, a.embedder, face_px=px, labels_out=got, **settings)
             r.update(regime=name, shape=SHAPES.get(name, "tuning"), variant=v)
             rows.append(r)
             print(format_row(name, r), flush=True)

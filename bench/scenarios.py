@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True, help="folder of embedded work dirs, one per set")
     ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--embedder", default="dlib", help="the embedder that made ROOT's features: its thresholds are used (dlib, mbf)")
     ap.add_argument("--fragments", help="comma-separated scenarios and/or validation regimes: print where the "
                     "first variant's fragments are (sizes, link similarity vs the home cluster's own) and exit")
     a = ap.parse_args()
@@ -208,7 +209,7 @@ def main() -> None:
             method, settings = parse_variant(v)
             res = []
             for f, n in draws:
-                r = run_method(method, f, n, "dlib", **settings)
+                r = run_method(method, f, n, a.embedder, **settings)
                 r.update(scenario=name, variant=v)
                 res.append(r)
             rows.extend(res)

