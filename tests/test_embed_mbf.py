@@ -45,6 +45,8 @@ def test_mbf_is_the_packaged_model_and_checks_it(tmp_path):
         get_embedder(f"mbf:{other}")
     # the same file given by path is accepted (air-gapped copies)
     assert get_embedder(f"mbf:{packaged_mbf()}?threads=1").fingerprint() == e.fingerprint()
+    # the same file as plain arcface is another embedder (generic thresholds): another fingerprint
+    assert get_embedder(f"arcface:{packaged_mbf()}?align=dlib&threads=1").fingerprint() != e.fingerprint()
 
 
 def test_mbf_separates_real_people_and_records_eye_distance():

@@ -481,6 +481,11 @@ class MbfEmbedder(ArcFaceEmbedder):
                 "run other ArcFace-style models as --embedder arcface:PATH"
             )
         super().__init__(path=str(model), device=device, batch_size=batch_size, **settings)
+        self._sha = MBF_SHA256  # checked above
+
+    def fingerprint(self) -> str:
+        # not the arcface fingerprint of the same file: features.json must say "mbf" (its thresholds)
+        return hashlib.sha256(f"mbf:{super().fingerprint()}".encode()).hexdigest()
 
 
 __all__ = [
