@@ -3,6 +3,9 @@ which regimes only ever validate. Shared by every quality script so numbers comp
 
     python bench/regimes.py --root WORKDIRS [--variant infomap] [--variant gcn-ve] [--json out.json]
 
+Another embedder's work dirs: ``--root WORKDIRS-mbf --embedder mbf`` (its thresholds; e.g. every set
+re-embedded with ``facecluster run ... --embedder mbf``, docs/benchmarks/default_quality.md).
+
 ``WORKDIRS/<set>`` are work dirs embedded with ``facecluster run`` (default dlib embedder) from
 the input JSONs of ``bench/make_input.py`` (lfw, glint18, orl from ../shared/data) and
 ``bench/shift_sets.py`` (the re-cropped and new-source regimes). Labels: the image's folder.
