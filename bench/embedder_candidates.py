@@ -230,9 +230,11 @@ def main() -> None:
         print(f"   {'dlib (default)':18s} {metrics(x[keep], n[keep])}", flush=True)
         feats: dict[str, list[np.ndarray]] = {c: [] for c in ([*nets, "mbf"] if mbf else nets)}
         for b in range(0, len(keep), 64):
-            chips: dict[str, list[np.ndarray]] = {c: [] for c in nets}
+            chips: dict[str, list[np.ndarray]] = {c: [] for c in feats}
             for i in keep[b : b + 64]:
                 img = load_image(recs[i]["img_path"])
+                if mbf is not None:
+                    chips["mbf"].append(mbf.prepare(img, {}))
                 shape = pts = None
                 for c in nets:
                     _, _, side, align, _ = CANDIDATES[c]
@@ -246,7 +248,7 @@ def main() -> None:
                         chip = warp_similarity(img, pts, DLIB_TEMPLATE * side / 112, (side, side))
                     chips[c].append(chip)
             if mbf is not None:
-                feats["mbf"].append(mbf.embed_batch(np.stack([mbf.prepare(load_image(recs[i]["img_path"]), {}) for i in keep[b : b + 64]])))
+                feats["mbf"].append(mbf.embed_batch(np.stack(chips["mbf"])))
             for c, net in nets.items():
                 t = torch.from_numpy(np.stack(chips[c]).astype(np.float32))
                 scale = CANDIDATES[c][4]

@@ -345,8 +345,14 @@ def test_arcface_keypoints_follow_decoder_rescaling(onnx_file, tmp_path):
     Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(tiny)
     assert _image_scale(str(tiny), (38, 32, 3)) == (1.6, 38 / 24)
     chips = []
-    orig = emb.prepare
-    emb.prepare = lambda img, rec: chips.append(orig(img, rec)) or chips[-1]
+    orig = emb.prepare_sized  # what the runner calls (chip and eye distance)
+
+    def spy(img, rec):
+        chip, iod = orig(img, rec)
+        chips.append(chip)
+        return chip, iod
+
+    emb.prepare_sized = spy
     feats, index, errors = embed_records(emb, [str(big)], [{"keypoints": kps.tolist()}], num_workers=0)
     assert index.tolist() == [0] and not errors
     np.testing.assert_allclose(_blob_centres(chips[0], TEMPLATE), TEMPLATE, atol=0.5)

@@ -339,46 +339,36 @@ class ArcFaceEmbedder(Embedder):
         Raises EmbedderError("record has no keypoints ...") with ``align="keypoints"`` when the
         record has no ``keypoints``.
         """
-        img = _to_rgb(img)
-        align = self.settings.align
-        if align == "none":
-            if img.shape[:2] == self.input_size:
-                return img
-            return np.asarray(Image.fromarray(img).resize(self.input_size[::-1], Image.BILINEAR))
-        if align == "keypoints":
-            kps = record_keypoints(record)
-            scale = record.get("_image_scale") if record else None
-            if scale is not None:
-                # the decoder rescaled a huge/tiny image: keypoints are in the file's pixels
-                kps = (kps + 0.5) * np.asarray(scale, np.float64) - 0.5
-            return warp_similarity(img, kps, ARCFACE_TEMPLATE, self.input_size)
-        return self._dlib_chip(img)
+        return self.prepare_sized(img, record)[0]
 
     def prepare_sized(self, img: np.ndarray, record: dict[str, Any] | None = None) -> tuple[np.ndarray, float]:
         """:meth:`prepare` and the face's inter-ocular distance in ``img``'s pixels (the runner's
-        ``face_px``): between the eye centres the chip is aligned on (dlib landmarks or the record's
-        keypoints); for ``align=none`` the template's eye distance scaled to the crop's shorter side."""
+        ``face_px``): between the eye centres the chip is aligned on (the record's keypoints or the
+        dlib landmarks); for ``align=none`` the template's eye distance scaled to the crop's shorter
+        side (``runner.IOD_PER_SIDE``, as for embedders without landmarks)."""
         img = _to_rgb(img)
         align = self.settings.align
-        if align == "dlib":
-            pts = self.dlib_points(img)
-            return warp_similarity(img, pts, DLIB_TEMPLATE, self.input_size), float(np.linalg.norm(pts[0] - pts[1]))
-        chip = self.prepare(img, record)
+        if align == "none":
+            from .runner import IOD_PER_SIDE
+
+            iod = IOD_PER_SIDE * min(img.shape[:2])
+            if img.shape[:2] == self.input_size:
+                return img, iod
+            return np.asarray(Image.fromarray(img).resize(self.input_size[::-1], Image.BILINEAR)), iod
         if align == "keypoints":
-            kps = record_keypoints(record)
+            src, dst = record_keypoints(record), ARCFACE_TEMPLATE
             scale = record.get("_image_scale") if record else None
-            if scale is not None:  # keypoints are in the file's pixels, img may be rescaled
-                kps = (kps + 0.5) * np.asarray(scale, np.float64) - 0.5
-            return chip, float(np.linalg.norm(kps[0] - kps[1]))
-        eyes = ARCFACE_TEMPLATE[1, 0] - ARCFACE_TEMPLATE[0, 0]
-        return chip, float(eyes / INPUT_SIDE * min(img.shape[:2]))
+            if scale is not None:
+                # the decoder rescaled a huge/tiny image: keypoints are in the file's pixels
+                src = (src + 0.5) * np.asarray(scale, np.float64) - 0.5
+        else:
+            src, dst = self.dlib_points(img), DLIB_TEMPLATE
+        # both point sets start with the left and right eye centres
+        return warp_similarity(img, src, dst, self.input_size), float(np.linalg.norm(src[0] - src[1]))
 
     def dlib_points(self, img: np.ndarray) -> np.ndarray:
         """(3, 2) dlib-based (left eye centre, right eye centre, nose base) in ``img`` pixel coordinates."""
         return dlib_eye_nose(img, self._aligner)
-
-    def _dlib_chip(self, img: np.ndarray) -> np.ndarray:
-        return warp_similarity(img, self.dlib_points(img), DLIB_TEMPLATE, self.input_size)
 
     def normalise(self, chips: np.ndarray) -> np.ndarray:
         """(B, 112, 112, 3) uint8 RGB → (B, 3, 112, 112) float32 model input."""
