@@ -87,6 +87,7 @@ def run_ours(x, device="cpu", structure_only=False, **settings):
 
     c = AdaNetsClusterer(device=device, **settings)
     cf = c.config
+    r = c.resolved()
     m_and, meta, m_gcn, _ = c._models()
     steps = {}
 
@@ -96,28 +97,28 @@ def run_ours(x, device="cpu", structure_only=False, **settings):
         return p
 
     with step("knn"):
-        sims, ids = knn(x, cf.k, normalize=False, device=device)
+        sims, ids = knn(x, r["k"], normalize=False, device=device)
         ids, sims = _self_first(ids, sims)
     with step("structure_space"):
-        ids_ss, d_ss = structure_space(ids, sims, cf.k, cf.lamb)
+        ids_ss, d_ss = structure_space(ids, sims, r["k"], r["lamb"])
     if structure_only:
         out = {k: {"seconds": round(v.seconds, 3), "peak_mib": round(v.mib, 1)} for k, v in steps.items()}
         return out, dict(ids=ids, sims=sims, ids_ss=ids_ss, d_ss=d_ss)
     with step("and"):
-        k_hat = predict_k(m_and, x, ids_ss, int(meta.get("scale_max", cf.k)), device=device, batch_size=cf.batch_size)
+        k_hat = predict_k(m_and, x, ids_ss, int(meta.get("scale_max", r["k"])), device=device, batch_size=cf.batch_size)
     with step("adjacency"):
-        adj = adaptive_adjacency(ids_ss, d_ss, k_hat, cf.th_sim)
+        adj = adaptive_adjacency(ids_ss, d_ss, k_hat, r["th_sim"])
     with step("gcn"), torch.inference_mode():
         g = SparseGraph(adj, device)
         feat = torch.nn.functional.normalize(m_gcn.to(device)(g, torch.from_numpy(x).to(device)), dim=1).cpu().numpy()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     with step("final_knn"):
-        s2, i2 = knn(feat, cf.final_topk, normalize=False, device=device)
+        s2, i2 = knn(feat, r["final_topk"], normalize=False, device=device)
     with step("components"):
         n = len(x)
         rows = np.repeat(np.arange(n), i2.shape[1])
-        keep = (s2.reshape(-1) >= cf.final_th) & (i2.reshape(-1) != rows)
+        keep = (s2.reshape(-1) >= r["final_th"]) & (i2.reshape(-1) != rows)
         labels = components(n, rows[keep], i2.reshape(-1)[keep])
     out = {k: {"seconds": round(v.seconds, 3), "peak_mib": round(v.mib, 1)} for k, v in steps.items()}
     out["total_seconds"] = round(sum(v.seconds for v in steps.values()), 3)

@@ -233,7 +233,8 @@ def format_row(regime: str, r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="folder of embedded work dirs, one per set")
-    ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
+    ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap); "
+                    "a dict setting's key as refine_settings.attach_share=0.8")
     ap.add_argument("--regimes", help="comma-separated subset")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--embedder", default="dlib", help="the embedder that made ROOT's features: its thresholds are used (dlib, mbf)")
@@ -250,7 +251,14 @@ def main() -> None:
     regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)
     for v in a.variant or ["infomap"]:
         method, _, rest = v.partition(":")
-        settings = {k: parse_value(val) for k, _, val in (kv.partition("=") for kv in filter(None, rest.split(",")))}
+        settings: dict = {}
+        for k, _, val in (kv.partition("=") for kv in filter(None, rest.split(","))):
+            # "refine_settings.attach_share=0.8": a key of a dict-valued setting
+            outer, dot, inner = k.partition(".")
+            if dot:
+                settings.setdefault(outer, {})[inner] = parse_value(val)
+            else:
+                settings[k] = parse_value(val)
         print(f"== {v}")
         worst = None
         for name, x, n, px in regs:

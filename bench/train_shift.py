@@ -1,6 +1,7 @@
-"""Retrain GCN-V+E and Ada-NETS on plain L2-normalised dlib descriptors (issue 11), on CPU.
+"""Retrain GCN-V+E and Ada-NETS on plain L2-normalised descriptors (issue 11), on CPU.
 
     python bench/train_shift.py --root /work/extdata/work --out OUT [--what v,e,and,gcn]
+    python bench/train_shift.py --root /work/extdata/work-mbf --embedder mbf --out OUT ...
 
 Training data: the *training* identities of every available set in ``bench/regimes.TRAIN_SETS``
 (several crop styles of the same LFW / glint18 faces, ``bench/shift_sets.py``), identity = person
@@ -76,6 +77,7 @@ def main() -> None:
                     help="per-set: each set (crop style) is its own training graph, as a real batch is one source; pooled: one graph of every set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (the same code path; the shipped GPU recipes used cuda)")
+    ap.add_argument("--embedder", default="dlib", help="the embedder of the work dirs under --root (dlib | mbf): names the files (gcn_v_<embedder>.pth, ...) and goes in their meta")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     what = set(a.what.split(","))
@@ -85,12 +87,13 @@ def main() -> None:
     print(f"pool: {len(x)} faces, {len(np.unique(y))} identities, sets {used}, graphs {a.graphs}", flush=True)
     dev = a.device
     log = {"sets": used, "faces": int(len(x)), "identities": int(len(np.unique(y))), "features": "raw", "device": dev, "graphs": a.graphs}
-    common = {"features": "raw", "embedder": "dlib", "sets": used, "n_train": int(len(x)), "device": dev, "graphs": a.graphs}
+    common = {"features": "raw", "embedder": a.embedder, "sets": used, "n_train": int(len(x)), "device": dev, "graphs": a.graphs}
 
     if "v" in what or "e" in what:
         from facecluster.train.gcn_ve import train_gcn_v, train_gcn_e
 
-        pv = a.out / "gcn_v_dlib.pth"
+        emb = a.embedder
+        pv = a.out / f"gcn_v_{emb}.pth"
         if "v" in what:
             t = time.time()
             mv = train_gcn_v(x, y, k=80, nhid=a.v_nhid, epochs=a.v_epochs, progress=False, device=dev, graphs=groups)
@@ -100,14 +103,14 @@ def main() -> None:
             mv = gc.load_gcn_v(pv)
             t = time.time()
             me = train_gcn_e(mv, x, y, k=80, k_e=160, ignore_ratio=a.e_ignore, nhid=a.e_nhid, epochs=a.e_epochs, progress=False, device=dev, graphs=groups)
-            gc.save_checkpoint(me, a.out / "gcn_e_dlib.pth", meta={**common, "facecluster": "gcn-e", "k": 80, "k_e": 160, "nhid": a.e_nhid, "epochs": a.e_epochs, "ignore_ratio_train": a.e_ignore, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
+            gc.save_checkpoint(me, a.out / f"gcn_e_{emb}.pth", meta={**common, "facecluster": "gcn-e", "k": 80, "k_e": 160, "nhid": a.e_nhid, "epochs": a.e_epochs, "ignore_ratio_train": a.e_ignore, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
             log["gcn_e_seconds"] = round(time.time() - t, 1)
 
     if "and" in what or "gcn" in what:
         from facecluster.cluster.adanets.and_model import load_and_checkpoint
         from facecluster.train.adanets import save_checkpoint, train_and, train_gcn
 
-        pa = a.out / "adanets_and_dlib.pth"
+        pa = a.out / f"adanets_and_{a.embedder}.pth"
         if "and" in what:
             hb = holdback(names)
             use = np.ones(len(x), bool)
@@ -141,7 +144,7 @@ def main() -> None:
         if "gcn" in what:
             m_and, _ = load_and_checkpoint(pa)
             m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph="adaptive", and_model=m_and, optimizer="sgd", device=dev, graphs=groups)
-            save_checkpoint(m_gcn, a.out / "adanets_gcn_dlib.pth", info["steps"], {**common, "train": info})
+            save_checkpoint(m_gcn, a.out / f"adanets_gcn_{a.embedder}.pth", info["steps"], {**common, "train": info})
             log["gcn"] = info
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1, default=str))
 

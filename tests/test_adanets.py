@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -227,7 +229,7 @@ def test_shipped_weights_cluster_separated_identities():
     """The shipped dlib weights load from the package and separate clearly distinct people."""
     assert DEFAULT_AND.is_file() and DEFAULT_GCN.is_file() and DEFAULTS_JSON.is_file()
     c = AdaNetsClusterer(device="cpu")
-    assert c.config.final_th == pytest.approx(float(__import__("json").loads(DEFAULTS_JSON.read_text())["defaults"]["final_th"]))
+    assert c.resolved()["final_th"] == pytest.approx(float(__import__("json").loads(DEFAULTS_JSON.read_text())["defaults"]["final_th"]))
     rng = np.random.default_rng(3)
     centers = rng.normal(size=(6, 128))
     X = np.concatenate([cc + 0.15 * rng.normal(size=(8, 128)) for cc in centers]).astype(np.float32)
@@ -320,3 +322,19 @@ def test_refine_default_follows_the_floor(tiny_ckpts, clustered_features):
     ids, sims = base.knn_
     ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides={}, plain=True, sims=sims)
     np.testing.assert_array_equal(lab, join_near_duplicates(X, ref, on.duplicate_sim(), knn_cache=ids))
+
+
+def test_shipped_weights_per_embedder():
+    """Without checkpoints the features' embedder picks the shipped set (dlib when unknown);
+    an embedder without shipped weights is a clear error, not dlib's weights on the wrong
+    features."""
+    from facecluster.cluster.adanets import SHIPPED_ADANETS, shipped_files
+
+    assert shipped_files(None) == shipped_files("dlib") == (DEFAULT_AND, DEFAULT_GCN, DEFAULTS_JSON)
+    assert "mbf" not in SHIPPED_ADANETS  # not trained for it yet (docs/benchmarks/adanets.md §7)
+    c = AdaNetsClusterer(device="cpu", embedder="mbf")
+    with pytest.raises(FileNotFoundError, match=r"no shipped Ada-NETS weights for the 'mbf' embedder \(shipped for: dlib\)"):
+        c.fit_predict(np.eye(4, 512, dtype=np.float32))
+    # explicit settings win over the tuned ones; the tuned ones fill the rest
+    r = AdaNetsClusterer(device="cpu", embedder="dlib", final_th=0.5).resolved()
+    assert r["final_th"] == 0.5 and r["k"] == json.loads(DEFAULTS_JSON.read_text())["defaults"]["k"]

@@ -89,3 +89,30 @@ def test_mbf_whole_command_uses_its_thresholds(tmp_path):
     from facecluster.cluster.infomap import MIN_SIM_BY_EMBEDDER
 
     assert meta["settings"]["min_sim"] == MIN_SIM_BY_EMBEDDER["mbf"]
+
+
+def test_mbf_learned_methods_use_their_own_weights(tmp_path):
+    """`facecluster run --embedder mbf --method gcn-ve` (and gcn-v): the weights and thresholds
+    shipped for mbf's 512-d descriptors, not dlib's (which refuse 512-d input)."""
+    from conftest import run_cli
+
+    from facecluster.calibration import LINK_FLOOR_BY_EMBEDDER
+    from facecluster.cluster import gcn_common as gc
+    from facecluster.metrics import evaluate
+
+    paths, y = _people(4)
+    inp = tmp_path / "in.json"
+    inp.write_text(json.dumps([{"img_path": str(p)} for p in paths]))
+    wd = tmp_path / "wd"
+    v, e, _ = gc.shipped_files("mbf")
+    for method in ("gcn-ve", "gcn-v"):  # the second run reuses the work dir's features
+        out = tmp_path / f"out-{method}.json"
+        args = ("run", str(inp), "-o", str(out), "-w", str(wd), "--device", "cpu", "--embedder", "mbf?threads=1", "--method", method)
+        assert run_cli(*args) == 0
+        lab = np.array([r["cluster_id"] for r in json.loads(out.read_text())])
+        assert evaluate(y, lab)["bcubed_fscore"] >= 0.9, (method, lab)
+        s = json.loads((wd / f"labels-{method}.json").read_text())["settings"]
+        assert Path(s["checkpoint_v"]) == v and s["features"] == "raw"
+        assert s["min_link_sim"] == LINK_FLOOR_BY_EMBEDDER["mbf"]
+        if method == "gcn-ve":
+            assert Path(s["checkpoint_e"]) == e

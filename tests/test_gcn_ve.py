@@ -424,3 +424,34 @@ def test_refine_in_fit_predict_is_the_shared_step(ckpts, method):
     ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides={}, plain=True, sims=sims)
     np.testing.assert_array_equal(lab, join_near_duplicates(X, ref, on.duplicate_sim(), knn_cache=ids))
     assert {"merge", "attach", "attach_rel"} <= set(on.timings_)
+
+
+# -------------------------------------------------------------------------------- per embedder
+@pytest.mark.parametrize("embedder", sorted(gc.SHIPPED_GCN_VE))
+def test_shipped_weights_follow_the_embedder(embedder):
+    """Without checkpoints each embedder gets the weights and settings shipped for it, and the
+    networks read its features (width and kind)."""
+    from facecluster.cluster.refine import REFINED_LINK_FLOOR_BY_EMBEDDER
+
+    v, e, js = gc.shipped_files(embedder)
+    assert v.is_file() and e.is_file() and js.is_file(), f"shipped {embedder} weights missing"
+    m = get_clusterer("gcn-ve", device="cpu", embedder=embedder)
+    r = m.resolved()
+    assert (r["checkpoint_v"], r["checkpoint_e"]) == (str(v), str(e))
+    tuned = gc.shipped_settings(embedder)
+    assert r["tau_0"] == tuned["tau_0"] and r["tau"] == tuned["tau_e"] and r["k"] == tuned["k"]
+    assert r["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER[embedder] and r["refine"]
+    meta = gc.read_meta(v)
+    assert meta.get("embedder", "dlib") == embedder
+    d = gc.load_gcn_v(v).feature_dim
+    X, y = _clustered(120, d=d, seed=4)
+    lab = m.fit_predict(X)
+    assert lab.shape == (120,)
+    # well-separated synthetic people are not merged (the floor and thresholds hold)
+    assert all(len(np.unique(y[lab == c])) == 1 for c in np.unique(lab))
+
+
+def test_embedder_without_shipped_weights_is_a_clear_error():
+    m = get_clusterer("gcn-v", device="cpu", embedder="arcface")
+    with pytest.raises(gc.CheckpointError, match=r"no shipped GCN-V/GCN-E weights for the 'arcface' embedder \(shipped for: dlib, mbf\)"):
+        m.fit_predict(np.eye(4, 512, dtype=np.float32))

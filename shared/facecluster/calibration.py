@@ -61,7 +61,10 @@ def calibration_mean(embedder: str | None) -> np.ndarray | None:
 #: the worst regime of gcn-ve among the floors that keep faces in mixed clusters <= 2 % on every
 #: regime: 0.92 leaves 5.8 % mixed on lfw-loose; worst BCubed F 0.8156 at 0.93 (glint-lowres),
 #: 0.7352 at 0.94 (docs/benchmarks/gcn_ve.md §6, "similarity floor").
-LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93}
+#: mbf (``--embedder mbf``): 0.35, Infomap's ``min_sim`` for it, chosen with the refinement on
+#: (``refine.REFINED_LINK_FLOOR_BY_EMBEDDER``); without the refinement only 0.35 was measured
+#: (gcn-ve's worst training regime 0.879, no mixed cluster; docs/benchmarks/gcn_ve.md §8).
+LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93, "mbf": 0.35}
 
 #: Cosine (plain L2-normalised descriptors) at and above which two faces are treated as the same
 #: image (duplicate video frames, re-encoded copies): they always share a cluster, in every

@@ -26,10 +26,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-#: shipped GCN-V / GCN-E weights trained for the calibrated dlib embedder, and their settings
-SHIPPED_V = WEIGHTS_DIR / "gcn_v_dlib.pth"
-SHIPPED_E = WEIGHTS_DIR / "gcn_e_dlib.pth"
-SHIPPED_SETTINGS = WEIGHTS_DIR / "gcn_ve_dlib.json"
+
+#: The shipped GCN-V / GCN-E weights and their settings, one set per embedder they were trained
+#: for (files in ``facecluster/weights``, model cards beside them). ``gcn-v`` / ``gcn-ve`` without
+#: checkpoints take the set of the features' embedder (``Clusterer.embedder``; dlib when unknown):
+#: dlib's were trained on calibrated descriptors with the original recipe (``gcn_ve_dlib.md``),
+#: mbf's on plain descriptors of every training crop style (``bench/train_shift.py``,
+#: ``gcn_ve_mbf.md``).
+SHIPPED_GCN_VE: dict[str, tuple[str, str, str]] = {
+    "dlib": ("gcn_v_dlib.pth", "gcn_e_dlib.pth", "gcn_ve_dlib.json"),
+    "mbf": ("gcn_v_mbf.pth", "gcn_e_mbf.pth", "gcn_ve_mbf.json"),
+}
+#: the embedder assumed when a caller gives none (the pipeline always passes the features' own)
+DEFAULT_EMBEDDER = "dlib"
+
+
+def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
+    """(GCN-V, GCN-E, settings JSON) shipped for ``embedder``; :class:`CheckpointError` names the
+    embedders that have weights when it has none."""
+    name = embedder or DEFAULT_EMBEDDER
+    if name not in SHIPPED_GCN_VE:
+        raise CheckpointError(
+            f"no shipped GCN-V/GCN-E weights for the {name!r} embedder (shipped for: "
+            f"{', '.join(SHIPPED_GCN_VE)}); pass checkpoint_v (and checkpoint_e) trained on its "
+            "features (`facecluster train gcn-v` / `gcn-e`, or bench/train_shift.py --embedder)"
+        )
+    v, e, js = SHIPPED_GCN_VE[name]
+    return WEIGHTS_DIR / v, WEIGHTS_DIR / e, WEIGHTS_DIR / js
+
+
+#: the dlib set (the training CLI's default output paths)
+SHIPPED_V, SHIPPED_E, SHIPPED_SETTINGS = shipped_files("dlib")
 
 
 class CheckpointError(ValueError):
@@ -245,10 +272,11 @@ def load_gcn_e(path: str | Path, *, trust: bool = False) -> GCNE:
     return load_into(GCNE(d, h), path, trust=trust, what=f"GCN-E(feature_dim={d}, nhid={h})").eval()
 
 
-def shipped_settings() -> dict[str, Any]:
-    """Settings chosen on the validation identities for the shipped dlib weights ({} if absent)."""
-    if SHIPPED_SETTINGS.is_file():
-        return json.loads(SHIPPED_SETTINGS.read_text())
+def shipped_settings(embedder: str | None = None) -> dict[str, Any]:
+    """Settings chosen for the weights shipped for ``embedder`` ({} if absent)."""
+    path = shipped_files(embedder)[2]
+    if path.is_file():
+        return json.loads(path.read_text())
     return {}
 
 

@@ -39,7 +39,8 @@ class GCNVEConfig(GCNVConfig):
         None,
         description="GCN-E weights (.pth; e.g. the released pretrained_gcn_e_ms1m.pth). Must be "
         "given together with checkpoint_v (GCN-E is trained on that GCN-V's features); None with "
-        "no checkpoint_v: the shipped dlib weights (weights/gcn_e_dlib.pth).",
+        "no checkpoint_v: the weights shipped for the features' embedder (weights/gcn_e_dlib.pth, "
+        "weights/gcn_e_mbf.pth).",
     )
     k_e: Optional[int] = Field(
         None, ge=1, description="Neighbours per face on the GCN-V features for GCN-E (counting "
@@ -59,7 +60,7 @@ class GCNVEConfig(GCNVConfig):
 
 class GCNVEClusterer(GCNVClusterer):
     name = "gcn-ve"
-    summary = "GCN-V + GCN-E (CVPR 2020): confidence + learned connectivity; shipped weights for dlib."
+    summary = "GCN-V + GCN-E (CVPR 2020): confidence + learned connectivity; shipped weights for dlib and mbf."
     Config = GCNVEConfig
 
     def _uses_shipped(self) -> bool:
@@ -74,9 +75,10 @@ class GCNVEClusterer(GCNVClusterer):
     def _path_e(self):
         p = self.config.checkpoint_e
         if p is None:
-            if not gc.SHIPPED_E.is_file():
-                raise gc.CheckpointError(f"no checkpoint_e given and the shipped GCN-E weights are missing ({gc.SHIPPED_E})")
-            return gc.SHIPPED_E
+            shipped = gc.shipped_files(self.embedder())[1]
+            if not shipped.is_file():
+                raise gc.CheckpointError(f"no checkpoint_e given and the shipped GCN-E weights are missing ({shipped})")
+            return shipped
         return p
 
     def resolved(self) -> dict[str, Any]:
@@ -84,7 +86,7 @@ class GCNVEClusterer(GCNVClusterer):
         r["checkpoint_e"] = str(self._path_e())
         if self._uses_shipped() and self.config.tau is None:
             # the shipped settings may hold a GCN-E-specific threshold next to stage B's
-            r["tau"] = gc.shipped_settings().get("tau_e", r["tau"])
+            r["tau"] = gc.shipped_settings(self.embedder()).get("tau_e", r["tau"])
         return r
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:

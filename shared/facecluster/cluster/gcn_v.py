@@ -14,9 +14,10 @@ Pipeline (notes §1.1–§1.5), every step vectorised:
 5. Stage B (``use_gcn_feat``): the same on a *rebuilt* kNN of the L2-normalised gcn_feat,
    with threshold tau. Its features and the confidences feed GCN-E (``gcn_e.py``).
 
-Settings left at ``None`` take the values stored next to the shipped dlib weights
-(``weights/gcn_ve_dlib.json``, chosen on validation identities) when no checkpoint is given,
-and the papers' MS1M values (k=80, tau_0=0.65, tau=0.8) when one is.
+Without a checkpoint the method takes the weights shipped for the features' embedder
+(``gcn_common.SHIPPED_GCN_VE``: dlib, mbf; dlib when the embedder is unknown), and settings left
+at ``None`` the values stored next to them (``weights/gcn_ve_<embedder>.json``); with a
+checkpoint, the papers' MS1M values (k=80, tau_0=0.65, tau=0.8).
 
 Issue 11 (faces from another source), on by default, off with ``similarity_floor=false`` (then
 the result is learn-to-cluster's, for A/B checks):
@@ -68,8 +69,8 @@ class GCNVConfig(RefineConfig):
     checkpoint_v: Optional[str] = Field(
         None,
         description="GCN-V weights (.pth; mmcv container or bare state_dict, e.g. the released "
-        "pretrained_gcn_v_ms1m.pth for 256-d hfsoftmax features). None: the shipped weights "
-        "trained for the calibrated dlib embedder (weights/gcn_v_dlib.pth).",
+        "pretrained_gcn_v_ms1m.pth for 256-d hfsoftmax features). None: the weights shipped "
+        "for the features' embedder (weights/gcn_v_dlib.pth, weights/gcn_v_mbf.pth).",
     )
     trust_checkpoint: bool = Field(
         False,
@@ -106,14 +107,14 @@ class GCNVConfig(RefineConfig):
     min_link_sim: Optional[float] = Field(
         None, ge=-1.0, le=1.0, description="The similarity floor (cosine of the L2-normalised "
         "descriptors). None: the value measured for the embedder: with the refinement on "
-        "(refine) refine.REFINED_LINK_FLOOR_BY_EMBEDDER (dlib 0.94), without it "
-        "calibration.LINK_FLOOR_BY_EMBEDDER (dlib 0.93); embedders without one get no floor unless set."
+        "(refine) refine.REFINED_LINK_FLOOR_BY_EMBEDDER (dlib 0.94, mbf 0.35), without it "
+        "calibration.LINK_FLOOR_BY_EMBEDDER (dlib 0.93, mbf 0.35); embedders without one get no floor unless set."
     )
 
 
 class GCNVClusterer(Clusterer):
     name = "gcn-v"
-    summary = "GCN-V (CVPR 2020): learned vertex confidence + peaks; shipped weights for dlib."
+    summary = "GCN-V (CVPR 2020): learned vertex confidence + peaks; shipped weights for dlib and mbf."
     Config = GCNVConfig
     #: the pipeline passes the plain descriptors; the method prepares its checkpoint's features
     wants_raw_features: ClassVar[bool] = True
@@ -136,8 +137,9 @@ class GCNVClusterer(Clusterer):
         return self.config.features or gc.checkpoint_features(self._meta_v())
 
     def embedder(self) -> Optional[str]:
-        """The features' embedder; the shipped weights exist for dlib only, so they imply it."""
-        return self.config.embedder or ("dlib" if self._uses_shipped() else None)
+        """The features' embedder (it picks the shipped weights); dlib when unknown and no
+        checkpoint is given."""
+        return self.config.embedder or (gc.DEFAULT_EMBEDDER if self._uses_shipped() else None)
 
     def small_vote_floor(self) -> Optional[float]:
         """None (small-face rule off) for the original algorithm (similarity_floor=false)."""
@@ -163,7 +165,7 @@ class GCNVClusterer(Clusterer):
         cfg = self.config.model_dump()
         base = dict(PAPER_DEFAULTS)
         if self._uses_shipped():
-            base.update({k: v for k, v in gc.shipped_settings().items() if k in PAPER_DEFAULTS})
+            base.update({k: v for k, v in gc.shipped_settings(self.embedder()).items() if k in PAPER_DEFAULTS})
         for key, val in base.items():
             if key in cfg and cfg[key] is None:
                 cfg[key] = val
@@ -180,11 +182,12 @@ class GCNVClusterer(Clusterer):
     def _path_v(self):
         p = self.config.checkpoint_v
         if p is None:
-            if not gc.SHIPPED_V.is_file():
+            shipped = gc.shipped_files(self.embedder())[0]
+            if not shipped.is_file():
                 raise gc.CheckpointError(
-                    f"no checkpoint_v given and the shipped GCN-V weights are missing ({gc.SHIPPED_V})"
+                    f"no checkpoint_v given and the shipped GCN-V weights are missing ({shipped})"
                 )
-            return gc.SHIPPED_V
+            return shipped
         return p
 
     def _load_v(self) -> gc.GCNV:

@@ -214,8 +214,10 @@ LEARNED_REFINE_DEFAULTS: dict[str, Any] = {"attach_share": 0.6}
 #: lone faces by neighbour vote), so the floor can cut more of the different-person links the
 #: learned parts make on a new source. dlib: chosen on the training identities
 #: (``bench/refine_learned.py --tuning --floor F``) by the worst regime of gcn-ve,
-#: docs/benchmarks/gcn_ve.md §7.
-REFINED_LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.94}
+#: docs/benchmarks/gcn_ve.md §7. mbf: 0.35, as without the refinement (on the training identities
+#: 0.30 left 1.7 % of a regime's faces in mixed clusters, 0.325-0.40 none and the same worst
+#: regime, 0.35 the best second worst; docs/benchmarks/gcn_ve.md §8).
+REFINED_LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.94, "mbf": 0.35}
 
 
 def learned_link_floor(config: RefineConfig, embedder: Optional[str]) -> Optional[float]:

@@ -340,7 +340,7 @@ def tune_threshold(val_sets: dict, and_path: Path, gcn_path: Path, grid=None, de
     for name, (x, y) in val_sets.items():
         c = AdaNetsClusterer(checkpoint_and=str(and_path), checkpoint_gcn=str(gcn_path), device=device)
         feat = c.embed(x)
-        sims, ids = knn(feat, c.config.final_topk, normalize=False, device=device)
+        sims, ids = knn(feat, c.resolved()["final_topk"], normalize=False, device=device)
         n = len(x)
         rows = np.repeat(np.arange(n), ids.shape[1])
         s, j = sims.reshape(-1), ids.reshape(-1)

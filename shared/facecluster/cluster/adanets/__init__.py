@@ -41,26 +41,53 @@ from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "weights"
-DEFAULT_AND = WEIGHTS_DIR / "adanets_and_dlib.pth"
-DEFAULT_GCN = WEIGHTS_DIR / "adanets_gcn_dlib.pth"
-DEFAULTS_JSON = WEIGHTS_DIR / "adanets_dlib.json"
+
+#: The shipped Ada-NETS weights (AND, GCN) and the settings tuned with them, one set per embedder
+#: they were trained for (files in ``facecluster/weights``, model cards beside them). Without
+#: checkpoints the method takes the set of the features' embedder (dlib when unknown). None for
+#: mbf yet: AND trained for it on CPU collapsed to k̂ ≈ 2 (docs/benchmarks/adanets.md §7).
+SHIPPED_ADANETS: dict[str, tuple[str, str, str]] = {
+    "dlib": ("adanets_and_dlib.pth", "adanets_gcn_dlib.pth", "adanets_dlib.json"),
+}
+DEFAULT_EMBEDDER = "dlib"
+
+
+def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
+    """(AND, GCN, settings JSON) shipped for ``embedder``; a clear error naming the embedders
+    that have weights when it has none."""
+    name = embedder or DEFAULT_EMBEDDER
+    if name not in SHIPPED_ADANETS:
+        raise FileNotFoundError(
+            f"no shipped Ada-NETS weights for the {name!r} embedder (shipped for: "
+            f"{', '.join(SHIPPED_ADANETS)}); pass checkpoint_and and checkpoint_gcn trained on its "
+            "features (`facecluster train adanets`, or bench/train_shift.py --embedder)"
+        )
+    a, g, js = SHIPPED_ADANETS[name]
+    return WEIGHTS_DIR / a, WEIGHTS_DIR / g, WEIGHTS_DIR / js
+
+
+#: the dlib set (the training CLI's default output paths)
+DEFAULT_AND, DEFAULT_GCN, DEFAULTS_JSON = shipped_files("dlib")
 
 #: the paper's values (MS1M, zero-mean 256-d features)
 PAPER_DEFAULTS = {"k": 80, "lamb": 0.3, "th_sim": 0.0, "final_topk": 121, "final_th": 0.96}
 
 
-@lru_cache(maxsize=1)
-def shipped_defaults() -> dict:
-    """Settings tuned with the shipped weights (``adanets_dlib.json``), else the paper's."""
+@lru_cache(maxsize=8)
+def shipped_defaults(embedder: str | None = None) -> dict:
+    """Settings tuned with the weights shipped for ``embedder`` (``adanets_<embedder>.json``),
+    else the paper's."""
     d = dict(PAPER_DEFAULTS)
-    if DEFAULTS_JSON.is_file():
-        tuned = json.loads(DEFAULTS_JSON.read_text()).get("defaults", {})
+    path = shipped_files(embedder)[2]
+    if path.is_file():
+        tuned = json.loads(path.read_text()).get("defaults", {})
         d.update({k: v for k, v in tuned.items() if k in PAPER_DEFAULTS})
     return d
 
 
 def _default(name: str):
-    return Field(default_factory=lambda: shipped_defaults()[name], description=_DOC[name])
+    return Field(None, description=_DOC[name] + " None: the value tuned with the shipped weights of "
+                 "the features' embedder (adanets_<embedder>.json); with user checkpoints, dlib's.")
 
 
 _DOC = {
@@ -68,18 +95,18 @@ _DOC = {
     "lamb": "λ: weight of the cosine distance in the structure-space distance (paper 0.3).",
     "th_sim": "Adaptive adjacency keeps structure-space similarities ≥ this (paper 0.0).",
     "final_topk": "Neighbours searched on the GCN features for the final rule (paper 121, self included).",
-    "final_th": "Final rule: link faces whose GCN-feature cosine is ≥ this (paper 0.96 on MS1M; tuned for dlib).",
+    "final_th": "Final rule: link faces whose GCN-feature cosine is ≥ this (paper 0.96 on MS1M; tuned per embedder).",
 }
 
 
 class AdaNetsConfig(RefineConfig):
-    k: int = _default("k")
-    lamb: float = _default("lamb")
-    th_sim: float = _default("th_sim")
-    final_topk: int = _default("final_topk")
-    final_th: float = _default("final_th")
-    checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: shipped dlib weights.")
-    checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: shipped dlib weights.")
+    k: Optional[int] = _default("k")
+    lamb: Optional[float] = _default("lamb")
+    th_sim: Optional[float] = _default("th_sim")
+    final_topk: Optional[int] = _default("final_topk")
+    final_th: Optional[float] = _default("final_th")
+    checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: the weights shipped for the features' embedder (dlib).")
+    checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: the weights shipped for the features' embedder (dlib).")
     batch_size: int = Field(1024, description="AND inference batch (faces per LSTM batch).")
     trust_checkpoint: bool = Field(
         False,
@@ -133,14 +160,26 @@ class AdaNetsClusterer(Clusterer):
 
     def _models(self):
         c = self.config
-        return _load_models(str(c.checkpoint_and or DEFAULT_AND), str(c.checkpoint_gcn or DEFAULT_GCN), c.trust_checkpoint)
+        shipped_and = shipped_gcn = None
+        if c.checkpoint_and is None or c.checkpoint_gcn is None:
+            shipped_and, shipped_gcn, _ = shipped_files(self.embedder())
+        return _load_models(str(c.checkpoint_and or shipped_and), str(c.checkpoint_gcn or shipped_gcn), c.trust_checkpoint)
 
     def _uses_shipped(self) -> bool:
         return self.config.checkpoint_and is None and self.config.checkpoint_gcn is None
 
     def embedder(self) -> Optional[str]:
-        """The features' embedder; the shipped weights exist for dlib only, so they imply it."""
-        return self.config.embedder or ("dlib" if self._uses_shipped() else None)
+        """The features' embedder (it picks the shipped weights); dlib when unknown and no
+        checkpoint is given."""
+        return self.config.embedder or (DEFAULT_EMBEDDER if self._uses_shipped() else None)
+
+    def resolved(self) -> dict:
+        """k, lamb, th_sim, final_topk, final_th: explicit values, else those tuned with the
+        weights shipped for the embedder (dlib's with user checkpoints)."""
+        name = self.embedder() if self._uses_shipped() else DEFAULT_EMBEDDER
+        tuned = shipped_defaults(name if name in SHIPPED_ADANETS else DEFAULT_EMBEDDER)
+        c = self.config
+        return {key: (getattr(c, key) if getattr(c, key) is not None else tuned[key]) for key in PAPER_DEFAULTS}
 
     def feature_kind(self) -> str:
         """"raw" or "calibrated": what the checkpoints expect (setting, else the AND meta)."""
@@ -156,6 +195,7 @@ class AdaNetsClusterer(Clusterer):
 
     def settings(self) -> dict:
         d = super().settings()
+        d.update(self.resolved())
         d["features"] = self.feature_kind()
         d["min_link_sim"] = self.link_floor()
         d["refine"] = refine_on(self.config, self.embedder())
@@ -171,6 +211,7 @@ class AdaNetsClusterer(Clusterer):
         import torch
 
         c = self.config
+        r = self.resolved()
         dev = self.device
         X = self._check_input(X)
         xr = l2_normalize(X)
@@ -182,9 +223,9 @@ class AdaNetsClusterer(Clusterer):
             raise ValueError(f"Ada-NETS weights expect {m_and.feature_dim}-d features, got {x.shape[1]}-d")
         if n == 0:
             return np.zeros((0, m_gcn.nhid), np.float32), xr
-        scale_max = int(meta_and.get("scale_max", c.k))
+        scale_max = int(meta_and.get("scale_max", r["k"]))
         with self._timed("knn"):
-            sims, ids = knn(x, c.k, normalize=False, backend=c.knn_backend, device=dev)
+            sims, ids = knn(x, r["k"], normalize=False, backend=c.knn_backend, device=dev)
             ids, sims = _self_first(ids, sims)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule
         self.knn_ = (ids, sims)
@@ -192,7 +233,7 @@ class AdaNetsClusterer(Clusterer):
             # on a GPU the same sets and counts are computed there (identical output): on one
             # core the numpy version took 21 s per 100k faces, the longest step at 1M
             ss = (lambda *a: structure_space_torch(*a, device=dev)) if dev.startswith("cuda") else structure_space
-            ids_ss, d_ss = ss(ids, sims, c.k, c.lamb)
+            ids_ss, d_ss = ss(ids, sims, r["k"], r["lamb"])
         with self._timed("and"), bar("Ada-NETS AND", n, c.progress) as b:
             k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size, progress=b.advance)
         self.k_hat_ = k_hat
@@ -203,7 +244,7 @@ class AdaNetsClusterer(Clusterer):
                 cos = pair_cosine(xr, np.repeat(np.arange(n), ids_ss.shape[1]), ids_ss.reshape(-1)).reshape(ids_ss.shape)
                 d_ss = np.where(cos >= floor, d_ss, np.inf).astype(np.float32)
             # on a GPU both the adjacency and the aggregation operator are built there
-            adj = adaptive_adjacency(ids_ss, d_ss, k_hat, c.th_sim, device=dev if cuda else None)
+            adj = adaptive_adjacency(ids_ss, d_ss, k_hat, r["th_sim"], device=dev if cuda else None)
         with self._timed("gcn"), torch.inference_mode():
             g = SparseGraph.from_torch(adj) if cuda else SparseGraph(adj, dev)
             out = m_gcn.to(dev)(g, torch.from_numpy(x).to(dev)).float().cpu().numpy()
@@ -211,17 +252,18 @@ class AdaNetsClusterer(Clusterer):
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:
         c = self.config
+        r = self.resolved()
         self.timings_ = {}
         feat, xr = self._embed(X)
         n = feat.shape[0]
         if n == 0:
             return np.zeros(0, np.int64)
         with self._timed("final_knn"):
-            sims, ids = knn(feat, c.final_topk, normalize=False, backend=c.knn_backend, device=self.device)
+            sims, ids = knn(feat, r["final_topk"], normalize=False, backend=c.knn_backend, device=self.device)
         with self._timed("components"):
             rows = np.repeat(np.arange(n), ids.shape[1])
             cols = ids.reshape(-1)
-            keep = np.flatnonzero((sims.reshape(-1) >= c.final_th) & (cols != rows) & (cols >= 0))
+            keep = np.flatnonzero((sims.reshape(-1) >= r["final_th"]) & (cols != rows) & (cols >= 0))
             floor = self.link_floor()
             if floor is not None:
                 keep = keep[pair_cosine(xr, rows[keep], cols[keep]) >= floor]
@@ -263,4 +305,4 @@ def _self_first(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return ids, sims
 
 
-__all__ = ["AdaNetsClusterer", "AdaNetsConfig", "shipped_defaults"]
+__all__ = ["AdaNetsClusterer", "AdaNetsConfig", "shipped_defaults", "shipped_files"]
