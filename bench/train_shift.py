@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--and-warmup", type=int, default=128)
     ap.add_argument("--and-faces", type=int, default=0, help="train AND on a random subset of identities with about this many faces (0: all)")
     ap.add_argument("--gcn-steps", type=int, default=400)
+    ap.add_argument("--gcn-graph", choices=["adaptive", "knn"], default="adaptive",
+                    help="the Ada-NETS GCN's training graph: adaptive (what inference sees; a full-graph step, slow on CPU) or knn (the paper's sampled order graph)")
     ap.add_argument("--graphs", choices=["per-set", "pooled"], default="per-set",
                     help="per-set: each set (crop style) is its own training graph, as a real batch is one source; pooled: one graph of every set")
     ap.add_argument("--threads", type=int, default=2)
@@ -143,7 +145,7 @@ def main() -> None:
             log["and"] = info
         if "gcn" in what:
             m_and, _ = load_and_checkpoint(pa)
-            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph="adaptive", and_model=m_and, optimizer="sgd", device=dev, graphs=groups)
+            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph=a.gcn_graph, and_model=m_and, optimizer="sgd", device=dev, graphs=groups)
             save_checkpoint(m_gcn, a.out / f"adanets_gcn_{a.embedder}.pth", info["steps"], {**common, "train": info})
             log["gcn"] = info
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1, default=str))
