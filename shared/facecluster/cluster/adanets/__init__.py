@@ -151,7 +151,7 @@ def _load_models(and_path: str, gcn_path: str, trust: bool = False) -> tuple[AND
 
 class AdaNetsClusterer(Clusterer):
     name = "adanets"
-    summary = "Ada-NETS (ICLR 2022): structure space + adaptive neighbours (AND) + GCN, then a cosine threshold"
+    summary = "Ada-NETS (ICLR 2022): structure space + adaptive neighbours (AND) + GCN, then a cosine threshold; shipped weights for dlib."
     Config = AdaNetsConfig
     #: the pipeline passes the plain descriptors; the method prepares its checkpoint's features
     wants_raw_features: ClassVar[bool] = True
