@@ -92,6 +92,21 @@ def parse_value(v: str):
         return v
 
 
+def parse_variant(v: str) -> tuple[str, dict]:
+    """``METHOD[:key=value,...]`` → (method, settings); a dict setting's key as
+    ``refine_settings.attach_share=0.8``."""
+    method, _, rest = v.partition(":")
+    settings: dict = {}
+    for kv in filter(None, rest.split(",")):
+        k, _, val = kv.partition("=")
+        outer, dot, inner = k.partition(".")
+        if dot:
+            settings.setdefault(outer, {})[inner] = parse_value(val)
+        else:
+            settings[k] = parse_value(val)
+    return method, settings
+
+
 def method_settings(pairs: list[str], method: str) -> dict:
     """``METHOD.key=value`` strings → settings for ``method``."""
     out = {}

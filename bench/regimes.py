@@ -59,7 +59,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import load_workdir, parse_value, run_method  # noqa: E402
+from _common import load_workdir, parse_variant, run_method  # noqa: E402
 from facecluster.cluster.base import SMALL_FACE_PX  # noqa: E402
 from facecluster.train.splits import validation_mask  # noqa: E402
 
@@ -250,15 +250,7 @@ def main() -> None:
     pick = tuning_regimes if a.tuning else validation_regimes
     regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)
     for v in a.variant or ["infomap"]:
-        method, _, rest = v.partition(":")
-        settings: dict = {}
-        for k, _, val in (kv.partition("=") for kv in filter(None, rest.split(","))):
-            # "refine_settings.attach_share=0.8": a key of a dict-valued setting
-            outer, dot, inner = k.partition(".")
-            if dot:
-                settings.setdefault(outer, {})[inner] = parse_value(val)
-            else:
-                settings[k] = parse_value(val)
+        method, settings = parse_variant(v)
         print(f"== {v}")
         worst = None
         for name, x, n, px in regs:

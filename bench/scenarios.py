@@ -38,17 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parse_value, run_method  # noqa: E402
+from _common import parse_variant, run_method  # noqa: E402
 from regimes import load  # noqa: E402
-
-
-def parse_variant(v: str) -> tuple[str, dict]:
-    method, _, rest = v.partition(":")
-    settings = {}
-    for kv in filter(None, rest.split(",")):
-        k, _, val = kv.partition("=")
-        settings[k] = parse_value(val)
-    return method, settings
 
 
 #: glint18 folders whose label is known to be wrong: ``Gwyneth_Paltrow`` holds 625 photos of

@@ -27,6 +27,11 @@ import torch.nn.functional as F
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used for the requested network."""
+
+
 #: The shipped GCN-V / GCN-E weights and their settings, one set per embedder they were trained
 #: for (files in ``facecluster/weights``, model cards beside them). ``gcn-v`` / ``gcn-ve`` without
 #: checkpoints take the set of the features' embedder (``Clusterer.embedder``; dlib when unknown):
@@ -41,26 +46,33 @@ SHIPPED_GCN_VE: dict[str, tuple[str, str, str]] = {
 DEFAULT_EMBEDDER = "dlib"
 
 
+def shipped_set(
+    registry: dict[str, tuple[str, ...]], embedder: str | None, what: str, hint: str, error: type[Exception]
+) -> tuple[Path, ...]:
+    """The files ``registry`` (embedder → file names in ``WEIGHTS_DIR``) ships for ``embedder``
+    (``DEFAULT_EMBEDDER`` when None); ``error`` naming the embedders that have ``what`` weights
+    when it has none, with ``hint`` on what to pass instead. Shared by GCN-V/E and Ada-NETS."""
+    name = embedder or DEFAULT_EMBEDDER
+    if name not in registry:
+        raise error(
+            f"no shipped {what} weights for the {name!r} embedder (shipped for: "
+            f"{', '.join(registry)}); {hint}"
+        )
+    return tuple(WEIGHTS_DIR / f for f in registry[name])
+
+
 def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
     """(GCN-V, GCN-E, settings JSON) shipped for ``embedder``; :class:`CheckpointError` names the
     embedders that have weights when it has none."""
-    name = embedder or DEFAULT_EMBEDDER
-    if name not in SHIPPED_GCN_VE:
-        raise CheckpointError(
-            f"no shipped GCN-V/GCN-E weights for the {name!r} embedder (shipped for: "
-            f"{', '.join(SHIPPED_GCN_VE)}); pass checkpoint_v (and checkpoint_e) trained on its "
-            "features (`facecluster train gcn-v` / `gcn-e`, or bench/train_shift.py --embedder)"
-        )
-    v, e, js = SHIPPED_GCN_VE[name]
-    return WEIGHTS_DIR / v, WEIGHTS_DIR / e, WEIGHTS_DIR / js
+    return shipped_set(  # type: ignore[return-value]
+        SHIPPED_GCN_VE, embedder, "GCN-V/GCN-E",
+        "pass checkpoint_v (and checkpoint_e) trained on its features (`facecluster train gcn-v` / "
+        "`gcn-e`, or bench/train_shift.py --embedder)", CheckpointError,
+    )
 
 
 #: the dlib set (the training CLI's default output paths)
 SHIPPED_V, SHIPPED_E, SHIPPED_SETTINGS = shipped_files("dlib")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used for the requested network."""
 
 
 # --------------------------------------------------------------------------------------------

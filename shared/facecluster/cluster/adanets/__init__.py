@@ -34,13 +34,11 @@ from ...graph import components
 from ...knn import knn, l2_normalize
 from ...progress import bar
 from ..base import Clusterer
-from ..gcn_common import checkpoint_features
+from ..gcn_common import DEFAULT_EMBEDDER, checkpoint_features, shipped_set
 from ..refine import RefineConfig, learned_link_floor, refine_learned, refine_on
 from .and_model import ANDModel, load_and_checkpoint, predict_k
 from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "weights"
 
 #: The shipped Ada-NETS weights (AND, GCN) and the settings tuned with them, one set per embedder
 #: they were trained for (files in ``facecluster/weights``, model cards beside them). Without
@@ -49,21 +47,16 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "weights"
 SHIPPED_ADANETS: dict[str, tuple[str, str, str]] = {
     "dlib": ("adanets_and_dlib.pth", "adanets_gcn_dlib.pth", "adanets_dlib.json"),
 }
-DEFAULT_EMBEDDER = "dlib"
 
 
 def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
     """(AND, GCN, settings JSON) shipped for ``embedder``; a clear error naming the embedders
     that have weights when it has none."""
-    name = embedder or DEFAULT_EMBEDDER
-    if name not in SHIPPED_ADANETS:
-        raise FileNotFoundError(
-            f"no shipped Ada-NETS weights for the {name!r} embedder (shipped for: "
-            f"{', '.join(SHIPPED_ADANETS)}); pass checkpoint_and and checkpoint_gcn trained on its "
-            "features (`facecluster train adanets`, or bench/train_shift.py --embedder)"
-        )
-    a, g, js = SHIPPED_ADANETS[name]
-    return WEIGHTS_DIR / a, WEIGHTS_DIR / g, WEIGHTS_DIR / js
+    return shipped_set(  # type: ignore[return-value]
+        SHIPPED_ADANETS, embedder, "Ada-NETS",
+        "pass checkpoint_and and checkpoint_gcn trained on its features (`facecluster train "
+        "adanets`, or bench/train_shift.py --embedder)", FileNotFoundError,
+    )
 
 
 #: the dlib set (the training CLI's default output paths)
