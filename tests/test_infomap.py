@@ -58,6 +58,46 @@ def test_self_contained_cluster_with_few_out_links_stays_apart():
     assert len(set(merge_fragments(lab2, _lists(neigh2, k), min_links=0.01))) == 1
 
 
+def test_mutual_halves_join_when_one_side_passes():
+    # one person split into halves B = 0..7 (8 faces) and A = 8..13 (6): every link leaving either
+    # half lands in the other (each is the other's first choice); B sends 2 of its 4 slots per face
+    # across for four faces (8/32 = 25 % >= 15 %), A only one link (1/24 = 4 %)
+    k = 4
+    neigh = {i: [j for j in range(8) if j != i][:k] for i in range(8)}
+    for i in range(4):
+        neigh[i] = [j for j in range(8) if j != i][:2] + [8 + i, 9 + i]
+    neigh.update({i: [j for j in range(8, 14) if j != i][:k] for i in range(8, 14)})
+    neigh[8] = [9, 10, 11, 0]
+    labels = np.array([0] * 8 + [1] * 6)
+    ids = _lists(neigh, k)
+    out = merge_fragments(labels, ids)
+    assert len(set(out)) == 1  # the bigger half's links vouch for the pair
+    # the one-sided rule: A's own links are too few and B never joins a smaller cluster
+    assert len(set(merge_fragments(labels, ids, mutual=False))) == 2
+    # equal halves of 6: B = 0..5 sends 6 of its 24 slots across, A = 6..11 one: apart (only
+    # one side passes), whichever has the lower id; when A also sends 6 (both pass), joined,
+    # which the one-sided rule never does (equal sizes never join there)
+    eq = {i: [j for j in range(6) if j != i][:k] for i in range(6)}
+    for i in range(3):
+        eq[i] = [j for j in range(6) if j != i][:2] + [6 + i, 7 + i]
+    eq.update({i: [j for j in range(6, 12) if j != i][:k] for i in range(6, 12)})
+    eq[6] = [7, 8, 9, 0]
+    both = dict(eq)
+    for i in range(6, 9):
+        both[i] = [j for j in range(6, 12) if j != i][:2] + [i - 6, i - 5]
+    for lab in (np.array([0] * 6 + [1] * 6), np.array([1] * 6 + [0] * 6)):
+        assert len(set(merge_fragments(lab, _lists(eq, k)))) == 2
+        assert len(set(merge_fragments(lab, _lists(both, k)))) == 1
+        assert len(set(merge_fragments(lab, _lists(both, k), mutual=False))) == 2
+    # two self-contained look-alikes, each a first choice of the other but neither sending
+    # min_links of its slots across, stay apart
+    look = {i: [j for j in range(6) if j != i][:k] for i in range(6)}
+    look.update({i: [j for j in range(6, 12) if j != i][:k] for i in range(6, 12)})
+    look[0] = [1, 2, 3, 6]
+    look[6] = [7, 8, 9, 0]
+    assert len(set(merge_fragments(np.array([0] * 6 + [1] * 6), _lists(look, k)))) == 2
+
+
 def test_similarity_floor_ignores_weak_links():
     k = 3
     ids = _lists({0: [1, 2, 3], 1: [0, 2, 3], 2: [0, 1, 3], 3: [0, 1, 2]}, k)
@@ -100,7 +140,7 @@ def test_infomap_merge_settings_recorded():
     s = c.settings()
     assert s["min_sim"] == 0.947 and s["merge_min_sim"] == 0.91 and s["merge_fragments"] is True
     assert s["attach_max_size"] == 3 and s["attach_min_sim"] == 0.93 and s["attach_share"] == 0.8
-    assert s["split_min_size"] == 0
+    assert s["split_min_size"] == 0 and s["merge_mutual"] is True
     assert s["attach_frac"] == 0.05 and s["attach_rel_min_size"] == 2 and s["attach_rel_margin"] == 0.01
     assert s["attach_rel_share"] == 0.5 and s["attach_rel_q"] == 10.0
     # other embedders: generic threshold, floor relative to it

@@ -357,6 +357,7 @@ def _group_vote(grp, rest, sims, ids, stored_ids, ids_out, n, merge_k, merge_min
         share=float(settings.get("merge_share", 0.75)),
         min_links=float(settings.get("merge_min_links", 0.15)),
         min_size=int(settings.get("merge_min_size", 1)),
+        mutual=bool(settings.get("merge_mutual", True)),
     )
     # which existing cluster (if any) each resulting class holds
     cls_old = np.full(int(out.max()) + 1, -1, np.int64)

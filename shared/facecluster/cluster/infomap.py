@@ -19,6 +19,9 @@ neighbour slots, links >= ``merge_min_sim``). Measured (docs/benchmarks.md §1):
 0.9255 -> 0.9316, glint18 0.9282 -> 0.9563 (dlib's chinese whispers: 0.8633 / 0.9476), and
 better on held-out people and on small few-person jobs; it does not join two similar people
 who each form a big cluster of their own (glint18's mislabeled mother/daughter folder).
+Two clusters that are each other's first choice also join when the bigger one passes both tests
+towards the smaller (``merge_mutual``, issue 11): halves of one person, where the smaller half
+keeps most of its links inside itself.
 
 Small-cluster attach (``attach_small``, on by default since issue 13): what is left as a
 singleton, pair or triple joins the cluster that >= 80 % of its members' 10 nearest neighbours
@@ -122,6 +125,13 @@ class InfomapConfig(ClusterConfig):
         "1 (default): in a video the merge joins most odd frames to their person, and also one-off passers-by "
         "to the nearest big cluster; 2 keeps passers-by out (glint18-val+singletons 0.961 -> 0.984) but leaves "
         "odd frames alone (glint-mixed-val 0.972 -> 0.963; docs/benchmarks/default_quality.md, 'Passers-by').",
+    )
+    merge_mutual: bool = Field(
+        True,
+        description="Two clusters that are each other's first choice in the fragment merge also join when the "
+        "bigger passes merge_share and merge_min_links towards the smaller and the smaller passes merge_share "
+        "(equal sizes: both must pass): a person split into two big halves (docs/benchmarks/gcn_ve.md §9). "
+        "False: the one-sided rule only.",
     )
     attach_max_size: int = Field(
         3,

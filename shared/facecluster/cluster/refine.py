@@ -40,6 +40,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_share",
     "merge_min_links",
     "merge_min_size",
+    "merge_mutual",
     "attach_max_size",
     "attach_min_size",
     "attach_k",
@@ -99,6 +100,7 @@ def refine_partition(
                 share=cfg.merge_share,
                 min_links=cfg.merge_min_links,
                 min_size=cfg.merge_min_size,
+                mutual=cfg.merge_mutual,
             )
     if cfg.split_min_size > 0:
         with timed("split"):
