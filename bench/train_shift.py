@@ -2,6 +2,9 @@
 
     python bench/train_shift.py --root /work/extdata/work --out OUT [--what v,e,and,gcn]
     python bench/train_shift.py --root /work/extdata/work-mbf --embedder mbf --out OUT ...
+    python bench/train_shift.py --root WORK-mbf --embedder mbf --save-pool pool.npz   # for a device run
+    python bench/train_shift.py --pool pool.npz --embedder mbf --device cuda --half --out OUT ...
+      (bench/device_train.sh; docs/benchmarks/adanets.md §7, "The prepared device run")
 
 Training data: the *training* identities of every available set in ``bench/regimes.TRAIN_SETS``
 (several crop styles of the same LFW / glint18 faces, ``bench/shift_sets.py``), identity = person
@@ -48,6 +51,33 @@ def pool(root: Path, sets: list[str]):
     return x, y.astype(np.int64), names, graphs, [p[0] for p in parts]
 
 
+def save_pool(path: Path, x, names, graphs, used) -> None:
+    """Write the training pool compactly for a device run (the carry limit is 64 MiB): int8
+    features scaled per row (cosines within ~0.002 of the float32 ones), names and graph ids."""
+    scale = np.abs(x).max(axis=1, keepdims=True).astype(np.float32) / 127.0
+    q = np.round(x / np.maximum(scale, 1e-12)).astype(np.int8)
+    np.savez_compressed(path, q=q, scale=scale[:, 0], names=np.asarray(names, dtype=str), graphs=graphs.astype(np.int16),
+                        sets=np.asarray(used, dtype=str))
+
+
+def load_pool(path: Path):
+    """The inverse of :func:`save_pool`: (x, y, names, graphs, used) as :func:`pool` returns them."""
+    z = np.load(path, allow_pickle=False)
+    x = l2_normalize(z["q"].astype(np.float32) * z["scale"][:, None])
+    names = z["names"].astype(str)
+    _, y = np.unique(names, return_inverse=True)
+    return x, y.astype(np.int64), names, z["graphs"].astype(np.int64), [str(s) for s in z["sets"]]
+
+
+def _whole_identities(y: np.ndarray, faces: int) -> np.ndarray:
+    """A random (seed 0) set of identities holding at most ``faces`` faces together: whole
+    identities, so every person keeps all their faces (true neighbour counts unchanged)."""
+    rng = np.random.default_rng(0)
+    ids_perm = rng.permutation(np.unique(y))
+    sizes = np.bincount(y)
+    return ids_perm[np.cumsum(sizes[ids_perm]) <= faces]
+
+
 def holdback(names: np.ndarray, share: float = 0.1) -> np.ndarray:
     """Rows of ~``share`` of the training identities (by name hash) kept out of AND training to
     report its predicted vs true neighbour counts on people it never saw."""
@@ -57,8 +87,12 @@ def holdback(names: np.ndarray, share: float = 0.1) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--root", type=Path, help="folder of embedded work dirs (or --pool)")
+    ap.add_argument("--pool", type=Path, help="read the training pool from a --save-pool file instead of --root (device runs)")
+    ap.add_argument("--save-pool", type=Path, help="write the training pool of --root to this .npz (int8 features) and stop")
+    ap.add_argument("--half", action="store_true", help="store checkpoints in float16 (device runs: files back are <= 16 MiB); they load as float32")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--faces", type=int, default=0, help="use whole identities of the pool up to about this many faces (0: all; smoke runs)")
     ap.add_argument("--what", default="v,e,and,gcn")
     ap.add_argument("--sets", default=",".join(TRAIN_SETS))
     ap.add_argument("--v-nhid", type=int, default=256)
@@ -73,6 +107,8 @@ def main() -> None:
     ap.add_argument("--and-warmup", type=int, default=128)
     ap.add_argument("--and-faces", type=int, default=0, help="train AND on a random subset of identities with about this many faces (0: all)")
     ap.add_argument("--gcn-steps", type=int, default=400)
+    ap.add_argument("--and-seconds", type=float, default=0, help="stop AND training after this many seconds (0: no limit; device runs)")
+    ap.add_argument("--gcn-seconds", type=float, default=0, help="stop GCN training after this many seconds (0: no limit)")
     ap.add_argument("--gcn-graph", choices=["adaptive", "knn"], default="adaptive",
                     help="the Ada-NETS GCN's training graph: adaptive (what inference sees; a full-graph step, slow on CPU) or knn (the paper's sampled order graph)")
     ap.add_argument("--graphs", choices=["per-set", "pooled"], default="per-set",
@@ -83,8 +119,22 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     what = set(a.what.split(","))
+    if a.pool:
+        x, y, names, graphs, used = load_pool(a.pool)
+    elif a.root:
+        x, y, names, graphs, used = pool(a.root, a.sets.split(","))
+    else:
+        ap.error("--root or --pool is required")
+    if a.save_pool:
+        save_pool(a.save_pool, x, names, graphs, used)
+        print(f"pool: {len(x)} faces of {len(used)} sets -> {a.save_pool} ({a.save_pool.stat().st_size / 2**20:.1f} MiB)")
+        return
+    if a.faces and a.faces < len(x):
+        keep = np.isin(y, _whole_identities(y, a.faces))
+        x, y, names, graphs = x[keep], np.unique(y[keep], return_inverse=True)[1].astype(np.int64), names[keep], graphs[keep]
+    if not a.out:
+        ap.error("--out is required")
     a.out.mkdir(parents=True, exist_ok=True)
-    x, y, names, graphs, used = pool(a.root, a.sets.split(","))
     groups = graphs if a.graphs == "per-set" else None
     print(f"pool: {len(x)} faces, {len(np.unique(y))} identities, sets {used}, graphs {a.graphs}", flush=True)
     dev = a.device
@@ -117,16 +167,12 @@ def main() -> None:
             hb = holdback(names)
             use = np.ones(len(x), bool)
             if a.and_faces and a.and_faces < len(x):
-                # whole identities, so every person keeps all their faces (true k* unchanged)
-                rng = np.random.default_rng(0)
-                ids_perm = rng.permutation(np.unique(y))
-                sizes = np.bincount(y)
-                take = ids_perm[np.cumsum(sizes[ids_perm]) <= a.and_faces]
-                use = np.isin(y, take)
+                use = np.isin(y, _whole_identities(y, a.and_faces))
             tr, va = use & ~hb, use & hb
             gtr, gva = (None, None) if groups is None else (groups[tr], groups[va])
             m_and, info = train_and(x[tr], y[tr], xv=x[va], yv=y[va], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3,
-                                    batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True, device=dev, graphs=gtr, graphs_v=gva)
+                                    batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True, device=dev, graphs=gtr, graphs_v=gva,
+                                    max_seconds=a.and_seconds or None)
             # predicted vs true neighbour counts: the collapse check
             from facecluster.cluster.adanets.and_model import predict_k
             from facecluster.train.adanets import and_data
@@ -141,14 +187,32 @@ def main() -> None:
                     table.append({"k_true": f"{lo}-{hi - 1}", "faces": int(m.sum()), "k_true_mean": float(kv[m].mean()), "k_pred_mean": float(kh[m].mean()), "k_pred_median": float(np.median(kh[m]))})
             info["heldback_counts"] = table
             print(json.dumps(table, indent=1), flush=True)
-            save_checkpoint(m_and, pa, info["steps"], {**common, "scale_max": 80, "train": info})
+            save_checkpoint(m_and, pa, info["steps_done"], {**common, "scale_max": 80, "train": info})
             log["and"] = info
         if "gcn" in what:
             m_and, _ = load_and_checkpoint(pa)
-            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph=a.gcn_graph, and_model=m_and, optimizer="sgd", device=dev, graphs=groups)
-            save_checkpoint(m_gcn, a.out / f"adanets_gcn_{a.embedder}.pth", info["steps"], {**common, "train": info})
+            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph=a.gcn_graph, and_model=m_and, optimizer="sgd", device=dev, graphs=groups,
+                                     max_seconds=a.gcn_seconds or None)
+            save_checkpoint(m_gcn, a.out / f"adanets_gcn_{a.embedder}.pth", info["steps_done"], {**common, "train": info})
             log["gcn"] = info
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1, default=str))
+    if a.half:
+        for f in sorted(a.out.glob("*.pth")):
+            _halve(f)
+
+
+def _halve(path: Path) -> None:
+    """Rewrite a checkpoint with float16 tensors (same keys and layout; ``load_state_dict``
+    copies them back into float32 parameters)."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    sd = ck["state_dict"] if isinstance(ck, dict) and "state_dict" in ck else ck
+    for k, v in sd.items():
+        if torch.is_floating_point(v):
+            sd[k] = v.half()
+    tmp = path.with_suffix(".tmp")
+    torch.save(ck, tmp)
+    tmp.replace(path)
+    print(f"{path.name}: float16, {path.stat().st_size / 2**20:.1f} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,10 +108,12 @@ def and_data(x: np.ndarray, y: np.ndarray, k: int = 80, lamb: float = 0.3, beta:
 def train_and(
     x, y, *, xv=None, yv=None, k=80, lamb=0.3, beta=0.5, steps=2000, batch_size=512, lr=0.01, warmup=128,
     nhid=512, dropout=0.5, optimizer="sgd", clip=1.0, loss="relative", train_mre=False, device="cpu", seed=0,
-    progress=None, log=print, graphs=None, graphs_v=None,
+    progress=None, log=print, graphs=None, graphs_v=None, max_seconds=None,
 ):
     """Train AND; returns (model, info). ``xv, yv``: validation features/labels for the MRE.
     ``graphs`` / ``graphs_v`` (N,): rows of one training graph (see :func:`and_data`).
+    ``max_seconds``: stop after this much training time (a device run's budget; the learning
+    rate is then not fully annealed, ``info['steps_done']`` says where it stopped).
 
     Two guards the paper does not need on MS1M: gradient-norm clipping (``clip``) and a
     regressor bias starting at the median target. The relative-error loss has gradient
@@ -137,7 +139,7 @@ def train_and(
     n = len(x)
     perm, pos = torch.randperm(n, generator=g), 0
     model.train()
-    t0, run = time.time(), 0.0
+    t0, run, done = time.time(), 0.0, 0
     with bar("train AND", steps, progress) as b:
         for step in range(1, steps + 1):
             if pos + batch_size > n:
@@ -153,10 +155,14 @@ def train_and(
             opt.step()
             run = 0.98 * run + 0.02 * batch_loss.item() if step > 1 else batch_loss.item()
             b.advance(1)
+            done = step
+            if max_seconds and time.time() - t0 > max_seconds:
+                log(f"AND: time budget {max_seconds} s reached at step {step}/{steps}")
+                break
             if step % max(steps // 10, 1) == 0:
                 log(f"AND step {step}/{steps} loss {run:.4f} lr {opt.param_groups[0]['lr']:.4g}")
     model.eval()
-    info = {"steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "clip": clip, "loss": loss, "k": k, "lamb": lamb, "beta": beta, "seed": seed,
+    info = {"steps": steps, "steps_done": done, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "clip": clip, "loss": loss, "k": k, "lamb": lamb, "beta": beta, "seed": seed,
             "train_faces": int(n), "train_mean_kstar": float(kstar.mean()), "seconds": round(time.time() - t0, 1),
             "final_loss": run}
     if train_mre:
@@ -212,7 +218,7 @@ class _Op:
 def train_gcn(
     x, y, *, steps=1500, order_k=256, group=128, groups=8, fanout=80, lr=0.1, warmup=None, nhid=512,
     pmargin=0.9, margin=1.0, graph="knn", and_model=None, k=80, lamb=0.3, optimizer="sgd",
-    device="cpu", seed=0, progress=None, log=print, graphs=None,
+    device="cpu", seed=0, progress=None, log=print, graphs=None, max_seconds=None,
 ):
     """Train the Ada-NETS GCN with the cluster loss; returns (model, info).
 
@@ -221,7 +227,8 @@ def train_gcn(
     ``and_model``'s k̂ on the training faces, all neighbours), so training sees what inference sees.
     Each step's loss averages ``groups`` groups of a random seed face and ``group`` of its
     order_k neighbours (the original used one group per step). ``graphs`` (N,): rows of one
-    training graph (neighbours from the own graph, ``knn.knn_within``)."""
+    training graph (neighbours from the own graph, ``knn.knn_within``). ``max_seconds``: stop
+    after this much training time (``info['steps_done']``)."""
     import torch
 
     from ..cluster.adanets import _self_first
@@ -254,7 +261,7 @@ def train_gcn(
     gen = torch.Generator().manual_seed(seed)
     m = nbrs.shape[1]
     gsize = min(group, m - 1)
-    t0, run = time.time(), 0.0
+    t0, run, done = time.time(), 0.0, 0
     model.train()
     with bar("train GCN", steps, progress) as b:
         for step in range(1, steps + 1):
@@ -290,10 +297,14 @@ def train_gcn(
             opt.step()
             run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
             b.advance(1)
+            done = step
+            if max_seconds and time.time() - t0 > max_seconds:
+                log(f"GCN: time budget {max_seconds} s reached at step {step}/{steps}")
+                break
             if step % max(steps // 10, 1) == 0:
                 log(f"GCN step {step}/{steps} loss {run:.4f} lr {opt.param_groups[0]['lr']:.4g}")
     model.eval()
-    info = {"steps": steps, "order_k": order_k, "group": group, "groups": groups, "fanout": fanout, "lr": lr,
+    info = {"steps": steps, "steps_done": done, "order_k": order_k, "group": group, "groups": groups, "fanout": fanout, "lr": lr,
             "optimizer": optimizer, "graph": graph, "warmup": warmup, "pmargin": pmargin, "margin": margin, "seed": seed,
             "train_faces": int(n), "seconds": round(time.time() - t0, 1), "final_loss": run}
     log(f"GCN done: {info}")
