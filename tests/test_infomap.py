@@ -98,6 +98,26 @@ def test_mutual_halves_join_when_one_side_passes():
     assert len(set(merge_fragments(np.array([0] * 6 + [1] * 6), _lists(look, k)))) == 2
 
 
+def test_lone_face_needs_a_reciprocal_link_to_move():
+    # B = 0..7 (one person, many frames); face 8 alone, all 4 of its links into B
+    k = 4
+    neigh = {i: [j for j in range(8) if j != i][:k] for i in range(8)}
+    neigh[8] = [0, 1, 2, 3]
+    labels = np.array([0] * 8 + [1])
+    # nobody in B lists face 8 (a passer-by): it stays alone with the rule, joins without it
+    assert merge_fragments(labels, _lists(neigh, k), lone_recip=1)[8] != 0
+    assert merge_fragments(labels, _lists(neigh, k), lone_recip=0)[8] == 0
+    # one B member lists it back (the person's odd frame): it joins
+    neigh[3] = [0, 1, 2, 8]
+    assert merge_fragments(labels, _lists(neigh, k), lone_recip=1)[8] == 0
+    # the rule is for lone faces only: a pair with no reciprocal link still joins
+    neigh2 = {i: [j for j in range(8) if j != i][:k] for i in range(8)}
+    neigh2[8] = [9, 0, 1, 2]
+    neigh2[9] = [8, 3, 4, 5]
+    lab2 = np.array([0] * 8 + [1, 1])
+    assert len(set(merge_fragments(lab2, _lists(neigh2, k), lone_recip=1))) == 1
+
+
 def test_similarity_floor_ignores_weak_links():
     k = 3
     ids = _lists({0: [1, 2, 3], 1: [0, 2, 3], 2: [0, 1, 3], 3: [0, 1, 2]}, k)
@@ -140,13 +160,17 @@ def test_infomap_merge_settings_recorded():
     s = c.settings()
     assert s["min_sim"] == 0.947 and s["merge_min_sim"] == 0.91 and s["merge_fragments"] is True
     assert s["attach_max_size"] == 3 and s["attach_min_sim"] == 0.93 and s["attach_share"] == 0.8
-    assert s["split_min_size"] == 0 and s["merge_mutual"] is True
+    assert s["split_min_size"] == 0 and s["merge_mutual"] is True and s["merge_lone_recip"] == 1
     assert s["attach_frac"] == 0.05 and s["attach_rel_min_size"] == 2 and s["attach_rel_margin"] == 0.01
     assert s["attach_rel_share"] == 0.5 and s["attach_rel_q"] == 10.0
     # other embedders: generic threshold, floor relative to it
     g = get_clusterer("infomap", device="cpu", embedder="arcface").settings()
     assert g["min_sim"] == 0.5 and g["merge_min_sim"] == pytest.approx(0.4)
     assert g["attach_min_sim"] == pytest.approx(0.4)
+    # the lone-face reciprocity rule: chosen for dlib; off for mbf (its tuning said so) and others
+    assert g["merge_lone_recip"] == 0
+    assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["merge_lone_recip"] == 0
+    assert get_clusterer("infomap", device="cpu", embedder="mbf", merge_lone_recip=2).settings()["merge_lone_recip"] == 2
 
 
 def test_default_beats_chinese_whispers_on_real_faces(tmp_path, real_faces):

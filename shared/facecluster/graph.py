@@ -192,6 +192,7 @@ def merge_fragments(
     min_size: int = 1,
     max_rounds: int = 10,
     mutual: bool = True,
+    lone_recip: int = 0,
 ) -> np.ndarray:
     """Join each cluster to the bigger cluster that its members' kNN lists point into.
 
@@ -228,6 +229,10 @@ def merge_fragments(
         :func:`attach_small`); they can still be joined by others.
     mutual : also join mutual first choices on the bigger one's links (above); False: the
         one-sided rule only (before issue 11's seventh session).
+    lone_recip : a lone face (cluster of one) moves only when at least this many of its votes
+        for the target are reciprocal (the target member lists it in its own first k too):
+        a passer-by next to a person with hundreds of frames is in none of their lists, that
+        person's odd frame usually is. 0 (the function's default): off.
 
     Returns
     -------
@@ -251,6 +256,15 @@ def merge_fragments(
     else:
         strong = np.ones(len(rows), bool)
     lab = np.unique(labels, return_inverse=True)[1].astype(np.int64)
+    if lone_recip > 0:
+        # a link i -> j is reciprocal when j's list holds i too; needed only for the links of
+        # faces alone in the input (clusters only grow, so no other face is ever alone), checked
+        # in blocks to bound the (links, k) comparison
+        recip = np.zeros(len(rows), bool)
+        alone = np.flatnonzero(np.bincount(lab, minlength=int(lab.max()) + 1)[lab[rows]] == 1)
+        for s0 in range(0, len(alone), 1 << 18):
+            blk = alone[s0 : s0 + (1 << 18)]
+            recip[blk] = (ids[cols[blk]] == rows[blk, None]).any(axis=1)
     for _ in range(max_rounds):
         nc = int(lab.max()) + 1
         sizes = np.bincount(lab, minlength=nc)
@@ -265,8 +279,14 @@ def merge_fragments(
         m.sum_duplicates()
         leaving = np.asarray(m.sum(axis=1)).reshape(-1)
         m = m.tocoo()
-        r, c, d, _ = _top_target(m)  # each cluster's most-voted target
+        r, c, d, sel = _top_target(m)  # each cluster's most-voted target
         passes = (d >= share * leaving[r]) & (sizes[r] >= min_size)
+        if lone_recip > 0:
+            # a lone face moves only with >= lone_recip reciprocal links into its target: a
+            # passer-by beside a long video's person is in none of that person's lists
+            rm = sp.csr_matrix((recip[out].astype(np.float64), (a[out], b[out])), shape=(nc, nc))
+            rc = np.asarray(rm[r, c]).reshape(-1)
+            passes &= (sizes[r] > 1) | (rc >= lone_recip)
         full = passes & (d >= min_links * cap[r])
         ok = full & (sizes[c] > sizes[r])
         if mutual:

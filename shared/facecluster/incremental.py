@@ -358,6 +358,9 @@ def _group_vote(grp, rest, sims, ids, stored_ids, ids_out, n, merge_k, merge_min
         min_links=float(settings.get("merge_min_links", 0.15)),
         min_size=int(settings.get("merge_min_size", 1)),
         mutual=bool(settings.get("merge_mutual", True)),
+        # the existing clusters' members have no lists here (voteless nodes), so no link into
+        # them can be reciprocal: the lone-face reciprocity rule does not apply to `add`
+        lone_recip=0,
     )
     # which existing cluster (if any) each resulting class holds
     cls_old = np.full(int(out.max()) + 1, -1, np.int64)

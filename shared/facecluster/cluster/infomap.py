@@ -21,7 +21,10 @@ better on held-out people and on small few-person jobs; it does not join two sim
 who each form a big cluster of their own (glint18's mislabeled mother/daughter folder).
 Two clusters that are each other's first choice also join when the bigger one passes both tests
 towards the smaller (``merge_mutual``, issue 11): halves of one person, where the smaller half
-keeps most of its links inside itself.
+keeps most of its links inside itself. With dlib features a lone face joins only with at least one
+reciprocal link into its target (``merge_lone_recip``, issue 13): a passer-by beside a long
+video's person is in none of that person's neighbour lists, while the person's own odd frame
+usually is.
 
 Small-cluster attach (``attach_small``, on by default since issue 13): what is left as a
 singleton, pair or triple joins the cluster that >= 80 % of its members' 10 nearest neighbours
@@ -133,6 +136,15 @@ class InfomapConfig(ClusterConfig):
         "(equal sizes: both must pass): a person split into two big halves (docs/benchmarks/gcn_ve.md §9). "
         "False: the one-sided rule only.",
     )
+    merge_lone_recip: Optional[int] = Field(
+        None,
+        ge=0,
+        description="A lone face moves in the fragment merge only when >= this many of its links into the "
+        "target are reciprocal (the target's member lists it among its own merge_k nearest too): a passer-by "
+        "next to a long video's person is in none of that person's lists, the person's odd frame usually is. "
+        "Default: chosen per embedder (dlib: 1, video + passers-by 0.961 -> 0.982; mbf and others: 0 = off, "
+        "it lowered mbf's worst tuning regime; docs/benchmarks/default_quality.md, 'Reciprocal links').",
+    )
     attach_max_size: int = Field(
         3,
         ge=0,
@@ -209,6 +221,8 @@ MERGE_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.91, "mbf": 0.25}
 GENERIC_MERGE_MARGIN = 0.1
 #: default ``attach_min_sim`` per embedder; others use ``merge_min_sim``
 ATTACH_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93, "mbf": 0.325}
+#: default ``merge_lone_recip`` per embedder (chosen on each one's training scenarios); others 0
+LONE_RECIP_BY_EMBEDDER: dict[str, int] = {"dlib": 1}
 
 
 def _parallel_trials(num_trials: int) -> dict:
@@ -248,10 +262,18 @@ class InfomapClusterer(Clusterer):
             return c.attach_min_sim
         return ATTACH_MIN_SIM_BY_EMBEDDER.get(c.embedder or "", self.merge_min_sim())
 
+    def lone_recip(self) -> int:
+        """The fragment merge's reciprocal-link requirement for lone faces (0: off)."""
+        c = self.config
+        if c.merge_lone_recip is not None:
+            return c.merge_lone_recip
+        return LONE_RECIP_BY_EMBEDDER.get(c.embedder or "", 0)
+
     def settings(self) -> dict:
         d = super().settings()
         d["min_sim"] = self.min_sim()
         d["merge_min_sim"] = self.merge_min_sim()
+        d["merge_lone_recip"] = self.lone_recip()
         d["attach_min_sim"] = self.attach_min_sim()
         return d
 
@@ -335,5 +357,6 @@ class InfomapClusterer(Clusterer):
             self.config,
             merge_min_sim=self.merge_min_sim(),
             attach_min_sim=self.attach_min_sim(),
+            lone_recip=self.lone_recip(),
             timed=self._timed,
         )

@@ -41,6 +41,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_min_links",
     "merge_min_size",
     "merge_mutual",
+    "merge_lone_recip",
     "attach_max_size",
     "attach_min_size",
     "attach_k",
@@ -69,6 +70,7 @@ def refine_partition(
     *,
     merge_min_sim: float,
     attach_min_sim: float,
+    lone_recip: int = 0,
     timed: Optional[Callable[[str], ContextManager]] = None,
 ) -> np.ndarray:
     """Fragment merge, optional weak-cut split, small-cluster attach, relative attach.
@@ -79,6 +81,7 @@ def refine_partition(
     ids, sims : (N, k) kNN lists of the plain L2-normalised descriptors, similarity descending
         (self anywhere, ignored; -1 = no neighbour).
     cfg : an object with the post-step settings named in ``REFINE_FIELDS`` (an ``InfomapConfig``).
+    lone_recip : the resolved ``merge_lone_recip`` (``InfomapClusterer.lone_recip``).
     merge_min_sim, attach_min_sim : the resolved thresholds (cosine); ``cfg``'s
         ``split_min_sim`` / ``attach_rel_min_sim`` default to ``merge_min_sim`` when None.
     timed : optional ``timed(step)`` context manager recording each step's time.
@@ -101,6 +104,7 @@ def refine_partition(
                 min_links=cfg.merge_min_links,
                 min_size=cfg.merge_min_size,
                 mutual=cfg.merge_mutual,
+                lone_recip=lone_recip,
             )
     if cfg.split_min_size > 0:
         with timed("split"):
@@ -274,5 +278,6 @@ def refine_learned(
     else:
         ids_p, sims_p = plain_knn_from(ids, xr)
     return refine_partition(
-        labels, ids_p, sims_p, im.config, merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(), timed=timed
+        labels, ids_p, sims_p, im.config, merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(),
+        lone_recip=im.lone_recip(), timed=timed
     )
