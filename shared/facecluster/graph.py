@@ -279,7 +279,7 @@ def merge_fragments(
         m.sum_duplicates()
         leaving = np.asarray(m.sum(axis=1)).reshape(-1)
         m = m.tocoo()
-        r, c, d, sel = _top_target(m)  # each cluster's most-voted target
+        r, c, d, _ = _top_target(m)  # each cluster's most-voted target
         passes = (d >= share * leaving[r]) & (sizes[r] >= min_size)
         if lone_recip > 0:
             # a lone face moves only with >= lone_recip reciprocal links into its target: a
@@ -380,7 +380,7 @@ def attach_small(
         ok = (sizes[c] > sizes[r]) & (d >= share * cap[r])
         if not ok.any():
             break
-        lab = _join_into(lab, nc, r[ok], c[ok])  # targets come first in (size desc, id): a forest
+        lab = _join_into(lab, nc, r[ok], c[ok])  # targets are strictly bigger: a forest
     return lab
 
 
