@@ -25,18 +25,11 @@ BUDGET_MIB="${BUDGET_MIB:-62}"
 out="$root/.gpu"
 rm -rf "$out"; mkdir -p "$out/whl" "$out/pkgs/face_recognition_models/models" "$out/crops"
 
-plat=()
-for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
-  plat+=(--platform "$p")
-done
+# shellcheck source=device_lib.sh
+. "$root/scripts/device_lib.sh"
 # Versions as pinned for the images (images/requirements/*.txt) and this venv's pytest.
-wheels=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-        typing-extensions==4.16.0 dlib-bin==20.0.1.post1 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
-        packaging==26.4 pygments==2.21.0)
-"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  "${plat[@]}" -d "$out/whl" "${wheels[@]}" 2>&1 | grep -v 'is ignored' || true
-n="$(find "$out/whl" -name '*.whl' | wc -l)"
-[ "$n" -eq "${#wheels[@]}" ] || { echo "expected ${#wheels[@]} wheels in $out/whl, got $n (pip download failed?)" >&2; exit 1; }
+device_wheels "$out/whl" 3.12 "${PYDANTIC_WHEELS[@]}" dlib-bin==20.0.1.post1 pytest==9.2.0 pluggy==1.7.0 \
+  iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
 
 models="$(PYTHONPATH='' "$PYTHON" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("face_recognition_models"); print(pathlib.Path(list(s.submodule_search_locations)[0]) / "models")')"
 cp "$models/shape_predictor_5_face_landmarks.dat" "$models/dlib_face_recognition_resnet_model_v1.dat" \
@@ -77,9 +70,4 @@ EOF
 # infomap (stripped, ~4 MB) for the clustering step: .gpu/cluster/site
 INFOMAP_ONLY=1 PYTHON="$PYTHON" bash "$root/scripts/cluster_scale_prep.sh"
 du -sh "$out"/*
-tree_kib="$(git ls-files -z | xargs -0 du -k --apparent-size 2>/dev/null | awk '{s+=$1} END {print s}')"
-untracked_kib="$(git ls-files -z --others --exclude-standard | xargs -0 -r du -k --apparent-size 2>/dev/null | awk '{s+=$1} END {print s+0}')"
-gpu_kib="$(du -sk --apparent-size "$out" | cut -f1)"
-total_mib=$(( (tree_kib + untracked_kib + gpu_kib) / 1024 ))
-echo "tracked $((tree_kib / 1024)) MiB + untracked $((untracked_kib / 1024)) MiB + .gpu $((gpu_kib / 1024)) MiB = ${total_mib} MiB (budget ${BUDGET_MIB} MiB)"
-[ "$total_mib" -le "$BUDGET_MIB" ] || { echo "over budget: lower N_LFW / N_LOOSE / N_PNG" >&2; exit 1; }
+carry_budget "$out" "$BUDGET_MIB" "lower N_LFW / N_LOOSE / N_PNG"

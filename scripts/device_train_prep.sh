@@ -19,23 +19,11 @@ EMBEDDER="${EMBEDDER:-mbf}"
 ROOT="${ROOT:?set ROOT to the folder of work dirs embedded with EMBEDDER (bench/regimes.py layout)}"
 BUDGET_MIB="${BUDGET_MIB:-62}"
 out="$root/.gpu-train"
-rm -rf "$out"; mkdir -p "$out/whl"
-
-plat=()
-for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
-  plat+=(--platform "$p")
-done
-wheels=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0)
-"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  "${plat[@]}" -d "$out/whl" "${wheels[@]}" 2>&1 | grep -v 'is ignored' || true
-n="$(find "$out/whl" -name '*.whl' | wc -l)"
-[ "$n" -eq "${#wheels[@]}" ] || { echo "expected ${#wheels[@]} wheels in $out/whl, got $n (pip download failed?)" >&2; exit 1; }
+rm -rf "$out"
+# shellcheck source=device_lib.sh
+. "$root/scripts/device_lib.sh"
+device_wheels "$out/whl" 3.12 "${PYDANTIC_WHEELS[@]}"
 
 PYTHONPATH="$root/shared" "$PYTHON" bench/train_shift.py --root "$ROOT" --embedder "$EMBEDDER" --save-pool "$out/pool_$EMBEDDER.npz"
 du -sh "$out"/*
-tree_kib="$(git ls-files -z | xargs -0 du -k --apparent-size 2>/dev/null | awk '{s+=$1} END {print s}')"
-untracked_kib="$(git ls-files -z --others --exclude-standard | xargs -0 -r du -k --apparent-size 2>/dev/null | awk '{s+=$1} END {print s+0}')"
-stage_kib="$(du -sk --apparent-size "$out" | cut -f1)"
-total_mib=$(( (tree_kib + untracked_kib + stage_kib) / 1024 ))
-echo "tracked $((tree_kib / 1024)) MiB + untracked $((untracked_kib / 1024)) MiB + .gpu-train $((stage_kib / 1024)) MiB = ${total_mib} MiB (budget ${BUDGET_MIB} MiB)"
-[ "$total_mib" -le "$BUDGET_MIB" ] || { echo "over budget" >&2; exit 1; }
+carry_budget "$out" "$BUDGET_MIB" "stage fewer faces or drop files from the tree"

@@ -16,16 +16,9 @@ PYTHON="${PYTHON:-$( [ -x "$root/.venv/bin/python" ] && echo "$root/.venv/bin/py
 PY="${GPU_PY:-3.12}"
 out="$root/.gpu"
 rm -rf "$out"; mkdir -p "$out/whl" "$out/pkgs/face_recognition_models/models"
-plat=()
-for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
-  plat+=(--platform "$p")
-done
-# Versions as pinned for the images (images/requirements/*.txt).
-"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
-  "${plat[@]}" -d "$out/whl" pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-  typing-inspection==0.4.5 typing-extensions==4.16.0 dlib-bin==20.0.1.post1 2>&1 | grep -v 'is ignored' || true
-n="$(find "$out/whl" -name '*.whl' | wc -l)"
-[ "$n" -eq 6 ] || { echo "expected 6 wheels in $out/whl, got $n (pip download failed?)" >&2; exit 1; }
+# shellcheck source=device_lib.sh
+. "$here/device_lib.sh"
+device_wheels "$out/whl" "$PY" "${PYDANTIC_WHEELS[@]}" dlib-bin==20.0.1.post1
 models="$("$PYTHON" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("face_recognition_models"); print(pathlib.Path(list(s.submodule_search_locations)[0]) / "models")')"
 cp "$models/shape_predictor_5_face_landmarks.dat" "$models/dlib_face_recognition_resnet_model_v1.dat" \
    "$out/pkgs/face_recognition_models/models/"
