@@ -135,6 +135,7 @@ def main() -> None:
     if not a.out:
         ap.error("--out is required")
     a.out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []  # checkpoints this run writes
     groups = graphs if a.graphs == "per-set" else None
     print(f"pool: {len(x)} faces, {len(np.unique(y))} identities, sets {used}, graphs {a.graphs}", flush=True)
     dev = a.device
@@ -149,13 +150,15 @@ def main() -> None:
         if "v" in what:
             t = time.time()
             mv = train_gcn_v(x, y, k=80, nhid=a.v_nhid, epochs=a.v_epochs, progress=False, device=dev, graphs=groups)
+            written.append(pv)
             gc.save_checkpoint(mv, pv, meta={**common, "facecluster": "gcn-v", "k": 80, "nhid": a.v_nhid, "epochs": a.v_epochs, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
             log["gcn_v_seconds"] = round(time.time() - t, 1)
         if "e" in what:
             mv = gc.load_gcn_v(pv)
             t = time.time()
             me = train_gcn_e(mv, x, y, k=80, k_e=160, ignore_ratio=a.e_ignore, nhid=a.e_nhid, epochs=a.e_epochs, progress=False, device=dev, graphs=groups)
-            gc.save_checkpoint(me, a.out / f"gcn_e_{emb}.pth", meta={**common, "facecluster": "gcn-e", "k": 80, "k_e": 160, "nhid": a.e_nhid, "epochs": a.e_epochs, "ignore_ratio_train": a.e_ignore, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
+            written.append(a.out / f"gcn_e_{emb}.pth")
+            gc.save_checkpoint(me, written[-1], meta={**common, "facecluster": "gcn-e", "k": 80, "k_e": 160, "nhid": a.e_nhid, "epochs": a.e_epochs, "ignore_ratio_train": a.e_ignore, "optimizer": "adam", "lr": 1e-3, "seed": 42, "seconds": round(time.time() - t, 1)})
             log["gcn_e_seconds"] = round(time.time() - t, 1)
 
     if "and" in what or "gcn" in what:
@@ -187,17 +190,19 @@ def main() -> None:
                     table.append({"k_true": f"{lo}-{hi - 1}", "faces": int(m.sum()), "k_true_mean": float(kv[m].mean()), "k_pred_mean": float(kh[m].mean()), "k_pred_median": float(np.median(kh[m]))})
             info["heldback_counts"] = table
             print(json.dumps(table, indent=1), flush=True)
+            written.append(pa)
             save_checkpoint(m_and, pa, info["steps_done"], {**common, "scale_max": 80, "train": info})
             log["and"] = info
         if "gcn" in what:
             m_and, _ = load_and_checkpoint(pa)
             m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph=a.gcn_graph, and_model=m_and, optimizer="sgd", device=dev, graphs=groups,
                                      max_seconds=a.gcn_seconds or None)
-            save_checkpoint(m_gcn, a.out / f"adanets_gcn_{a.embedder}.pth", info["steps_done"], {**common, "train": info})
+            written.append(a.out / f"adanets_gcn_{a.embedder}.pth")
+            save_checkpoint(m_gcn, written[-1], info["steps_done"], {**common, "train": info})
             log["gcn"] = info
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1, default=str))
-    if a.half:
-        for f in sorted(a.out.glob("*.pth")):
+    if a.half:  # only what this run wrote (a device run's second call must not rewrite the first's)
+        for f in written:
             _halve(f)
 
 
