@@ -101,6 +101,7 @@ build() {
   # shellcheck disable=SC2206
   local extra=(${ENGINE_BUILD_ARGS:-})
   local clustering="" s
+  replaced=()
   for s in "${stages[@]}"; do
     if [ "$s" = gcn_ve ] || [ "$s" = adanets ]; then clustering="$(image_name clustering "$variant")"; fi
   done
@@ -119,14 +120,32 @@ build() {
     build_one "$s" "$img" "${args[@]}" "${sargs[@]}" "${extra[@]}"
     echo "$img"
   done
+  remove_replaced
 }
 
 build_one() {  # stage image build-args... (logs to stderr; prints nothing)
-  local stage="$1" img="$2" t0=$SECONDS
+  local stage="$1" img="$2" t0=$SECONDS old new
   shift 2
+  old="$($ENGINE image inspect --format '{{.Id}}' "$img" 2>/dev/null || true)"
   log "$ENGINE build $img"
   $ENGINE build "$@" -t "$img" -f "$root/images/$stage/Dockerfile" "$ctx" >&2
   log "built $img in $((SECONDS - t0)) s"
+  new="$($ENGINE image inspect --format '{{.Id}}' "$img")"
+  [ -n "$old" ] && [ "$old" != "$new" ] && replaced+=("$old")
+  return 0
+}
+
+# Images that a rebuild left untagged: without this every package change leaves one more
+# image per stage behind (a day of test runs filled a build machine's disk). Children first
+# (the stage images before the clustering image they were built on); an image that is still
+# tagged elsewhere or used by a container is refused by rmi and kept.
+remove_replaced() {
+  local i id
+  for ((i = ${#replaced[@]} - 1; i >= 0; i--)); do
+    id="${replaced[i]}"
+    if $ENGINE rmi "$id" >/dev/null 2>&1; then log "removed the replaced image ${id:0:12}"; fi
+  done
+  return 0
 }
 
 case "${1:-build}" in
