@@ -7,7 +7,7 @@
 #
 # Steps (each bounded by `timeout`, each prints its numbers; a failed or timed-out step is
 # recorded and the script goes on):
-#   0. unpack .gpu/whl into a private site dir; PYTHONPATH = site : .gpu/pkgs : shared
+#   0. unpack .gpu/whl into a private site dir and the xz'd dlib models; PYTHONPATH = site : pkgs : shared
 #   1. the GPU tests that exist (tests/test_embed_backends.py, tests/test_embed_dali.py -k gpu/cuda/...)
 #   2. replicate .gpu/crops to N distinct files on local disk (+ input JSONs)
 #   3. per-step table (decode, face box, landmarks, chip, network) for the default alignment
@@ -92,7 +92,16 @@ if "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else 1)';
 else
   say "interpreter $("$PY" -V 2>&1) is not 3.12: the cp312 wheels are skipped, its own packages are used (smoke only)"
 fi
-export PYTHONPATH="$SITE:$root/.gpu/pkgs:$root/shared${PYTHONPATH:+:$PYTHONPATH}"
+# the dlib models travel xz-compressed (scripts/device_prep.sh): unpack them next to the site dir
+PKGS="$WORK/pkgs"
+mkdir -p "$PKGS"
+cp -r .gpu/pkgs/. "$PKGS/"
+"$PY" -c 'import lzma, pathlib, shutil, sys
+for z in pathlib.Path(sys.argv[1]).glob("*.xz"):
+    with lzma.open(z) as f, open(z.with_suffix(""), "wb") as g: shutil.copyfileobj(f, g)
+    z.unlink()' "$PKGS/face_recognition_models/models"
+say "models: $(ls "$PKGS"/face_recognition_models/models | tr '\n' ' ')"
+export PYTHONPATH="$SITE:$PKGS:$root/shared${PYTHONPATH:+:$PYTHONPATH}"
 B="$PY bench/embed_throughput.py"
 {
   date -u; uname -n; nproc; free -g | head -2
