@@ -79,9 +79,9 @@ def build_cpu_images(stages: tuple[str, ...] = STAGES, timeout: float = 1800) ->
             # podman's own message is a 10 kB copier dump; say what to do first
             store = podman("info", "--format", "{{.Store.GraphRoot}}", check=False).stdout.strip()
             free = shutil.disk_usage(store or "/").free / 2**30
-            hint = (f"\nno space left on device: {free:.1f} GiB free under {store or '/'}; a cold build "
-                    "of the CPU images stores ~2.5 GB, plus pip's temporary files. Free space (e.g. `podman image prune`) "
-                    "and rerun.\n")
+            hint = (f"\nno space left on device: {free:.1f} GiB free under {store or '/'}; a cold "
+                    "build of the CPU images stores ~2.5 GB, plus pip's temporary files. Free "
+                    "space (e.g. `podman image prune`) and rerun.\n")
         raise RuntimeError(f"images.sh build --cpu failed ({r.returncode}):{hint}\n{r.stderr[-6000:]}")
     names = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
     assert len(names) == len(stages), r.stdout
