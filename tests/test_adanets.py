@@ -338,3 +338,25 @@ def test_shipped_weights_per_embedder():
     # explicit settings win over the tuned ones; the tuned ones fill the rest
     r = AdaNetsClusterer(device="cpu", embedder="dlib", final_th=0.5).resolved()
     assert r["final_th"] == 0.5 and r["k"] == json.loads(DEFAULTS_JSON.read_text())["defaults"]["k"]
+
+
+def test_min_k_hat_bounds_the_adaptive_graph(tiny_ckpts, clustered_features):
+    """min_k_hat raises AND's predicted counts to at least that many neighbours (capped at k);
+    unset it is the shipped set's tuned value, and 0 (the original algorithm) with
+    similarity_floor=false."""
+    X, _ = clustered_features
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", k=20, embedder="dlib")
+    own = get_clusterer("adanets", min_k_hat=0, **kw)
+    own.fit_predict(X)
+    raised = get_clusterer("adanets", min_k_hat=7, **kw)
+    raised.fit_predict(X)
+    np.testing.assert_array_equal(raised.k_hat_, np.maximum(own.k_hat_, 7))
+    capped = get_clusterer("adanets", min_k_hat=500, **kw)
+    capped.fit_predict(X)
+    assert (capped.k_hat_ == 20).all()  # k includes self: the lists have 20 columns
+    tuned = json.loads(DEFAULTS_JSON.read_text())["defaults"]["min_k_hat"]
+    assert AdaNetsClusterer(device="cpu", embedder="dlib").resolved()["min_k_hat"] == tuned > 0
+    assert AdaNetsClusterer(device="cpu", embedder="dlib", similarity_floor=False).resolved()["min_k_hat"] == 0
+    assert AdaNetsClusterer(device="cpu", embedder="dlib", similarity_floor=False, min_k_hat=3).resolved()["min_k_hat"] == 3
+    with pytest.raises(ValueError):
+        AdaNetsClusterer(device="cpu", min_k_hat=-1)

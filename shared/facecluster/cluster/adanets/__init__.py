@@ -63,7 +63,7 @@ def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
 DEFAULT_AND, DEFAULT_GCN, DEFAULTS_JSON = shipped_files("dlib")
 
 #: the paper's values (MS1M, zero-mean 256-d features)
-PAPER_DEFAULTS = {"k": 80, "lamb": 0.3, "th_sim": 0.0, "final_topk": 121, "final_th": 0.96}
+PAPER_DEFAULTS = {"k": 80, "lamb": 0.3, "th_sim": 0.0, "final_topk": 121, "final_th": 0.96, "min_k_hat": 0}
 
 
 @lru_cache(maxsize=8)
@@ -89,6 +89,10 @@ _DOC = {
     "th_sim": "Adaptive adjacency keeps structure-space similarities ≥ this (paper 0.0).",
     "final_topk": "Neighbours searched on the GCN features for the final rule (paper 121, self included).",
     "final_th": "Final rule: link faces whose GCN-feature cosine is ≥ this (paper 0.96 on MS1M; tuned per embedder).",
+    "min_k_hat": "Lower bound on AND's predicted neighbour count k̂ in the adaptive graph (0: AND's own "
+    "prediction, as the paper); neighbours under th_sim and under the similarity floor are still dropped. "
+    "A guard against an AND that under-predicts (the shipped dlib AND: k̂ 1.4 where the truth is 32). "
+    "With similarity_floor=false and no explicit value: 0 (the original algorithm).",
 }
 
 
@@ -98,6 +102,7 @@ class AdaNetsConfig(RefineConfig):
     th_sim: Optional[float] = _default("th_sim")
     final_topk: Optional[int] = _default("final_topk")
     final_th: Optional[float] = _default("final_th")
+    min_k_hat: Optional[int] = Field(None, ge=0, description=_default("min_k_hat").description)
     checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: the weights shipped for the features' embedder (dlib).")
     checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: the weights shipped for the features' embedder (dlib).")
     batch_size: int = Field(1024, description="AND inference batch (faces per LSTM batch).")
@@ -167,12 +172,15 @@ class AdaNetsClusterer(Clusterer):
         return self.config.embedder or (DEFAULT_EMBEDDER if self._uses_shipped() else None)
 
     def resolved(self) -> dict:
-        """k, lamb, th_sim, final_topk, final_th: explicit values, else those tuned with the
-        weights shipped for the embedder (dlib's with user checkpoints)."""
+        """k, lamb, th_sim, final_topk, final_th, min_k_hat: explicit values, else those tuned
+        with the weights shipped for the embedder (dlib's with user checkpoints)."""
         name = self.embedder() if self._uses_shipped() else DEFAULT_EMBEDDER
         tuned = shipped_defaults(name if name in SHIPPED_ADANETS else DEFAULT_EMBEDDER)
         c = self.config
-        return {key: (getattr(c, key) if getattr(c, key) is not None else tuned[key]) for key in PAPER_DEFAULTS}
+        r = {key: (getattr(c, key) if getattr(c, key) is not None else tuned[key]) for key in PAPER_DEFAULTS}
+        if not c.similarity_floor and c.min_k_hat is None:
+            r["min_k_hat"] = 0  # the original algorithm, for A/B checks
+        return r
 
     def feature_kind(self) -> str:
         """"raw" or "calibrated": what the checkpoints expect (setting, else the AND meta)."""
@@ -229,6 +237,8 @@ class AdaNetsClusterer(Clusterer):
             ids_ss, d_ss = ss(ids, sims, r["k"], r["lamb"])
         with self._timed("and"), bar("Ada-NETS AND", n, c.progress) as b:
             k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size, progress=b.advance)
+        if r["min_k_hat"]:
+            k_hat = np.maximum(k_hat, min(r["min_k_hat"], ids_ss.shape[1]))
         self.k_hat_ = k_hat
         cuda = dev.startswith("cuda")
         with self._timed("adjacency"):
