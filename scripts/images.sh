@@ -101,7 +101,7 @@ build() {
   # shellcheck disable=SC2206
   local extra=(${ENGINE_BUILD_ARGS:-})
   local clustering="" s
-  replaced=()
+  local -a replaced=()  # filled by build_one, emptied by remove_replaced (bash's dynamic scope)
   for s in "${stages[@]}"; do
     if [ "$s" = gcn_ve ] || [ "$s" = adanets ]; then clustering="$(image_name clustering "$variant")"; fi
   done

@@ -78,9 +78,9 @@ def shipped_defaults(embedder: str | None = None) -> dict:
     return d
 
 
-def _default(name: str):
+def _default(name: str, **kw):
     return Field(None, description=_DOC[name] + " None: the value tuned with the shipped weights of "
-                 "the features' embedder (adanets_<embedder>.json); with user checkpoints, dlib's.")
+                 "the features' embedder (adanets_<embedder>.json); with user checkpoints, dlib's.", **kw)
 
 
 _DOC = {
@@ -102,7 +102,7 @@ class AdaNetsConfig(RefineConfig):
     th_sim: Optional[float] = _default("th_sim")
     final_topk: Optional[int] = _default("final_topk")
     final_th: Optional[float] = _default("final_th")
-    min_k_hat: Optional[int] = Field(None, ge=0, description=_default("min_k_hat").description)
+    min_k_hat: Optional[int] = _default("min_k_hat", ge=0)
     checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: the weights shipped for the features' embedder (dlib).")
     checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: the weights shipped for the features' embedder (dlib).")
     batch_size: int = Field(1024, description="AND inference batch (faces per LSTM batch).")
