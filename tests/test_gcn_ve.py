@@ -167,6 +167,39 @@ def test_hand_checkable_peaks_and_tau():
     np.testing.assert_array_equal(peaks_labels(ids, sims, np.ones(5), 0.0), [0, 1, 2, 3, 4])
 
 
+def test_floor_pick_links_past_a_peak_under_the_floor():
+    # face 2's nearest higher-confidence neighbour (1) is under the floor, the next one (0) is not
+    xr = l2_normalize(np.array([[1.0, 0.0], [0.0, 1.0], [0.98, 0.2]], np.float32))
+    ids = np.array([[0, 2, 1], [1, 2, 0], [2, 1, 0]])
+    sims = np.array([[1, 0.9, 0.8], [1, 0.9, 0.8], [1, 0.9, 0.85]], np.float32)
+    conf = np.array([0.9, 0.8, 0.1])
+    plain = peaks_labels(ids, sims, conf, 0.5, xr=xr, floor=0.9)
+    picked = peaks_labels(ids, sims, conf, 0.5, xr=xr, floor=0.9, floor_pick=True)
+    assert len(set(plain)) == 3  # 2 → 1 cut by the floor, 1 → 0 too
+    assert picked[2] == picked[0] != picked[1]  # 2 → 0 passes it
+    # no floor: floor_pick changes nothing
+    np.testing.assert_array_equal(peaks_labels(ids, sims, conf, 0.5, floor_pick=True), peaks_labels(ids, sims, conf, 0.5))
+
+
+def test_gcn_e_floor_pick_only_chooses_allowed(ckpts):
+    _, pe, _, _ = ckpts
+    me = gc.load_gcn_e(pe)
+    rng = np.random.default_rng(2)
+    feat = l2_normalize(rng.random((300, 512)).astype(np.float32))
+    sims, ids = knn(feat, 40)
+    conf = rng.random(300)
+    allowed = rng.random(ids.shape) < 0.3
+    p, s = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5, allowed=allowed)
+    p_all, _ = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5)
+    for i in range(300):
+        if p[i] >= 0:
+            j = list(ids[i]).index(p[i])
+            assert allowed[i, j] and conf[p[i]] > conf[i] and s[i] == sims[i, j]
+        else:  # a root: no allowed higher-confidence neighbour
+            assert not any(allowed[i, j] and conf[ids[i, j]] > conf[i] for j in range(40))
+    assert (p != p_all).any()
+
+
 def test_ignore_set_and_candidates():
     ids = np.array([[0, 1, 2, 3], [1, 0, 2, 3], [2, 3, 1, 0], [3, 2, 1, 0]])
     conf = np.array([0.1, 0.2, 0.3, 0.4])
@@ -440,7 +473,8 @@ def test_shipped_weights_follow_the_embedder(embedder):
     assert (r["checkpoint_v"], r["checkpoint_e"]) == (str(v), str(e))
     tuned = gc.shipped_settings(embedder)
     assert r["tau_0"] == tuned["tau_0"] and r["tau"] == tuned["tau_e"] and r["k"] == tuned["k"]
-    assert r["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER[embedder] and r["refine"]
+    assert r["min_link_sim"] == tuned.get("min_link_sim_refined_e", REFINED_LINK_FLOOR_BY_EMBEDDER[embedder]) and r["refine"]
+    assert r["floor_pick"] == tuned.get("floor_pick_e", False)
     meta = gc.read_meta(v)
     assert meta.get("embedder", "dlib") == embedder
     d = gc.load_gcn_v(v).feature_dim
@@ -449,6 +483,26 @@ def test_shipped_weights_follow_the_embedder(embedder):
     assert lab.shape == (120,)
     # well-separated synthetic people are not merged (the floor and thresholds hold)
     assert all(len(np.unique(y[lab == c])) == 1 for c in np.unique(lab))
+
+
+def test_shipped_floor_choices_are_gcn_ve_only_and_yield_to_settings():
+    """The dlib set's own gcn-ve floor and floor_pick (weights/gcn_ve_dlib.json) apply to gcn-ve
+    with the shipped weights only; gcn-v keeps the learned methods' floor, explicit settings win,
+    and the original algorithm (similarity_floor=false) has neither."""
+    from facecluster.cluster.refine import REFINED_LINK_FLOOR_BY_EMBEDDER
+
+    tuned = gc.shipped_settings("dlib")
+    assert tuned["floor_pick_e"] is True and tuned["min_link_sim_refined_e"] > REFINED_LINK_FLOOR_BY_EMBEDDER["dlib"]
+    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib").resolved()
+    assert r["floor_pick"] and r["min_link_sim"] == tuned["min_link_sim_refined_e"] and r["tau"] == tuned["tau_e"]
+    v = get_clusterer("gcn-v", device="cpu", embedder="dlib").resolved()
+    assert not v["floor_pick"] and v["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER["dlib"]
+    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib", min_link_sim=0.9, floor_pick=False).resolved()
+    assert r["min_link_sim"] == 0.9 and not r["floor_pick"]
+    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib", refine=False).resolved()
+    assert r["min_link_sim"] == 0.93 and r["floor_pick"]  # the floor without the refinement
+    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib", similarity_floor=False).resolved()
+    assert r["min_link_sim"] is None and not r["floor_pick"]
 
 
 def test_embedder_without_shipped_weights_is_a_clear_error():

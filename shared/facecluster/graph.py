@@ -116,10 +116,14 @@ def components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return rank[lab].astype(np.int64)
 
 
-def nearest_higher(ids: np.ndarray, sims: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nearest_higher(
+    ids: np.ndarray, sims: np.ndarray, conf: np.ndarray, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For each node, its first kNN neighbour (in list order) with strictly higher confidence.
 
     Vectorised version of learn-to-cluster's ``confidence_to_peaks`` with max_conn=1.
+    ``allowed`` (N, k) bool, optional: only these list entries may be chosen (e.g. the pairs
+    that pass a similarity floor); None: every entry, as in the original.
 
     Returns
     -------
@@ -132,6 +136,8 @@ def nearest_higher(ids: np.ndarray, sims: np.ndarray, conf: np.ndarray) -> tuple
     valid = ids >= 0
     safe = np.where(valid, ids, 0)
     higher = valid & (conf[safe] > conf[:, None]) & (safe != np.arange(n)[:, None])
+    if allowed is not None:
+        higher &= allowed
     has = higher.any(axis=1)
     first = higher.argmax(axis=1)
     rows = np.arange(n)

@@ -31,7 +31,7 @@ from ..graph import components
 from ..knn import l2_normalize
 from ..progress import bar
 from . import gcn_common as gc
-from .gcn_v import GCNVClusterer, GCNVConfig, floor_keep, link_keep
+from .gcn_v import GCNVClusterer, GCNVConfig, floor_keep, floor_mask, link_keep
 
 
 class GCNVEConfig(GCNVConfig):
@@ -62,6 +62,7 @@ class GCNVEClusterer(GCNVClusterer):
     name = "gcn-ve"
     summary = "GCN-V + GCN-E (CVPR 2020): confidence + learned connectivity; shipped weights for dlib and mbf."
     Config = GCNVEConfig
+    _shipped_suffix = "_e"
 
     def _uses_shipped(self) -> bool:
         c = self.config
@@ -84,9 +85,10 @@ class GCNVEClusterer(GCNVClusterer):
     def resolved(self) -> dict[str, Any]:
         r = super().resolved()
         r["checkpoint_e"] = str(self._path_e())
-        if self._uses_shipped() and self.config.tau is None:
+        own_tau = self._shipped_choice("tau")
+        if self.config.tau is None and own_tau is not None:
             # the shipped settings may hold a GCN-E-specific threshold next to stage B's
-            r["tau"] = gc.shipped_settings(self.embedder()).get("tau_e", r["tau"])
+            r["tau"] = own_tau
         return r
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:
@@ -116,6 +118,7 @@ class GCNVEClusterer(GCNVClusterer):
                 self._order(conf),
                 ids,
                 sims,
+                allowed=floor_mask(ids, st["xr"], r["min_link_sim"]) if r["floor_pick"] else None,
                 ignore_ratio=r["ignore_ratio"],
                 th_sim=self.config.th_sim,
                 device=self.device,
@@ -130,26 +133,31 @@ class GCNVEClusterer(GCNVClusterer):
 
 
 # --------------------------------------------------------------------------------------------
-def edge_candidates(ids: np.ndarray, conf: np.ndarray, ignore_ratio: float) -> dict[str, np.ndarray]:
+def edge_candidates(
+    ids: np.ndarray, conf: np.ndarray, ignore_ratio: float, allowed: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Which faces need GCN-E and the nearest-higher fallback for all others.
 
     Returns dict with ``higher`` (N, k) bool (strictly higher-confidence neighbours, self
-    excluded), ``count`` (N,), ``first`` (N,) column of the nearest candidate, ``use_e`` (N,)
-    bool (not ignored and at least two candidates)."""
+    excluded), ``count`` (N,), ``first`` (N,) column of the nearest candidate, ``has`` (N,)
+    whether there is one, ``use_e`` (N,) bool (not ignored and at least two candidates).
+    ``allowed`` (N, k) bool, optional: only these entries may be *chosen* (``first``, ``has``);
+    ``higher`` and ``count`` (GCN-E's subgraph) still hold every candidate."""
     n = len(conf)
     rows = np.arange(n)
     valid = ids >= 0
     safe = np.where(valid, ids, 0)
     higher = valid & (conf[safe] > conf[:, None]) & (safe != rows[:, None])
     count = higher.sum(axis=1)
-    first = higher.argmax(axis=1) if higher.shape[1] else np.zeros(n, np.int64)
+    pick = higher if allowed is None else higher & allowed
+    first = pick.argmax(axis=1) if pick.shape[1] else np.zeros(n, np.int64)
     # the original: num = int(N * ignore_ratio) lowest confidences (argpartition; ratio 1 → all);
     # ties are broken here by index (stable sort) so the set is deterministic
     num = n if ignore_ratio >= 1 else int(n * ignore_ratio)
     ignored = np.zeros(n, bool)
     ignored[np.argsort(conf, kind="stable")[:num]] = True
     use_e = (~ignored) & (count >= 2)
-    return {"higher": higher, "count": count, "first": first, "use_e": use_e}
+    return {"higher": higher, "count": count, "first": first, "has": pick.any(axis=1), "use_e": use_e}
 
 
 def sub_adjacency(
@@ -199,16 +207,19 @@ def gcn_e_peaks(
     device: str = "cpu",
     batch_nodes: int = 32768,
     progress: bool = False,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each face's peak (-1 for roots) and its similarity, GCN-E deciding where it applies.
 
     feat : (N, D) L2-normalised GCN-V features; conf : (N,) confidences (or their ranks: only
-    their order matters); ids, sims : (N, k) kNN on feat.
+    their order matters); ids, sims : (N, k) kNN on feat; allowed : (N, k) bool, optional:
+    only these entries may become a face's peak (GCN-E still sees every candidate in its
+    subgraph; the choice is its most connected allowed one, else none).
     Returns peak (N,) int64, peak_sim (N,) float32."""
     n, k = ids.shape
-    ec = edge_candidates(ids, conf, ignore_ratio)
+    ec = edge_candidates(ids, conf, ignore_ratio, allowed)
     rows = np.arange(n)
-    has = ec["count"] > 0
+    has = ec["has"]
     peak = np.where(has, ids[rows, ec["first"]], -1).astype(np.int64)
     psim = np.where(has, sims[rows, ec["first"]], -np.inf).astype(np.float32)
     todo = np.nonzero(ec["use_e"])[0]
@@ -221,6 +232,7 @@ def gcn_e_peaks(
     width = int(cnt.max())
     cand_all = np.take_along_axis(ids[todo], order, 1)[:, :width]
     csim_all = np.take_along_axis(sims[todo], order, 1)[:, :width]
+    ok_all = None if allowed is None else np.take_along_axis(allowed[todo], order, 1)[:, :width]
     # group subgraphs of similar size to keep padding small
     by_size = np.argsort(cnt, kind="stable")
     dev = torch.device(device)
@@ -251,11 +263,17 @@ def gcn_e_peaks(
                 x = (t_feat[cand] - t_feat[centre].unsqueeze(1)) * mask.unsqueeze(2)
                 adj = sub_adjacency(cand, mask, t_ids, t_sims, t_edge)
                 logp = model(x, adj)[..., 1]
+                if ok_all is not None:
+                    mask = mask & torch.from_numpy(ok_all[sel, :w]).to(dev)
                 logp = logp.masked_fill(~mask, float("-inf"))
                 # first maximum (the nearest among exact ties; the original drew one at random)
                 j = torch.argmax(logp, dim=1).cpu().numpy()
                 rows_sel = todo[sel]
                 peak[rows_sel] = cand_all[sel, j]
                 psim[rows_sel] = csim_all[sel, j]
+                if ok_all is not None:
+                    none = ~mask.any(dim=1).cpu().numpy()
+                    peak[rows_sel[none]] = -1
+                    psim[rows_sel[none]] = -np.inf
                 pb.advance(len(sel))
     return peak, psim

@@ -34,6 +34,11 @@ the result is learn-to-cluster's, for A/B checks):
   small-cluster and relative attach) run on the labels, on the stage-A kNN re-scored with the
   plain cosine; with it the floor is ``refine.REFINED_LINK_FLOOR_BY_EMBEDDER`` (dlib 0.94: the
   post-steps win back the recall a stricter floor costs). docs/benchmarks/gcn_ve.md §7.
+* **floor_pick** (gcn-ve with the shipped dlib weights: on, with its own floor 0.945 from
+  ``gcn_ve_dlib.json``): a face links to its nearest higher-confidence neighbour *that passes
+  the floor* (GCN-E: its most connected such candidate) instead of losing its only link when the
+  network's first choice is under it. On low-resolution video, where same-person cosines sit near
+  the floor, this keeps the peak trees whole. docs/benchmarks/gcn_ve.md §10.
 * **features per checkpoint**: the pipeline passes the plain descriptors
   (``wants_raw_features``) and the method prepares what its checkpoint was trained on
   (``features``: raw | calibrated, from the checkpoint's ``meta``; old checkpoints keep working).
@@ -110,6 +115,12 @@ class GCNVConfig(RefineConfig):
         "(refine) refine.REFINED_LINK_FLOOR_BY_EMBEDDER (dlib 0.94, mbf 0.35), without it "
         "calibration.LINK_FLOOR_BY_EMBEDDER (dlib 0.93, mbf 0.35); embedders without one get no floor unless set."
     )
+    floor_pick: Optional[bool] = Field(
+        None, description="With the floor: each face links to its nearest higher-confidence "
+        "neighbour among those that pass the floor (GCN-E: its most connected such candidate), "
+        "instead of the method picking first and the floor then cutting that link. No effect "
+        "without a floor. None: the shipped set's choice (gcn-ve with dlib: on), else off."
+    )
 
 
 class GCNVClusterer(Clusterer):
@@ -145,9 +156,25 @@ class GCNVClusterer(Clusterer):
         """None (small-face rule off) for the original algorithm (similarity_floor=false)."""
         return super().small_vote_floor() if self.config.similarity_floor else None
 
+    #: suffix of this method's own keys in the shipped settings JSON (gcn-ve: "_e")
+    _shipped_suffix: ClassVar[str] = ""
+
+    def _shipped_choice(self, key: str) -> Any:
+        """This method's value of ``key`` in the shipped set's JSON (None: none, or a user
+        checkpoint)."""
+        if not self._uses_shipped():
+            return None
+        return gc.shipped_settings(self.embedder()).get(key + self._shipped_suffix)
+
     def link_floor(self) -> Optional[float]:
-        """The similarity floor in use (None: off)."""
-        return learned_link_floor(self.config, self.embedder())
+        """The similarity floor in use (None: off): ``min_link_sim`` when set, else the shipped
+        set's own refined floor for this method when it has one, else the embedder's."""
+        floor = learned_link_floor(self.config, self.embedder())
+        c = self.config
+        if floor is not None and c.min_link_sim is None and refine_on(c, self.embedder()):
+            own = self._shipped_choice("min_link_sim_refined")
+            floor = floor if own is None else float(own)
+        return floor
 
     def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) input → (plain L2-normalised, what the network reads)."""
@@ -172,6 +199,8 @@ class GCNVClusterer(Clusterer):
         cfg["checkpoint_v"] = str(self._path_v())
         cfg["features"] = self.feature_kind()
         cfg["min_link_sim"] = self.link_floor()
+        if cfg["floor_pick"] is None:
+            cfg["floor_pick"] = bool(self._shipped_choice("floor_pick")) if self.config.similarity_floor else False
         cfg["duplicate_sim"] = self.duplicate_sim()
         cfg["refine"] = refine_on(self.config, self.embedder())
         return cfg
@@ -239,11 +268,11 @@ class GCNVClusterer(Clusterer):
         order, floor = self._order(st["conf"]), r["min_link_sim"]
         if not r["use_gcn_feat"]:
             with self._timed("peaks"):
-                labels = peaks_labels(st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor)
+                labels = peaks_labels(st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"])
         else:
             sims, ids = self._stage_b_knn(st["feat"], r["k"])
             with self._timed("peaks"):
-                labels = peaks_labels(ids, sims, order, r["tau"], xr=st["xr"], floor=floor)
+                labels = peaks_labels(ids, sims, order, r["tau"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"])
         return self._refine(labels, st, r)
 
     def _refine(self, labels: np.ndarray, st: dict[str, np.ndarray], r: dict[str, Any]) -> np.ndarray:
@@ -304,14 +333,35 @@ def floor_keep(keep: np.ndarray, peak: np.ndarray, xr: np.ndarray | None, floor:
     return keep
 
 
+def floor_mask(ids: np.ndarray, xr: np.ndarray | None, floor: float | None) -> np.ndarray | None:
+    """(N, k) bool: which kNN list entries ``ids`` have a plain-descriptor cosine (rows of
+    ``xr``, L2-normalised) >= ``floor`` with their row's face; None when there is no floor."""
+    if floor is None or xr is None:
+        return None
+    n, k = ids.shape
+    valid = ids >= 0
+    cos = pair_cosine(xr, np.repeat(np.arange(n), k), np.where(valid, ids, 0).reshape(-1)).reshape(n, k)
+    return valid & (cos >= floor)
+
+
 def peaks_labels(
-    ids: np.ndarray, sims: np.ndarray, conf: np.ndarray, tau: float, *, xr: np.ndarray | None = None, floor: float | None = None
+    ids: np.ndarray,
+    sims: np.ndarray,
+    conf: np.ndarray,
+    tau: float,
+    *,
+    xr: np.ndarray | None = None,
+    floor: float | None = None,
+    floor_pick: bool = False,
 ) -> np.ndarray:
     """Nearest-higher-confidence peaks on a kNN list, cut at ``tau`` (and at the similarity
     ``floor`` of the plain descriptors ``xr`` when given), connected components.
 
+    ``floor_pick``: a face's peak is its nearest higher-confidence neighbour *among those that
+    pass the floor* (else the nearest one, whose link the floor may then cut).
+
     ids, sims : (N, k) kNN (descending similarity); conf : (N,). Returns (N,) int64 labels."""
-    peak, psim = nearest_higher(ids, sims, conf)
+    peak, psim = nearest_higher(ids, sims, conf, floor_mask(ids, xr, floor) if floor_pick else None)
     keep = floor_keep(link_keep(peak, psim, tau), peak, xr, floor)
     src = np.nonzero(keep)[0]
     return components(len(conf), src, peak[src])
