@@ -181,6 +181,21 @@ def test_floor_pick_links_past_a_peak_under_the_floor():
     np.testing.assert_array_equal(peaks_labels(ids, sims, conf, 0.5, floor_pick=True), peaks_labels(ids, sims, conf, 0.5))
 
 
+def test_floor_mask_torch_blocks_match_numpy():
+    # the CUDA path's torch code (run on the CPU here) gives numpy's mask, padding (-1) excluded
+    from facecluster.cluster.gcn_v import _floor_mask_torch, floor_mask
+
+    rng = np.random.default_rng(3)
+    xr = l2_normalize(rng.standard_normal((500, 16)).astype(np.float32))
+    ids = rng.integers(0, 500, (500, 30))
+    ids[::7, -3:] = -1
+    want = floor_mask(ids, xr, 0.3)
+    got = _floor_mask_torch(ids, xr, 0.3, "cpu", rows=64)
+    assert want.any() and not want.all() and not want[::7, -3:].any()
+    assert (got == want).mean() > 0.999  # float rounding at the threshold only
+    assert floor_mask(ids, xr, None) is None
+
+
 def test_gcn_e_floor_pick_only_chooses_allowed(ckpts):
     _, pe, _, _ = ckpts
     me = gc.load_gcn_e(pe)

@@ -118,7 +118,7 @@ class GCNVEClusterer(GCNVClusterer):
                 self._order(conf),
                 ids,
                 sims,
-                allowed=floor_mask(ids, st["xr"], r["min_link_sim"]) if r["floor_pick"] else None,
+                allowed=floor_mask(ids, st["xr"], r["min_link_sim"], self.device) if r["floor_pick"] else None,
                 ignore_ratio=r["ignore_ratio"],
                 th_sim=self.config.th_sim,
                 device=self.device,
