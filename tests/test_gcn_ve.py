@@ -488,8 +488,8 @@ def test_shipped_weights_follow_the_embedder(embedder):
     assert (r["checkpoint_v"], r["checkpoint_e"]) == (str(v), str(e))
     tuned = gc.shipped_settings(embedder)
     assert r["tau_0"] == tuned["tau_0"] and r["tau"] == tuned["tau_e"] and r["k"] == tuned["k"]
-    assert r["min_link_sim"] == tuned.get("min_link_sim_refined_e", REFINED_LINK_FLOOR_BY_EMBEDDER[embedder]) and r["refine"]
-    assert r["floor_pick"] == tuned.get("floor_pick_e", False)
+    assert r["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER[embedder] and r["refine"]
+    assert not r["floor_pick"]  # opt-in (docs/benchmarks/gcn_ve.md §10)
     meta = gc.read_meta(v)
     assert meta.get("embedder", "dlib") == embedder
     d = gc.load_gcn_v(v).feature_dim
@@ -500,24 +500,21 @@ def test_shipped_weights_follow_the_embedder(embedder):
     assert all(len(np.unique(y[lab == c])) == 1 for c in np.unique(lab))
 
 
-def test_shipped_floor_choices_are_gcn_ve_only_and_yield_to_settings():
-    """The dlib set's own gcn-ve floor and floor_pick (weights/gcn_ve_dlib.json) apply to gcn-ve
-    with the shipped weights only; gcn-v keeps the learned methods' floor, explicit settings win,
-    and the original algorithm (similarity_floor=false) has neither."""
-    from facecluster.cluster.refine import REFINED_LINK_FLOOR_BY_EMBEDDER
-
-    tuned = gc.shipped_settings("dlib")
-    assert tuned["floor_pick_e"] is True and tuned["min_link_sim_refined_e"] > REFINED_LINK_FLOOR_BY_EMBEDDER["dlib"]
-    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib").resolved()
-    assert r["floor_pick"] and r["min_link_sim"] == tuned["min_link_sim_refined_e"] and r["tau"] == tuned["tau_e"]
-    v = get_clusterer("gcn-v", device="cpu", embedder="dlib").resolved()
-    assert not v["floor_pick"] and v["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER["dlib"]
-    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib", min_link_sim=0.9, floor_pick=False).resolved()
-    assert r["min_link_sim"] == 0.9 and not r["floor_pick"]
-    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib", refine=False).resolved()
-    assert r["min_link_sim"] == 0.93 and r["floor_pick"]  # the floor without the refinement
-    r = get_clusterer("gcn-ve", device="cpu", embedder="dlib", similarity_floor=False).resolved()
-    assert r["min_link_sim"] is None and not r["floor_pick"]
+@pytest.mark.parametrize("method", ["gcn-v", "gcn-ve"])
+def test_floor_pick_setting_links_more_and_keeps_the_floor(ckpts, method):
+    """--set floor_pick=true: every link still passes the floor, and no face is left with fewer
+    links (the choice only moves to neighbours above it), so clusters only grow or join."""
+    pv, pe, _, _ = ckpts
+    kw = {"checkpoint_v": str(pv)} | ({"checkpoint_e": str(pe)} if method == "gcn-ve" else {})
+    X, _ = _clustered(200, d=gc.load_gcn_v(pv).feature_dim, seed=5)
+    base = dict(kw, min_link_sim=0.75, refine=False, join_duplicates=False)
+    off = get_clusterer(method, device="cpu", **base).fit_predict(X)
+    m = get_clusterer(method, device="cpu", floor_pick=True, **base)
+    on = m.fit_predict(X)
+    # a superset of links: every cluster without it lies inside one with it, and some join
+    assert all(len(np.unique(on[off == c])) == 1 for c in np.unique(off))
+    assert len(np.unique(on)) < len(np.unique(off))
+    assert not get_clusterer(method, device="cpu", **kw).resolved()["floor_pick"]
 
 
 def test_embedder_without_shipped_weights_is_a_clear_error():

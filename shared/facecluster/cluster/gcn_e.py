@@ -62,7 +62,6 @@ class GCNVEClusterer(GCNVClusterer):
     name = "gcn-ve"
     summary = "GCN-V + GCN-E (CVPR 2020): confidence + learned connectivity; shipped weights for dlib and mbf."
     Config = GCNVEConfig
-    _shipped_suffix = "_e"
 
     def _uses_shipped(self) -> bool:
         c = self.config
@@ -85,10 +84,9 @@ class GCNVEClusterer(GCNVClusterer):
     def resolved(self) -> dict[str, Any]:
         r = super().resolved()
         r["checkpoint_e"] = str(self._path_e())
-        own_tau = self._shipped_choice("tau")
-        if self.config.tau is None and own_tau is not None:
+        if self._uses_shipped() and self.config.tau is None:
             # the shipped settings may hold a GCN-E-specific threshold next to stage B's
-            r["tau"] = own_tau
+            r["tau"] = gc.shipped_settings(self.embedder()).get("tau_e", r["tau"])
         return r
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:

@@ -34,11 +34,10 @@ the result is learn-to-cluster's, for A/B checks):
   small-cluster and relative attach) run on the labels, on the stage-A kNN re-scored with the
   plain cosine; with it the floor is ``refine.REFINED_LINK_FLOOR_BY_EMBEDDER`` (dlib 0.94: the
   post-steps win back the recall a stricter floor costs). docs/benchmarks/gcn_ve.md §7.
-* **floor_pick** (gcn-ve with the shipped dlib weights: on, with its own floor 0.945 from
-  ``gcn_ve_dlib.json``): a face links to its nearest higher-confidence neighbour *that passes
+* **floor_pick** (opt-in): a face links to its nearest higher-confidence neighbour *that passes
   the floor* (GCN-E: its most connected such candidate) instead of losing its only link when the
-  network's first choice is under it. On low-resolution video, where same-person cosines sit near
-  the floor, this keeps the peak trees whole. docs/benchmarks/gcn_ve.md §10.
+  network's first choice is under it. It keeps low-resolution video's peak trees whole, and it
+  chains look-alikes in large batches, so it is off by default. docs/benchmarks/gcn_ve.md §10.
 * **features per checkpoint**: the pipeline passes the plain descriptors
   (``wants_raw_features``) and the method prepares what its checkpoint was trained on
   (``features``: raw | calibrated, from the checkpoint's ``meta``; old checkpoints keep working).
@@ -115,11 +114,13 @@ class GCNVConfig(RefineConfig):
         "(refine) refine.REFINED_LINK_FLOOR_BY_EMBEDDER (dlib 0.94, mbf 0.35), without it "
         "calibration.LINK_FLOOR_BY_EMBEDDER (dlib 0.93, mbf 0.35); embedders without one get no floor unless set."
     )
-    floor_pick: Optional[bool] = Field(
-        None, description="With the floor: each face links to its nearest higher-confidence "
+    floor_pick: bool = Field(
+        False, description="With the floor: each face links to its nearest higher-confidence "
         "neighbour among those that pass the floor (GCN-E: its most connected such candidate), "
-        "instead of the method picking first and the floor then cutting that link. No effect "
-        "without a floor. None: the shipped set's choice (gcn-ve with dlib: on), else off."
+        "instead of the method picking first and the floor then cutting that link. Opt-in: it "
+        "joins low-resolution video (gcn-ve, dlib, with min_link_sim=0.945: 48-px video 0.73 -> "
+        "0.84) but chained 1,561 identities into one cluster at 100k synthetic faces "
+        "(docs/benchmarks/gcn_ve.md §10). No effect without a floor."
     )
 
 
@@ -156,25 +157,9 @@ class GCNVClusterer(Clusterer):
         """None (small-face rule off) for the original algorithm (similarity_floor=false)."""
         return super().small_vote_floor() if self.config.similarity_floor else None
 
-    #: suffix of this method's own keys in the shipped settings JSON (gcn-ve: "_e")
-    _shipped_suffix: ClassVar[str] = ""
-
-    def _shipped_choice(self, key: str) -> Any:
-        """This method's value of ``key`` in the shipped set's JSON (None: none, or a user
-        checkpoint)."""
-        if not self._uses_shipped():
-            return None
-        return gc.shipped_settings(self.embedder()).get(key + self._shipped_suffix)
-
     def link_floor(self) -> Optional[float]:
-        """The similarity floor in use (None: off): ``min_link_sim`` when set, else the shipped
-        set's own refined floor for this method when it has one, else the embedder's."""
-        floor = learned_link_floor(self.config, self.embedder())
-        c = self.config
-        if floor is not None and c.min_link_sim is None and refine_on(c, self.embedder()):
-            own = self._shipped_choice("min_link_sim_refined")
-            floor = floor if own is None else float(own)
-        return floor
+        """The similarity floor in use (None: off)."""
+        return learned_link_floor(self.config, self.embedder())
 
     def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) input → (plain L2-normalised, what the network reads)."""
@@ -199,8 +184,6 @@ class GCNVClusterer(Clusterer):
         cfg["checkpoint_v"] = str(self._path_v())
         cfg["features"] = self.feature_kind()
         cfg["min_link_sim"] = self.link_floor()
-        if cfg["floor_pick"] is None:
-            cfg["floor_pick"] = bool(self._shipped_choice("floor_pick")) if self.config.similarity_floor else False
         cfg["duplicate_sim"] = self.duplicate_sim()
         cfg["refine"] = refine_on(self.config, self.embedder())
         return cfg
