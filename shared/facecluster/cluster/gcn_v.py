@@ -251,11 +251,15 @@ class GCNVClusterer(Clusterer):
         order, floor = self._order(st["conf"]), r["min_link_sim"]
         if not r["use_gcn_feat"]:
             with self._timed("peaks"):
-                labels = peaks_labels(st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device)
+                labels = peaks_labels(
+                    st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device
+                )
         else:
             sims, ids = self._stage_b_knn(st["feat"], r["k"])
             with self._timed("peaks"):
-                labels = peaks_labels(ids, sims, order, r["tau"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device)
+                labels = peaks_labels(
+                    ids, sims, order, r["tau"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device
+                )
         return self._refine(labels, st, r)
 
     def _refine(self, labels: np.ndarray, st: dict[str, np.ndarray], r: dict[str, Any]) -> np.ndarray:
@@ -358,7 +362,7 @@ def peaks_labels(
     ``floor`` of the plain descriptors ``xr`` when given), connected components.
 
     ``floor_pick``: a face's peak is its nearest higher-confidence neighbour *among those that
-    pass the floor* (else the nearest one, whose link the floor may then cut).
+    pass the floor* (none: a root); without it the nearest one, whose link the floor may cut.
 
     ids, sims : (N, k) kNN (descending similarity); conf : (N,). Returns (N,) int64 labels."""
     peak, psim = nearest_higher(ids, sims, conf, floor_mask(ids, xr, floor, device) if floor_pick else None)
