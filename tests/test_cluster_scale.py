@@ -139,6 +139,8 @@ def test_bench_runs_the_cluster_command(tmp_path):
     assert rc == 0 and [r["method"] for r in d["runs"]] == ["infomap"]
     for r in d["runs"]:
         assert r["rc"] == 0 and r["n"] == 400 and "knn" in r["steps"] and 0 <= r["bcubed_f"] <= 1
+        # purity beside the F-scores: the largest cluster holds >= 1 identity, mixed faces <= N
+        assert 1 <= r["largest_cluster_ids"] <= r["largest_cluster"] <= 400 and 0 <= r["mixed_faces"] <= 400
     lab = np.load(tmp_path / "wd" / "n400" / "labels-infomap.npy")
     assert lab.shape == (400,)
 
