@@ -196,13 +196,18 @@ def test_floor_mask_torch_blocks_match_numpy():
     assert floor_mask(ids, xr, None) is None
 
 
-def test_gcn_e_floor_pick_only_chooses_allowed(ckpts):
-    _, pe, _, _ = ckpts
-    me = gc.load_gcn_e(pe)
-    rng = np.random.default_rng(2)
+def _gcn_e_case(ckpts, seed):
+    """The random-checkpoint GCN-E and 300 random faces' GCN-V-like features, kNN (k 40),
+    confidences, and the generator for more draws."""
+    me = gc.load_gcn_e(ckpts[1])
+    rng = np.random.default_rng(seed)
     feat = l2_normalize(rng.random((300, 512)).astype(np.float32))
     sims, ids = knn(feat, 40)
-    conf = rng.random(300)
+    return me, feat, sims, ids, rng.random(300), rng
+
+
+def test_gcn_e_floor_pick_only_chooses_allowed(ckpts):
+    me, feat, sims, ids, conf, rng = _gcn_e_case(ckpts, 2)
     allowed = rng.random(ids.shape) < 0.3
     p, s = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5, allowed=allowed)
     p_all, _ = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5)
@@ -227,12 +232,7 @@ def test_ignore_set_and_candidates():
 
 
 def test_gcn_e_batching_does_not_change_decisions(ckpts):
-    _, pe, _, _ = ckpts
-    me = gc.load_gcn_e(pe)
-    rng = np.random.default_rng(1)
-    feat = l2_normalize(rng.random((300, 512)).astype(np.float32))
-    sims, ids = knn(feat, 40)
-    conf = rng.random(300)
+    me, feat, sims, ids, conf, _ = _gcn_e_case(ckpts, 1)
     p1, s1 = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5, batch_nodes=1)
     p2, s2 = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5, batch_nodes=100000)
     np.testing.assert_array_equal(p1, p2)
