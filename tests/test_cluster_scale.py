@@ -106,7 +106,10 @@ def test_infomap_numpy_handoff_same_partition_as_tuples(faces, tmp_path):
     lo, hi = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
     _, first = np.unique(lo * n + hi, return_index=True)
     im = Infomap(two_level=True, silent=True, seed=42, num_trials=2, markov_time=1.0, directed=False)
-    im.add_links(zip(lo[first].tolist(), hi[first].tolist(), np.maximum(w[keep][first], 1e-6).astype(float).tolist()))
+    # the default's exponential edge weights (dlib: exp((s - 1) / 0.02)), computed independently
+    assert c.weight_temp() == 0.02
+    wt = np.exp((w[keep][first].astype(np.float64) - 1.0) / 0.02)
+    im.add_links(zip(lo[first].tolist(), hi[first].tolist(), wt.tolist()))
     im.run()
     ref = np.arange(n, dtype=np.int64)
     clu = tmp_path / "m.clu"  # not the SWIG iterators: they clash with faiss (see infomap.py)

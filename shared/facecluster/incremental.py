@@ -576,6 +576,8 @@ def init_from_run(coll: Collection, method: str) -> dict:
     cids = np.array([r["cluster_id"] for r in out], np.int64)
     row_ids = cids[index]
     settings = dict(lmeta.get("settings", {}))
+    # a clustering recorded before Infomap's exponential edge weights existed used plain weights
+    settings.setdefault("weight_temp", 0.0)
     for key in ("min_sim", "merge_min_sim"):
         if settings.get(key) is None:
             raise CollectionError(f"{lmeta_path}: setting {key} not recorded; rerun `facecluster cluster --method {method}`")

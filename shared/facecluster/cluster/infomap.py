@@ -94,6 +94,15 @@ class InfomapConfig(ClusterConfig):
         "merges LFW's many one-photo people, higher splits glint18's 900-face clusters into more "
         "pieces than the merge recovers); 0.5 for embedders without a tuned value (zero-mean features such as ArcFace).",
     )
+    weight_temp: Optional[float] = Field(
+        None,
+        ge=0,
+        description="Infomap's edge weight is exp((s - 1) / weight_temp) for an edge of cosine s instead of s "
+        "itself: dlib's kept edges all lie in [min_sim, 1], so plain weights are nearly equal and Infomap "
+        "sees an unweighted graph; a temperature makes strong links count more than marginal ones, which "
+        "keeps look-alikes apart (fewer faces in mixed clusters). 0: the plain cosine. Default: chosen per "
+        "embedder (dlib: 0.02; mbf and others: 0; docs/benchmarks/default_quality.md, 'Edge weights').",
+    )
     num_trials: int = Field(2, ge=1, description="Infomap restarts; the best partition is kept.")
     markov_time: float = Field(1.0, gt=0, description="Infomap Markov time (>1 favours larger clusters).")
     merge_fragments: bool = Field(
@@ -223,6 +232,9 @@ GENERIC_MERGE_MARGIN = 0.1
 ATTACH_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93, "mbf": 0.325}
 #: default ``merge_lone_recip`` per embedder (chosen on each one's training scenarios); others 0
 LONE_RECIP_BY_EMBEDDER: dict[str, int] = {"dlib": 1}
+#: default ``weight_temp`` per embedder (chosen on dlib's training regimes and scenarios by the worst
+#: one, then the faces in mixed clusters); others 0 = plain cosine weights
+WEIGHT_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
 
 
 def _parallel_trials(num_trials: int) -> dict:
@@ -269,9 +281,17 @@ class InfomapClusterer(Clusterer):
             return c.merge_lone_recip
         return LONE_RECIP_BY_EMBEDDER.get(c.embedder or "", 0)
 
+    def weight_temp(self) -> float:
+        """Temperature of Infomap's exponential edge weights (0: the plain cosine)."""
+        c = self.config
+        if c.weight_temp is not None:
+            return c.weight_temp
+        return WEIGHT_TEMP_BY_EMBEDDER.get(c.embedder or "", 0.0)
+
     def settings(self) -> dict:
         d = super().settings()
         d["min_sim"] = self.min_sim()
+        d["weight_temp"] = self.weight_temp()
         d["merge_min_sim"] = self.merge_min_sim()
         d["merge_lone_recip"] = self.lone_recip()
         d["attach_min_sim"] = self.attach_min_sim()
@@ -324,7 +344,9 @@ class InfomapClusterer(Clusterer):
                 # positive weights only (Infomap flow must be non-negative). One (E, 3) float64
                 # array goes to infomap's bulk numpy loader: the same links, in the same order,
                 # as a Python loop over tuples, which took ~1 s per million links
-                im.add_links(np.column_stack([lo, hi, np.maximum(w, 1e-6)]).astype(np.float64))
+                temp = self.weight_temp()
+                wt = np.exp((w.astype(np.float64) - 1.0) / temp) if temp > 0 else np.maximum(w, 1e-6)
+                im.add_links(np.column_stack([lo, hi, wt]).astype(np.float64))
                 im.run()
                 # Read the partition from a .clu file rather than infomap's SWIG iterators:
                 # faiss (also SWIG) registers the same SWIG runtime type and the iterator
