@@ -127,6 +127,18 @@ def test_add_real_faces_ids_stable_and_write_all(base_run, tmp_path, lfw, capsys
     assert data["paths"][-1] == str(lfw["Serena_Williams"][4])
 
 
+def test_collection_keeps_the_edge_weights_its_run_used(base_run, tmp_path):
+    """A collection clusters its new faces with the settings W's run recorded; a run recorded
+    before Infomap's exponential edge weights existed (no ``weight_temp``) used plain weights."""
+    w = _copy_w(base_run, tmp_path)
+    wd = WorkDir(w)
+    assert incremental.init_from_run(Collection(wd), "infomap")["settings"]["weight_temp"] == 0.02
+    meta = read_json(wd.labels_meta("infomap"))
+    del meta["settings"]["weight_temp"]
+    wd.labels_meta("infomap").write_text(json.dumps(meta))
+    assert incremental.init_from_run(Collection(wd), "infomap")["settings"]["weight_temp"] == 0.0
+
+
 def test_add_refusals(base_run, tmp_path, capsys):
     tmp, _, _ = base_run
     w = _copy_w(base_run, tmp_path)
