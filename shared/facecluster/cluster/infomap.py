@@ -7,8 +7,12 @@ whether it holds 2 faces or 900, which is exactly what breaks plain thresholds b
 LFW-like (tiny clusters) and long-video (huge clusters) data.
 
 Graph: each face links to its ``k`` nearest neighbours with cosine similarity above
-``min_sim``, weight = similarity; undirected, two-level Infomap. Faces with no such edge are
-singletons.
+``min_sim``; undirected, two-level Infomap. Faces with no such edge are singletons. Edge weight:
+exp((s - 1) / ``weight_temp``) for dlib (T = 0.02, tenth session): its kept edges all lie in
+[0.947, 1], so with weight = s (the original, still used for other embedders) a few marginal
+links between look-alikes weigh as much as a person's own strong links; the temperature halves
+the faces in mixed clusters on held-out LFW and leaves video unchanged
+(docs/benchmarks/default_quality.md, "Edge weights").
 
 Fragment merge (``merge_fragments``, on by default): a threshold strict enough for a photo
 collection full of one-photo people (LFW) splits the 900-face clusters of a long video into
@@ -345,7 +349,13 @@ class InfomapClusterer(Clusterer):
                 # array goes to infomap's bulk numpy loader: the same links, in the same order,
                 # as a Python loop over tuples, which took ~1 s per million links
                 temp = self.weight_temp()
-                wt = np.exp((w.astype(np.float64) - 1.0) / temp) if temp > 0 else np.maximum(w, 1e-6)
+                if temp > 0:  # exp((s - 1) / T), in place: one float64 array per edge list at 1M faces
+                    wt = w.astype(np.float64)
+                    wt -= 1.0
+                    wt /= temp
+                    np.exp(wt, out=wt)
+                else:
+                    wt = np.maximum(w, 1e-6)
                 im.add_links(np.column_stack([lo, hi, wt]).astype(np.float64))
                 im.run()
                 # Read the partition from a .clu file rather than infomap's SWIG iterators:
