@@ -37,6 +37,9 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
   ``yale``                      Extended Yale B: 38 people x ~64 greyscale shots under extreme
                                 lighting (a source and crop style nothing trains on)
   ``orl``                       ORL: 40 people x 10 greyscale studio shots (another source)
+  ``all-styles-val``            opt-in (``--regimes all-styles-val``): every set above in one
+                                batch, 23,440 faces of 1,838 people, each person in every style
+                                it has (a long-video person: ~2,400 faces in three)
   ============================  ============================================================
 
 Report every regime and choose by the worst, counting faces in mixed clusters
@@ -44,7 +47,8 @@ Report every regime and choose by the worst, counting faces in mixed clusters
 
 ``--tuning`` runs the same report on the *training* identities instead (``tuning_regimes``:
 each training set, plus LFW-style sets capped at 21 photos per person), the only place
-settings may be chosen (issue 11 chose the similarity floor there).
+settings may be chosen (issue 11 chose the similarity floor there); ``--regimes
+all-styles-train`` adds (opt-in) every training set's training identities in one batch.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ SHAPES = {
     "glint18-val+singletons": "video+singles",
     "yale": "video",
     "orl": "small",
+    "all-styles-val": "every style in one batch",
 }
 
 
@@ -171,7 +176,32 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
         add("yale", lambda: ld("yale"))
     if have("orl"):
         add("orl", lambda: ld("orl"))
+    if only is not None and ALL_STYLES_VAL in only:  # opt-in: 23k faces, slow for the learned methods
+        parts = [("lfw", "val"), ("lfw-lowq", "val"), ("lfw-mixed-val", "all"), ("lfw-loose", "val"),
+                 ("glint18", "val"), ("glint-lowres", "val"), ("glint-mixed", "val"), ("yale", "all"), ("orl", "all")]
+        add(ALL_STYLES_VAL, lambda: _all_styles(root, parts))
     return out
+
+
+#: opt-in regimes (``--regimes NAME``): every crop style of the same people in one batch, the
+#: largest real labelled batches that can be made here (a person appears in up to 5 styles, a
+#: long-video person with ~800 frames in three, so ~2,400 faces)
+ALL_STYLES_VAL = "all-styles-val"
+ALL_STYLES_TRAIN = "all-styles-train"
+
+
+def _all_styles(root: Path, parts: list[tuple[str, str]]):
+    """One batch of ``(set, part)`` work dirs; a person keeps one name across styles (glint18's
+    people are LFW people under the same folder names); yale's and ORL's get a prefix."""
+    xs, ns, ps = [], [], []
+    for s, part in parts:
+        if not (root / s / "features.npy").exists():
+            continue
+        x, n, px = load(root, s, part, with_px=True)
+        if s in ("yale", "orl"):
+            n = np.char.add(f"{s}:", n.astype(str))
+        xs.append(x), ns.append(n), ps.append(px)
+    return np.concatenate(xs), np.concatenate(ns), np.concatenate(ps)
 
 
 def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = False) -> list[tuple]:
@@ -196,6 +226,9 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
             elif name.endswith("-far"):
                 x, n, px = _far(x, n, px)
             out.append((name, x, n, px) if with_px else (name, x, n))
+    if only is not None and ALL_STYLES_TRAIN in only:  # opt-in: 64k faces
+        x, n, px = _all_styles(root, [(s, "train") for s in TRAIN_SETS])
+        out.append((ALL_STYLES_TRAIN, x, n, px) if with_px else (ALL_STYLES_TRAIN, x, n))
     return out
 
 
