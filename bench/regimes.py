@@ -200,7 +200,9 @@ def _all_styles(root: Path, parts: list[tuple[str, str]]):
         x, n, px = load(root, s, part, with_px=True)
         if s in ("yale", "orl"):
             n = np.char.add(f"{s}:", n.astype(str))
-        xs.append(x), ns.append(n), ps.append(px)
+        xs.append(x)
+        ns.append(n)
+        ps.append(px)
     return np.concatenate(xs), np.concatenate(ns), np.concatenate(ps)
 
 

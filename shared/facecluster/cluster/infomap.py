@@ -356,7 +356,8 @@ class InfomapClusterer(Clusterer):
                     np.exp(wt, out=wt)
                 else:
                     wt = np.maximum(w, 1e-6)
-                im.add_links(np.column_stack([lo, hi, wt]).astype(np.float64))
+                # column_stack of int64 ids and the weights is already float64: no second copy
+                im.add_links(np.column_stack([lo, hi, wt]).astype(np.float64, copy=False))
                 im.run()
                 # Read the partition from a .clu file rather than infomap's SWIG iterators:
                 # faiss (also SWIG) registers the same SWIG runtime type and the iterator
