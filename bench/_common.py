@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,33 @@ def method_settings(pairs: list[str], method: str) -> dict:
     return out
 
 
+@contextmanager
+def cohort_leave_own_out(x: np.ndarray, names):
+    """Score honestly on the identities the shipped cohort was built from (the training
+    identities: tuning regimes, scenarios, full sets): each face's cohort level leaves its own
+    person out, as it is for a user's faces, whose people are not in the cohort
+    (``facecluster.cohort.Cohort.levels(exclude=...)``). The clusterer sees the faces by value
+    (subsets after the small-face rule), so they are matched by their float32 bytes. A no-op for
+    validation identities, which the cohort does not hold."""
+    from facecluster.cohort import Cohort
+
+    rows = np.ascontiguousarray(np.asarray(x, np.float32))
+    lookup = {r.tobytes(): str(n) for r, n in zip(rows, np.asarray(names))}
+    orig = Cohort.levels
+
+    def levels(self, q, *, exclude=None, **kw):
+        if exclude is None:
+            q32 = np.ascontiguousarray(np.asarray(q, np.float32))
+            exclude = np.array([lookup.get(r.tobytes()) for r in q32], object)
+        return orig(self, q, exclude=exclude, **kw)
+
+    Cohort.levels = levels
+    try:
+        yield
+    finally:
+        Cohort.levels = orig
+
+
 def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = "cpu", face_px=None, labels_out: list | None = None, **settings) -> dict:
     """Cluster ``feats`` with ``method`` as the pipeline would and score against ``gt`` labels;
     ``face_px`` (N,): the crops' sizes, passed as the pipeline does to methods that use them;
@@ -126,7 +154,8 @@ def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = 
     x = feats if getattr(c, "wants_raw_features", False) else prepare_features(feats, calibration_mean(embedder))
     rss0 = peak_rss_mb()
     t = time.perf_counter()
-    lab = c.fit_predict(x, face_px=face_px)  # methods without the small-face rule ignore it
+    with cohort_leave_own_out(x, gt):
+        lab = c.fit_predict(x, face_px=face_px)  # methods without the small-face rule ignore it
     if labels_out is not None:
         labels_out.append(lab)
     dt = time.perf_counter() - t

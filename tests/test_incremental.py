@@ -134,9 +134,30 @@ def test_collection_keeps_the_edge_weights_its_run_used(base_run, tmp_path):
     wd = WorkDir(w)
     assert incremental.init_from_run(Collection(wd), "infomap")["settings"]["weight_temp"] == 0.02
     meta = read_json(wd.labels_meta("infomap"))
-    del meta["settings"]["weight_temp"]
+    st = incremental.init_from_run(Collection(wd), "infomap")["settings"]
+    assert st["cohort_norm"] is True and st["cohort_shift"] == 0.003
+    del meta["settings"]["weight_temp"], meta["settings"]["cohort_norm"]
     wd.labels_meta("infomap").write_text(json.dumps(meta))
-    assert incremental.init_from_run(Collection(wd), "infomap")["settings"]["weight_temp"] == 0.0
+    st = incremental.init_from_run(Collection(wd), "infomap")["settings"]
+    assert st["weight_temp"] == 0.0 and st["cohort_norm"] is False  # raw cosine before the cohort existed
+
+
+def test_assign_normalises_like_the_run_that_recorded_it():
+    """With ``cohort_norm`` recorded, the new faces' links are judged on the same cohort-normalised
+    similarities as the run's Infomap (facecluster.cohort); without a shipped cohort: an error."""
+    from facecluster.cohort import load_cohort
+
+    co = load_cohort("dlib")
+    rng = np.random.default_rng(0)
+    stored = np.repeat(co.faces[:6], 5, axis=0) + 0.01 * rng.normal(size=(30, 128)).astype(np.float32)
+    who = np.repeat(np.arange(6), 5)
+    new = co.faces[[2, 4]] + 0.01 * rng.normal(size=(2, 128)).astype(np.float32)
+    settings = dict(SETTINGS, cohort_norm=True, cohort_shift=0.003)
+    r = assign(stored, who, new, 6, settings)
+    assert r.ids.tolist() == [2, 4] and "cohort" in r.timings
+    assert "cohort" not in assign(stored, who, new, 6, dict(SETTINGS)).timings
+    with pytest.raises(ValueError, match="ships no cohort"):
+        assign(stored, who, new, 6, dict(settings, embedder="mbf"))
 
 
 def test_add_refusals(base_run, tmp_path, capsys):

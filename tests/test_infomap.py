@@ -118,6 +118,79 @@ def test_lone_face_needs_a_reciprocal_link_to_move():
     assert len(set(merge_fragments(lab2, _lists(neigh2, k), lone_recip=1))) == 1
 
 
+def _two_halves(cross_sim: float, sizes=(12, 10), k: int = 10):
+    """Two clusters whose members list k neighbours: k - 1 in their own cluster (similarities
+    0.950-0.970) and one in the other cluster (``cross_sim``): 10 % of the slots and every
+    out-link across, under merge_min_links (15 %)."""
+    rng = np.random.default_rng(0)
+    a = list(range(sizes[0]))
+    b = list(range(sizes[0], sizes[0] + sizes[1]))
+    neigh, sim = {}, {}
+    for own, other in ((a, b), (b, a)):
+        for j, i in enumerate(own):
+            mates = [m for m in own if m != i][: k - 1]
+            neigh[i] = mates + [other[j % len(other)]]
+            sim[i] = list(np.sort(rng.uniform(0.95, 0.97, len(mates)))[::-1]) + [cross_sim]
+    ids = _lists(neigh, k)
+    sims = np.full(ids.shape, -1.0, np.float32)
+    sims[:, 0] = 1.0
+    for i, v in sim.items():
+        sims[i, 1 : 1 + len(v)] = v
+    return np.array([0] * sizes[0] + [1] * sizes[1]), ids, sims
+
+
+def test_close_halves_of_one_person_join_look_alikes_do_not():
+    # one person in two scenes: linked across as tightly as within -> one cluster
+    labels, ids, sims = _two_halves(0.962)
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91))) == 2  # the share rules alone: apart
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10))) == 1
+    # two look-alikes: every out-link across too, but 0.01 below their own links' 10th percentile
+    labels, ids, sims = _two_halves(0.94)
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10))) == 2
+    # a margin lets them join; too few slots across (close_min_links 0.15) keeps the halves apart
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10, close_margin=0.02))) == 1
+    labels, ids, sims = _two_halves(0.962)
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10, close_min_links=0.15))) == 2
+    # equal sizes join into one (deterministically)
+    labels, ids, sims = _two_halves(0.962, sizes=(10, 10))
+    out = merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10)
+    assert len(set(out)) == 1
+    np.testing.assert_array_equal(out, merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10))
+
+
+def test_second_merge_pass_joins_a_piece_whose_links_went_to_faces_attached_since():
+    """M: 20 faces of one person; S: 5 lone frames of that person, listed by no M face (the first
+    merge leaves them: no reciprocal link), which the attach step moves into M; P: a 6-face piece
+    whose out-links go 40 % to M and 60 % to S, so the first merge sees no clear choice. After the
+    attach step all of P's out-links point into M, and the second pass joins it."""
+    from facecluster.cluster.infomap import InfomapConfig
+    from facecluster.cluster.refine import refine_partition
+
+    M, S, P = list(range(20)), list(range(20, 25)), list(range(25, 31))
+    neigh, sim = {}, {}
+    for i in M:
+        neigh[i], sim[i] = [j for j in M if j != i][:10], [0.97] * 10
+    for i in S:
+        neigh[i], sim[i] = M[i - 20 : i - 10], [0.95] * 10
+    for j, i in enumerate(P):
+        neigh[i] = [q for q in P if q != i][:5] + M[j : j + 2] + S[j % 3 : j % 3 + 3]
+        sim[i] = [0.97] * 5 + [0.95] * 5
+    ids = _lists(neigh, 10)
+    sims = np.full(ids.shape, -1.0, np.float32)
+    sims[:, 0] = 1.0
+    for i, v in sim.items():
+        sims[i, 1:11] = v
+    labels = np.array([0] * 20 + [1, 2, 3, 4, 5] + [6] * 6)
+
+    def run(again):
+        cfg = InfomapConfig(merge_again=again, attach_frac=0, merge_close_q=None)
+        return refine_partition(labels, ids, sims, cfg, merge_min_sim=0.9, attach_min_sim=0.9, lone_recip=1)
+
+    once, twice = run(False), run(True)
+    assert len(set(once[M + S])) == 1 and once[P[0]] != once[0]  # S attached, P still apart
+    assert len(set(twice)) == 1  # the second pass joins P
+
+
 def test_similarity_floor_ignores_weak_links():
     k = 3
     ids = _lists({0: [1, 2, 3], 1: [0, 2, 3], 2: [0, 1, 3], 3: [0, 1, 2]}, k)
@@ -126,8 +199,10 @@ def test_similarity_floor_ignores_weak_links():
     labels = np.array([0, 0, 0, 1])
     assert len(set(merge_fragments(labels, ids, sims))) == 1
     assert len(set(merge_fragments(labels, ids, sims, min_sim=0.9))) == 2
-    with pytest.raises(ValueError, match="needs sims"):
+    with pytest.raises(ValueError, match="need sims"):
         merge_fragments(labels, ids, min_sim=0.9)
+    with pytest.raises(ValueError, match="need sims"):
+        merge_fragments(labels, ids, close_q=10)
 
 
 def test_merge_fragments_edge_cases_and_determinism():
@@ -306,13 +381,16 @@ def test_default_attaches_a_lone_frame_whose_nearest_faces_agree():
     assert 0.93 < sb.min() and sb.max() < 0.947  # the scene is what the docstring says
     assert np.sort(sc)[-28] >= 0.91 and sc.max() < 0.93
     X = np.vstack([B, C, s[None]]).astype(np.float32)
-    lab = get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X)
+    # the scene is laid out in raw cosine (random directions are no dlib faces: the cohort
+    # would raise every similarity by its largest correction), so normalisation is off here
+    raw = {"embedder": "dlib", "cohort_norm": False}
+    lab = get_clusterer("infomap", device="cpu", **raw).fit_predict(X)
     assert len(set(lab[:12])) == 1 and len(set(lab[12:72])) == 1 and lab[0] != lab[12]
     assert lab[72] == lab[0]  # all 10 nearest (B, >= 0.93) agree: the frame joins B
-    off = get_clusterer("infomap", device="cpu", embedder="dlib", attach_max_size=0).fit_predict(X)
+    off = get_clusterer("infomap", device="cpu", attach_max_size=0, **raw).fit_predict(X)
     assert off[72] not in (off[0], off[12])  # before issue 13 it stayed a singleton
     # a stricter floor than its similarities: no votes, stays alone
-    strict = get_clusterer("infomap", device="cpu", embedder="dlib", attach_min_sim=0.95).fit_predict(X)
+    strict = get_clusterer("infomap", device="cpu", attach_min_sim=0.95, **raw).fit_predict(X)
     assert strict[72] not in (strict[0], strict[12])
 
 

@@ -199,6 +199,9 @@ def merge_fragments(
     max_rounds: int = 10,
     mutual: bool = True,
     lone_recip: int = 0,
+    close_q: float | None = None,
+    close_min_links: float = 0.05,
+    close_margin: float = 0.0,
 ) -> np.ndarray:
     """Join each cluster to the bigger cluster that its members' kNN lists point into.
 
@@ -239,6 +242,15 @@ def merge_fragments(
         for the target are reciprocal (the target member lists it in its own first k too):
         a passer-by next to a person with hundreds of frames is in none of their lists, that
         person's odd frame usually is. 0 (the function's default): off.
+    close_q, close_min_links, close_margin : *close halves* (None: off). Two clusters that are
+        each other's first choice, each passing the share test and sending >= ``close_min_links``
+        of its slots to the other, join when the median similarity of each one's links into the
+        other is >= the ``close_q``-th percentile of *both* clusters' internal link similarities
+        minus ``close_margin``: one person split in two big pieces (two scenes of a long video)
+        is linked across as tightly as within, two look-alikes are not. Measured on a 718-face
+        person split 377 / 300: 13-15 % of slots and 95-97 % of out-links across, cross median
+        0.965-0.967 vs internal p10 0.954-0.956; two look-alike actresses: 1-3 % of slots,
+        cross median 0.938-0.940 vs internal p10 0.948-0.950.
 
     Returns
     -------
@@ -255,12 +267,10 @@ def merge_fragments(
     rows, cols = rows[real], cols[real]
     # slots per face that are real neighbours (k minus self, fewer when N is small)
     slots = np.bincount(rows, minlength=n)
-    if np.isfinite(min_sim):
-        if sims is None:
-            raise ValueError("merge_fragments: min_sim needs sims")
-        strong = sims.reshape(-1)[real] >= min_sim
-    else:
-        strong = np.ones(len(rows), bool)
+    if (np.isfinite(min_sim) or close_q is not None) and sims is None:
+        raise ValueError("merge_fragments: min_sim and close_q need sims")
+    w = np.asarray(sims, np.float32).reshape(-1)[real] if sims is not None else None
+    strong = w >= min_sim if np.isfinite(min_sim) else np.ones(len(rows), bool)
     lab = np.unique(labels, return_inverse=True)[1].astype(np.int64)
     if lone_recip > 0:
         # a link i -> j is reciprocal when j's list holds i too; needed only for the links of
@@ -310,10 +320,46 @@ def merge_fragments(
             full_to[r[full]] = True
             into = (sizes[c] > sizes[r]) | ((sizes[c] == sizes[r]) & (c < r) & full)
             ok |= passes & into & (top[c] == r) & full_to[c]
+            if close_q is not None:
+                ok |= _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, close_q, close_min_links, close_margin)
         if not ok.any():
             break
         lab = _join_into(lab, nc, r[ok], c[ok])  # targets come first in (size desc, id): a forest
     return lab
+
+
+def _grouped_quantile(g: np.ndarray, v: np.ndarray, q: float, ng: int) -> np.ndarray:
+    """(ng,) the ``q``-th percentile (lower value) of ``v`` within each group ``g``; NaN when empty."""
+    out = np.full(ng, np.nan)
+    if len(g) == 0:
+        return out
+    order = np.lexsort((v, g))
+    gs, vs = g[order], v[order]
+    cnt = np.bincount(gs, minlength=ng)
+    start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+    has = cnt > 0
+    out[has] = vs[start[has] + np.floor(q / 100.0 * (cnt[has] - 1)).astype(np.int64)]
+    return out
+
+
+def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q, min_links, margin) -> np.ndarray:
+    """(len(r),) bool: which mutual pairs (r -> c) join as close halves (``merge_fragments``)."""
+    cand = passes & (top[c] == r) & (d >= min_links * cap[r])
+    cand_to = np.zeros(nc, bool)
+    cand_to[r[cand]] = True
+    pair = cand & cand_to[c]  # both directions qualify
+    if not pair.any():
+        return pair
+    src = np.zeros(nc, bool)
+    src[r[pair]] = True
+    inside = (a == b) & strong & src[a]
+    ref = _grouped_quantile(a[inside], w[inside], q, nc)
+    cross = out & src[a] & (b == top[a])
+    med = _grouped_quantile(a[cross], w[cross], 50.0, nc)
+    close = np.zeros(nc, bool)
+    close[r[pair]] = (med[r[pair]] >= ref[r[pair]] - margin) & (med[r[pair]] >= ref[c[pair]] - margin)
+    into = (sizes[c] > sizes[r]) | ((sizes[c] == sizes[r]) & (c < r))
+    return pair & close[r] & close[c] & into
 
 
 def attach_small(

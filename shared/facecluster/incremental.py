@@ -23,7 +23,8 @@ Assignment of the new faces (:func:`assign`) reads only the default method's *se
 (``k``, ``min_sim``, ``merge_min_sim``, ``merge_k``, ``merge_share``, ``merge_min_links``):
 
 1. kNN of the new faces against the stored ones (the stored feature matrix is the index: exact
-   inner product, faiss or torch, cost ~ new x stored) and among themselves.
+   inner product, faiss or torch, cost ~ new x stored) and among themselves; cohort-normalised
+   (:mod:`facecluster.cohort`) when the run's Infomap was (setting ``cohort_norm``).
 2. A new face whose strong links (similarity >= ``min_sim``, the Infomap edge threshold) go, in
    clear majority (>= ``assign_share`` of all its strong links, new faces included), to one
    existing cluster takes that cluster's id; repeated, so it follows chains of new faces.
@@ -192,6 +193,19 @@ def assign(
     ns, ni = knn(new, kk, backend=backend, device=device)
     sims, ids = _topk_merge(qs, qi, ns, ni + n, kk)
     timings["knn"] = time.perf_counter() - t
+    if settings.get("cohort_norm"):
+        # the similarities the run's Infomap judged links by (facecluster.cohort): the same
+        # normalisation, so min_sim / merge_min_sim mean what they meant there
+        t = time.perf_counter()
+        from .cohort import load_cohort
+
+        co = load_cohort(settings.get("embedder"))
+        if co is None:
+            raise ValueError(f"the collection was clustered with cohort normalisation, but embedder {settings.get('embedder')!r} ships no cohort")
+        lev_new = co.levels(new, backend=backend, device=device)
+        lev_db = np.concatenate([co.levels(stored, backend=backend, device=device), lev_new]) if n else lev_new
+        sims = co.normalise(sims, ids, lev_new, lev_db, float(settings.get("cohort_shift", 0.0)))
+        timings["cohort"] = time.perf_counter() - t
 
     t = time.perf_counter()
     self_col = ids == (n + np.arange(m))[:, None]
@@ -578,6 +592,8 @@ def init_from_run(coll: Collection, method: str) -> dict:
     settings = dict(lmeta.get("settings", {}))
     # a clustering recorded before Infomap's exponential edge weights existed used plain weights
     settings.setdefault("weight_temp", 0.0)
+    # ... and before cohort normalisation existed, the raw cosine
+    settings.setdefault("cohort_norm", False)
     for key in ("min_sim", "merge_min_sim"):
         if settings.get(key) is None:
             raise CollectionError(f"{lmeta_path}: setting {key} not recorded; rerun `facecluster cluster --method {method}`")

@@ -74,6 +74,7 @@ and ``merge_min_sim`` default to the values chosen for the embedder that made th
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -82,9 +83,12 @@ from typing import ClassVar, Optional
 import numpy as np
 from pydantic import Field
 
+from ..cohort import Cohort, cohort_fingerprint, load_cohort
 from ..knn import knn
 from .base import ClusterConfig, Clusterer
 from .refine import refine_partition
+
+log = logging.getLogger(__name__)
 
 
 class InfomapConfig(ClusterConfig):
@@ -106,6 +110,22 @@ class InfomapConfig(ClusterConfig):
         "sees an unweighted graph; a temperature makes strong links count more than marginal ones, which "
         "keeps look-alikes apart (fewer faces in mixed clusters). 0: the plain cosine. Default: chosen per "
         "embedder (dlib: 0.02; mbf and others: 0; docs/benchmarks/default_quality.md, 'Edge weights').",
+    )
+    cohort_norm: Optional[bool] = Field(
+        None,
+        description="Judge every kNN similarity against how much the two faces look like anyone (facecluster.cohort): "
+        "s - (l_i + l_j) / 2 + ref + cohort_shift, l = a face's mean cosine to its 10 most similar faces of a fixed "
+        "cohort of other people shipped with the embedder. A degraded face that resembles everyone links less "
+        "readily (fewer mixed clusters on low-quality and mixed-source photos), a distinctive one more. Applies to "
+        "Infomap's graph, its edge weights and the post-steps' votes. Default: on when the embedder ships a cohort "
+        "(dlib); false: the raw cosine (docs/benchmarks/default_quality.md, 'Cohort normalisation').",
+    )
+    cohort_shift: Optional[float] = Field(
+        None,
+        ge=-0.1,
+        le=0.1,
+        description="Added to every cohort-normalised similarity (cosine units; > 0 links more). Default: chosen per "
+        "embedder with the thresholds (dlib: 0.003).",
     )
     num_trials: int = Field(2, ge=1, description="Infomap restarts; the best partition is kept.")
     markov_time: float = Field(1.0, gt=0, description="Infomap Markov time (>1 favours larger clusters).")
@@ -149,6 +169,26 @@ class InfomapConfig(ClusterConfig):
         "(equal sizes: both must pass): a person split into two big halves (docs/benchmarks/gcn_ve.md §9). "
         "False: the one-sided rule only.",
     )
+    merge_close_q: Optional[float] = Field(
+        10.0,
+        ge=0,
+        le=100,
+        description="Close halves in the fragment merge (facecluster.graph.merge_fragments): two clusters that are "
+        "each other's first choice, each sending >= merge_close_min_links of its slots and merge_share of its "
+        "out-links to the other, join when each one's median link into the other is >= this percentile of both "
+        "clusters' internal link similarities: one person split into two big scenes of a long video (a 718-face "
+        "person split 377 / 300 rejoins; two look-alikes link 0.01 below their internal p10 and stay apart). "
+        "None: off (docs/benchmarks/default_quality.md, 'Close halves').",
+    )
+    merge_again: bool = Field(
+        True,
+        description="After the attach steps, the fragment merge runs once more on clusters of two or more faces: a "
+        "piece whose links went to lone faces and small fragments that the attach steps have since moved into one "
+        "cluster now points into it (a long-video person split 80 / 13 % in a batch of 23k faces rejoins); lone "
+        "faces stay where the attach steps left them (passers-by). False: one merge pass.",
+    )
+    merge_close_min_links: float = Field(0.05, gt=0, le=1, description="Share of its slots each close half must send to the other.")
+    merge_close_margin: float = Field(0.0, ge=0, le=1, description="How far below that percentile the median link may lie.")
     merge_lone_recip: Optional[int] = Field(
         None,
         ge=0,
@@ -236,6 +276,12 @@ GENERIC_MERGE_MARGIN = 0.1
 ATTACH_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93, "mbf": 0.325}
 #: default ``merge_lone_recip`` per embedder (chosen on each one's training scenarios); others 0
 LONE_RECIP_BY_EMBEDDER: dict[str, int] = {"dlib": 1}
+#: default ``cohort_shift`` per embedder with a shipped cohort. dlib: chosen on the training regimes
+#: and scenarios among shifts 0-0.005 whose worst regime beats the raw-cosine default's and that leave
+#: under 0.5 % of any regime's faces in mixed clusters: 0.003, 0.004 and 0.005 tie on the mean (within
+#: 0.001), and the tie goes to the strictest, since larger batches want stricter links (full LFW,
+#: 13k faces: 0.9485 / 0.9444 / 0.9380); docs/benchmarks/default_quality.md, "Cohort normalisation"
+COHORT_SHIFT_BY_EMBEDDER: dict[str, float] = {"dlib": 0.003}
 #: default ``weight_temp`` per embedder (chosen on dlib's training regimes and scenarios by the worst
 #: one, then the faces in mixed clusters); others 0 = plain cosine weights
 WEIGHT_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
@@ -292,8 +338,50 @@ class InfomapClusterer(Clusterer):
             return c.weight_temp
         return WEIGHT_TEMP_BY_EMBEDDER.get(c.embedder or "", 0.0)
 
+    def cohort(self) -> Optional[Cohort]:
+        """The score-normalisation cohort in use (None: raw cosine). ``cohort_norm=true`` with an
+        embedder that ships no cohort is an error, not a silent fallback."""
+        c = self.config
+        if c.cohort_norm is False:
+            return None
+        co = load_cohort(c.embedder)
+        if co is None and c.cohort_norm:
+            raise ValueError(f"cohort_norm=true, but embedder {c.embedder!r} ships no cohort (facecluster.cohort; only dlib does)")
+        return co
+
+    def cohort_shift(self) -> float:
+        c = self.config
+        if c.cohort_shift is not None:
+            return c.cohort_shift
+        return COHORT_SHIFT_BY_EMBEDDER.get(c.embedder or "", 0.0)
+
+    def cohort_levels(self, X: np.ndarray) -> Optional[np.ndarray]:
+        """(N,) cohort levels of plain descriptors (None when normalisation is off). Features of
+        another dimension than the cohort's are not the embedder's descriptors: an error when
+        ``cohort_norm=true`` was asked for, else a warning and the raw cosine."""
+        co = self.cohort()
+        if co is not None and X.shape[1] != co.faces.shape[1]:
+            msg = f"features are {X.shape[1]}-D, the {self.config.embedder} cohort is {co.faces.shape[1]}-D"
+            if self.config.cohort_norm:
+                raise ValueError(f"cohort_norm=true: {msg}")
+            log.warning("%s: cohort normalisation off (raw cosine)", msg)
+            co = None
+        self._cohort_used = co is not None
+        if co is None:
+            return None
+        with self._timed("cohort"):
+            return co.levels(X, backend=self.config.knn_backend, device=self.device)
+
+    def weights_fingerprint(self) -> Optional[str]:
+        """The shipped cohort's content hash when it is in use (a new cohort reclusters)."""
+        co = self.cohort()
+        return None if co is None else cohort_fingerprint(self.config.embedder)
+
     def settings(self) -> dict:
         d = super().settings()
+        used = getattr(self, "_cohort_used", None)  # after a fit: whether it applied
+        d["cohort_norm"] = used if used is not None else self.cohort() is not None
+        d["cohort_shift"] = self.cohort_shift()
         d["min_sim"] = self.min_sim()
         d["weight_temp"] = self.weight_temp()
         d["merge_min_sim"] = self.merge_min_sim()
@@ -320,6 +408,9 @@ class InfomapClusterer(Clusterer):
         with self._timed("knn"):
             sims, ids = knn(X, cfg.k, backend=cfg.knn_backend, device=self.device)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule (spares its own kNN)
+        lev = self.cohort_levels(X)
+        if lev is not None:  # every step below sees the normalised values (neighbour order unchanged)
+            sims = self.cohort().normalise(sims, ids, lev, lev, self.cohort_shift())
         with self._timed("graph"):
             rows = np.repeat(np.arange(n), ids.shape[1])
             cols = ids.reshape(-1)

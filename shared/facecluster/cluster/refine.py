@@ -41,6 +41,10 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_min_links",
     "merge_min_size",
     "merge_mutual",
+    "merge_close_q",
+    "merge_close_min_links",
+    "merge_close_margin",
+    "merge_again",
     "merge_lone_recip",
     "attach_max_size",
     "attach_min_size",
@@ -73,13 +77,15 @@ def refine_partition(
     lone_recip: int = 0,
     timed: Optional[Callable[[str], ContextManager]] = None,
 ) -> np.ndarray:
-    """Fragment merge, optional weak-cut split, small-cluster attach, relative attach.
+    """Fragment merge, optional weak-cut split, small-cluster attach, relative attach, and
+    (``merge_again``) a second fragment merge of clusters of two or more faces.
 
     Parameters
     ----------
     labels : (N,) int partition to refine (singletons have their own ids).
-    ids, sims : (N, k) kNN lists of the plain L2-normalised descriptors, similarity descending
-        (self anywhere, ignored; -1 = no neighbour).
+    ids, sims : (N, k) kNN lists of the plain L2-normalised descriptors, nearest first
+        (self anywhere, ignored; -1 = no neighbour); the similarities may be cohort-normalised
+        (:mod:`facecluster.cohort`, Infomap) while the order stays the plain cosine's.
     cfg : an object with the post-step settings named in ``REFINE_FIELDS`` (an ``InfomapConfig``).
     lone_recip : the resolved ``merge_lone_recip`` (``InfomapClusterer.lone_recip``).
     merge_min_sim, attach_min_sim : the resolved thresholds (cosine); ``cfg``'s
@@ -104,6 +110,9 @@ def refine_partition(
                 min_links=cfg.merge_min_links,
                 min_size=cfg.merge_min_size,
                 mutual=cfg.merge_mutual,
+                close_q=cfg.merge_close_q,
+                close_min_links=cfg.merge_close_min_links,
+                close_margin=cfg.merge_close_margin,
                 lone_recip=lone_recip,
             )
     if cfg.split_min_size > 0:
@@ -144,6 +153,25 @@ def refine_partition(
                 share=cfg.attach_rel_share,
                 q=cfg.attach_rel_q,
                 margin=cfg.attach_rel_margin,
+            )
+    if cfg.merge_fragments and cfg.merge_again:
+        # the attach steps moved lone faces and small fragments into clusters; a piece whose links
+        # went to those is now pointing into one cluster (a long-video person split 80 / 13 %
+        # rejoins). Lone faces stay where the attach steps left them (passers-by).
+        with timed("merge"):
+            m = cfg.merge_k + 1
+            labels = merge_fragments(
+                labels,
+                ids[:, :m],
+                sims[:, :m],
+                min_sim=merge_min_sim,
+                share=cfg.merge_share,
+                min_links=cfg.merge_min_links,
+                min_size=max(2, cfg.merge_min_size),
+                mutual=cfg.merge_mutual,
+                close_q=cfg.merge_close_q,
+                close_min_links=cfg.merge_close_min_links,
+                close_margin=cfg.merge_close_margin,
             )
     return np.asarray(labels, np.int64)
 
@@ -212,7 +240,9 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: training identities, docs/benchmarks/gcn_ve.md §7): a small cluster attaches when 60 % of its
 #: members' 10 nearest neighbours agree (Infomap: 80 %). A learned method's partition leaves more
 #: small same-person fragments whose neighbours mostly, not almost all, agree.
-LEARNED_REFINE_DEFAULTS: dict[str, Any] = {"attach_share": 0.6}
+#: The close-halves merge and the second merge pass (eleventh session) were measured for Infomap
+#: only: off for them.
+LEARNED_REFINE_DEFAULTS: dict[str, Any] = {"attach_share": 0.6, "merge_close_q": None, "merge_again": False}
 
 #: The similarity floor of a learned method's own links when the refinement runs after it, per
 #: embedder (plain-descriptor cosine; without the refinement ``calibration.LINK_FLOOR_BY_EMBEDDER``

@@ -28,6 +28,7 @@ def estimate_mean(feats: np.ndarray) -> np.ndarray:
 
 def register(app: typer.Typer) -> None:
     register_floor(app)
+    register_cohort(app)
 
     @app.command("mean")
     def train_mean(
@@ -129,3 +130,44 @@ def register_floor(app: typer.Typer) -> None:
             typer.echo(f"{wdp}: {r['n']} faces, different-person max {r['diff_max']}, proposed floor {r['proposed_floor']}")
         if output:
             output.write_text(json.dumps(out, indent=1))
+
+
+# --------------------------------------------------------------------------------------------
+# cohort for score normalisation (facecluster.cohort)
+# --------------------------------------------------------------------------------------------
+def register_cohort(app: typer.Typer) -> None:
+    @app.command("cohort")
+    def train_cohort(
+        work_dir: list[Path] = typer.Option(..., "--work-dir", "-w", help="Embedded work dirs (repeatable, one per crop style); labels = image folder."),
+        output: Path = typer.Option(..., "-o", "--output", help="Where to write the cohort .npz (weights/<embedder>_cohort.npz)."),
+        k: int = typer.Option(10, help="Cohort neighbours averaged into a face's level."),
+        seed: int = typer.Option(0, help="Seed of the one-face-per-person draw."),
+    ):
+        """Build an embedder's score-normalisation cohort from the training identities of
+        embedded work dirs: one face per person, drawn among all its faces in every given crop
+        style, and the mean level of all those faces (facecluster.cohort)."""
+        import json
+
+        from ..cohort import build_cohort, save_cohort
+        from ..evaluate import labels_from
+        from ..workdir import WorkDir, atomic_write_json
+        from .splits import validation_mask
+
+        xs, ns, embedders = [], [], set()
+        for wdp in work_dir:
+            wd = WorkDir(wdp)
+            feats, index, meta = wd.read_features()
+            man = wd.read_manifest()
+            names = np.asarray(labels_from([man["records"][j] for j in index], "folder")).astype(str)
+            keep = ~validation_mask("any", names)  # the split depends on the identity name only
+            xs.append(feats[keep])
+            ns.append(names[keep])
+            embedders.add(meta["embedder"]["embedder"])
+        if len(embedders) != 1:
+            raise typer.BadParameter(f"work dirs from different embedders: {sorted(embedders)}")
+        co, info = build_cohort(np.concatenate(xs), np.concatenate(ns), k=k, seed=seed)
+        save_cohort(output, co)
+        info["embedder"] = embedders.pop()
+        info["work_dirs"] = [p.name for p in work_dir]
+        atomic_write_json(output.with_suffix(".json"), info)
+        typer.echo(json.dumps(info))
