@@ -95,13 +95,22 @@ def test_infomap_numpy_handoff_same_partition_as_tuples(faces, tmp_path):
     from facecluster.cluster import get_clusterer
 
     x, _ = faces
-    c = get_clusterer("infomap", device="cpu", embedder="dlib", merge_fragments=False, attach_max_size=0, join_duplicates=False)  # Infomap alone, no post-steps
+    c = get_clusterer(
+        "infomap", device="cpu", embedder="dlib", merge_fragments=False, attach_max_size=0, attach_frac=0, join_duplicates=False
+    )  # Infomap alone, no post-steps
     lab = c.fit_predict(x)
     # the hand-off as it was: a Python loop over (source, target, weight) tuples
     s, i = knn_mod.knn(x, 80)
     n = len(x)
     rows = np.repeat(np.arange(n), i.shape[1])
     cols, w = i.reshape(-1), s.reshape(-1)
+    # the default's cohort normalisation (dlib; its formula is checked in tests/test_cohort.py)
+    from facecluster.cohort import load_cohort
+
+    co = load_cohort("dlib")
+    assert c.cohort_shift() == 0.003
+    lev = co.levels(x)
+    w = co.normalise(s, i, lev, lev, 0.003).reshape(-1)
     keep = (cols != rows) & (w >= c.min_sim())
     lo, hi = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
     _, first = np.unique(lo * n + hi, return_index=True)

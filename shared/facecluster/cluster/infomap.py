@@ -14,6 +14,15 @@ links between look-alikes weigh as much as a person's own strong links; the temp
 the faces in mixed clusters on held-out LFW and leaves video unchanged
 (docs/benchmarks/default_quality.md, "Edge weights").
 
+Cohort normalisation (``cohort_norm``, on for dlib since the eleventh session): before the graph is
+built, every kNN similarity becomes s - (l_i + l_j) / 2 + ref + ``cohort_shift`` (0.003), where a
+face's level l is its mean cosine to its 10 most similar faces of a fixed cohort of other people
+shipped with the embedder (:mod:`facecluster.cohort`). A degraded face resembles everyone and
+links less readily: held-out LFW 0.952 -> 0.965 with no mixed cluster left, 80-px JPEGs 0.663 ->
+0.714 (606 -> 133 faces in mixed clusters), photos from mixed sources 0.840 -> 0.867; Yale and
+ORL -0.013 (docs/benchmarks/default_quality.md, "Cohort normalisation"). The graph, its weights
+and every post-step below see the normalised values (neighbour order unchanged).
+
 Fragment merge (``merge_fragments``, on by default): a threshold strict enough for a photo
 collection full of one-photo people (LFW) splits the 900-face clusters of a long video into
 pieces (the same person in sunglasses, in profile, in low light). After Infomap, a cluster
@@ -28,7 +37,10 @@ towards the smaller (``merge_mutual``, issue 11): halves of one person, where th
 keeps most of its links inside itself. With dlib features a lone face joins only with at least one
 reciprocal link into its target (``merge_lone_recip``, issue 13): a passer-by beside a long
 video's person is in none of that person's neighbour lists, while the person's own odd frame
-usually is.
+usually is. Close halves (``merge_close_q``): two clusters that are each other's first choice, linked
+across as tightly as within (median link across >= both clusters' internal 10th percentile), join:
+one person split into two big scenes. After the attach steps the merge runs once more for clusters of
+two or more faces (``merge_again``): a piece whose links went to faces attached since then joins.
 
 Small-cluster attach (``attach_small``, on by default since issue 13): what is left as a
 singleton, pair or triple joins the cluster that >= 80 % of its members' 10 nearest neighbours
@@ -301,7 +313,7 @@ def _parallel_trials(num_trials: int) -> dict:
 class InfomapClusterer(Clusterer):
     name = "infomap"
     uses_face_px: ClassVar[bool] = True
-    summary = "Training-free: Infomap on the kNN cosine graph, then fragments and lone faces joined by neighbour vote (default; fast, no weights)."
+    summary = "Training-free: Infomap on the kNN cosine graph (cohort-normalised for dlib), then fragments and lone faces joined by neighbour vote (default; fast, no trained weights)."
     Config = InfomapConfig
     #: the pipeline passes the plain descriptors (see module doc)
     wants_raw_features: ClassVar[bool] = True
