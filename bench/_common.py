@@ -129,8 +129,12 @@ def cohort_leave_own_out(x: np.ndarray, names):
     validation identities, which the cohort does not hold."""
     from facecluster.cohort import Cohort
 
+    from facecluster.knn import l2_normalize
+
     rows = np.ascontiguousarray(np.asarray(x, np.float32))
     lookup = {r.tobytes(): str(n) for r, n in zip(rows, np.asarray(names))}
+    # the same faces L2-normalised, as methods that judge links on plain descriptors pass them
+    lookup.update({r.tobytes(): str(n) for r, n in zip(np.ascontiguousarray(l2_normalize(rows)), np.asarray(names))})
     orig = Cohort.levels
 
     def levels(self, q, *, exclude=None, **kw):

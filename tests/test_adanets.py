@@ -288,6 +288,8 @@ def test_similarity_floor_on_graph_and_final_links(tiny_ckpts):
 def test_shipped_weights_are_calibrated_and_copies_share_a_cluster():
     c = AdaNetsClusterer(device="cpu", embedder="dlib")
     assert c.feature_kind() == "calibrated" and c.link_floor() is not None
+    assert c.settings()["floor_cohort"] is True  # the floor is cohort-normalised for dlib
+    assert AdaNetsClusterer(device="cpu", embedder="dlib", similarity_floor=False).settings()["floor_cohort"] is False
     rng = np.random.default_rng(5)
     X = rng.normal(size=(60, 128)).astype(np.float32)
     X = np.concatenate([X[:30], np.repeat(X[30:31], 4, axis=0), X[31:]])

@@ -196,6 +196,47 @@ def test_floor_mask_torch_blocks_match_numpy():
     assert floor_mask(ids, xr, None) is None
 
 
+def test_floor_with_cohort_offsets_cuts_links_of_faces_that_look_like_anyone():
+    """The floor compares cos - (d_i + d_j) / 2 (refine.learned_floor_dev): a link whose plain
+    cosine passes is cut when both faces sit above the cohort's reference, kept without offsets;
+    the CUDA path's torch code gives the same mask."""
+    from facecluster.cluster.gcn_v import _floor_mask_torch, floor_keep, floor_mask
+
+    xr = l2_normalize(np.array([[1.0, 0.0], [0.95, np.sqrt(1 - 0.95**2)], [0.0, 1.0]], np.float32))
+    peak = np.array([1, 0, -1])
+    keep = np.array([True, True, False])
+    assert floor_keep(keep, peak, xr, 0.94).tolist() == [True, True, False]  # cos 0.95 >= 0.94
+    dev = np.array([0.02, 0.02, 0.0], np.float32)  # both look like anyone: 0.95 - 0.02 < 0.94
+    assert floor_keep(keep, peak, xr, 0.94, dev).tolist() == [False, False, False]
+    assert floor_keep(keep, peak, xr, 0.94, -dev).tolist() == [True, True, False]
+    rng = np.random.default_rng(4)
+    x2 = l2_normalize(rng.standard_normal((300, 16)).astype(np.float32))
+    ids = rng.integers(0, 300, (300, 20))
+    ids[::5, -2:] = -1
+    d2 = rng.uniform(-0.01, 0.04, 300).astype(np.float32)
+    want = floor_mask(ids, x2, 0.2, dev=d2)
+    assert not np.array_equal(want, floor_mask(ids, x2, 0.2))  # the offsets matter
+    assert (_floor_mask_torch(ids, x2, 0.2, "cpu", rows=64, dev=d2) == want).mean() > 0.999
+
+
+def test_learned_floor_dev_follows_the_floor_and_the_embedder():
+    from facecluster.cluster.gcn_v import GCNVConfig
+    from facecluster.cluster.refine import learned_floor_dev
+    from facecluster.cohort import load_cohort
+
+    co = load_cohort("dlib")
+    xr = co.faces[:5]
+    d = learned_floor_dev(GCNVConfig(embedder="dlib"), "dlib", xr)
+    np.testing.assert_allclose(d, co.deviations(co.levels(xr)))
+    assert learned_floor_dev(GCNVConfig(embedder="dlib", floor_cohort=False), "dlib", xr) is None
+    assert learned_floor_dev(GCNVConfig(embedder="dlib", similarity_floor=False), "dlib", xr) is None
+    assert learned_floor_dev(GCNVConfig(embedder="mbf"), "mbf", np.ones((2, 512), np.float32)) is None
+    with pytest.raises(ValueError, match="floor_cohort=true"):
+        learned_floor_dev(GCNVConfig(embedder="mbf", floor_cohort=True), "mbf", np.ones((2, 512), np.float32))
+    assert get_clusterer("gcn-ve", device="cpu", embedder="dlib").settings()["floor_cohort"] is True
+    assert get_clusterer("gcn-ve", device="cpu", embedder="dlib", similarity_floor=False).settings()["floor_cohort"] is False
+
+
 def _gcn_e_case(ckpts, seed):
     """The random-checkpoint GCN-E and 300 random faces' GCN-V-like features, kNN (k 40),
     confidences, and the generator for more draws."""

@@ -93,6 +93,10 @@ class Cohort:
         top = -np.sort(-sims, axis=1)[:, : self.k]
         return top.mean(axis=1, dtype=np.float64).astype(np.float32)
 
+    def deviations(self, levels: np.ndarray) -> np.ndarray:
+        """(N,) levels -> (N,) float32 deviations from ``ref``, bounded to [-MAX_BELOW, MAX_ABOVE]."""
+        return np.clip(np.asarray(levels, np.float32) - np.float32(self.ref), -MAX_BELOW, MAX_ABOVE)
+
     def normalise(self, sims: np.ndarray, ids: np.ndarray, lev_query: np.ndarray, lev_db: np.ndarray, shift: float = 0.0) -> np.ndarray:
         """kNN similarities -> cohort-normalised similarities, same shape and neighbour order.
 
@@ -111,8 +115,7 @@ class Cohort:
         """
         sims = np.asarray(sims, np.float32)
         ids = np.asarray(ids)
-        dq = np.clip(np.asarray(lev_query, np.float32) - np.float32(self.ref), -MAX_BELOW, MAX_ABOVE)
-        dd = np.clip(np.asarray(lev_db, np.float32) - np.float32(self.ref), -MAX_BELOW, MAX_ABOVE)
+        dq, dd = self.deviations(lev_query), self.deviations(lev_db)
         half = 0.5 * (dq[:, None] + dd[np.clip(ids, 0, max(len(dd) - 1, 0))])
         out = sims - half + np.float32(shift)
         return np.where(ids >= 0, out, sims).astype(np.float32, copy=False)

@@ -116,7 +116,7 @@ class GCNVEClusterer(GCNVClusterer):
                 self._order(conf),
                 ids,
                 sims,
-                allowed=floor_mask(ids, st["xr"], r["min_link_sim"], self.device) if r["floor_pick"] else None,
+                allowed=floor_mask(ids, st["xr"], r["min_link_sim"], self.device, dev=st["dev"]) if r["floor_pick"] else None,
                 ignore_ratio=r["ignore_ratio"],
                 th_sim=self.config.th_sim,
                 device=self.device,
@@ -124,7 +124,7 @@ class GCNVEClusterer(GCNVClusterer):
                 progress=self.config.progress,
             )
         with self._timed("components"):
-            keep = floor_keep(link_keep(peak, psim, r["tau"]), peak, st["xr"], r["min_link_sim"])
+            keep = floor_keep(link_keep(peak, psim, r["tau"]), peak, st["xr"], r["min_link_sim"], st["dev"])
             src = np.nonzero(keep)[0]
             labels = components(n, src, peak[src])
         return self._refine(labels, st, r)

@@ -51,12 +51,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..calibration import calibration_mean, pair_cosine, prepare_features
+from ..calibration import calibration_mean, prepare_features
 from ..graph import build_adjacency, build_adjacency_torch, components, nearest_higher
 from ..knn import knn, l2_normalize
 from . import gcn_common as gc
 from .base import Clusterer
-from .refine import RefineConfig, learned_link_floor, refine_learned, refine_on
+from .refine import RefineConfig, floor_cosine, learned_floor_dev, learned_link_floor, refine_learned, refine_on
 
 #: the papers' MS1M test configs (cfg_test_gcnv_ms1m.py / cfg_test_gcne_ms1m.py)
 PAPER_DEFAULTS: dict[str, Any] = {
@@ -161,6 +161,15 @@ class GCNVClusterer(Clusterer):
         """The similarity floor in use (None: off)."""
         return learned_link_floor(self.config, self.embedder())
 
+    def floor_cohort(self) -> bool:
+        """Whether the floor is cohort-normalised (resolved: the floor is on and the embedder ships a cohort)."""
+        from ..cohort import load_cohort
+
+        c = self.config
+        if self.link_floor() is None or c.floor_cohort is False:
+            return False
+        return bool(c.floor_cohort) or load_cohort(self.embedder()) is not None
+
     def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) input → (plain L2-normalised, what the network reads)."""
         xr = l2_normalize(X)
@@ -184,6 +193,7 @@ class GCNVClusterer(Clusterer):
         cfg["checkpoint_v"] = str(self._path_v())
         cfg["features"] = self.feature_kind()
         cfg["min_link_sim"] = self.link_floor()
+        cfg["floor_cohort"] = self.floor_cohort()
         cfg["duplicate_sim"] = self.duplicate_sim()
         cfg["refine"] = refine_on(self.config, self.embedder())
         return cfg
@@ -215,7 +225,8 @@ class GCNVClusterer(Clusterer):
 
     def _gcn_v_stage(self, X: np.ndarray, r: dict[str, Any]) -> dict[str, np.ndarray]:
         """Steps 1–3: kNN, adjacency, GCN-V. Returns ids/sims (N, k'), conf (N,), feat (N, nhid),
-        xr (N, D) plain L2-normalised descriptors (for the floor)."""
+        xr (N, D) plain L2-normalised descriptors (for the floor), dev (N,) the floor's cohort
+        offsets or None (:func:`refine.learned_floor_dev`)."""
         dev = self.device
         with self._timed("load_gcn_v"):
             model = self._load_v()
@@ -231,7 +242,11 @@ class GCNVClusterer(Clusterer):
                    else build_adjacency(ids, sims, self.config.th_sim))
         with self._timed("gcn_v"):
             conf, feat = gcn_v_forward(model, X, adj, dev)
-        return {"ids": ids, "sims": sims, "conf": conf, "feat": feat, "xr": xr}
+        with self._timed("cohort"):
+            dev_f = None if self.link_floor() is None else learned_floor_dev(
+                self.config, self.embedder(), xr, backend=self.config.knn_backend, device=dev
+            )
+        return {"ids": ids, "sims": sims, "conf": conf, "feat": feat, "xr": xr, "dev": dev_f}
 
     def _stage_b_knn(self, feat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._timed("knn_gcn_feat"):
@@ -252,13 +267,15 @@ class GCNVClusterer(Clusterer):
         if not r["use_gcn_feat"]:
             with self._timed("peaks"):
                 labels = peaks_labels(
-                    st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device
+                    st["ids"], st["sims"], order, r["tau_0"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device,
+                    dev=st["dev"],
                 )
         else:
             sims, ids = self._stage_b_knn(st["feat"], r["k"])
             with self._timed("peaks"):
                 labels = peaks_labels(
-                    ids, sims, order, r["tau"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device
+                    ids, sims, order, r["tau"], xr=st["xr"], floor=floor, floor_pick=r["floor_pick"], device=self.device,
+                    dev=st["dev"],
                 )
         return self._refine(labels, st, r)
 
@@ -309,40 +326,45 @@ def link_keep(peak: np.ndarray, peak_sim: np.ndarray, tau: float) -> np.ndarray:
     return (peak >= 0) & ((1.0 - peak_sim.astype(np.float64)) < (1.0 - float(tau)))
 
 
-def floor_keep(keep: np.ndarray, peak: np.ndarray, xr: np.ndarray | None, floor: float | None) -> np.ndarray:
+def floor_keep(keep: np.ndarray, peak: np.ndarray, xr: np.ndarray | None, floor: float | None, dev: np.ndarray | None = None) -> np.ndarray:
     """``keep`` (N,) bool narrowed to the links i→peak[i] whose plain-descriptor cosine
-    (rows of ``xr``, (N, D) L2-normalised) is >= ``floor``; unchanged when ``floor`` is None."""
+    (rows of ``xr``, (N, D) L2-normalised; minus (dev[i] + dev[peak]) / 2 with the cohort
+    offsets ``dev``, :func:`refine.learned_floor_dev`) is >= ``floor``; unchanged when ``floor`` is None."""
     if floor is None or xr is None:
         return keep
     keep = keep.copy()
     src = np.nonzero(keep)[0]
-    keep[src] = pair_cosine(xr, src, peak[src]) >= floor
+    keep[src] = floor_cosine(xr, src, peak[src], dev) >= floor
     return keep
 
 
-def floor_mask(ids: np.ndarray, xr: np.ndarray | None, floor: float | None, device: str = "cpu") -> np.ndarray | None:
+def floor_mask(ids: np.ndarray, xr: np.ndarray | None, floor: float | None, device: str = "cpu", dev: np.ndarray | None = None) -> np.ndarray | None:
     """(N, k) bool: which kNN list entries ``ids`` have a plain-descriptor cosine (rows of
-    ``xr``, L2-normalised) >= ``floor`` with their row's face; None when there is no floor.
+    ``xr``, L2-normalised; cohort-normalised with ``dev`` as in :func:`floor_keep`) >= ``floor``
+    with their row's face; None when there is no floor.
     N·k cosines: ~6 s for 100k x 160 on 2 CPU cores, so on CUDA they are computed there."""
     if floor is None or xr is None:
         return None
     if device.startswith("cuda"):
-        return _floor_mask_torch(ids, xr, floor, device)
+        return _floor_mask_torch(ids, xr, floor, device, dev=dev)
     n, k = ids.shape
     valid = ids >= 0
-    cos = pair_cosine(xr, np.repeat(np.arange(n), k), np.where(valid, ids, 0).reshape(-1)).reshape(n, k)
+    cos = floor_cosine(xr, np.repeat(np.arange(n), k), np.where(valid, ids, 0).reshape(-1), dev).reshape(n, k)
     return valid & (cos >= floor)
 
 
-def _floor_mask_torch(ids: np.ndarray, xr: np.ndarray, floor: float, device: str, rows: int = 8192) -> np.ndarray:
+def _floor_mask_torch(ids: np.ndarray, xr: np.ndarray, floor: float, device: str, rows: int = 8192, dev: np.ndarray | None = None) -> np.ndarray:
     """``floor_mask`` with torch on ``device``, in blocks of ``rows`` faces (memory rows·k·D)."""
     n, k = ids.shape
     x = torch.from_numpy(np.ascontiguousarray(xr, dtype=np.float32)).to(device)
+    d = None if dev is None else torch.from_numpy(np.ascontiguousarray(dev, dtype=np.float32)).to(device)
     out = np.empty((n, k), bool)
     for s in range(0, n, rows):
         e = min(n, s + rows)
         ii = torch.from_numpy(ids[s:e]).to(device)
         cos = torch.bmm(x[ii.clamp(min=0)], x[s:e].unsqueeze(2)).squeeze(2)
+        if d is not None:
+            cos = cos - 0.5 * (d[s:e].unsqueeze(1) + d[ii.clamp(min=0)])
         out[s:e] = ((ii >= 0) & (cos >= floor)).cpu().numpy()
     return out
 
@@ -357,15 +379,17 @@ def peaks_labels(
     floor: float | None = None,
     floor_pick: bool = False,
     device: str = "cpu",
+    dev: np.ndarray | None = None,
 ) -> np.ndarray:
     """Nearest-higher-confidence peaks on a kNN list, cut at ``tau`` (and at the similarity
-    ``floor`` of the plain descriptors ``xr`` when given), connected components.
+    ``floor`` of the plain descriptors ``xr`` when given, cohort-normalised with ``dev``),
+    connected components.
 
     ``floor_pick``: a face's peak is its nearest higher-confidence neighbour *among those that
     pass the floor* (none: a root); without it the nearest one, whose link the floor may cut.
 
     ids, sims : (N, k) kNN (descending similarity); conf : (N,). Returns (N,) int64 labels."""
-    peak, psim = nearest_higher(ids, sims, conf, floor_mask(ids, xr, floor, device) if floor_pick else None)
-    keep = floor_keep(link_keep(peak, psim, tau), peak, xr, floor)
+    peak, psim = nearest_higher(ids, sims, conf, floor_mask(ids, xr, floor, device, dev=dev) if floor_pick else None)
+    keep = floor_keep(link_keep(peak, psim, tau), peak, xr, floor, dev)
     src = np.nonzero(keep)[0]
     return components(len(conf), src, peak[src])

@@ -210,6 +210,13 @@ class RefineConfig(ClusterConfig):
         "embedder has tuned post-step thresholds (dlib), off otherwise, so similarity_floor=false "
         "still gives the original algorithm.",
     )
+    floor_cohort: Optional[bool] = Field(
+        None,
+        description="The similarity floor judges each link on the cohort-normalised cosine (facecluster.cohort): "
+        "cos - (d_i + d_j) / 2 >= the floor, d = a face's level minus the cohort's reference (bounded), so a "
+        "degraded face that resembles everyone needs a higher cosine to link. None: on when the floor is on and "
+        "the embedder ships a cohort (dlib); false: the plain cosine (docs/benchmarks.md §9, 'Eleventh session').",
+    )
     refine_settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of the post-step settings, by their infomap names (merge_min_sim, "
@@ -268,6 +275,31 @@ def learned_link_floor(config: RefineConfig, embedder: Optional[str]) -> Optiona
     if refine_on(config, embedder) and (embedder or "") in REFINED_LINK_FLOOR_BY_EMBEDDER:
         return REFINED_LINK_FLOOR_BY_EMBEDDER[embedder or ""]
     return link_floor(embedder)
+
+
+def learned_floor_dev(config: RefineConfig, embedder: Optional[str], xr: np.ndarray, *, backend: str = "auto", device: str = "cpu") -> Optional[np.ndarray]:
+    """(N,) float32 per-face floor offsets (cohort deviations; a link i-j passes when
+    cos - (d_i + d_j) / 2 >= the floor), or None: floor off, ``floor_cohort`` false, no cohort
+    for the embedder, or features of another width (then ``floor_cohort=true`` is an error)."""
+    from ..cohort import load_cohort
+
+    if not getattr(config, "similarity_floor", False) or config.floor_cohort is False:
+        return None
+    co = load_cohort(embedder)
+    if co is None or xr.shape[1] != co.faces.shape[1]:
+        if config.floor_cohort:
+            raise ValueError(f"floor_cohort=true, but embedder {embedder!r} has no cohort for {xr.shape[1]}-D features")
+        return None
+    return co.deviations(co.levels(xr, backend=backend, device=device))
+
+
+def floor_cosine(xr: np.ndarray, a: np.ndarray, b: np.ndarray, dev: Optional[np.ndarray] = None) -> np.ndarray:
+    """Cosine of the pairs (a[p], b[p]) of L2-normalised rows of ``xr``, minus (dev[a] + dev[b]) / 2
+    when ``dev`` (:func:`learned_floor_dev`) is given: what the similarity floor compares."""
+    cos = pair_cosine(xr, a, b)
+    if dev is not None:
+        cos -= 0.5 * (dev[np.asarray(a, np.int64)] + dev[np.asarray(b, np.int64)])
+    return cos
 
 
 def refine_learned(

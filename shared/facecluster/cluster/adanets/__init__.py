@@ -29,13 +29,13 @@ from typing import ClassVar, Literal, Optional
 import numpy as np
 from pydantic import Field
 
-from ...calibration import calibration_mean, pair_cosine, prepare_features
+from ...calibration import calibration_mean, prepare_features
 from ...graph import components
 from ...knn import knn, l2_normalize
 from ...progress import bar
 from ..base import Clusterer
 from ..gcn_common import DEFAULT_EMBEDDER, checkpoint_features, shipped_set
-from ..refine import RefineConfig, learned_link_floor, refine_learned, refine_on
+from ..refine import RefineConfig, floor_cosine, learned_floor_dev, learned_link_floor, refine_learned, refine_on
 from .and_model import ANDModel, load_and_checkpoint, predict_k
 from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
@@ -194,9 +194,19 @@ class AdaNetsClusterer(Clusterer):
         """The similarity floor in use (None: off)."""
         return learned_link_floor(self.config, self.embedder())
 
+    def floor_cohort(self) -> bool:
+        """Whether the floor is cohort-normalised (resolved: the floor is on and the embedder ships a cohort)."""
+        from ...cohort import load_cohort
+
+        c = self.config
+        if self.link_floor() is None or c.floor_cohort is False:
+            return False
+        return bool(c.floor_cohort) or load_cohort(self.embedder()) is not None
+
     def settings(self) -> dict:
         d = super().settings()
         d.update(self.resolved())
+        d["floor_cohort"] = self.floor_cohort()
         d["features"] = self.feature_kind()
         d["min_link_sim"] = self.link_floor()
         d["refine"] = refine_on(self.config, self.embedder())
@@ -222,8 +232,14 @@ class AdaNetsClusterer(Clusterer):
         floor = self.link_floor()
         if n and x.shape[1] != m_and.feature_dim:
             raise ValueError(f"Ada-NETS weights expect {m_and.feature_dim}-d features, got {x.shape[1]}-d")
+        self.floor_dev_ = None
         if n == 0:
             return np.zeros((0, m_gcn.nhid), np.float32), xr
+        # the floor's per-face cohort offsets (None: plain cosine), also read by fit_predict
+        with self._timed("cohort"):
+            self.floor_dev_ = None if floor is None else learned_floor_dev(
+                c, self.embedder(), xr, backend=c.knn_backend, device=dev
+            )
         scale_max = int(meta_and.get("scale_max", r["k"]))
         with self._timed("knn"):
             sims, ids = knn(x, r["k"], normalize=False, backend=c.knn_backend, device=dev)
@@ -244,7 +260,7 @@ class AdaNetsClusterer(Clusterer):
         with self._timed("adjacency"):
             if floor is not None:
                 # edges under the floor get an infinite distance, so the adjacency drops them
-                cos = pair_cosine(xr, np.repeat(np.arange(n), ids_ss.shape[1]), ids_ss.reshape(-1)).reshape(ids_ss.shape)
+                cos = floor_cosine(xr, np.repeat(np.arange(n), ids_ss.shape[1]), ids_ss.reshape(-1), self.floor_dev_).reshape(ids_ss.shape)
                 d_ss = np.where(cos >= floor, d_ss, np.inf).astype(np.float32)
             # on a GPU both the adjacency and the aggregation operator are built there
             adj = adaptive_adjacency(ids_ss, d_ss, k_hat, r["th_sim"], device=dev if cuda else None)
@@ -269,7 +285,7 @@ class AdaNetsClusterer(Clusterer):
             keep = np.flatnonzero((sims.reshape(-1) >= r["final_th"]) & (cols != rows) & (cols >= 0))
             floor = self.link_floor()
             if floor is not None:
-                keep = keep[pair_cosine(xr, rows[keep], cols[keep]) >= floor]
+                keep = keep[floor_cosine(xr, rows[keep], cols[keep], self.floor_dev_) >= floor]
             labels = components(n, rows[keep], cols[keep])
         if refine_on(c, self.embedder()):
             # the default method's post-steps on the input kNN lists, scored with the plain
