@@ -170,6 +170,12 @@ class GCNVClusterer(Clusterer):
             return False
         return bool(c.floor_cohort) or load_cohort(self.embedder()) is not None
 
+    def weights_fingerprint(self) -> Optional[str]:
+        """The shipped cohort's content hash when the floor uses it (a new cohort reclusters)."""
+        from ..cohort import cohort_fingerprint
+
+        return cohort_fingerprint(self.embedder()) if self.floor_cohort() else None
+
     def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) input → (plain L2-normalised, what the network reads)."""
         xr = l2_normalize(X)

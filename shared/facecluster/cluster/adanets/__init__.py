@@ -203,6 +203,12 @@ class AdaNetsClusterer(Clusterer):
             return False
         return bool(c.floor_cohort) or load_cohort(self.embedder()) is not None
 
+    def weights_fingerprint(self) -> Optional[str]:
+        """The shipped cohort's content hash when the floor uses it (a new cohort reclusters)."""
+        from ...cohort import cohort_fingerprint
+
+        return cohort_fingerprint(self.embedder()) if self.floor_cohort() else None
+
     def settings(self) -> dict:
         d = super().settings()
         d.update(self.resolved())
