@@ -56,7 +56,7 @@ from ..graph import build_adjacency, build_adjacency_torch, components, nearest_
 from ..knn import knn, l2_normalize
 from . import gcn_common as gc
 from .base import Clusterer
-from .refine import RefineConfig, floor_cosine, learned_floor_dev, learned_link_floor, refine_learned, refine_on
+from .refine import RefineConfig, floor_cosine, learned_floor_cohort, learned_floor_dev, learned_link_floor, learned_weights_fingerprint, refine_learned, refine_on
 
 #: the papers' MS1M test configs (cfg_test_gcnv_ms1m.py / cfg_test_gcne_ms1m.py)
 PAPER_DEFAULTS: dict[str, Any] = {
@@ -162,19 +162,11 @@ class GCNVClusterer(Clusterer):
         return learned_link_floor(self.config, self.embedder())
 
     def floor_cohort(self) -> bool:
-        """Whether the floor is cohort-normalised (resolved: the floor is on and the embedder ships a cohort)."""
-        from ..cohort import load_cohort
-
-        c = self.config
-        if self.link_floor() is None or c.floor_cohort is False:
-            return False
-        return bool(c.floor_cohort) or load_cohort(self.embedder()) is not None
+        """Whether the floor is cohort-normalised (:func:`refine.learned_floor_cohort`)."""
+        return learned_floor_cohort(self.config, self.embedder(), self.link_floor())
 
     def weights_fingerprint(self) -> Optional[str]:
-        """The shipped cohort's content hash when the floor uses it (a new cohort reclusters)."""
-        from ..cohort import cohort_fingerprint
-
-        return cohort_fingerprint(self.embedder()) if self.floor_cohort() else None
+        return learned_weights_fingerprint(self.config, self.embedder(), self.link_floor())
 
     def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) input → (plain L2-normalised, what the network reads)."""

@@ -97,24 +97,28 @@ def refine_partition(
     (N,) int64 labels; every input cluster is kept or wholly joined to another.
     """
     timed = timed or (lambda step: nullcontext())
-    if cfg.merge_fragments:
+
+    def merge(labels: np.ndarray, min_size: int, lone: int) -> np.ndarray:
         with timed("merge"):
             # self is in the list (ignored); merge_k other neighbours vote
             m = cfg.merge_k + 1
-            labels = merge_fragments(
+            return merge_fragments(
                 labels,
                 ids[:, :m],
                 sims[:, :m],
                 min_sim=merge_min_sim,
                 share=cfg.merge_share,
                 min_links=cfg.merge_min_links,
-                min_size=cfg.merge_min_size,
+                min_size=min_size,
                 mutual=cfg.merge_mutual,
                 close_q=cfg.merge_close_q,
                 close_min_links=cfg.merge_close_min_links,
                 close_margin=cfg.merge_close_margin,
-                lone_recip=lone_recip,
+                lone_recip=lone,
             )
+
+    if cfg.merge_fragments:
+        labels = merge(labels, cfg.merge_min_size, lone_recip)
     if cfg.split_min_size > 0:
         with timed("split"):
             labels = split_weak(
@@ -158,21 +162,7 @@ def refine_partition(
         # the attach steps moved lone faces and small fragments into clusters; a piece whose links
         # went to those is now pointing into one cluster (a long-video person split 80 / 13 %
         # rejoins). Lone faces stay where the attach steps left them (passers-by).
-        with timed("merge"):
-            m = cfg.merge_k + 1
-            labels = merge_fragments(
-                labels,
-                ids[:, :m],
-                sims[:, :m],
-                min_sim=merge_min_sim,
-                share=cfg.merge_share,
-                min_links=cfg.merge_min_links,
-                min_size=max(2, cfg.merge_min_size),
-                mutual=cfg.merge_mutual,
-                close_q=cfg.merge_close_q,
-                close_min_links=cfg.merge_close_min_links,
-                close_margin=cfg.merge_close_margin,
-            )
+        labels = merge(labels, max(2, cfg.merge_min_size), 0)
     return np.asarray(labels, np.int64)
 
 
@@ -291,6 +281,23 @@ def learned_floor_dev(config: RefineConfig, embedder: Optional[str], xr: np.ndar
             raise ValueError(f"floor_cohort=true, but embedder {embedder!r} has no cohort for {xr.shape[1]}-D features")
         return None
     return co.deviations(co.levels(xr, backend=backend, device=device))
+
+
+def learned_floor_cohort(config: RefineConfig, embedder: Optional[str], floor: Optional[float]) -> bool:
+    """Whether a learned method's floor (``floor``, None: off) is cohort-normalised: the setting,
+    else on when the embedder ships a cohort."""
+    from ..cohort import load_cohort
+
+    if floor is None or config.floor_cohort is False:
+        return False
+    return bool(config.floor_cohort) or load_cohort(embedder) is not None
+
+
+def learned_weights_fingerprint(config: RefineConfig, embedder: Optional[str], floor: Optional[float]) -> Optional[str]:
+    """The shipped cohort's content hash when the floor uses it (a new cohort reclusters)."""
+    from ..cohort import cohort_fingerprint
+
+    return cohort_fingerprint(embedder) if learned_floor_cohort(config, embedder, floor) else None
 
 
 def floor_cosine(xr: np.ndarray, a: np.ndarray, b: np.ndarray, dev: Optional[np.ndarray] = None) -> np.ndarray:

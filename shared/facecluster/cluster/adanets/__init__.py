@@ -35,7 +35,7 @@ from ...knn import knn, l2_normalize
 from ...progress import bar
 from ..base import Clusterer
 from ..gcn_common import DEFAULT_EMBEDDER, checkpoint_features, shipped_set
-from ..refine import RefineConfig, floor_cosine, learned_floor_dev, learned_link_floor, refine_learned, refine_on
+from ..refine import RefineConfig, floor_cosine, learned_floor_cohort, learned_floor_dev, learned_link_floor, learned_weights_fingerprint, refine_learned, refine_on
 from .and_model import ANDModel, load_and_checkpoint, predict_k
 from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
@@ -195,19 +195,11 @@ class AdaNetsClusterer(Clusterer):
         return learned_link_floor(self.config, self.embedder())
 
     def floor_cohort(self) -> bool:
-        """Whether the floor is cohort-normalised (resolved: the floor is on and the embedder ships a cohort)."""
-        from ...cohort import load_cohort
-
-        c = self.config
-        if self.link_floor() is None or c.floor_cohort is False:
-            return False
-        return bool(c.floor_cohort) or load_cohort(self.embedder()) is not None
+        """Whether the floor is cohort-normalised (:func:`refine.learned_floor_cohort`)."""
+        return learned_floor_cohort(self.config, self.embedder(), self.link_floor())
 
     def weights_fingerprint(self) -> Optional[str]:
-        """The shipped cohort's content hash when the floor uses it (a new cohort reclusters)."""
-        from ...cohort import cohort_fingerprint
-
-        return cohort_fingerprint(self.embedder()) if self.floor_cohort() else None
+        return learned_weights_fingerprint(self.config, self.embedder(), self.link_floor())
 
     def settings(self) -> dict:
         d = super().settings()
