@@ -328,9 +328,10 @@ def merge_fragments(
     return lab
 
 
-def _grouped_quantile(g: np.ndarray, v: np.ndarray, q: float, ng: int) -> np.ndarray:
-    """(ng,) the ``q``-th percentile (lower value) of ``v`` within each group ``g``; NaN when empty."""
-    out = np.full(ng, np.nan)
+def _grouped_quantile(g: np.ndarray, v: np.ndarray, q: float, ng: int, empty: float = np.nan) -> np.ndarray:
+    """(ng,) the ``q``-th percentile (lower value) of ``v`` within each group ``g``; ``empty`` for a
+    group without values."""
+    out = np.full(ng, empty)
     if len(g) == 0:
         return out
     order = np.lexsort((v, g))
@@ -507,14 +508,7 @@ def attach_relative(
         a, b = lab[rows], lab[cols]
         # reference of every cluster: the q-th percentile of its internal edge similarities
         inner = a == b
-        ia, iw = a[inner], w[inner]
-        order = np.lexsort((iw, ia))
-        ia, iw = ia[order], iw[order]
-        cnt = np.bincount(ia, minlength=nc)
-        start = np.r_[0, np.cumsum(cnt)[:-1]]
-        ref = np.full(nc, np.inf)
-        has = cnt > 0
-        ref[has] = iw[start[has] + np.floor(q / 100.0 * (cnt[has] - 1)).astype(np.int64)]
+        ref = _grouped_quantile(a[inner], w[inner], q, nc, empty=np.inf)
         vote = strong & ~inner
         if not vote.any():
             break
