@@ -26,12 +26,15 @@ normalisation".
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: bounds of a face's level around ``ref`` (cosine units). Above: the levels of every real crop
 #: style measured (training and validation sets, 84k faces) lie within ref -0.035 / +0.034, so
@@ -145,6 +148,28 @@ def load_cohort(embedder: Optional[str]) -> Optional[Cohort]:
         return Cohort(faces=_unit(z["faces"]), k=int(z["k"]), ref=float(z["ref"]), names=names)
 
 
+def resolve_cohort(setting: Optional[bool], embedder: Optional[str], dim: Optional[int] = None, *, name: str = "cohort_norm") -> Optional[Cohort]:
+    """The cohort a setting asks for: ``false`` none; ``None`` the embedder's shipped cohort when
+    there is one; ``true`` the shipped cohort or an error (no silent fallback). With ``dim`` (the
+    features' width) a cohort of another width is an error for ``true`` and, for ``None``, a
+    warning and none (those are not the embedder's descriptors). ``name`` is the setting's name
+    in messages (``cohort_norm``, ``floor_cohort``)."""
+    if setting is False:
+        return None
+    co = load_cohort(embedder)
+    if co is None:
+        if setting:
+            raise ValueError(f"{name}=true, but embedder {embedder!r} ships no cohort (facecluster.cohort; only dlib does)")
+        return None
+    if dim is not None and dim != co.faces.shape[1]:
+        msg = f"features are {dim}-D, the {embedder} cohort is {co.faces.shape[1]}-D"
+        if setting:
+            raise ValueError(f"{name}=true: {msg}")
+        log.warning("%s: cohort normalisation off (%s; raw cosine)", msg, name)
+        return None
+    return co
+
+
 @lru_cache(maxsize=4)
 def cohort_fingerprint(embedder: str) -> Optional[str]:
     """sha256 of the shipped cohort file (None: none ships)."""
@@ -199,4 +224,4 @@ def save_cohort(path: Path, cohort: Cohort) -> None:
     atomic_save_npz(Path(path), faces=cohort.faces.astype(np.float32), k=np.int64(cohort.k), ref=np.float64(cohort.ref), **extra)
 
 
-__all__ = ["COHORT_K", "MAX_ABOVE", "MAX_BELOW", "Cohort", "build_cohort", "cohort_fingerprint", "cohort_path", "load_cohort", "save_cohort"]
+__all__ = ["COHORT_K", "MAX_ABOVE", "MAX_BELOW", "Cohort", "build_cohort", "cohort_fingerprint", "cohort_path", "load_cohort", "resolve_cohort", "save_cohort"]

@@ -86,7 +86,6 @@ and ``merge_min_sim`` default to the values chosen for the embedder that made th
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import warnings
@@ -95,12 +94,10 @@ from typing import ClassVar, Optional
 import numpy as np
 from pydantic import Field
 
-from ..cohort import Cohort, cohort_fingerprint, load_cohort
+from ..cohort import Cohort, cohort_fingerprint, resolve_cohort
 from ..knn import knn
 from .base import ClusterConfig, Clusterer
 from .refine import refine_partition
-
-log = logging.getLogger(__name__)
 
 
 class InfomapConfig(ClusterConfig):
@@ -353,13 +350,7 @@ class InfomapClusterer(Clusterer):
     def cohort(self) -> Optional[Cohort]:
         """The score-normalisation cohort in use (None: raw cosine). ``cohort_norm=true`` with an
         embedder that ships no cohort is an error, not a silent fallback."""
-        c = self.config
-        if c.cohort_norm is False:
-            return None
-        co = load_cohort(c.embedder)
-        if co is None and c.cohort_norm:
-            raise ValueError(f"cohort_norm=true, but embedder {c.embedder!r} ships no cohort (facecluster.cohort; only dlib does)")
-        return co
+        return resolve_cohort(self.config.cohort_norm, self.config.embedder)
 
     def cohort_shift(self) -> float:
         c = self.config
@@ -370,14 +361,9 @@ class InfomapClusterer(Clusterer):
     def cohort_levels(self, X: np.ndarray) -> Optional[np.ndarray]:
         """(N,) cohort levels of plain descriptors (None when normalisation is off). Features of
         another dimension than the cohort's are not the embedder's descriptors: an error when
-        ``cohort_norm=true`` was asked for, else a warning and the raw cosine."""
-        co = self.cohort()
-        if co is not None and X.shape[1] != co.faces.shape[1]:
-            msg = f"features are {X.shape[1]}-D, the {self.config.embedder} cohort is {co.faces.shape[1]}-D"
-            if self.config.cohort_norm:
-                raise ValueError(f"cohort_norm=true: {msg}")
-            log.warning("%s: cohort normalisation off (raw cosine)", msg)
-            co = None
+        ``cohort_norm=true`` was asked for, else a warning and the raw cosine
+        (:func:`facecluster.cohort.resolve_cohort`)."""
+        co = resolve_cohort(self.config.cohort_norm, self.config.embedder, X.shape[1])
         self._cohort_used = co is not None
         if co is None:
             return None

@@ -270,15 +270,14 @@ def learned_link_floor(config: RefineConfig, embedder: Optional[str]) -> Optiona
 def learned_floor_dev(config: RefineConfig, embedder: Optional[str], xr: np.ndarray, *, backend: str = "auto", device: str = "cpu") -> Optional[np.ndarray]:
     """(N,) float32 per-face floor offsets (cohort deviations; a link i-j passes when
     cos - (d_i + d_j) / 2 >= the floor), or None: floor off, ``floor_cohort`` false, no cohort
-    for the embedder, or features of another width (then ``floor_cohort=true`` is an error)."""
-    from ..cohort import load_cohort
+    for the embedder, or features of another width (:func:`facecluster.cohort.resolve_cohort`:
+    an error with ``floor_cohort=true``, a warning otherwise)."""
+    from ..cohort import resolve_cohort
 
-    if not getattr(config, "similarity_floor", False) or config.floor_cohort is False:
+    if not getattr(config, "similarity_floor", False):
         return None
-    co = load_cohort(embedder)
-    if co is None or xr.shape[1] != co.faces.shape[1]:
-        if config.floor_cohort:
-            raise ValueError(f"floor_cohort=true, but embedder {embedder!r} has no cohort for {xr.shape[1]}-D features")
+    co = resolve_cohort(config.floor_cohort, embedder, xr.shape[1], name="floor_cohort")
+    if co is None:
         return None
     return co.deviations(co.levels(xr, backend=backend, device=device))
 
