@@ -160,6 +160,31 @@ def test_assign_normalises_like_the_run_that_recorded_it():
         assign(stored, who, new, 6, dict(settings, embedder="mbf"))
 
 
+def test_assign_levels_only_the_stored_faces_the_new_ones_list(monkeypatch):
+    """The cohort levels of the stored faces are computed for those in the new faces' kNN lists
+    only, so an add costs what the new faces need, not a pass over the whole collection; the
+    ids are those of normalising with every stored face's level."""
+    from facecluster.cohort import Cohort, load_cohort
+
+    co = load_cohort("dlib")
+    rng = np.random.default_rng(0)
+    stored = np.repeat(co.faces[:60], 5, axis=0) + 0.01 * rng.normal(size=(300, 128)).astype(np.float32)
+    who = np.repeat(np.arange(60), 5)
+    new = co.faces[[2, 4]] + 0.01 * rng.normal(size=(2, 128)).astype(np.float32)
+    settings = dict(SETTINGS, k=10, cohort_norm=True, cohort_shift=0.003)
+    scored: list[int] = []
+    orig = Cohort.levels
+
+    def levels(self, x, **kw):
+        scored.append(len(x))
+        return orig(self, x, **kw)
+
+    monkeypatch.setattr(Cohort, "levels", levels)
+    r = assign(stored, who, new, 60, settings)
+    assert r.ids.tolist() == [2, 4]
+    assert scored[0] == 2 and sum(scored[1:]) <= 2 * 10 < len(stored)
+
+
 def test_add_refusals(base_run, tmp_path, capsys):
     tmp, _, _ = base_run
     w = _copy_w(base_run, tmp_path)

@@ -203,7 +203,13 @@ def assign(
         if co is None:
             raise ValueError(f"the collection was clustered with cohort normalisation, but embedder {settings.get('embedder')!r} ships no cohort")
         lev_new = co.levels(new, backend=backend, device=device)
-        lev_db = np.concatenate([co.levels(stored, backend=backend, device=device), lev_new]) if n else lev_new
+        # only the stored faces the new ones list need a level: the cost follows the new faces,
+        # not the collection (all 100k stored levels took 0.87 s; a 1M collection would take ~9 s)
+        lev_db = np.zeros(n + m, np.float32)
+        lev_db[n:] = lev_new
+        listed = np.unique(ids[(ids >= 0) & (ids < n)])
+        if len(listed):
+            lev_db[listed] = co.levels(stored[listed], backend=backend, device=device)
         sims = co.normalise(sims, ids, lev_new, lev_db, float(settings.get("cohort_shift", 0.0)))
         timings["cohort"] = time.perf_counter() - t
 
