@@ -111,8 +111,9 @@ B="$PY bench/embed_throughput.py"
 } 2>&1 | tee -a "$LOG"
 
 # ---- 1. GPU tests ----------------------------------------------------------------------------
-step "gpu tests" 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_embed_backends.py tests/test_embed_dali.py \
-  tests/test_embed_throughput.py tests/test_embed_torch_align.py -k "gpu or cuda or mixed or nvjpeg"
+step "gpu tests" 75 "$PY" -m pytest -q -p no:cacheprovider tests/test_embed_backends.py tests/test_embed_dali.py \
+  tests/test_embed_throughput.py tests/test_embed_torch_align.py tests/test_cohort.py tests/test_gcn_ve.py \
+  -k "gpu or cuda or mixed or nvjpeg"
 
 # ---- 2. records on disk ----------------------------------------------------------------------
 step "records" 30 $B records --src .gpu/crops --n "$N" --out "$WORK/recs"

@@ -149,3 +149,17 @@ def test_degraded_real_faces_look_like_anyone_and_normalised_scores_separate_peo
         return (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
 
     assert auc(sn) > auc(s), (auc(s), auc(sn))  # measured: 0.954 -> 0.967
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_levels_and_infomap_on_cuda_match_cpu():
+    """The cohort step on the GPU (levels by the CUDA kNN) gives the CPU's levels, and Infomap
+    with the normalisation the CPU's partition (bench/device_check.sh runs this on the device)."""
+    co = load_cohort("dlib")
+    rng = np.random.default_rng(5)
+    x = np.repeat(co.faces[:120], 6, axis=0) + 0.02 * rng.normal(size=(720, 128)).astype(np.float32)
+    np.testing.assert_allclose(co.levels(x, device="cuda"), co.levels(x), atol=1e-5)
+    cpu = get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(x)
+    gpu = get_clusterer("infomap", device="cuda", embedder="dlib").fit_predict(x)
+    assert len(np.unique(cpu)) > 50
+    assert np.array_equal(np.unique(cpu, return_inverse=True)[1], np.unique(gpu, return_inverse=True)[1])

@@ -219,6 +219,23 @@ def test_floor_with_cohort_offsets_cuts_links_of_faces_that_look_like_anyone():
     assert (_floor_mask_torch(ids, x2, 0.2, "cpu", rows=64, dev=d2) == want).mean() > 0.999
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_floor_mask_with_cohort_offsets_on_cuda_matches_numpy():
+    """The learned methods' floor mask on the GPU (torch path, cohort offsets) is numpy's
+    (bench/device_check.sh runs this on the device)."""
+    from facecluster.cluster.gcn_v import floor_mask
+
+    rng = np.random.default_rng(6)
+    x = l2_normalize(rng.standard_normal((3000, 32)).astype(np.float32))
+    ids = rng.integers(0, 3000, (3000, 40))
+    ids[::9, -4:] = -1
+    dev = rng.uniform(-0.01, 0.04, 3000).astype(np.float32)
+    want = floor_mask(ids, x, 0.1, dev=dev)
+    got = floor_mask(ids, x, 0.1, device="cuda", dev=dev)
+    assert want.any() and not want.all()
+    assert (got == want).mean() > 0.999  # float rounding at the threshold only
+
+
 def test_learned_floor_dev_follows_the_floor_and_the_embedder():
     from facecluster.cluster.gcn_v import GCNVConfig
     from facecluster.cluster.refine import learned_floor_dev
