@@ -1,0 +1,160 @@
+"""Studies of the cohort normalisation (docs/benchmarks/default_quality.md, "Cohort normalisation").
+
+``separation``: how well cohort-normalised similarities separate people, before any
+clustering: the form of the normalisation and the level's k. For each tuning regime of ``bench/regimes.py`` (training identities only), every face's 20
+nearest neighbours give same-person and different-person edges; each variant rescores them and
+the threshold that keeps 90 % of the same-person edges is set; printed: how many
+different-person edges pass it (fewer is better). Each face's own person is left out of its
+cohort neighbours, as for a user's faces (the shipped cohort holds the training identities).
+
+Variants: ``raw`` (the cosine), ``mean-K`` (what ``facecluster.cohort`` does with k = K:
+s - (l_i + l_j) / 2, l = mean cosine to the K most similar cohort faces), ``asnorm-K`` (adaptive
+S-norm: ((s - mu_i) / sd_i + (s - mu_j) / sd_j) / 2 over the K most similar cohort faces).
+
+    python bench/cohort_study.py separation --root /work/extdata/work [--k 3,5,10,20,50,200] [--asnorm 10,50]
+
+``halfsplit``: the default (Infomap) scored honestly on the tuning regimes. The shipped cohort
+holds every training identity, so on the tuning regimes a face's *look-alikes* (other training
+people) are in it, which users' look-alikes are not. Here the cohort is built from half the
+training identities (hash split) and the tuning regimes keep only the other half; the cohort's
+recipe is ``one`` (the shipped one: one face per person, random crop style) or ``styles`` (one
+face per person per crop style, ~5x the faces), with the level's k; shifts as given.
+
+    python bench/cohort_study.py halfsplit --root /work/extdata/work --cohort one:10 --shifts 0.002,0.003,0.004
+    python bench/cohort_study.py halfsplit --root /work/extdata/work --cohort raw   # cohort_norm=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import facecluster.cohort as cohort_mod  # noqa: E402
+from _common import run_method  # noqa: E402
+from regimes import TRAIN_SETS, load, tuning_regimes  # noqa: E402
+
+from facecluster.cohort import Cohort, load_cohort  # noqa: E402
+from facecluster.knn import knn, l2_normalize  # noqa: E402
+
+
+def in_half_a(name: str) -> bool:
+    """The half of the training identities a ``halfsplit`` cohort is built from (a hash of the
+    name, salted apart from the validation split's)."""
+    return int(hashlib.md5(("cohort:" + str(name)).encode()).hexdigest(), 16) % 2 == 0
+
+
+def half_a_cohort(root: Path, recipe: str, k: int, seed: int = 0) -> Cohort:
+    """A cohort from half A's training faces of every training set: ``one`` face per person
+    (random crop style) or one per person per ``styles``; ``ref`` = the mean level of all half-A
+    faces, each face's own person left out (the person may be in the cohort several times)."""
+    rng = np.random.default_rng(seed)
+    xs, ns, st = [], [], []
+    for si, s in enumerate(TRAIN_SETS):
+        x, n = load(root, s, "train")
+        m = np.array([in_half_a(v) for v in n], bool)
+        xs.append(l2_normalize(np.asarray(x[m], np.float32)))
+        ns.append(np.asarray(n[m]).astype(str))
+        st.append(np.full(int(m.sum()), si))
+    x, n, style = np.concatenate(xs), np.concatenate(ns), np.concatenate(st)
+    key = n if recipe == "one" else np.char.add(np.char.add(n, "|"), style.astype(str))
+    perm = rng.permutation(len(n))
+    _, first = np.unique(key[perm], return_index=True)
+    pick = np.sort(perm[first])
+    faces, names = x[pick], n[pick]
+    lev = np.empty(len(x), np.float32)
+    for b in range(0, len(x), 4096):
+        sc = x[b : b + 4096] @ faces.T
+        sc[names[None, :] == n[b : b + 4096, None]] = -np.inf
+        lev[b : b + 4096] = -np.sort(-sc, axis=1)[:, :k].mean(1)
+    return Cohort(faces=faces, k=k, ref=float(lev.mean(dtype=np.float64)), names=names)
+
+
+def halfsplit(a) -> None:
+    settings: dict = {}
+    recipe, _, k = a.cohort.partition(":")
+    if recipe == "raw":
+        settings["cohort_norm"] = False
+        shifts = [0.0]
+    else:
+        co = half_a_cohort(a.root, recipe, int(k or 10))
+        print(f"cohort {a.cohort}: {co.faces.shape[0]} faces, ref {co.ref:.5f}", flush=True)
+        shipped = cohort_mod.load_cohort
+        cohort_mod.load_cohort = lambda e: co if e == "dlib" else shipped(e)  # what resolve_cohort reads
+        shifts = [float(v) for v in a.shifts.split(",")]
+    regs = []
+    for reg, x, n, px in tuning_regimes(a.root, with_px=True):
+        m = ~np.array([in_half_a(v) for v in n], bool)
+        regs.append((reg, x[m], n[m], px[m]))
+    print("regimes (half B): " + " ".join(r[0] for r in regs))
+    for shift in shifts:
+        res = []
+        for reg, x, n, px in regs:
+            r = run_method("infomap", x, n, "dlib", face_px=px, **settings, **({} if recipe == "raw" else {"cohort_shift": shift}))
+            res.append((reg, r["bcubed_fscore"], r["mixed_faces"], r["n"]))
+        f = np.array([r[1] for r in res])
+        worst = min(res, key=lambda r: r[1])
+        print(f"{a.cohort} shift {shift}: worst {worst[0]} {worst[1]:.4f}  mean {f.mean():.4f}  faces in mixed clusters "
+              f"{sum(r[2] for r in res)} (most in one regime {max(r[2] / r[3] for r in res):.2%})  per regime "
+              + " ".join(f"{r[1]:.4f}" for r in res), flush=True)
+
+
+def separation(a) -> None:
+    co = load_cohort("dlib")
+    ks = [int(v) for v in a.k.split(",") if v]
+    ask = [int(v) for v in a.asnorm.split(",") if v]
+    top_k = max(ks + ask)
+    names = ["raw"] + [f"mean-{k}" for k in ks] + [f"asnorm-{k}" for k in ask]
+    total = dict.fromkeys(names, 0)
+    print(f"{'regime':24s} {'same':>7s} {'diff':>7s}  " + " ".join(f"{v:>10s}" for v in names))
+    for reg, x, n in tuning_regimes(a.root):
+        xr = l2_normalize(np.asarray(x, np.float32))
+        sims, ids = knn(xr, a.neighbours + 1)
+        sc = xr @ co.faces.T
+        sc = np.where(co.names[None, :] == np.asarray(n, object)[:, None], -np.inf, sc)  # own person out
+        top = -np.sort(-sc, axis=1)[:, :top_k]
+        rows = np.repeat(np.arange(len(n)), a.neighbours)
+        cols, s = ids[:, 1:].ravel(), sims[:, 1:].ravel()
+        ok = (cols >= 0) & (cols != rows)
+        rows, cols, s = rows[ok], cols[ok], s[ok]
+        same = n[rows] == n[cols]
+        scores = {"raw": s}
+        for k in ks:
+            lev = top[:, :k].mean(1)
+            scores[f"mean-{k}"] = s - 0.5 * (lev[rows] + lev[cols])
+        for k in ask:
+            mu, sd = top[:, :k].mean(1), top[:, :k].std(1)
+            scores[f"asnorm-{k}"] = 0.5 * ((s - mu[rows]) / sd[rows] + (s - mu[cols]) / sd[cols])
+        row = []
+        for v in names:
+            t = np.quantile(scores[v][same], 1 - a.keep)
+            c = int(np.sum(~same & (scores[v] >= t)))
+            total[v] += c
+            row.append(c)
+        print(f"{reg:24s} {int(same.sum()):7d} {int((~same).sum()):7d}  " + " ".join(f"{c:10d}" for c in row), flush=True)
+    print(f"{'total':24s} {'':7s} {'':7s}  " + " ".join(f"{total[v]:10d}" for v in names))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("separation", help="different-person edges passing, per variant")
+    sp.add_argument("--root", type=Path, required=True, help="folder of embedded work dirs (dlib)")
+    sp.add_argument("--k", default="3,5,10,20,50,200", help="levels' k for the mean form")
+    sp.add_argument("--asnorm", default="10,50", help="k for the adaptive S-norm form ('' for none)")
+    sp.add_argument("--neighbours", type=int, default=20)
+    sp.add_argument("--keep", type=float, default=0.9, help="share of same-person edges the threshold keeps")
+    hp = sub.add_parser("halfsplit", help="Infomap on half B of the tuning regimes, cohort from half A")
+    hp.add_argument("--root", type=Path, required=True)
+    hp.add_argument("--cohort", default="one:10", help="raw | one:K | styles:K")
+    hp.add_argument("--shifts", default="0.003")
+    a = ap.parse_args()
+    (separation if a.cmd == "separation" else halfsplit)(a)
+
+
+if __name__ == "__main__":
+    main()
