@@ -9,9 +9,12 @@ cohort neighbours, as for a user's faces (the shipped cohort holds the training 
 
 Variants: ``raw`` (the cosine), ``mean-K`` (what ``facecluster.cohort`` does with k = K:
 s - (l_i + l_j) / 2, l = mean cosine to the K most similar cohort faces), ``asnorm-K`` (adaptive
-S-norm: ((s - mu_i) / sd_i + (s - mu_j) / sd_j) / 2 over the K most similar cohort faces).
+S-norm: ((s - mu_i) / sd_i + (s - mu_j) / sd_j) / 2 over the K most similar cohort faces),
+``mean-10xA`` (s - A (l_i + l_j) / 2); with ``--half`` also ``styles-K`` (a cohort of one face per
+person per crop style, level over K).
 
     python bench/cohort_study.py separation --root /work/extdata/work [--k 3,5,10,20,50,200] [--asnorm 10,50]
+    python bench/cohort_study.py separation --root /work/extdata/work --half --k 10,30 --asnorm '' --alpha 0.5,1.25,1.5,2
 
 ``halfsplit``: the default (Infomap) scored honestly on the tuning regimes. The shipped cohort
 holds every training identity, so on the tuning regimes a face's *look-alikes* (other training
@@ -104,14 +107,25 @@ def halfsplit(a) -> None:
 
 
 def separation(a) -> None:
-    co = load_cohort("dlib")
     ks = [int(v) for v in a.k.split(",") if v]
     ask = [int(v) for v in a.asnorm.split(",") if v]
-    top_k = max(ks + ask)
-    names = ["raw"] + [f"mean-{k}" for k in ks] + [f"asnorm-{k}" for k in ask]
+    alphas = [float(v) for v in a.alpha.split(",") if v]
+    if a.half:  # cohort from half A (shipped recipe), regimes of half B
+        co = half_a_cohort(a.root, "one", 10)
+        cohorts = {"one": co}
+        cohorts.update({f"styles-{k}": half_a_cohort(a.root, "styles", k) for k in ks})
+    else:
+        co = load_cohort("dlib")
+    top_k = max(ks + ask + [co.k])
+    names = ["raw"] + [f"mean-{k}" for k in ks] + [f"asnorm-{k}" for k in ask] + [f"mean-{co.k}x{al}" for al in alphas]
+    if a.half:
+        names += [f"styles-{k}" for k in ks]
     total = dict.fromkeys(names, 0)
     print(f"{'regime':24s} {'same':>7s} {'diff':>7s}  " + " ".join(f"{v:>10s}" for v in names))
     for reg, x, n in tuning_regimes(a.root):
+        if a.half:
+            m = ~np.array([in_half_a(v) for v in n], bool)
+            x, n = x[m], n[m]
         xr = l2_normalize(np.asarray(x, np.float32))
         sims, ids = knn(xr, a.neighbours + 1)
         sc = xr @ co.faces.T
@@ -129,6 +143,14 @@ def separation(a) -> None:
         for k in ask:
             mu, sd = top[:, :k].mean(1), top[:, :k].std(1)
             scores[f"asnorm-{k}"] = 0.5 * ((s - mu[rows]) / sd[rows] + (s - mu[cols]) / sd[cols])
+        lev = top[:, : co.k].mean(1)
+        for al in alphas:  # the deviation from the level weighted by alpha (1: the shipped form)
+            scores[f"mean-{co.k}x{al}"] = s - al * 0.5 * (lev[rows] + lev[cols])
+        if a.half:
+            for k in ks:
+                sty = cohorts[f"styles-{k}"]
+                lev_s = -np.sort(-(xr @ sty.faces.T), axis=1)[:, :k].mean(1)
+                scores[f"styles-{k}"] = s - 0.5 * (lev_s[rows] + lev_s[cols])
         row = []
         for v in names:
             t = np.quantile(scores[v][same], 1 - a.keep)
@@ -148,6 +170,9 @@ def main() -> None:
     sp.add_argument("--asnorm", default="10,50", help="k for the adaptive S-norm form ('' for none)")
     sp.add_argument("--neighbours", type=int, default=20)
     sp.add_argument("--keep", type=float, default=0.9, help="share of same-person edges the threshold keeps")
+    sp.add_argument("--alpha", default="", help="weights of the level deviation for the shipped k (1: the shipped form), e.g. 0.5,1.5,2")
+    sp.add_argument("--half", action="store_true", help="cohorts built from half A of the training identities (the shipped "
+                    "recipe, and one face per person per crop style with each --k), regimes of half B (no look-alike in the cohort)")
     hp = sub.add_parser("halfsplit", help="Infomap on half B of the tuning regimes, cohort from half A")
     hp.add_argument("--root", type=Path, required=True)
     hp.add_argument("--cohort", default="one:10", help="raw | one:K | styles:K")
