@@ -177,3 +177,78 @@ def test_agree_landmarks_batched_equals_per_crop():
         assert (rule == "agree") == bool(k) or rule == "agree"  # disagreement + no HOG box -> first start
         if rule == "agree":
             np.testing.assert_array_equal(_pts(shape), p)
+
+
+# -- turned faces (orient) -------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_unturn_points_inverts_rot90(k):
+    rng = np.random.default_rng(k)
+    h, w = 37, 53
+    pts = np.stack([rng.integers(0, w, 20), rng.integers(0, h, 20)], 1).astype(np.float64)
+    img = np.zeros((h, w), np.int64)
+    img[pts[:, 1].astype(int), pts[:, 0].astype(int)] = np.arange(1, 21)
+    t = A.turn(img, k)
+    # where each marker went in the turned image, mapped back, is where it was
+    ys, xs = np.nonzero(t)
+    back = A.unturn_points(np.stack([xs, ys], 1).astype(np.float64), k, h, w)
+    order = np.argsort(t[ys, xs])
+    assert np.array_equal(back[order], pts)
+
+
+def _upright_faces(n: int = 4) -> list[np.ndarray]:
+    """Real LFW crops (size-normalised) in which the HOG detector finds the face upright."""
+    fs = sorted(p for p in data_path("lfw").glob("*/*.jpg"))
+    out = []
+    for i in np.linspace(0, len(fs) - 1, 40).round().astype(int):
+        img = A.normalise_size(A.to_rgb_uint8(load_image(fs[i])))
+        if A.Aligner.hog_rect(img) is not None:
+            out.append(img)
+        if len(out) == n:
+            break
+    assert len(out) == n
+    return out
+
+
+def test_turned_face_gives_the_upright_chip():
+    """A crop turned by 90 / 180 / 270 degrees: the detector finds nothing upright, finds the face
+    turned back, and the chip (from the landmarks mapped back to the crop) is the upright crop's,
+    pixel for pixel; without ``orient`` the chip is a different (sideways) image."""
+    on, off = A.Aligner(), A.Aligner(orient=False)
+    for img in _upright_faces():
+        want = on.chip(img)
+        for k in (1, 2, 3):
+            t = A.turn(img, k)
+            shape, rule = on.landmarks_rule(t)
+            assert rule == "hog-turned"
+            assert np.array_equal(on.chip_from(t, shape), want)
+            assert off.landmarks_rule(t)[1] == "margin"
+            assert not np.array_equal(off.chip(t), want)
+            # the face's size (inter-ocular distance) does not depend on the turn
+            assert on.chip_and_size(t)[1] == pytest.approx(on.chip_and_size(img)[1])
+
+
+def test_orient_leaves_upright_and_faceless_crops_alone():
+    on, off = A.Aligner(), A.Aligner(orient=False)
+    for img in _upright_faces():
+        assert on.place(img)[1:] == ("hog", 0)
+        assert np.array_equal(on.chip(img), off.chip(img))
+    blank = np.full((160, 160, 3), 128, np.uint8)  # nothing to detect either way: the margin box
+    assert on.place(blank) == (A.Aligner.margin_rect(160, 160, A.AUTO_FALLBACK_MARGIN), "margin", 0)
+    # detector-free strategies never look for a turned face
+    for margin in ("iter", 0.2, "agree"):
+        assert A.Aligner(margin).place(A.turn(_upright_faces(1)[0], 1))[2] == 0
+
+
+def test_orient_setting_and_fingerprint():
+    # on by default and absent from the settings: work dirs embedded before it keep their fingerprint
+    assert "orient" not in A.Aligner().settings()
+    assert A.Aligner(orient=False).settings()["orient"] is False
+    assert A.Aligner().fingerprint() != A.Aligner(orient=False).fingerprint()
+    assert A.Aligner("iter").fingerprint() == A.Aligner("iter", orient=False).fingerprint()  # no detector: no effect
+    assert DlibEmbedder(orient="false").aligner.orient is False
+    assert DlibEmbedder().aligner.orient is True
+    assert DlibEmbedder(orient="false").fingerprint() != DlibEmbedder().fingerprint()
+    from facecluster.embed.base import EmbedderError
+
+    with pytest.raises(EmbedderError, match="orient"):
+        DlibEmbedder(orient="sideways")

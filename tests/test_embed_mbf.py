@@ -116,3 +116,23 @@ def test_mbf_learned_methods_use_their_own_weights(tmp_path):
         assert s["min_link_sim"] == LINK_FLOOR_BY_EMBEDDER["mbf"]
         if method == "gcn-ve":
             assert Path(s["checkpoint_e"]) == e
+
+
+def test_mbf_finds_turned_faces_through_dlib_alignment():
+    """A crop turned by 90 degrees gives the upright crop's descriptor (dlib's landmarks found in
+    the crop turned back); ``dlib_orient=false`` does not look, and mbf then sees a sideways face.
+    The default keeps the fingerprint of work dirs embedded before the setting existed."""
+    from facecluster.embed.align import to_rgb_uint8
+    from facecluster.imageio import load_image
+
+    _mbf()
+    paths, _ = _people(1)
+    img = to_rgb_uint8(load_image(paths[0]))
+    turned = np.ascontiguousarray(np.rot90(img, 3))
+    on, off = get_embedder("mbf"), get_embedder("mbf?dlib_orient=false")
+    up = on.embed_batch(np.stack([on.prepare(img, {})]))[0]
+    for emb, want in ((on, 0.999), (off, None)):
+        d = emb.embed_batch(np.stack([emb.prepare(turned, {})]))[0]
+        cos = float(up @ d / np.linalg.norm(up) / np.linalg.norm(d))
+        assert cos > want if want else cos < 0.5, cos
+    assert on.fingerprint() == get_embedder("mbf?dlib_orient=true").fingerprint() != off.fingerprint()

@@ -368,3 +368,22 @@ def test_cuda_torch_align_matches_cpu(margin):
     assert cpu.index.tolist() == gpu.index.tolist()
     cos = _cos(cpu.features, gpu.features)
     assert cos.min() >= 0.999, cos
+
+
+def test_turned_face_goes_to_the_device_upright(emb_torch, emb_dlib):
+    """``align=torch``: the worker turns a face found only turned, so the device's chip and
+    descriptor are the upright crop's, as on the dlib path."""
+    from facecluster.embed import align as A
+    from facecluster.embed.face_images import FaceImagePreparer
+
+    fs = sorted(p for p in data_path("lfw").glob("*/*.jpg"))
+    img = A.normalise_size(A.to_rgb_uint8(load_image(fs[0])))
+    assert A.Aligner.hog_rect(img) is not None
+    t = A.turn(img, 3)
+    item = FaceImagePreparer(emb_torch.aligner).prepare(t)
+    assert item.rule == "hog-turned" and np.array_equal(item.image, img)
+    d_torch = emb_torch.embed_batch([item])[0]
+    d_dlib = emb_dlib.embed_batch(emb_dlib.prepare(t)[None])[0]
+    d_up = emb_dlib.embed_batch(emb_dlib.prepare(img)[None])[0]
+    assert np.allclose(d_dlib, d_up, atol=1e-5)
+    assert np.allclose(d_torch, d_up, atol=2e-3)

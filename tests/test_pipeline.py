@@ -70,6 +70,32 @@ def test_contract_on_real_faces(tmp_path, faces):
     assert code2 == 0 and [r["cluster_id"] for r in out2] == ids
 
 
+def test_turned_photos_join_their_person(tmp_path, faces):
+    """Photos of the same 3 people with every other one turned by 90 / 270 / 180 degrees (a
+    rotated video or scan, no EXIF tag to undo it): the whole command gives the turned photos the
+    upright photos' ids; with ``orient=false`` (the old behaviour) they do not."""
+    _, paths = faces
+    recs = []
+    for i, p in enumerate(paths):
+        if i % 2:
+            t = tmp_path / f"turned{i}.png"
+            # (one upside-down photo: dlib's detector scores some upside-down faces under the half
+            # turn's threshold, align.ORIENT_HALF_THRESHOLD; this one at 1.9)
+            Image.open(p).rotate({5: 180}.get(i, (90, 270)[i % 4 == 1]), expand=True).save(t)
+            p = t
+        recs.append({"img_path": str(p)})
+    code, out = _run(tmp_path, recs)
+    assert code == 0
+    ids = [r["cluster_id"] for r in out]
+    per = [set(ids[4 * k : 4 * k + 4]) for k in range(3)]
+    assert all(len(s) == 1 for s in per) and len(set.union(*per)) == 3, ids
+    shutil.rmtree(tmp_path / "wd")
+    code, off = _run(tmp_path, recs, "--embedder", "dlib?orient=false")
+    assert code == 0
+    ids_off = [r["cluster_id"] for r in off]
+    assert any(len(set(ids_off[4 * k : 4 * k + 4])) > 1 for k in range(3)), ids_off
+
+
 def test_bad_and_odd_images(tmp_path, faces):
     tmp, paths = faces
     odd = ["grey.png", "rgba.png", "sixteen.png", "exif.jpg", "tiny.jpg", "huge.jpg"]

@@ -33,6 +33,20 @@ strategy (``margin``):
     start's landmarks). Three predictor runs on every crop and HOG on a few per cent of them
     instead of HOG on every crop (``docs/benchmarks/embedding.md`` §7).
 
+**Turned faces** (``orient``, on by default for ``"auto"`` and ``"hog"``): when the HOG detector
+finds no plausible upright face, it is run on the crop turned by 90 degrees one way, the other
+way and then by 180 degrees (:data:`ORIENT_TURNS`, lossless ``np.rot90``); when it finds only a
+weak one (:data:`ORIENT_WEAK`), on the crop turned by 180 degrees. The best plausible detection at
+or above :data:`ORIENT_THRESHOLD` (:data:`ORIENT_HALF_THRESHOLD` for the half turn) and above the
+weak upright one places the landmarks in the turned crop, and they are mapped
+back to the crop's own coordinates, so ``dlib.get_face_chip`` (which rotates by the landmarks)
+gives an upright chip. Crops from rotated video, overhead or fisheye cameras and detectors that
+find rolled faces come out with the right descriptor instead of a near-random one (1-NN to upright
+photos of the same people: 0.04 -> 0.97 at 90 degrees, 0.02 -> 0.93 at 180, 0.75 -> 0.93 at 50);
+upright faces are untouched (a turned copy is only tried where the upright detection is missing
+or weak; five whole sets re-embedded, 53,000 crops, gave the same descriptors;
+``docs/benchmarks/embedding.md`` §9).
+
 Which default aligns best was measured on LFW (~20-30 % margin) and glint18 (tight ArcFace
 crops), see ``docs/benchmarks/embedding.md``. The chip is ``dlib.get_face_chip(img, shape,
 size=150, padding=0.25)``: the alignment the network was trained on. Pixels the chip needs from
@@ -69,6 +83,23 @@ HOG_SIDE = 200
 #: detection score threshold (dlib's default is 0; a little lower keeps faint frontal faces in a crop
 #: that is known to contain a face, the plausibility check rejects stray boxes)
 HOG_THRESHOLD = -0.3
+#: ``orient``: the turns tried (``np.rot90``'s k: 90 degrees counter-clockwise, clockwise, 180) when
+#: the upright crop has no plausible HOG detection. Steps of 45 degrees were measured too (the
+#: rotation needs interpolation and a larger canvas): +0.03 1-NN at 50 degrees of roll, but the
+#: detector then fires on 5 % of Extended Yale B's dark upright faces (docs/benchmarks/embedding.md)
+ORIENT_TURNS = (1, 3, 2)
+#: ``orient``: the HOG score a turned crop's detection needs (dlib's own default threshold; faces
+#: turned by 90 degrees score 1.1-2.0 once turned upright, median 1.5)
+ORIENT_THRESHOLD = 0.0
+#: ``orient``: the score the half turn needs. Blurred low-resolution faces look alike upside down
+#: to the detector: on upright crops it fired on 7 of 7,269 48-px glint crops turned by 180
+#: (scores 0.03-0.46, each a wrong descriptor); at 0.6 it still finds 70-96 % of the faces of nine
+#: sets turned upside down (500 each; the dark faces of Extended Yale B: 4 %)
+ORIENT_HALF_THRESHOLD = 0.6
+#: ``orient``: an upright detection scoring under this is checked against the half turn (the
+#: detector fires weakly, < 0.3, on a quarter of upside-down faces; on upright crops of ten sets
+#: 1-15 % score under it)
+ORIENT_WEAK = 0.3
 #: refits of the landmark box in the ``"iter"`` strategy (the box moves < 1 px after the second)
 ITER_ROUNDS = 2
 #: HOG box relative to the mean-shape box of the landmarks predicted from it: (side ratio, centre
@@ -121,6 +152,39 @@ def _dlib_rect(box: tuple[float, float, float, float]) -> "dlib.rectangle":
 def _points(shape: "dlib.full_object_detection") -> np.ndarray:
     """(K, 2) float64 pixel coordinates of a dlib shape's parts."""
     return np.asarray([(q.x, q.y) for q in shape.parts()], np.float64)
+
+
+def turn(img: np.ndarray, k: int) -> np.ndarray:
+    """``img`` turned by ``k`` quarter turns counter-clockwise (``np.rot90``), contiguous."""
+    return np.ascontiguousarray(np.rot90(img, k)) if k % 4 else img
+
+
+def unturn_points(pts: np.ndarray, k: int, h: int, w: int) -> np.ndarray:
+    """(K, 2) x, y pixel coordinates in ``turn(img, k)`` → the same points in ``img`` (h, w)."""
+    x, y = pts[:, 0], pts[:, 1]
+    k %= 4
+    if k == 1:
+        x, y = (w - 1) - y, x
+    elif k == 2:
+        x, y = (w - 1) - x, (h - 1) - y
+    elif k == 3:
+        x, y = y, (h - 1) - x
+    return np.stack([x, y], 1)
+
+
+def unturn_shape(shape: "dlib.full_object_detection", k: int, h: int, w: int) -> "dlib.full_object_detection":
+    """A dlib shape found in ``turn(img, k)`` expressed in ``img``'s (h, w) coordinates (exact:
+    integer points map to integer points)."""
+    if k % 4 == 0:
+        return shape
+    pts = unturn_points(_points(shape), k, h, w)
+    r = shape.rect
+    corners = unturn_points(np.array([[r.left(), r.top()], [r.right(), r.bottom()]], np.float64), k, h, w)
+    lo, hi = corners.min(0), corners.max(0)
+    return dlib.full_object_detection(
+        dlib.rectangle(int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])),
+        [dlib.point(int(round(a)), int(round(b))) for a, b in pts],
+    )
 
 
 _MEAN_SHAPES: dict[str, np.ndarray] = {}
@@ -374,9 +438,19 @@ class Aligner:
         ``"black"`` (dlib's default) or ``"replicate"``: what the chip shows outside the crop.
     landmarks_path : path, optional
         ``shape_predictor_5_face_landmarks.dat``; default: the packaged one.
+    orient : bool
+        Turned faces (module docstring): where the upright crop has no plausible HOG detection
+        (or a weak one), try it turned by :data:`ORIENT_TURNS` (``"auto"`` and ``"hog"`` only; the
+        detector-free strategies never look). Default True.
     """
 
-    def __init__(self, margin: str | float = DEFAULT_MARGIN, border: str = "black", landmarks_path: str | Path | None = None):
+    def __init__(
+        self,
+        margin: str | float = DEFAULT_MARGIN,
+        border: str = "black",
+        landmarks_path: str | Path | None = None,
+        orient: bool = True,
+    ):
         from .dlib_resnet import default_landmarks_path
 
         self.kind, self.fallback = parse_margin(margin)
@@ -386,6 +460,7 @@ class Aligner:
         if border not in ("black", "replicate"):
             raise ValueError("border must be 'black' or 'replicate'")
         self.border = border
+        self.orient = bool(orient)
         self.landmarks_path = Path(landmarks_path) if landmarks_path else default_landmarks_path()
         if not self.landmarks_path.is_file():
             from .base import EmbedderError
@@ -407,6 +482,10 @@ class Aligner:
             **({"agree": [[list(st) for st in AGREE_STARTS], AGREE_TOL, *ITER_BOX]}
                if self.kind == "agree" else {}),
             "landmarks": self.landmarks_path.name,
+            # turned faces: on by default and not in the settings then, so that work dirs embedded
+            # before it existed keep their fingerprint (their features are the same on every face
+            # found upright; only faces the detector missed upright can differ)
+            **({} if self.orient or self.kind not in ("hog", "auto") else {"orient": False}),
         }
 
     def fingerprint(self) -> str:
@@ -422,7 +501,15 @@ class Aligner:
 
     @staticmethod
     def hog_rect(img: np.ndarray) -> tuple[float, float, float, float] | None:
-        """Best plausible HOG detection in the crop (crop coordinates), or None.
+        """Best plausible HOG detection in the crop (crop coordinates), or None (:meth:`hog_best`)."""
+        r = Aligner.hog_best(img)
+        return None if r is None else r[0]
+
+    @staticmethod
+    def hog_best(
+        img: np.ndarray, threshold: float = HOG_THRESHOLD, upsample: bool = True
+    ) -> tuple[tuple[float, float, float, float], float] | None:
+        """Best plausible HOG detection in the crop (crop coordinates) and its score, or None.
 
         The detector runs on a copy whose longer side is :data:`HOG_SIDE` px (its window is 80x80:
         a face filling 40-100 % of the crop is found at that size, in ~5-10 ms); if that finds
@@ -435,8 +522,8 @@ class Aligner:
         scale = HOG_SIDE / max(h, w)
         small = _resize(img, scale) if abs(scale - 1) > 1e-3 else img
         short = min(h, w)
-        for ups in (0, 1):
-            rects, scores, _ = _detector().run(small, ups, HOG_THRESHOLD)
+        for ups in (0, 1) if upsample else (0,):
+            rects, scores, _ = _detector().run(small, ups, threshold)
             best, best_score = None, -np.inf
             for r, s in zip(rects, scores):
                 l, t, rr, b = r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale
@@ -448,7 +535,7 @@ class Aligner:
                 if s > best_score:
                     best, best_score = (l, t, rr, b), s
             if best is not None:
-                return best
+                return best, float(best_score)
         return None
 
     def rect(self, img: np.ndarray) -> tuple[tuple[float, float, float, float], str]:
@@ -457,12 +544,44 @@ class Aligner:
         For ``"iter"`` and ``"agree"`` this is only the first box (they refit it from landmarks):
         use :meth:`landmarks_rule` for the rule that decided.
         """
+        box, rule, _ = self.place(img, orient=False)
+        return box, rule
+
+    def place(self, img: np.ndarray, orient: bool | None = None) -> tuple[tuple[float, float, float, float], str, int]:
+        """:meth:`rect` with turned faces: (box, rule, k), the box in ``turn(img, k)``'s coordinates.
+
+        k is 0 unless ``orient`` (default: the aligner's) is on, the strategy runs the detector and
+        a turned copy has a better detection than the upright crop (rule ``"hog-turned"``). With no
+        plausible upright detection: the best score over the quarter turns of :data:`ORIENT_TURNS`
+        at or above :data:`ORIENT_THRESHOLD`, else the half turn's at or above
+        :data:`ORIENT_HALF_THRESHOLD`; with a weak one (score under :data:`ORIENT_WEAK`): the half
+        turn's, if it scores higher. One detector pass each, not upsampled.
+        """
         h, w = img.shape[:2]
         if self.kind in ("hog", "auto"):
-            r = self.hog_rect(img)
+            r = self.hog_best(img)
+            look = self.orient if orient is None else orient
+            if r is not None and (not look or r[1] >= ORIENT_WEAK):
+                return r[0], "hog", 0
+            if look:
+                # one detector pass per turn (no upsampled retry), the half turn only when neither
+                # quarter turn finds a face. A weak upright detection is checked against the half
+                # turn only: the detector fires weakly on a quarter of upside-down faces but on few
+                # sideways ones, and weak detections are common on low-resolution video (15 % of
+                # 48-px crops; all three turns for them cost +26 % of the whole command there, the
+                # half turn alone +10 %; docs/benchmarks/embedding.md §9)
+                best = None
+                for k in ORIENT_TURNS if r is None else (2,):
+                    if k == 2 and best is not None:
+                        break
+                    d = self.hog_best(turn(img, k), ORIENT_HALF_THRESHOLD if k == 2 else ORIENT_THRESHOLD, upsample=False)
+                    if d is not None and (best is None or d[1] > best[1]):
+                        best = (d[0], d[1], k)
+                if best is not None and (r is None or best[1] > r[1]):
+                    return best[0], "hog-turned", best[2]
             if r is not None:
-                return r, "hog"
-        return self.margin_rect(h, w, self.fallback), "margin"
+                return r[0], "hog", 0
+        return self.margin_rect(h, w, self.fallback), "margin", 0
 
     # -- main entry ----------------------------------------------------------------------------
     def landmarks(self, img: np.ndarray) -> "dlib.full_object_detection":
@@ -470,10 +589,15 @@ class Aligner:
         return self.landmarks_rule(img)[0]
 
     def landmarks_rule(self, img: np.ndarray) -> tuple["dlib.full_object_detection", str]:
-        """5-point landmarks and the rule that placed them: "hog", "margin", "iter" or "agree"."""
+        """5-point landmarks and the rule that placed them: "hog", "hog-turned", "margin", "iter" or
+        "agree". Always in ``img``'s own coordinates (for a turned face, mapped back: the chip
+        rotates by them)."""
         if self.kind == "agree":
             return self._agree(img)
-        box, rule = self.rect(img)
+        box, rule, k = self.place(img)
+        if k:
+            h, w = img.shape[:2]
+            return unturn_shape(self.landmarks_in(turn(img, k), box), k, h, w), rule
         return self.landmarks_in(img, box), ("iter" if self.kind == "iter" else rule)
 
     def _agree(self, img: np.ndarray) -> tuple["dlib.full_object_detection", str]:

@@ -188,6 +188,9 @@ class ArcFaceSettings(BaseModel):
     "ort" = onnxruntime's default (all cores of the machine), or a number >= 1"""
     dlib_margin: str = "auto"
     """landmark-rectangle strategy for align=dlib (see facecluster.embed.align)"""
+    dlib_orient: bool = True
+    """align=dlib: look for a turned face (90 / 270 / 180 degrees) where the detector finds none
+    upright (facecluster.embed.align, ``orient``)"""
     decoder: Literal["pil", "dali"] = "pil"
     """image decoding: "pil" (facecluster.imageio in the runner's threads) or "dali" (NVIDIA DALI
     decodes and resizes plain JPEGs, CPU or CUDA; the ``dali`` extra; only with align=none, the
@@ -268,7 +271,7 @@ class ArcFaceEmbedder(Embedder):
         if self.settings.align == "dlib":
             from .align import Aligner  # dlib: only for this mode
 
-            self._aligner = Aligner(margin=self.settings.dlib_margin)
+            self._aligner = Aligner(margin=self.settings.dlib_margin, orient=self.settings.dlib_orient)
         self._sha: str | None = None
         self._open_session()
 
@@ -405,7 +408,9 @@ class ArcFaceEmbedder(Embedder):
 
     def fingerprint(self) -> str:
         # decoder=pil is left out so that fingerprints from before the setting existed still match
-        excl = {"threads"} | ({"decoder"} if self.settings.decoder == "pil" else set())
+        # and dlib_orient=true: turned faces came later, and change nothing on faces found upright
+        excl = {"threads"} | ({"decoder"} if self.settings.decoder == "pil" else set()) | (
+            {"dlib_orient"} if self.settings.dlib_orient else set())
         s = f"arcface-onnx:{self.sha256()}:{self.settings.model_dump_json(exclude=excl)}:{DLIB_TEMPLATE.tolist()}"
         return hashlib.sha256(s.encode()).hexdigest()
 

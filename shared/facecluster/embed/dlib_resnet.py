@@ -336,6 +336,10 @@ class DlibEmbedder(Embedder):
         every similarity threshold up (docs/benchmarks/default_quality.md: +0.004 median
         same-person and nearest other-person cosine on two validation subsets), so the default
         method's dlib thresholds were not chosen for it.
+    orient : bool
+        Turned faces (default on): a crop in which dlib's HOG detector finds no upright face is
+        tried turned by 90 / 270 / 180 degrees (:class:`facecluster.embed.align.Aligner`);
+        ``orient=false`` turns it off (A/B checks). Only with the detector strategies.
 
     Settings given as strings (``--embedder "dlib?margin=0.2&threads=2"``) are converted here.
     """
@@ -359,6 +363,7 @@ class DlibEmbedder(Embedder):
         threads: int | str | None = DEFAULT_CPU_THREADS,
         precision: str = "fp32",
         mirror: bool | str = False,
+        orient: bool | str = True,
     ):
         super().__init__(path=path, device=device, batch_size=batch_size)
         from .align import DEFAULT_MARGIN, Aligner
@@ -366,8 +371,12 @@ class DlibEmbedder(Embedder):
         self.model_path = Path(path) if path else default_model_path()
         if not self.model_path.is_file():
             raise EmbedderError(f"dlib model file not found: {self.model_path}")
+        if isinstance(orient, str):
+            if orient.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise EmbedderError(f"dlib: orient must be true or false, got {orient!r}")
+            orient = orient.lower() in ("1", "true", "yes")
         try:
-            self.aligner = Aligner(margin=DEFAULT_MARGIN if margin in (None, "") else margin)
+            self.aligner = Aligner(margin=DEFAULT_MARGIN if margin in (None, "") else margin, orient=bool(orient))
         except ValueError as exc:
             raise EmbedderError(str(exc)) from None
         self.threads = resolve_threads(threads)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .align import CHIP_SIZE, Aligner, normalise_size, to_rgb_uint8
+from .align import CHIP_SIZE, Aligner, normalise_size, to_rgb_uint8, turn
 
 
 @dataclass
@@ -25,7 +25,7 @@ class FaceImage:
 
     image: np.ndarray  #: (H, W, 3) uint8 RGB, longer side in [align.MIN_SIDE, align.MAX_SIDE]
     box: tuple[float, float, float, float]  #: (left, top, right, bottom) pixels, unrounded
-    rule: str  #: "hog", "margin" or "agree" (the box is unused: the device places its starts)
+    rule: str  #: "hog", "hog-turned" (``image`` is the crop turned upright), "margin" or "agree" (the box is unused: the device places its starts)
 
 
 class FaceImagePreparer:
@@ -45,8 +45,10 @@ class FaceImagePreparer:
     def prepare(self, img: np.ndarray, record: dict | None = None) -> FaceImage:
         """Decoded face crop (any size, grey / RGB / RGBA) → :class:`FaceImage`."""
         img = normalise_size(to_rgb_uint8(img))
-        box, rule = self.aligner.rect(img)  # agree: the margin box, no HOG (runs on the device side)
-        return FaceImage(img, tuple(float(v) for v in box), "agree" if self.aligner.kind == "agree" else rule)
+        # agree: the margin box, no HOG (runs on the device side); a face found only turned goes to
+        # the device turned upright (the chip is the same: it rotates by the landmarks)
+        box, rule, k = self.aligner.place(img)
+        return FaceImage(turn(img, k), tuple(float(v) for v in box), "agree" if self.aligner.kind == "agree" else rule)
 
 
 __all__ = ["FaceImage", "FaceImagePreparer"]

@@ -230,13 +230,14 @@ class DlibTorchAlignEmbedder(DlibEmbedder):
         threads: int | str | None = DEFAULT_CPU_THREADS,
         precision: str = "fp32",
         mirror: bool | str = False,
+        orient: bool | str = True,
         align: str = "torch",
         hog_workers: int | str = 0,
     ):
         if str(align).strip().lower() != "torch":
             raise EmbedderError(f"DlibTorchAlignEmbedder needs align='torch', got {align!r}")
         super().__init__(path=path, device=device, batch_size=batch_size, margin=margin, threads=threads,
-                         precision=precision, mirror=mirror)
+                         precision=precision, mirror=mirror, orient=orient)
         self.align = "torch"
         #: ``margin=agree``: processes for the HOG of disagreeing crops (:class:`TorchAligner`);
         #: moves work only, so it is not part of the fingerprint
