@@ -1,9 +1,12 @@
-"""Turned faces: crops whose face is rolled by 90 / 180 degrees or more than ~40 (rotated video,
+"""Crop geometry the aligner was not built for: turned and off-centre faces.
+
+Turned faces: crops whose face is rolled by 90 / 180 degrees or more than ~40 (rotated video,
 overhead and fisheye cameras, detectors that find rolled faces), with the dlib embedder's
 turned-face search on (the default) and off (``--embedder "dlib?orient=false"``).
 
-    python bench/turned_faces.py --out /tmp/turned [--data ../shared/data] [--upright DIR ...]
-    python bench/turned_faces.py --out /tmp/turned --roll-study      # 1-NN against the roll angle
+    python bench/crop_geometry.py --out /tmp/turned [--data ../shared/data] [--upright DIR ...]
+    python bench/crop_geometry.py --out /tmp/turned --roll-study      # 1-NN against the roll angle
+    python bench/crop_geometry.py --out /tmp/turned --offset-study --lfw-originals DIR   # off-centre crops
 
 Fills docs/benchmarks/embedding.md "Turned faces". Scenarios (validation identities only,
 ``facecluster.train.splits``; every image's turn is a pure function of its file name):
@@ -22,6 +25,14 @@ Fills docs/benchmarks/embedding.md "Turned faces". Scenarios (validation identit
 (the gallery), the other three are upright and rolled by each of 20, 35, 50, 90, 180 degrees; for each angle
 and setting, the share of rolled photos whose nearest gallery photo is the same person, and the
 median cosine to the same person's gallery photo.
+
+``--offset-study``: the same people's 250x250 LFW originals (``--lfw-originals``, e.g.
+``data/lfw-deepfunneled/`` of github braun-steven/dfi-tensorflow) cut into 160x160 crops whose
+centre lies (dx, dy) px from the face's (the face at the crop's centre for (0, 0); (0, -40): the
+crop 40 px higher, the face in its lower part with the chin cut, as a box clipped at a frame's
+top edge or a drifting tracker box gives); 1-NN to the upright, centred gallery crop, with the
+checked-out aligner (docs/benchmarks/embedding.md §10: an off-centre rule measured this way and
+not adopted).
 
 For each scenario and each setting it runs the whole command a user runs (``facecluster run``:
 decode, alignment, network, clustering) and prints wall seconds, BCubed F, pairwise F, clusters
@@ -164,6 +175,47 @@ def roll_study(out: Path, data: Path) -> None:
             print(f"| {a} | {len(q)} | {label} | {hit:.3f} | {np.median(same):.4f} |", flush=True)
 
 
+def offset_study(out: Path, originals: Path) -> None:
+    from facecluster.workdir import WorkDir
+
+    offsets = ((0, 0), (25, 0), (40, 0), (0, 40), (0, -40), (35, 35))
+    recs = []
+    for person, files in _people(originals, "lfw", 4, 4)[:60]:
+        for j, f in enumerate(files):
+            im = None
+            for dx, dy in offsets:
+                if j == 0 and (dx, dy) != (0, 0):
+                    continue
+                dest = out / "offset" / f"{dx}_{dy}" / person / f.name
+                if not dest.exists():
+                    im = im or Image.open(f).convert("RGB")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    cx, cy = 125 + dx, 125 + dy
+                    im.crop((cx - 80, cy - 80, cx + 80, cy + 80)).save(dest, quality=95)
+                recs.append({"img_path": str(dest.resolve()), "person": person, "off": f"{dx},{dy}", "gallery": j == 0})
+    inp = out / "offset.json"
+    inp.write_text(json.dumps(recs))
+    d = out / "runs" / "offset"
+    subprocess.run(["rm", "-rf", str(d)], check=True)
+    d.mkdir(parents=True)
+    run(inp, d, "dlib")
+    x, index, _ = WorkDir(d / "wd").read_features()
+    feats = np.zeros((len(recs), x.shape[1]), np.float32)
+    feats[index] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    person = np.array([r["person"] for r in recs])
+    off = np.array([r["off"] for r in recs])
+    is_gal = np.array([r["gallery"] for r in recs])
+    gal = np.flatnonzero(is_gal)
+    print("| crop centre minus face centre (px, 160 px crop) | photos | 1-NN to the centred gallery | median cosine to the same person |")
+    print("|---|---|---|---|")
+    for o in (f"{dx},{dy}" for dx, dy in offsets):
+        q = np.flatnonzero((off == o) & ~is_gal)
+        s = feats[q] @ feats[gal].T
+        hit = (person[gal[s.argmax(1)]] == person[q]).mean()
+        same = s[person[q][:, None] == person[gal][None, :]]
+        print(f"| ({o}) | {len(q)} | {hit:.3f} | {np.median(same):.4f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -171,10 +223,17 @@ def main() -> None:
     ap.add_argument("--upright", type=Path, action="append", default=[], help="folder-per-identity set to time upright")
     ap.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     ap.add_argument("--roll-study", action="store_true", help="1-NN against the roll angle instead of the scenarios")
+    ap.add_argument("--offset-study", action="store_true", help="1-NN of off-centre crops (needs --lfw-originals)")
+    ap.add_argument("--lfw-originals", type=Path, help="LFW deep-funneled 250x250 originals, folder per identity")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.roll_study:
         roll_study(a.out, a.data.resolve())
+        return
+    if a.offset_study:
+        if not a.lfw_originals:
+            ap.error("--offset-study needs --lfw-originals")
+        offset_study(a.out, a.lfw_originals.resolve())
         return
     paths = build(a.out / "images", a.data.resolve(), a.upright)
     only = set(filter(None, a.only.split(",")))
