@@ -130,6 +130,36 @@ def run(inp: Path, out: Path, embedder: str) -> tuple[float, list[dict]]:
     return time.perf_counter() - t0, json.loads((out / "out.json").read_text())
 
 
+def embedded(inp: Path, d: Path, embedder: str, n: int) -> np.ndarray:
+    """Run the whole command on ``inp`` in a fresh ``d``; (n, D) L2-normalised descriptors in
+    record order (rows of failed records stay zero)."""
+    from facecluster.workdir import WorkDir
+
+    subprocess.run(["rm", "-rf", str(d)], check=True)
+    d.mkdir(parents=True)
+    run(inp, d, embedder)
+    x, index, _ = WorkDir(d / "wd").read_features()
+    feats = np.zeros((n, x.shape[1]), np.float32)
+    feats[index] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return feats
+
+
+def nn_row(feats: np.ndarray, person: np.ndarray, q: np.ndarray, gal: np.ndarray) -> tuple[float, float]:
+    """(share of queries ``q`` whose nearest gallery row is the same person, median cosine to the
+    same person's gallery rows)."""
+    s = feats[q] @ feats[gal].T
+    hit = float((person[gal[s.argmax(1)]] == person[q]).mean())
+    return hit, float(np.median(s[person[q][:, None] == person[gal][None, :]]))
+
+
+def gallery_input(recs: list[dict], path: Path, key: str):
+    """Write the study's input JSON; (path, person (N,), recs' ``key`` (N,), is-gallery (N,) bool,
+    gallery rows)."""
+    path.write_text(json.dumps(recs))
+    is_gal = np.array([r["gallery"] for r in recs])
+    return path, np.array([r["person"] for r in recs]), np.array([r[key] for r in recs]), is_gal, np.flatnonzero(is_gal)
+
+
 def score(recs: list[dict]) -> dict:
     gt = np.array([r["person"] for r in recs])
     pred = np.array([r["cluster_id"] for r in recs])
@@ -137,8 +167,6 @@ def score(recs: list[dict]) -> dict:
 
 
 def roll_study(out: Path, data: Path) -> None:
-    from facecluster.workdir import WorkDir
-
     angles = (0, 20, 35, 50, 90, 180)
     recs = []
     for person, files in _people(data / "lfw", "lfw", 4, 4)[:60]:
@@ -151,33 +179,18 @@ def roll_study(out: Path, data: Path) -> None:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     Image.open(f).convert("RGB").rotate(ang, resample=Image.BILINEAR, expand=True).save(dest)
                 recs.append({"img_path": str(dest.resolve()), "person": person, "turn": ang, "gallery": j == 0})
-    inp = out / "roll.json"
-    inp.write_text(json.dumps(recs))
-    person = np.array([r["person"] for r in recs])
-    ang = np.array([r["turn"] for r in recs])
-    is_gal = np.array([r["gallery"] for r in recs])
-    gal = np.flatnonzero(is_gal)
+    inp, person, ang, is_gal, gal = gallery_input(recs, out / "roll.json", "turn")
     print("| roll (degrees) | photos | setting | 1-NN to the upright gallery | median cosine to the same person |")
     print("|---|---|---|---|---|")
     for label, emb in SETTINGS:
-        d = out / "runs" / f"roll-{'on' if emb == 'dlib' else 'off'}"
-        subprocess.run(["rm", "-rf", str(d)], check=True)
-        d.mkdir(parents=True)
-        run(inp, d, emb)
-        x, index, _ = WorkDir(d / "wd").read_features()
-        feats = np.zeros((len(recs), x.shape[1]), np.float32)
-        feats[index] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        feats = embedded(inp, out / "runs" / f"roll-{'on' if emb == 'dlib' else 'off'}", emb, len(recs))
         for a in angles:
             q = np.flatnonzero((ang == a) & ~is_gal)
-            s = feats[q] @ feats[gal].T
-            hit = (person[gal[s.argmax(1)]] == person[q]).mean()
-            same = s[person[q][:, None] == person[gal][None, :]]
-            print(f"| {a} | {len(q)} | {label} | {hit:.3f} | {np.median(same):.4f} |", flush=True)
+            hit, same = nn_row(feats, person, q, gal)
+            print(f"| {a} | {len(q)} | {label} | {hit:.3f} | {same:.4f} |", flush=True)
 
 
 def offset_study(out: Path, originals: Path) -> None:
-    from facecluster.workdir import WorkDir
-
     offsets = ((0, 0), (25, 0), (40, 0), (0, 40), (0, -40), (35, 35))
     recs = []
     for person, files in _people(originals, "lfw", 4, 4)[:60]:
@@ -193,27 +206,14 @@ def offset_study(out: Path, originals: Path) -> None:
                     cx, cy = 125 + dx, 125 + dy
                     im.crop((cx - 80, cy - 80, cx + 80, cy + 80)).save(dest, quality=95)
                 recs.append({"img_path": str(dest.resolve()), "person": person, "off": f"{dx},{dy}", "gallery": j == 0})
-    inp = out / "offset.json"
-    inp.write_text(json.dumps(recs))
-    d = out / "runs" / "offset"
-    subprocess.run(["rm", "-rf", str(d)], check=True)
-    d.mkdir(parents=True)
-    run(inp, d, "dlib")
-    x, index, _ = WorkDir(d / "wd").read_features()
-    feats = np.zeros((len(recs), x.shape[1]), np.float32)
-    feats[index] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    person = np.array([r["person"] for r in recs])
-    off = np.array([r["off"] for r in recs])
-    is_gal = np.array([r["gallery"] for r in recs])
-    gal = np.flatnonzero(is_gal)
+    inp, person, off, is_gal, gal = gallery_input(recs, out / "offset.json", "off")
+    feats = embedded(inp, out / "runs" / "offset", "dlib", len(recs))
     print("| crop centre minus face centre (px, 160 px crop) | photos | 1-NN to the centred gallery | median cosine to the same person |")
     print("|---|---|---|---|")
     for o in (f"{dx},{dy}" for dx, dy in offsets):
         q = np.flatnonzero((off == o) & ~is_gal)
-        s = feats[q] @ feats[gal].T
-        hit = (person[gal[s.argmax(1)]] == person[q]).mean()
-        same = s[person[q][:, None] == person[gal][None, :]]
-        print(f"| ({o}) | {len(q)} | {hit:.3f} | {np.median(same):.4f} |", flush=True)
+        hit, same = nn_row(feats, person, q, gal)
+        print(f"| ({o}) | {len(q)} | {hit:.3f} | {same:.4f} |", flush=True)
 
 
 def main() -> None:

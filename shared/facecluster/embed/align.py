@@ -42,7 +42,7 @@ weak upright one places the landmarks in the turned crop, and they are mapped
 back to the crop's own coordinates, so ``dlib.get_face_chip`` (which rotates by the landmarks)
 gives an upright chip. Crops from rotated video, overhead or fisheye cameras and detectors that
 find rolled faces come out with the right descriptor instead of a near-random one (1-NN to upright
-photos of the same people: 0.04 -> 0.97 at 90 degrees, 0.02 -> 0.93 at 180, 0.75 -> 0.93 at 50);
+photos of the same people: 0.04 -> 0.96 at 90 degrees, 0.02 -> 0.93 at 180, 0.75 -> 0.92 at 50);
 upright faces are untouched (a turned copy is only tried where the upright detection is missing
 or weak; five whole sets re-embedded, 53,000 crops, gave the same descriptors;
 ``docs/benchmarks/embedding.md`` §9).
