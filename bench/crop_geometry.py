@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -56,7 +57,8 @@ from PIL import Image
 from facecluster.metrics import evaluate
 from facecluster.train.splits import is_validation_identity
 
-SETTINGS = (("orient on (default)", "dlib"), ("orient off", "dlib?orient=false"))
+#: (label, --embedder, run-dir tag)
+SETTINGS = (("orient on (default)", "dlib", "on"), ("orient off", "dlib?orient=false", "off"))
 
 
 def _u(name: str, salt: str) -> float:
@@ -130,14 +132,19 @@ def run(inp: Path, out: Path, embedder: str) -> tuple[float, list[dict]]:
     return time.perf_counter() - t0, json.loads((out / "out.json").read_text())
 
 
+def fresh(d: Path) -> Path:
+    """``d`` emptied (a rerun starts from a clean work dir, so nothing is resumed)."""
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
 def embedded(inp: Path, d: Path, embedder: str, n: int) -> np.ndarray:
     """Run the whole command on ``inp`` in a fresh ``d``; (n, D) L2-normalised descriptors in
     record order (rows of failed records stay zero)."""
     from facecluster.workdir import WorkDir
 
-    subprocess.run(["rm", "-rf", str(d)], check=True)
-    d.mkdir(parents=True)
-    run(inp, d, embedder)
+    run(inp, fresh(d), embedder)
     x, index, _ = WorkDir(d / "wd").read_features()
     feats = np.zeros((n, x.shape[1]), np.float32)
     feats[index] = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -182,8 +189,8 @@ def roll_study(out: Path, data: Path) -> None:
     inp, person, ang, is_gal, gal = gallery_input(recs, out / "roll.json", "turn")
     print("| roll (degrees) | photos | setting | 1-NN to the upright gallery | median cosine to the same person |")
     print("|---|---|---|---|---|")
-    for label, emb in SETTINGS:
-        feats = embedded(inp, out / "runs" / f"roll-{'on' if emb == 'dlib' else 'off'}", emb, len(recs))
+    for label, emb, tag in SETTINGS:
+        feats = embedded(inp, out / "runs" / f"roll-{tag}", emb, len(recs))
         for a in angles:
             q = np.flatnonzero((ang == a) & ~is_gal)
             hit, same = nn_row(feats, person, q, gal)
@@ -243,17 +250,13 @@ def main() -> None:
         if only and name not in only:
             continue
         outs = {}
-        for label, emb in SETTINGS:
-            d = a.out / "runs" / f"{inp.stem}-{'on' if emb == 'dlib' else 'off'}"
-            if d.exists():
-                subprocess.run(["rm", "-rf", str(d)], check=True)
-            d.mkdir(parents=True)
-            wall, recs = run(inp, d, emb)
+        for label, emb, tag in SETTINGS:
+            wall, recs = run(inp, fresh(a.out / "runs" / f"{inp.stem}-{tag}"), emb)
             s = score(recs)
             outs[label] = recs
             print(f"| {name} | {len(recs):,} | {label} | {wall:.1f} | {s['bcubed_fscore']:.4f} | {s['pairwise_fscore']:.4f} | "
                   f"{s['n_clusters']:,} | {s['mixed_faces']:,} |", flush=True)
-        on, off = (outs[label] for label, _ in SETTINGS)
+        on, off = (outs[label] for label, _, _ in SETTINGS)
         same = sum(x["cluster_id"] == y["cluster_id"] for x, y in zip(on, off))
         turns = Counter(r["turn"] != 0 for r in on)
         print(f"|  | | ids equal on/off: {same:,} of {len(on):,}; crops turned or rolled in the set: {turns[True]:,} | | | | | |",

@@ -184,7 +184,8 @@ def test_agree_landmarks_batched_equals_per_crop():
 def test_unturn_points_inverts_rot90(k):
     rng = np.random.default_rng(k)
     h, w = 37, 53
-    pts = np.stack([rng.integers(0, w, 20), rng.integers(0, h, 20)], 1).astype(np.float64)
+    cells = rng.choice(h * w, 20, replace=False)  # distinct pixels: no marker hides another
+    pts = np.stack([cells % w, cells // w], 1).astype(np.float64)
     img = np.zeros((h, w), np.int64)
     img[pts[:, 1].astype(int), pts[:, 0].astype(int)] = np.arange(1, 21)
     t = A.turn(img, k)

@@ -484,7 +484,7 @@ class Aligner:
             "landmarks": self.landmarks_path.name,
             # turned faces: on by default and not in the settings then, so that work dirs embedded
             # before it existed keep their fingerprint (their features are the same on every face
-            # found upright; only faces the detector missed upright can differ)
+            # found upright; only faces the detector missed, or found weakly, upright can differ)
             **({} if self.orient or self.kind not in ("hog", "auto") else {"orient": False}),
         }
 

@@ -288,6 +288,17 @@ def __getattr__(name: str):
 DEFAULT_CPU_THREADS: int | str | None = "auto"
 
 
+def _flag(name: str, value: bool | str, empty_ok: bool = False) -> bool:
+    """An on/off setting, as a bool or as it comes from the ``?key=value`` spec (1/0, true/false,
+    yes/no; "" means off where ``empty_ok``)."""
+    if not isinstance(value, str):
+        return bool(value)
+    v = value.lower()
+    if v not in ("1", "0", "true", "false", "yes", "no") and not (empty_ok and v == ""):
+        raise EmbedderError(f"dlib: {name} must be true or false, got {value!r}")
+    return v in ("1", "true", "yes")
+
+
 def resolve_threads(threads: int | str | None) -> int | None:
     """The torch thread count to use for the CPU forward (None: leave torch's setting alone)."""
     if isinstance(threads, str):
@@ -371,12 +382,8 @@ class DlibEmbedder(Embedder):
         self.model_path = Path(path) if path else default_model_path()
         if not self.model_path.is_file():
             raise EmbedderError(f"dlib model file not found: {self.model_path}")
-        if isinstance(orient, str):
-            if orient.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise EmbedderError(f"dlib: orient must be true or false, got {orient!r}")
-            orient = orient.lower() in ("1", "true", "yes")
         try:
-            self.aligner = Aligner(margin=DEFAULT_MARGIN if margin in (None, "") else margin, orient=bool(orient))
+            self.aligner = Aligner(margin=DEFAULT_MARGIN if margin in (None, "") else margin, orient=_flag("orient", orient))
         except ValueError as exc:
             raise EmbedderError(str(exc)) from None
         self.threads = resolve_threads(threads)
@@ -393,11 +400,7 @@ class DlibEmbedder(Embedder):
             "network input (RGB - mean) / 256"
         )
         self.batch_size = int(batch_size)
-        if isinstance(mirror, str):
-            if mirror.lower() not in ("1", "0", "true", "false", "yes", "no", ""):
-                raise EmbedderError(f"dlib: mirror must be true or false, got {mirror!r}")
-            mirror = mirror.lower() in ("1", "true", "yes")
-        self.mirror = bool(mirror)
+        self.mirror = _flag("mirror", mirror, empty_ok=True)
         self._net: DlibResNet | None = None
         self._sha: str | None = None
         self._mean: np.ndarray | None = None
