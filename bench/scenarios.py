@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parse_variant, run_method  # noqa: E402
+from _common import evaluate, parse_variant, run_method  # noqa: E402
 from regimes import load  # noqa: E402
 
 
@@ -160,6 +160,14 @@ def fragment_report(name: str, x: np.ndarray, names: np.ndarray, method: str, se
         print(f"  fragments of {lo}-{hi} faces: {int(m.sum())} holding {int(r[m, 0].sum())} faces")
     big = sum(1 for cl in np.flatnonzero(sizes > 30) if home[np.bincount(y[lab == cl]).argmax()] != cl)
     print(f"  fragments > 30 faces: {big}")
+    # what each size class costs: BCubed F if its fragments (any size) joined their majority's home
+    maj_of = np.array([np.bincount(y[lab == cl]).argmax() for cl in range(sizes.size)])
+    frag = home[maj_of] != np.arange(sizes.size)
+    gains = []
+    for lo, hi in ((1, 1), (2, 4), (5, n), (1, n)):
+        to = np.where(frag & (sizes >= lo) & (sizes <= hi), home[maj_of], np.arange(sizes.size))
+        gains.append(f"{lo}-{hi if hi < n else 'any'} {evaluate(y, to[lab])['bcubed_fscore']:.4f}")
+    print(f"  BCubed F now {evaluate(y, lab)['bcubed_fscore']:.4f}; with the fragments of these sizes joined home: " + ", ".join(gains))
     ok = ~np.isnan(r[:, 2])
     if ok.any():
         q = lambda v: " ".join(f"{np.percentile(v, p):.3f}" for p in (10, 25, 50, 75, 90))  # noqa: E731

@@ -191,6 +191,62 @@ def test_second_merge_pass_joins_a_piece_whose_links_went_to_faces_attached_sinc
     assert len(set(twice)) == 1  # the second pass joins P
 
 
+def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big_cluster():
+    """B: 100 faces of one person (internal links 0.95); C: 20 faces of another (0.97). Three
+    8-face clusters list 6 of their own faces, 2 of B's and 2 of C's (at 0.92): F, a fragment of
+    B's person (own links 0.95, to B 0.951: as strong as B's and its own weakest links); L, a
+    look-alike (own 0.95, to B 0.945); H, a tight separate person leaning to B (own 0.97, to B
+    0.955: B's level, not its own). Half of each one's out-links and a fifth of its slots go to
+    B: the fragment merge (75 % of out-links) and the relative attach (50 % of slots) leave all
+    three, the big-cluster attach (50 % of out-links, both references) joins F only; F stays when
+    B is under the minimum target size, F is above the fraction of it, or the step is off."""
+    from facecluster.cluster.infomap import InfomapConfig
+    from facecluster.cluster.refine import refine_partition
+    from facecluster.graph import attach_relative
+
+    B, C = list(range(100)), list(range(100, 120))
+    F, L, H = list(range(120, 128)), list(range(128, 136)), list(range(136, 144))
+    neigh, sim = {}, {}
+    for grp, s in ((B, 0.95), (C, 0.97)):
+        for j, i in enumerate(grp):
+            neigh[i], sim[i] = [grp[(j + t) % len(grp)] for t in range(1, 11)], [s] * 10
+    for grp, own, s in ((F, 0.95, 0.951), (L, 0.95, 0.945), (H, 0.97, 0.955)):
+        for j, i in enumerate(grp):
+            neigh[i] = [q for q in grp if q != i][:6] + B[2 * j : 2 * j + 2] + C[2 * j : 2 * j + 2]
+            sim[i] = [own] * 6 + [s] * 2 + [0.92] * 2
+    ids = _lists(neigh, 10)
+    sims = np.full(ids.shape, -1.0, np.float32)
+    sims[:, 0] = 1.0
+    for i, v in sim.items():
+        sims[i, 1:11] = v
+    labels = np.array([0] * 100 + [1] * 20 + [2] * 8 + [3] * 8 + [4] * 8)
+
+    def run(min_target, **kw):
+        cfg = InfomapConfig(merge_k=10, attach_k=10, **kw)
+        return refine_partition(labels, ids, sims, cfg, merge_min_sim=0.91, attach_min_sim=0.93, attach_big_min_target=min_target)
+
+    off, on = run(0), run(100)
+    assert len(set(off)) == 5
+    assert len(set(on[B + F])) == 1 and len(set(on)) == 4
+    assert all(on[g[0]] != on[0] and len(set(on[g])) == 1 for g in (C, L, H))
+    assert len(set(run(101))) == 5  # B under the minimum target size
+    assert len(set(run(100, attach_big_frac=0.05))) == 5  # F above the fraction of its target
+    assert len(set(run(100, attach_big_share=0.6))) == 5  # half of F's out-links: under a 60 % share
+    wide = run(100, attach_big_margin=0.01)  # wide enough for the look-alike too (not H: 0.955 < 0.97 - 0.01)
+    assert len(set(wide[B + F + L])) == 1 and wide[H[0]] != wide[0] and wide[C[0]] != wide[0]
+    # without the fragment's own reference H joins as well (B's level is all it is compared with)
+    one_ref = attach_relative(labels, ids, sims, max_frac=0.2, min_size=2, min_target=100, top=10, min_sim=0.91,
+                              share=0.5, q=10, margin=0.0, share_of="out")
+    assert len(set(one_ref[B + F + H])) == 1 and one_ref[L[0]] != one_ref[0]
+
+
+def test_attach_relative_share_of_out_links():
+    from facecluster.graph import attach_relative
+
+    with pytest.raises(ValueError, match="share_of"):
+        attach_relative(np.array([0, 1]), np.array([[0, 1], [1, 0]]), np.ones((2, 2)), share_of="all")
+
+
 def test_similarity_floor_ignores_weak_links():
     k = 3
     ids = _lists({0: [1, 2, 3], 1: [0, 2, 3], 2: [0, 1, 3], 3: [0, 1, 2]}, k)
@@ -250,6 +306,10 @@ def test_infomap_merge_settings_recorded():
     assert s["weight_temp"] == 0.02 and g["weight_temp"] == 0
     assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["weight_temp"] == 0
     assert get_clusterer("infomap", device="cpu", embedder="dlib", weight_temp=0).settings()["weight_temp"] == 0
+    # the big-cluster attach: chosen for dlib (targets of >= 100 faces); off for mbf and others
+    assert s["attach_big_min_target"] == 100 and s["attach_big_frac"] == 0.2 and s["attach_big_share"] == 0.5
+    assert s["attach_big_margin"] == 0.0 and g["attach_big_min_target"] == 0
+    assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["attach_big_min_target"] == 0
 
 
 def test_exponential_edge_weights_keep_look_alikes_apart():

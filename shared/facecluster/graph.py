@@ -451,6 +451,8 @@ def attach_relative(
     q: float = 10.0,
     margin: float = 0.02,
     max_rounds: int = 10,
+    share_of: str = "slots",
+    ref_both: bool = False,
 ) -> np.ndarray:
     """Join a fragment to the cluster its strong neighbours agree on when its links to that
     cluster are as similar as the cluster's own links are.
@@ -482,7 +484,12 @@ def attach_relative(
     min_target : smallest target (its reference needs enough internal edges).
     top : nearest neighbours per face that vote and that define the internal edges.
     min_sim : absolute floor below which a neighbour does not vote.
-    share : fraction of the ``|A| * top`` slots that must vote for ``B``.
+    share : fraction of the ``|A| * top`` slots that must vote for ``B``; with ``share_of="out"``
+        the fraction of ``A``'s strong links that leave ``A`` (a tight fragment whose neighbours
+        are mostly its own members, yet whose outside links lean to ``B``).
+    ref_both : the links must also reach ``A``'s own reference (the same percentile of ``A``'s
+        internal edges): a fragment of ``B``'s person links to ``B`` as tightly as within
+        itself, a separate person that merely leans to a tight, hub-like ``B`` does not.
     q, margin : percentile (0-100) of ``B``'s internal edge similarities, and how far below it
         ``A``'s mean link similarity may lie.
 
@@ -496,6 +503,8 @@ def attach_relative(
     lab = np.unique(labels, return_inverse=True)[1].astype(np.int64) if n else np.zeros(0, np.int64)
     if n == 0 or ids.size == 0 or max_frac <= 0:
         return lab
+    if share_of not in ("slots", "out"):
+        raise ValueError(f"attach_relative: share_of must be 'slots' or 'out', not {share_of!r}")
     ids = np.asarray(ids, np.int64)
     sims = np.asarray(sims, np.float64)
     take, rows = _nearest_links(ids, top)
@@ -506,9 +515,7 @@ def attach_relative(
         nc = int(lab.max()) + 1
         sizes = np.bincount(lab, minlength=nc)
         a, b = lab[rows], lab[cols]
-        # reference of every cluster: the q-th percentile of its internal edge similarities
         inner = a == b
-        ref = _grouped_quantile(a[inner], w[inner], q, nc, empty=np.inf)
         vote = strong & ~inner
         if not vote.any():
             break
@@ -522,14 +529,23 @@ def attach_relative(
         # same sparsity pattern, same canonical order after sum_duplicates
         r, c, d, sel = _top_target(cnt_m)
         s = sum_m.data[sel] - 2.0 * d
-        cap = np.bincount(lab, weights=slots, minlength=nc)
-        ok = (
-            (sizes[c] >= min_target)
-            & (sizes[r] >= min_size)
-            & (sizes[r] <= max_frac * sizes[c])
-            & (d >= share * cap[r])
-            & (s / d >= ref[c] - margin)
-        )
+        if share_of == "out":
+            cap = np.asarray(cnt_m.tocsr().sum(axis=1)).reshape(-1)
+        else:
+            cap = np.bincount(lab, weights=slots, minlength=nc)
+        ok = (sizes[c] >= min_target) & (sizes[r] >= min_size) & (sizes[r] <= max_frac * sizes[c]) & (d >= share * cap[r])
+        if not ok.any():
+            break
+        # references (the q-th percentile of a cluster's internal edge similarities) only of the
+        # clusters the similarity test reads: sorting every internal edge of a large batch each
+        # round cost more than the rest of the step
+        need = np.zeros(nc, bool)
+        need[c[ok]] = True
+        if ref_both:
+            need[r[ok]] = True
+        e = inner & need[a]
+        ref = _grouped_quantile(a[e], w[e], q, nc, empty=np.inf)
+        ok &= s / d >= (np.maximum(ref[c], ref[r]) if ref_both else ref[c]) - margin
         if not ok.any():
             break
         lab = _join_into(lab, nc, r[ok], c[ok])  # targets are > 1 / max_frac times bigger: a forest

@@ -59,6 +59,16 @@ of the 10th percentile of that cluster's own internal kNN-edge similarities
 looser, so its fragments join at similarities a fixed floor tuned on crisp photos refuses.
 Singletons are left to ``attach_small``: with them the relative rule attached photo passers-by.
 
+Big-cluster attach (``attach_big_min_target``, dlib: 100, fourteenth session; the last step): at
+low resolution one person of a long video falls into fragments of 5-20 frames that keep most of
+their neighbours among themselves, so neither the merge (>= 15 % of all slots) nor the relative
+attach (>= 50 % of the 10-NN slots) takes them. A fragment of >= 2 faces and <= 20 % of a cluster of
+>= 100 faces joins it when >= 50 % of its strong links that *leave* it go there and their mean
+similarity reaches the 10th percentile of *both* clusters' internal links (a fragment of that
+person links across as tightly as within itself; a separate person that leans to a tight, hub-like
+cluster of dark faces does not). 48-px video 0.923 -> 0.931, every other regime unchanged
+(docs/benchmarks/default_quality.md, "Big-cluster attach").
+
 Small faces (``small_face_px`` > 0, on by default since issue 13; needs ``face_px``, each
 face's inter-ocular distance in its file's pixels, which ``facecluster embed`` records in
 ``features-face-px.npy`` from the alignment's landmarks): faces whose eyes are under 18 px apart
@@ -256,6 +266,26 @@ class InfomapConfig(ClusterConfig):
         2, ge=1, description="Smallest fragment the relative attach moves (singletons: 1 attached photo passers-by)."
     )
     attach_rel_min_target: int = Field(10, ge=2, description="Smallest target cluster of the relative attach.")
+    attach_big_min_target: Optional[int] = Field(
+        None,
+        ge=0,
+        description="Big-cluster attach, the last step (facecluster.graph.attach_relative with share_of='out'): a "
+        "fragment of >= 2 faces and <= attach_big_frac of a cluster of >= this many faces (a long video's person) "
+        "joins it when >= attach_big_share of the strong links (>= merge_min_sim, merge_k per face) that leave "
+        "the fragment go to it and their mean similarity is >= both clusters' internal attach_rel_q-th percentile "
+        "minus attach_big_margin. At low resolution one person's frames fall into fragments that keep most "
+        "neighbours among themselves, so the relative attach's share of all slots refuses them; the fragment's "
+        "own percentile keeps out a separate person who merely leans to a tight, hub-like cluster. 0: off. "
+        "Default: chosen per embedder (dlib: 100; mbf and others: 0, not measured; "
+        "docs/benchmarks/default_quality.md, 'Big-cluster attach').",
+    )
+    attach_big_frac: float = Field(0.2, gt=0, lt=1, description="Largest fragment of the big-cluster attach, as a fraction of its target.")
+    attach_big_share: float = Field(
+        0.5, gt=0, le=1, description="Share of the fragment's strong links leaving it that must go to the target."
+    )
+    attach_big_margin: float = Field(
+        0.0, ge=0, le=2, description="How far below those percentiles the fragment's mean link may lie."
+    )
     split_min_size: int = Field(
         0,
         ge=0,
@@ -294,6 +324,9 @@ COHORT_SHIFT_BY_EMBEDDER: dict[str, float] = {"dlib": 0.003}
 #: default ``weight_temp`` per embedder (chosen on dlib's training regimes and scenarios by the worst
 #: one, then the faces in mixed clusters); others 0 = plain cosine weights
 WEIGHT_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
+#: default ``attach_big_min_target`` per embedder (dlib: chosen on the training regimes, fourteenth
+#: session, docs/benchmarks/default_quality.md "Big-cluster attach"); others 0 = off
+ATTACH_BIG_BY_EMBEDDER: dict[str, int] = {"dlib": 100}
 
 
 def _parallel_trials(num_trials: int) -> dict:
@@ -340,6 +373,13 @@ class InfomapClusterer(Clusterer):
             return c.merge_lone_recip
         return LONE_RECIP_BY_EMBEDDER.get(c.embedder or "", 0)
 
+    def attach_big_min_target(self) -> int:
+        """Smallest target of the big-cluster attach (0: off)."""
+        c = self.config
+        if c.attach_big_min_target is not None:
+            return c.attach_big_min_target
+        return ATTACH_BIG_BY_EMBEDDER.get(c.embedder or "", 0)
+
     def weight_temp(self) -> float:
         """Temperature of Infomap's exponential edge weights (0: the plain cosine)."""
         c = self.config
@@ -385,6 +425,7 @@ class InfomapClusterer(Clusterer):
         d["merge_min_sim"] = self.merge_min_sim()
         d["merge_lone_recip"] = self.lone_recip()
         d["attach_min_sim"] = self.attach_min_sim()
+        d["attach_big_min_target"] = self.attach_big_min_target()
         return d
 
     def small_vote_floor(self) -> Optional[float]:
@@ -480,5 +521,6 @@ class InfomapClusterer(Clusterer):
             merge_min_sim=self.merge_min_sim(),
             attach_min_sim=self.attach_min_sim(),
             lone_recip=self.lone_recip(),
+            attach_big_min_target=self.attach_big_min_target(),
             timed=self._timed,
         )

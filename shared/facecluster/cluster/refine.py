@@ -58,6 +58,10 @@ REFINE_FIELDS: tuple[str, ...] = (
     "attach_rel_min_sim",
     "attach_rel_min_size",
     "attach_rel_min_target",
+    "attach_big_min_target",
+    "attach_big_frac",
+    "attach_big_share",
+    "attach_big_margin",
     "split_min_size",
     "split_k",
     "split_min_sim",
@@ -75,10 +79,12 @@ def refine_partition(
     merge_min_sim: float,
     attach_min_sim: float,
     lone_recip: int = 0,
+    attach_big_min_target: int = 0,
     timed: Optional[Callable[[str], ContextManager]] = None,
 ) -> np.ndarray:
-    """Fragment merge, optional weak-cut split, small-cluster attach, relative attach, and
-    (``merge_again``) a second fragment merge of clusters of two or more faces.
+    """Fragment merge, optional weak-cut split, small-cluster attach, relative attach,
+    (``merge_again``) a second fragment merge of clusters of two or more faces, and the
+    big-cluster attach (``attach_big_min_target`` > 0).
 
     Parameters
     ----------
@@ -88,6 +94,8 @@ def refine_partition(
         (:mod:`facecluster.cohort`, Infomap) while the order stays the plain cosine's.
     cfg : an object with the post-step settings named in ``REFINE_FIELDS`` (an ``InfomapConfig``).
     lone_recip : the resolved ``merge_lone_recip`` (``InfomapClusterer.lone_recip``).
+    attach_big_min_target : the resolved ``attach_big_min_target``
+        (``InfomapClusterer.attach_big_min_target``; 0: off).
     merge_min_sim, attach_min_sim : the resolved thresholds (cosine); ``cfg``'s
         ``split_min_sim`` / ``attach_rel_min_sim`` default to ``merge_min_sim`` when None.
     timed : optional ``timed(step)`` context manager recording each step's time.
@@ -163,6 +171,27 @@ def refine_partition(
         # went to those is now pointing into one cluster (a long-video person split 80 / 13 %
         # rejoins). Lone faces stay where the attach steps left them (passers-by).
         labels = merge(labels, max(2, cfg.merge_min_size), 0)
+    if attach_big_min_target > 0:
+        with timed("attach_big"):
+            # a long video's person at low resolution: fragments that keep most neighbours among
+            # themselves but whose links leaving them lean to that person's big cluster, as
+            # strongly as its own weakest tenth (share of out-links, not of all slots)
+            m = cfg.merge_k + 1  # only the first merge_k neighbours vote (self in the list, ignored)
+            labels = attach_relative(
+                labels,
+                ids[:, :m],
+                sims[:, :m],
+                max_frac=cfg.attach_big_frac,
+                min_size=2,
+                min_target=attach_big_min_target,
+                top=cfg.merge_k,
+                min_sim=merge_min_sim,
+                share=cfg.attach_big_share,
+                q=cfg.attach_rel_q,
+                margin=cfg.attach_big_margin,
+                share_of="out",
+                ref_both=True,
+            )
     return np.asarray(labels, np.int64)
 
 
@@ -237,9 +266,14 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: training identities, docs/benchmarks/gcn_ve.md §7): a small cluster attaches when 60 % of its
 #: members' 10 nearest neighbours agree (Infomap: 80 %). A learned method's partition leaves more
 #: small same-person fragments whose neighbours mostly, not almost all, agree.
-#: The close-halves merge and the second merge pass (eleventh session) were measured for Infomap
-#: only: off for them.
-LEARNED_REFINE_DEFAULTS: dict[str, Any] = {"attach_share": 0.6, "merge_close_q": None, "merge_again": False}
+#: The close-halves merge and the second merge pass (eleventh session) and the big-cluster attach
+#: (fourteenth session) were measured for Infomap only: off for them.
+LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
+    "attach_share": 0.6,
+    "merge_close_q": None,
+    "merge_again": False,
+    "attach_big_min_target": 0,
+}
 
 #: The similarity floor of a learned method's own links when the refinement runs after it, per
 #: embedder (plain-descriptor cosine; without the refinement ``calibration.LINK_FLOOR_BY_EMBEDDER``
@@ -347,5 +381,5 @@ def refine_learned(
         ids_p, sims_p = plain_knn_from(ids, xr)
     return refine_partition(
         labels, ids_p, sims_p, im.config, merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(),
-        lone_recip=im.lone_recip(), timed=timed
+        lone_recip=im.lone_recip(), attach_big_min_target=im.attach_big_min_target(), timed=timed
     )
