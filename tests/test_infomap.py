@@ -193,13 +193,14 @@ def test_second_merge_pass_joins_a_piece_whose_links_went_to_faces_attached_sinc
 
 def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big_cluster():
     """B: 100 faces of one person (internal links 0.95); C: 20 faces of another (0.97). Three
-    8-face clusters list 6 of their own faces, 2 of B's and 2 of C's (at 0.92): F, a fragment of
+    8-face clusters list 4 of their own faces, 4 of B's and 2 of C's (at 0.92): F, a fragment of
     B's person (own links 0.95, to B 0.951: as strong as B's and its own weakest links); L, a
     look-alike (own 0.95, to B 0.945); H, a tight separate person leaning to B (own 0.97, to B
-    0.955: B's level, not its own). Half of each one's out-links and a fifth of its slots go to
-    B: the fragment merge (75 % of out-links) and the relative attach (50 % of slots) leave all
-    three, the big-cluster attach (50 % of out-links, both references) joins F only; F stays when
-    B is under the minimum target size, F is above the fraction of it, or the step is off."""
+    0.955: B's level, not its own). Two thirds of each one's out-links and 40 % of its slots go
+    to B: the fragment merge (75 % of out-links) and the relative attach (50 % of slots) leave all
+    three, the big-cluster attach (50 % of out-links, 35 % of slots, both references) joins F
+    only; F stays when B is under the minimum target size, F is above the fraction of it, its
+    links fill too few slots, or the step is off."""
     from facecluster.cluster.infomap import InfomapConfig
     from facecluster.cluster.refine import refine_partition
     from facecluster.graph import attach_relative
@@ -212,8 +213,8 @@ def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big
             neigh[i], sim[i] = [grp[(j + t) % len(grp)] for t in range(1, 11)], [s] * 10
     for grp, own, s in ((F, 0.95, 0.951), (L, 0.95, 0.945), (H, 0.97, 0.955)):
         for j, i in enumerate(grp):
-            neigh[i] = [q for q in grp if q != i][:6] + B[2 * j : 2 * j + 2] + C[2 * j : 2 * j + 2]
-            sim[i] = [own] * 6 + [s] * 2 + [0.92] * 2
+            neigh[i] = [q for q in grp if q != i][:4] + B[4 * j : 4 * j + 4] + C[2 * j : 2 * j + 2]
+            sim[i] = [own] * 4 + [s] * 4 + [0.92] * 2
     ids = _lists(neigh, 10)
     sims = np.full(ids.shape, -1.0, np.float32)
     sims[:, 0] = 1.0
@@ -231,13 +232,38 @@ def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big
     assert all(on[g[0]] != on[0] and len(set(on[g])) == 1 for g in (C, L, H))
     assert len(set(run(101))) == 5  # B under the minimum target size
     assert len(set(run(100, attach_big_frac=0.05))) == 5  # F above the fraction of its target
-    assert len(set(run(100, attach_big_share=0.6))) == 5  # half of F's out-links: under a 60 % share
+    assert len(set(run(100, attach_big_share=0.7))) == 5  # two thirds of F's out-links: under a 70 % share
+    assert len(set(run(100, attach_big_min_links=0.5))) == 5  # 40 % of its slots: under a 50 % floor
     wide = run(100, attach_big_margin=0.01)  # wide enough for the look-alike too (not H: 0.955 < 0.97 - 0.01)
     assert len(set(wide[B + F + L])) == 1 and wide[H[0]] != wide[0] and wide[C[0]] != wide[0]
     # without the fragment's own reference H joins as well (B's level is all it is compared with)
     one_ref = attach_relative(labels, ids, sims, max_frac=0.2, min_size=2, min_target=100, top=10, min_sim=0.91,
-                              share=0.5, q=10, margin=0.0, share_of="out")
+                              share=0.5, q=10, margin=0.0, share_of="out", min_links=0.35)
     assert len(set(one_ref[B + F + H])) == 1 and one_ref[L[0]] != one_ref[0]
+
+
+def test_big_cluster_attach_targets_keep_their_input_size():
+    """B: 100 faces; A1: 20 faces whose out-links all go to B; A2: 22 faces whose out-links all go
+    to A1 (every link 0.95). A1 joins B (20 <= 0.2 x 100). Measured by its grown size (120) B
+    could then take A2 (22 <= 24) in the next round, and so on: a cascade through one hub. With
+    fixed_targets the fraction is of B's input size, and A2 stays."""
+    from facecluster.graph import attach_relative
+
+    B, A1, A2 = list(range(100)), list(range(100, 120)), list(range(120, 142))
+    neigh = {}
+    for j, i in enumerate(B):
+        neigh[i] = [B[(j + t) % 100] for t in range(1, 11)]
+    for grp, to in ((A1, B), (A2, A1)):
+        for j, i in enumerate(grp):
+            neigh[i] = [q for q in grp if q != i][:6] + [to[(4 * j + t) % len(to)] for t in range(4)]
+    ids = _lists(neigh, 10)
+    sims = np.where(ids >= 0, 0.95, -1.0).astype(np.float32)
+    labels = np.array([0] * 100 + [1] * 20 + [2] * 22)
+    kw = dict(max_frac=0.2, min_size=2, min_target=100, top=10, min_sim=0.91, share=0.5, q=10, margin=0.0, share_of="out")
+    grown = attach_relative(labels, ids, sims, **kw)
+    fixed = attach_relative(labels, ids, sims, fixed_targets=True, **kw)
+    assert len(set(grown)) == 1
+    assert len(set(fixed[B + A1])) == 1 and fixed[A2[0]] != fixed[0] and len(set(fixed[A2])) == 1
 
 
 def test_attach_relative_share_of_out_links():
@@ -308,7 +334,7 @@ def test_infomap_merge_settings_recorded():
     assert get_clusterer("infomap", device="cpu", embedder="dlib", weight_temp=0).settings()["weight_temp"] == 0
     # the big-cluster attach: chosen for dlib (targets of >= 100 faces); off for mbf and others
     assert s["attach_big_min_target"] == 100 and s["attach_big_frac"] == 0.2 and s["attach_big_share"] == 0.5
-    assert s["attach_big_margin"] == 0.0 and g["attach_big_min_target"] == 0
+    assert s["attach_big_margin"] == 0.0 and s["attach_big_min_links"] == 0.35 and g["attach_big_min_target"] == 0
     assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["attach_big_min_target"] == 0
 
 

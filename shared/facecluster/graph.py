@@ -453,6 +453,8 @@ def attach_relative(
     max_rounds: int = 10,
     share_of: str = "slots",
     ref_both: bool = False,
+    fixed_targets: bool = False,
+    min_links: float = 0.0,
 ) -> np.ndarray:
     """Join a fragment to the cluster its strong neighbours agree on when its links to that
     cluster are as similar as the cluster's own links are.
@@ -490,6 +492,13 @@ def attach_relative(
     ref_both : the links must also reach ``A``'s own reference (the same percentile of ``A``'s
         internal edges): a fragment of ``B``'s person links to ``B`` as tightly as within
         itself, a separate person that merely leans to a tight, hub-like ``B`` does not.
+    min_links : with ``share_of="out"``, those links must also be >= this fraction of ``A``'s
+        ``|A| * top`` slots (as in :func:`merge_fragments`): a fragment is bound to its person,
+        a separate person of some size merely leans to a look-alike with the few links that
+        leave it.
+    fixed_targets : a target's size (for ``min_target`` and ``max_frac``) is that of its cluster
+        in the input, not what the joins of earlier rounds made of it: a target that grows does
+        not become able to take ever larger clusters (a cascade through one hub).
     q, margin : percentile (0-100) of ``B``'s internal edge similarities, and how far below it
         ``A``'s mean link similarity may lie.
 
@@ -511,9 +520,15 @@ def attach_relative(
     cols, w = ids[take], sims[take]
     slots = np.bincount(rows, minlength=n)
     strong = w >= min_sim
+    size_in = np.bincount(lab)[lab] if fixed_targets else None  # each face's input cluster size
     for _ in range(max_rounds):
         nc = int(lab.max()) + 1
         sizes = np.bincount(lab, minlength=nc)
+        tsizes = sizes
+        if fixed_targets:
+            # joins go into strictly bigger clusters, so a cluster's biggest input piece is its root
+            tsizes = np.zeros(nc, np.int64)
+            np.maximum.at(tsizes, lab, size_in)
         a, b = lab[rows], lab[cols]
         inner = a == b
         vote = strong & ~inner
@@ -533,7 +548,9 @@ def attach_relative(
             cap = np.asarray(cnt_m.tocsr().sum(axis=1)).reshape(-1)
         else:
             cap = np.bincount(lab, weights=slots, minlength=nc)
-        ok = (sizes[c] >= min_target) & (sizes[r] >= min_size) & (sizes[r] <= max_frac * sizes[c]) & (d >= share * cap[r])
+        ok = (tsizes[c] >= min_target) & (sizes[r] >= min_size) & (sizes[r] <= max_frac * tsizes[c]) & (d >= share * cap[r])
+        if min_links > 0:
+            ok &= d >= min_links * np.bincount(lab, weights=slots, minlength=nc)[r]
         if not ok.any():
             break
         # references (the q-th percentile of a cluster's internal edge similarities) only of the

@@ -63,7 +63,8 @@ Big-cluster attach (``attach_big_min_target``, dlib: 100, fourteenth session; th
 low resolution one person of a long video falls into fragments of 5-20 frames that keep most of
 their neighbours among themselves, so neither the merge (>= 15 % of all slots) nor the relative
 attach (>= 50 % of the 10-NN slots) takes them. A fragment of >= 2 faces and <= 20 % of a cluster of
->= 100 faces joins it when >= 50 % of its strong links that *leave* it go there and their mean
+>= 100 faces joins it when >= 50 % of its strong links that *leave* it go there (filling >= 35 %
+of its 40 slots: a separate person of some size, a sister, leans with few) and their mean
 similarity reaches the 10th percentile of *both* clusters' internal links (a fragment of that
 person links across as tightly as within itself; a separate person that leans to a tight, hub-like
 cluster of dark faces does not). 48-px video 0.923 -> 0.931, every other regime unchanged
@@ -275,7 +276,8 @@ class InfomapConfig(ClusterConfig):
         "the fragment go to it and their mean similarity is >= both clusters' internal attach_rel_q-th percentile "
         "minus attach_big_margin. At low resolution one person's frames fall into fragments that keep most "
         "neighbours among themselves, so the relative attach's share of all slots refuses them; the fragment's "
-        "own percentile keeps out a separate person who merely leans to a tight, hub-like cluster. 0: off. "
+        "own percentile keeps out a separate person who merely leans to a tight, hub-like cluster; those links "
+        "must also fill attach_big_min_links of its slots. 0: off. "
         "Default: chosen per embedder (dlib: 100; mbf and others: 0, not measured; "
         "docs/benchmarks/default_quality.md, 'Big-cluster attach').",
     )
@@ -285,6 +287,14 @@ class InfomapConfig(ClusterConfig):
     )
     attach_big_margin: float = Field(
         0.0, ge=0, le=2, description="How far below those percentiles the fragment's mean link may lie."
+    )
+    attach_big_min_links: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Those links must also be >= this fraction of the fragment's merge_k slots: a fragment is bound "
+        "to its person, a separate person of some size (a sister, another dark face) leans to a look-alike with "
+        "the few links that leave it.",
     )
     split_min_size: int = Field(
         0,

@@ -62,6 +62,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "attach_big_frac",
     "attach_big_share",
     "attach_big_margin",
+    "attach_big_min_links",
     "split_min_size",
     "split_k",
     "split_min_sim",
@@ -191,6 +192,8 @@ def refine_partition(
                 margin=cfg.attach_big_margin,
                 share_of="out",
                 ref_both=True,
+                fixed_targets=True,
+                min_links=cfg.attach_big_min_links,
             )
     return np.asarray(labels, np.int64)
 
