@@ -36,7 +36,9 @@ of its file name, so a rebuild gives the same bytes):
 
 Identity split: ``facecluster.train.splits`` (held-out identities by name hash). A regime
 writes every identity; scripts pick training or validation rows with ``validation_mask``.
-Writes ``OUT/<regime>.json`` (input JSON, ``person`` field = identity) next to each folder.
+Writes ``OUT/<regime>.json`` (input JSON, ``person`` field = identity) next to each folder, and
+``OUT/lfw-mixed-val.json`` (lfw-mixed's validation identities: ``bench/regimes.py`` reads them
+from their own work dir ``lfw-mixed-val``).
 """
 
 from __future__ import annotations
@@ -160,6 +162,15 @@ def main() -> None:
             continue
         n = build(r, a, a.out)
         print(f"{r:14s} {n:6d} faces -> {a.out / r}.json", flush=True)
+        if r == "lfw-mixed":
+            # bench/regimes.py's lfw-mixed-val is a work dir of the validation identities alone
+            # (embed this input into WORKDIRS/lfw-mixed-val)
+            from facecluster.train.splits import validation_mask
+
+            recs = json.loads((a.out / f"{r}.json").read_text())
+            keep = validation_mask("lfw", [rec["person"] for rec in recs])
+            (a.out / "lfw-mixed-val.json").write_text(json.dumps([rec for rec, k in zip(recs, keep) if k]))
+            print(f"{'lfw-mixed-val':14s} {int(keep.sum()):6d} faces -> {a.out / 'lfw-mixed-val'}.json", flush=True)
 
 
 if __name__ == "__main__":

@@ -492,10 +492,10 @@ def attach_relative(
     ref_both : the links must also reach ``A``'s own reference (the same percentile of ``A``'s
         internal edges): a fragment of ``B``'s person links to ``B`` as tightly as within
         itself, a separate person that merely leans to a tight, hub-like ``B`` does not.
-    min_links : with ``share_of="out"``, those links must also be >= this fraction of ``A``'s
-        ``|A| * top`` slots (as in :func:`merge_fragments`): a fragment is bound to its person,
-        a separate person of some size merely leans to a look-alike with the few links that
-        leave it.
+    min_links : the votes for ``B`` must also be >= this fraction of ``A``'s ``|A| * top`` slots
+        (as in :func:`merge_fragments`; for ``share_of="out"``): a fragment is bound to its
+        person, a separate person of some size merely leans to a look-alike with the few links
+        that leave it.
     fixed_targets : a target's size (for ``min_target`` and ``max_frac``) is that of its cluster
         in the input, not what the joins of earlier rounds made of it: a target that grows does
         not become able to take ever larger clusters (a cascade through one hub).
