@@ -230,6 +230,10 @@ def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big
     assert len(set(off)) == 5
     assert len(set(on[B + F])) == 1 and len(set(on)) == 4
     assert all(on[g[0]] != on[0] and len(set(on[g])) == 1 for g in (C, L, H))
+    # the default for dlib features runs it (every other post-step at its default, 40 voting slots)
+    dflt = get_clusterer("infomap", device="cpu", embedder="dlib").refine(labels, ids, sims)
+    assert len(set(zip(dflt.tolist(), on.tolist()))) == len(set(on.tolist())) == len(set(dflt.tolist()))
+    assert len(set(get_clusterer("infomap", device="cpu", embedder="mbf").refine(labels, ids, sims))) == 5
     assert len(set(run(101))) == 5  # B under the minimum target size
     assert len(set(run(100, attach_big_frac=0.05))) == 5  # F above the fraction of its target
     assert len(set(run(100, attach_big_share=0.7))) == 5  # two thirds of F's out-links: under a 70 % share
