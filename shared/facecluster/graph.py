@@ -544,13 +544,12 @@ def attach_relative(
         # same sparsity pattern, same canonical order after sum_duplicates
         r, c, d, sel = _top_target(cnt_m)
         s = sum_m.data[sel] - 2.0 * d
-        if share_of == "out":
-            cap = np.asarray(cnt_m.tocsr().sum(axis=1)).reshape(-1)
-        else:
-            cap = np.bincount(lab, weights=slots, minlength=nc)
+        # each cluster's kNN slots: what `share` counts against (the default) and `min_links` reads
+        slot_cap = np.bincount(lab, weights=slots, minlength=nc) if share_of == "slots" or min_links > 0 else None
+        cap = np.asarray(cnt_m.tocsr().sum(axis=1)).reshape(-1) if share_of == "out" else slot_cap
         ok = (tsizes[c] >= min_target) & (sizes[r] >= min_size) & (sizes[r] <= max_frac * tsizes[c]) & (d >= share * cap[r])
         if min_links > 0:
-            ok &= d >= min_links * np.bincount(lab, weights=slots, minlength=nc)[r]
+            ok &= d >= min_links * slot_cap[r]
         if not ok.any():
             break
         # references (the q-th percentile of a cluster's internal edge similarities) only of the
