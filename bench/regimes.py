@@ -32,6 +32,10 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
   ``lfw-mixed-val``             held-out LFW ids, per photo a random crop, size, JPEG quality,
                                 blur, grey (photos from mixed sources; work dir
                                 ``lfw-mixed-val`` holds only these ids)
+  ``lfw-detbox-val``            held-out LFW ids, boxes of another detector: rolled up to 25
+                                deg, non-square, off centre, 72-180 px (work dir
+                                ``lfw-detbox-val``; added in the fifteenth session, after
+                                every default was chosen)
   ``glint18-val+singletons``    glint18-val + held-out LFW one-photo people (video with
                                 passers-by)
   ``yale``                      Extended Yale B: 38 people x ~64 greyscale shots under extreme
@@ -81,6 +85,7 @@ SHAPES = {
     "glint-mixed-val": "video, mixed sizes",
     "glint-mixed-val-far": "video, mixed sizes, one person only small",
     "lfw-mixed-val": "photos, mixed sizes",
+    "lfw-detbox-val": "photos, another detector's boxes",
     "glint18-val+singletons": "video+singles",
     "yale": "video",
     "orl": "small",
@@ -158,6 +163,8 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
         add("lfw-loose-val21", lambda: _cap21(*ld("lfw-loose", "val")))
     if have("lfw-mixed-val"):  # the validation identities' lfw-mixed crops (their own work dir)
         add("lfw-mixed-val", lambda: ld("lfw-mixed-val"))
+    if have("lfw-detbox-val"):  # the validation identities' lfw-detbox crops (their own work dir)
+        add("lfw-detbox-val", lambda: ld("lfw-detbox-val"))
     if have("glint18"):
         add("glint18-val", lambda: ld("glint18", "val"))
     if have("glint-lowres"):

@@ -27,6 +27,9 @@ of its file name, so a rebuild gives the same bytes):
 ``lfw-lowq``       whole 250 frame downscaled to 80 px, JPEG q35 (a far, compressed face)
 ``lfw-greyblur``   centre 170, greyscale, Gaussian blur radius 1.5, 170 px, JPEG q80
 ``lfw-mixed``      per image one of: centre 120-230, 64-250 px, q30-95, blur 0-2, grey 25 %
+``lfw-detbox``     another detector's boxes: the head rolled -25..25 deg, a box 110-190 px wide
+                   and 1.0-1.3x as tall, off centre by up to 12 % of its width, scaled to
+                   72-180 px wide, q70-95 (non-square, off-centre, tilted crops)
 ``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
 ``glint-mixed``    per glint18 crop: 32-112 px, q35-95, blur 0-1.5 on a third (a video whose
                    faces come near and go far: mixed resolution in one batch)
@@ -37,8 +40,9 @@ of its file name, so a rebuild gives the same bytes):
 Identity split: ``facecluster.train.splits`` (held-out identities by name hash). A regime
 writes every identity; scripts pick training or validation rows with ``validation_mask``.
 Writes ``OUT/<regime>.json`` (input JSON, ``person`` field = identity) next to each folder, and
-``OUT/lfw-mixed-val.json`` (lfw-mixed's validation identities: ``bench/regimes.py`` reads them
-from their own work dir ``lfw-mixed-val``).
+``OUT/lfw-mixed-val.json`` and ``OUT/lfw-detbox-val.json`` (the validation identities of
+lfw-mixed and lfw-detbox: ``bench/regimes.py`` reads them from their own work dirs
+``lfw-mixed-val`` and ``lfw-detbox-val``).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter, ImageOps
 
-REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed", "yale", "yale-moderate"]
+REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "glint-lowres", "glint-mixed", "yale", "yale-moderate"]
 
 
 def _u(name: str, salt: str) -> float:
@@ -85,6 +89,21 @@ def lfw_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image, i
         if _u(name, "grey") < 0.25:
             out = ImageOps.grayscale(out).convert("RGB")
         return out, int(30 + 65 * _u(name, "q"))
+    if regime == "lfw-detbox":
+        # What another detector hands over: its box is not the square, centred, upright box of
+        # LFW's funnelled images. The roll is applied to the photo (the face turns about its
+        # centre, as a tilted head does); the corners it uncovers stay black, as a detector's
+        # crop padded at the image border would be.
+        roll = -25 + 50 * _u(name, "roll")
+        w = 110 + 80 * _u(name, "bw")
+        h = min(240.0, w * (1.0 + 0.3 * _u(name, "bh")))
+        cx = 125 + 0.12 * w * (2 * _u(name, "dx") - 1)
+        cy = 125 + 0.12 * w * (2 * _u(name, "dy") - 1)
+        out = im.rotate(roll, resample=Image.BILINEAR, center=(125, 125))
+        out = out.crop((round(cx - w / 2), round(cy - h / 2), round(cx + w / 2), round(cy + h / 2)))
+        width = int(72 + 108 * _u(name, "sw"))
+        out = out.resize((width, round(width * h / w)), Image.BILINEAR)
+        return out, int(70 + 25 * _u(name, "q"))
     raise ValueError(regime)
 
 
@@ -162,15 +181,15 @@ def main() -> None:
             continue
         n = build(r, a, a.out)
         print(f"{r:14s} {n:6d} faces -> {a.out / r}.json", flush=True)
-        if r == "lfw-mixed":
-            # bench/regimes.py's lfw-mixed-val is a work dir of the validation identities alone
-            # (embed this input into WORKDIRS/lfw-mixed-val)
+        if r in ("lfw-mixed", "lfw-detbox"):
+            # bench/regimes.py's lfw-mixed-val / lfw-detbox-val are work dirs of the validation
+            # identities alone (embed this input into WORKDIRS/<regime>-val)
             from facecluster.train.splits import validation_mask
 
             recs = json.loads((a.out / f"{r}.json").read_text())
             keep = validation_mask("lfw", [rec["person"] for rec in recs])
-            (a.out / "lfw-mixed-val.json").write_text(json.dumps([rec for rec, k in zip(recs, keep) if k]))
-            print(f"{'lfw-mixed-val':14s} {int(keep.sum()):6d} faces -> {a.out / 'lfw-mixed-val'}.json", flush=True)
+            (a.out / f"{r}-val.json").write_text(json.dumps([rec for rec, k in zip(recs, keep) if k]))
+            print(f"{r + '-val':14s} {int(keep.sum()):6d} faces -> {a.out / (r + '-val')}.json", flush=True)
 
 
 if __name__ == "__main__":
