@@ -38,6 +38,10 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
                                 every default was chosen)
   ``glint18-val+singletons``    glint18-val + held-out LFW one-photo people (video with
                                 passers-by)
+  ``glint3styles-val+singletons`` each glint18-val frame three times (tight 112 px, near/far
+                                32-112 px, 48 px) + held-out LFW one-photo people: people
+                                seen in several qualities at once, long-video clusters of
+                                ~800-2,400 faces (added in the fifteenth session)
   ``yale``                      Extended Yale B: 38 people x ~64 greyscale shots under extreme
                                 lighting (a source and crop style nothing trains on)
   ``orl``                       ORL: 40 people x 10 greyscale studio shots (another source)
@@ -87,6 +91,7 @@ SHAPES = {
     "lfw-mixed-val": "photos, mixed sizes",
     "lfw-detbox-val": "photos, another detector's boxes",
     "glint18-val+singletons": "video+singles",
+    "glint3styles-val+singletons": "video in three qualities + singles",
     "yale": "video",
     "orl": "small",
     "all-styles-val": "every style in one batch",
@@ -183,6 +188,18 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
                     np.concatenate([gp, lp[s]]))
 
         add("glint18-val+singletons", with_singles)
+
+        def three_styles():
+            parts = [ld(s, "val") for s in ("glint18", "glint-mixed", "glint-lowres") if have(s)]
+            lx, ln, lp = ld("lfw", "val")
+            c = Counter(ln.tolist())
+            s = np.array([c[v] == 1 for v in ln], bool)
+            return (np.concatenate([p[0] for p in parts] + [lx[s]]),
+                    np.concatenate([p[1] for p in parts] + [np.char.add("lfw:", ln[s])]),
+                    np.concatenate([p[2] for p in parts] + [lp[s]]))
+
+        if have("glint-mixed") and have("glint-lowres"):
+            add("glint3styles-val+singletons", three_styles)
     if have("yale"):
         add("yale", lambda: ld("yale"))
     if have("orl"):

@@ -15,6 +15,12 @@ Shapes (each the training identities of a set; labels = image folder):
                            set of issue 13), three draws
 ``video/glint-lowres``     glint18 training people at 48 px, JPEG q40
 ``video+singles``          glint18 training people + LFW training one-photo people
+``video+singles/<glint>``  the same at 48 px (glint-lowres) and at 32-112 px (glint-mixed):
+                           passers-by beside a low-resolution or near/far video (fifteenth session)
+``video3styles+singles/sN`` 2 glint18 training people with >= 250 faces, each frame three
+                           times (tight 112 px, near/far 32-112 px, 48 px) + LFW training
+                           one-photo people: a person seen in several qualities at once, whom
+                           Infomap may cut into several big pieces (fifteenth session), 3 draws
 ``video-small/glint18``    20 draws of 3-7 people, 5-40 % of each one's faces (short clips)
 ``photos/<lfw set>``       every training identity, singletons included (lfw, lfw-tight,
                            lfw-greyblur: shared 150-px crops, tight 112-px, grey + blur)
@@ -23,7 +29,10 @@ Shapes (each the training identities of a set; labels = image folder):
                            lfw, lfw-loose (~35 % margin) and lfw-mixed (random crop per image)
 =========================  ================================================================
 
-Prints BCubed F (pairwise F) per scenario and variant, and each variant's worst scenario.
+Prints BCubed F (pairwise F) per scenario and variant, and each variant's worst scenario. The
+scenarios added in the fifteenth session pass each face's size (``face_px``) to the methods, as
+the pipeline and ``bench/regimes.py`` do; the older ones do not (their numbers in the docs were
+measured so).
 ``bench/tune_infomap.py --root`` grid-searches the default's settings on the same scenarios.
 """
 
@@ -59,7 +68,7 @@ def _per_id_cap(names: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
     """(name, [(features (N, D), identity names (N,)), ...]): one entry per draw."""
-    have = {s: (root / s / "features.npy").exists() for s in ("glint18", "glint-lowres", "lfw", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed")}
+    have = {s: (root / s / "features.npy").exists() for s in ("glint18", "glint-lowres", "glint-mixed", "lfw", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed")}
     out = []
     if have["glint18"]:
         gf, gn = load(root, "glint18", "train")
@@ -94,6 +103,20 @@ def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.
             c = Counter(ln.tolist())
             s = np.array([c[v] == 1 for v in ln], bool)
             out.append(("video+singles", [(np.concatenate([gf, lf[s]]), np.concatenate([gn, np.char.add("lfw:", ln[s])]))]))
+            if have["glint-lowres"] and have["glint-mixed"]:
+                lp = load(root, "lfw", "train", with_px=True)[2][s]
+                styles = [load(root, st, "train", with_px=True) for st in ("glint18", "glint-mixed", "glint-lowres")]
+                styles = [(x[ok_], n[ok_], p[ok_]) for x, n, p in styles for ok_ in [~np.isin(n, list(MISLABELED))]]
+                for st, (x, n, p) in (("glint-lowres", styles[2]), ("glint-mixed", styles[1])):
+                    out.append((f"video+singles/{st}", [(np.concatenate([x, lf[s]]), np.concatenate([n, np.char.add("lfw:", ln[s])]),
+                                                          np.concatenate([p, lp]))]))
+                order = np.random.default_rng(7).permutation(big)
+                for seed in range(min(3, len(order) // 2)):
+                    pick = order[2 * seed : 2 * seed + 2]  # three disjoint pairs
+                    xs = [x[np.isin(n, pick)] for x, n, _ in styles] + [lf[s]]
+                    ns = [n[np.isin(n, pick)] for _, n, _ in styles] + [np.char.add("lfw:", ln[s])]
+                    ps = [p[np.isin(n, pick)] for _, n, p in styles] + [lp]
+                    out.append((f"video3styles+singles/s{seed}", [(np.concatenate(xs), np.concatenate(ns), np.concatenate(ps))]))
     if have["glint-lowres"]:
         x, n = load(root, "glint-lowres", "train")
         ok = ~np.isin(n, list(MISLABELED))
@@ -195,7 +218,7 @@ def main() -> None:
         method, settings = parse_variant(variants[0])
         for name, draws in training_scenarios(a.root):
             if name in want:
-                fragment_report(name, *draws[0], method, settings)
+                fragment_report(name, *draws[0][:2], method, settings)
         for name, x, n in validation_regimes(a.root, want):
             fragment_report(name, x, n, method, settings)
         return
@@ -207,8 +230,9 @@ def main() -> None:
         for v in variants:
             method, settings = parse_variant(v)
             res = []
-            for f, n in draws:
-                r = run_method(method, f, n, a.embedder, **settings)
+            for d in draws:
+                f, n = d[0], d[1]
+                r = run_method(method, f, n, a.embedder, face_px=d[2] if len(d) > 2 else None, **settings)
                 r.update(scenario=name, variant=v)
                 res.append(r)
             rows.extend(res)
@@ -218,8 +242,8 @@ def main() -> None:
                 worst[v] = (name, fb.min())
             lo = f" [{fb.min():.3f}]" if len(res) > 1 else ""
             cells.append(f"{fb.mean():.4f}{lo} ({fp.mean():.3f}) mix {mixed}")
-        faces = int(np.mean([len(n) for _, n in draws]))
-        ids = int(np.mean([len(set(n.tolist())) for _, n in draws]))
+        faces = int(np.mean([len(d[1]) for d in draws]))
+        ids = int(np.mean([len(set(d[1].tolist())) for d in draws]))
         print(f"{name:24s} {faces:6d} {ids:5d}  " + "  ".join(f"{c:>40s}" for c in cells), flush=True)
     for v, (name, f) in worst.items():
         print(f"worst of {v}: {name} {f:.4f}")

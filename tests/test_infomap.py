@@ -110,6 +110,11 @@ def test_lone_face_needs_a_reciprocal_link_to_move():
     # one B member lists it back (the person's odd frame): it joins
     neigh[3] = [0, 1, 2, 8]
     assert merge_fragments(labels, _lists(neigh, k), lone_recip=1)[8] == 0
+    # the dlib default asks for two (passers-by beside low-resolution video): one is not enough,
+    # a second member listing it back is
+    assert merge_fragments(labels, _lists(neigh, k), lone_recip=2)[8] != 0
+    neigh[2] = [0, 1, 8, 3]
+    assert merge_fragments(labels, _lists(neigh, k), lone_recip=2)[8] == 0
     # the rule is for lone faces only: a pair with no reciprocal link still joins
     neigh2 = {i: [j for j in range(8) if j != i][:k] for i in range(8)}
     neigh2[8] = [9, 0, 1, 2]
@@ -321,7 +326,7 @@ def test_infomap_merge_settings_recorded():
     s = c.settings()
     assert s["min_sim"] == 0.947 and s["merge_min_sim"] == 0.91 and s["merge_fragments"] is True
     assert s["attach_max_size"] == 3 and s["attach_min_sim"] == 0.93 and s["attach_share"] == 0.8
-    assert s["split_min_size"] == 0 and s["merge_mutual"] is True and s["merge_lone_recip"] == 1
+    assert s["split_min_size"] == 0 and s["merge_mutual"] is True and s["merge_lone_recip"] == 2
     assert s["attach_frac"] == 0.05 and s["attach_rel_min_size"] == 2 and s["attach_rel_margin"] == 0.01
     assert s["attach_rel_share"] == 0.5 and s["attach_rel_q"] == 10.0
     # other embedders: generic threshold, floor relative to it

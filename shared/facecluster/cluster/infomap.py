@@ -34,10 +34,11 @@ better on held-out people and on small few-person jobs; it does not join two sim
 who each form a big cluster of their own (glint18's mislabeled mother/daughter folder).
 Two clusters that are each other's first choice also join when the bigger one passes both tests
 towards the smaller (``merge_mutual``, issue 11): halves of one person, where the smaller half
-keeps most of its links inside itself. With dlib features a lone face joins only with at least one
-reciprocal link into its target (``merge_lone_recip``, issue 13): a passer-by beside a long
-video's person is in none of that person's neighbour lists, while the person's own odd frame
-usually is. Close halves (``merge_close_q``): two clusters that are each other's first choice, linked
+keeps most of its links inside itself. With dlib features a lone face joins only with at least two
+reciprocal links into its target (``merge_lone_recip``, issue 13): a passer-by beside a long
+video's person is in none or one of that person's neighbour lists (one, more often, when the
+video is low-resolution: its faces resemble everyone), while the person's own odd frame usually is
+in several. Close halves (``merge_close_q``): two clusters that are each other's first choice, linked
 across as tightly as within (median link across >= both clusters' internal 10th percentile), join:
 one person split into two big scenes. After the attach steps the merge runs once more for clusters of
 two or more faces (``merge_again``): a piece whose links went to faces attached since then joins.
@@ -215,8 +216,9 @@ class InfomapConfig(ClusterConfig):
         description="A lone face moves in the fragment merge only when >= this many of its links into the "
         "target are reciprocal (the target's member lists it among its own merge_k nearest too): a passer-by "
         "next to a long video's person is in none of that person's lists, the person's odd frame usually is. "
-        "Default: chosen per embedder (dlib: 1, video + passers-by 0.961 -> 0.982; mbf and others: 0 = off, "
-        "it lowered mbf's worst tuning regime; docs/benchmarks/default_quality.md, 'Reciprocal links').",
+        "Default: chosen per embedder (dlib: 2 since the fifteenth session, 1 before: video + passers-by "
+        "0.961 -> 0.982 -> 0.986, passers-by beside 48-px video kept out; mbf and others: 0 = off, it lowered "
+        "mbf's worst tuning regime; docs/benchmarks/default_quality.md, 'Reciprocal links').",
     )
     attach_max_size: int = Field(
         3,
@@ -324,7 +326,10 @@ GENERIC_MERGE_MARGIN = 0.1
 #: default ``attach_min_sim`` per embedder; others use ``merge_min_sim``
 ATTACH_MIN_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.93, "mbf": 0.325}
 #: default ``merge_lone_recip`` per embedder (chosen on each one's training scenarios); others 0
-LONE_RECIP_BY_EMBEDDER: dict[str, int] = {"dlib": 1}
+#: (dlib: 1 in the seventh session; 2 since the fifteenth, when passers-by beside low-resolution
+#: and near/far video joined the training scenarios: two reciprocal links keep most of them out,
+#: at a small cost to short clips' odd frames; docs/benchmarks/default_quality.md)
+LONE_RECIP_BY_EMBEDDER: dict[str, int] = {"dlib": 2}
 #: default ``cohort_shift`` per embedder with a shipped cohort. dlib: chosen on the training regimes
 #: and scenarios among shifts 0-0.005 whose worst regime beats the raw-cosine default's and that leave
 #: under 0.5 % of any regime's faces in mixed clusters: 0.003, 0.004 and 0.005 tie on the mean (within

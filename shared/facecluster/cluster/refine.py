@@ -273,6 +273,9 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: (fourteenth session) were measured for Infomap only: off for them.
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
+    # the learned methods' refinement was measured with one reciprocal link (the default's
+    # second, fifteenth session, was chosen for Infomap only)
+    "merge_lone_recip": 1,
     "merge_close_q": None,
     "merge_again": False,
     "attach_big_min_target": 0,
