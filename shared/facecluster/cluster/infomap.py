@@ -280,7 +280,7 @@ class InfomapConfig(ClusterConfig):
         "neighbours among themselves, so the relative attach's share of all slots refuses them; the fragment's "
         "own percentile keeps out a separate person who merely leans to a tight, hub-like cluster; those links "
         "must also fill attach_big_min_links of its slots. 0: off. "
-        "Default: chosen per embedder (dlib: 100; mbf and others: 0, not measured; "
+        "Default: chosen per embedder (dlib: 100; mbf: 0, it changed no mbf regime; others 0, not measured; "
         "docs/benchmarks/default_quality.md, 'Big-cluster attach').",
     )
     attach_big_frac: float = Field(0.2, gt=0, lt=1, description="Largest fragment of the big-cluster attach, as a fraction of its target.")
@@ -340,7 +340,8 @@ COHORT_SHIFT_BY_EMBEDDER: dict[str, float] = {"dlib": 0.003}
 #: one, then the faces in mixed clusters); others 0 = plain cosine weights
 WEIGHT_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
 #: default ``attach_big_min_target`` per embedder (dlib: chosen on the training regimes, fourteenth
-#: session, docs/benchmarks/default_quality.md "Big-cluster attach"); others 0 = off
+#: session, docs/benchmarks/default_quality.md "Big-cluster attach"; mbf: measured in the fifteenth,
+#: no regime moved, so off); others 0 = off
 ATTACH_BIG_BY_EMBEDDER: dict[str, int] = {"dlib": 100}
 
 
