@@ -337,6 +337,11 @@ def test_infomap_merge_settings_recorded():
     assert g["merge_lone_recip"] == 0
     assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["merge_lone_recip"] == 0
     assert get_clusterer("infomap", device="cpu", embedder="mbf", merge_lone_recip=2).settings()["merge_lone_recip"] == 2
+    # the learned methods' refinement keeps the one link it was measured with
+    from facecluster.cluster.infomap import InfomapClusterer
+    from facecluster.cluster.refine import LEARNED_REFINE_DEFAULTS
+
+    assert InfomapClusterer(embedder="dlib", **LEARNED_REFINE_DEFAULTS).lone_recip() == 1
     # exponential edge weights: chosen for dlib; plain cosine weights (0) for mbf and others
     assert s["weight_temp"] == 0.02 and g["weight_temp"] == 0
     assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["weight_temp"] == 0
