@@ -144,6 +144,14 @@ def training_pool(root: Path, sets: list[str] | None = None) -> list[tuple[str, 
     return [(s, *load(root, s, "train")) for s in (sets or TRAIN_SETS) if (root / s / "features.npy").exists()]
 
 
+def passers_by(x: np.ndarray, n: np.ndarray, px: np.ndarray | None = None):
+    """The one-photo people of an LFW part as passers-by beside a video: their rows of (x, n, px),
+    names prefixed ``lfw:`` so they never equal a video person's (px None stays None)."""
+    c = Counter(n.tolist())
+    s = np.array([c[v] == 1 for v in n], bool)
+    return x[s], np.char.add("lfw:", n[s]), None if px is None else px[s]
+
+
 def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool = False) -> list[tuple]:
     """(regime, features, names) for every validation regime whose work dir exists; with
     ``with_px`` also the crops' sizes: (regime, features, names, face_px)."""
@@ -179,27 +187,13 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
         add("glint-mixed-val-far", lambda: _far(*ld("glint-mixed", "val")))
     if have("glint18") and have("lfw"):
 
-        def with_singles():
-            gx, gn, gp = ld("glint18", "val")
-            lx, ln, lp = ld("lfw", "val")
-            c = Counter(ln.tolist())
-            s = np.array([c[v] == 1 for v in ln], bool)
-            return (np.concatenate([gx, lx[s]]), np.concatenate([gn, np.char.add("lfw:", ln[s])]),
-                    np.concatenate([gp, lp[s]]))
+        def with_singles(sets=("glint18",)):
+            parts = [ld(s, "val") for s in sets] + [passers_by(*ld("lfw", "val"))]
+            return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
         add("glint18-val+singletons", with_singles)
-
-        def three_styles():
-            parts = [ld(s, "val") for s in ("glint18", "glint-mixed", "glint-lowres") if have(s)]
-            lx, ln, lp = ld("lfw", "val")
-            c = Counter(ln.tolist())
-            s = np.array([c[v] == 1 for v in ln], bool)
-            return (np.concatenate([p[0] for p in parts] + [lx[s]]),
-                    np.concatenate([p[1] for p in parts] + [np.char.add("lfw:", ln[s])]),
-                    np.concatenate([p[2] for p in parts] + [lp[s]]))
-
         if have("glint-mixed") and have("glint-lowres"):
-            add("glint3styles-val+singletons", three_styles)
+            add("glint3styles-val+singletons", lambda: with_singles(("glint18", "glint-mixed", "glint-lowres")))
     if have("yale"):
         add("yale", lambda: ld("yale"))
     if have("orl"):

@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import evaluate, parse_variant, run_method  # noqa: E402
-from regimes import load  # noqa: E402
+from regimes import load, passers_by  # noqa: E402
 
 
 #: glint18 folders whose label is known to be wrong: ``Gwyneth_Paltrow`` holds 625 photos of
@@ -66,14 +66,19 @@ def _per_id_cap(names: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return keep
 
 
+def _drop_mislabeled(x: np.ndarray, n: np.ndarray, px: np.ndarray):
+    """(x, n, px) without the rows of :data:`MISLABELED` folders."""
+    ok = ~np.isin(n, list(MISLABELED))
+    return x[ok], n[ok], px[ok]
+
+
 def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
-    """(name, [(features (N, D), identity names (N,)), ...]): one entry per draw."""
+    """(name, [(features (N, D), identity names (N,)[, face sizes (N,)]), ...]): one entry per draw
+    (the scenarios added in the fifteenth session carry the face sizes)."""
     have = {s: (root / s / "features.npy").exists() for s in ("glint18", "glint-lowres", "glint-mixed", "lfw", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed")}
     out = []
     if have["glint18"]:
-        gf, gn = load(root, "glint18", "train")
-        ok = ~np.isin(gn, list(MISLABELED))
-        gf, gn = gf[ok], gn[ok]
+        gf, gn, gp = _drop_mislabeled(*load(root, "glint18", "train", with_px=True))
         out.append(("video/glint18", [(gf, gn)]))
         counts = Counter(gn.tolist())
         big = sorted(p for p, c in counts.items() if c >= 250)
@@ -99,24 +104,18 @@ def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.
             small.append((gf[sel], gn[sel]))
         out.append(("video-small/glint18", small))
         if have["lfw"]:
-            lf, ln = load(root, "lfw", "train")
-            c = Counter(ln.tolist())
-            s = np.array([c[v] == 1 for v in ln], bool)
-            out.append(("video+singles", [(np.concatenate([gf, lf[s]]), np.concatenate([gn, np.char.add("lfw:", ln[s])]))]))
+            lf, ln, lp = passers_by(*load(root, "lfw", "train", with_px=True))
+            out.append(("video+singles", [(np.concatenate([gf, lf]), np.concatenate([gn, ln]))]))
             if have["glint-lowres"] and have["glint-mixed"]:
-                lp = load(root, "lfw", "train", with_px=True)[2][s]
-                styles = [load(root, st, "train", with_px=True) for st in ("glint18", "glint-mixed", "glint-lowres")]
-                styles = [(x[ok_], n[ok_], p[ok_]) for x, n, p in styles for ok_ in [~np.isin(n, list(MISLABELED))]]
+                # the same passers-by beside the video in other qualities (face sizes passed on)
+                styles = [(gf, gn, gp)] + [_drop_mislabeled(*load(root, st, "train", with_px=True)) for st in ("glint-mixed", "glint-lowres")]
                 for st, (x, n, p) in (("glint-lowres", styles[2]), ("glint-mixed", styles[1])):
-                    out.append((f"video+singles/{st}", [(np.concatenate([x, lf[s]]), np.concatenate([n, np.char.add("lfw:", ln[s])]),
-                                                          np.concatenate([p, lp]))]))
+                    out.append((f"video+singles/{st}", [(np.concatenate([x, lf]), np.concatenate([n, ln]), np.concatenate([p, lp]))]))
                 order = np.random.default_rng(7).permutation(big)
                 for seed in range(min(3, len(order) // 2)):
                     pick = order[2 * seed : 2 * seed + 2]  # three disjoint pairs
-                    xs = [x[np.isin(n, pick)] for x, n, _ in styles] + [lf[s]]
-                    ns = [n[np.isin(n, pick)] for _, n, _ in styles] + [np.char.add("lfw:", ln[s])]
-                    ps = [p[np.isin(n, pick)] for _, n, p in styles] + [lp]
-                    out.append((f"video3styles+singles/s{seed}", [(np.concatenate(xs), np.concatenate(ns), np.concatenate(ps))]))
+                    parts = [tuple(a[np.isin(n, pick)] for a in (x, n, p)) for x, n, p in styles] + [(lf, ln, lp)]
+                    out.append((f"video3styles+singles/s{seed}", [tuple(np.concatenate([q[i] for q in parts]) for i in range(3))]))
     if have["glint-lowres"]:
         x, n = load(root, "glint-lowres", "train")
         ok = ~np.isin(n, list(MISLABELED))
