@@ -579,3 +579,23 @@ def test_embedder_without_shipped_weights_is_a_clear_error():
     m = get_clusterer("gcn-v", device="cpu", embedder="arcface")
     with pytest.raises(gc.CheckpointError, match=r"no shipped GCN-V/GCN-E weights for the 'arcface' embedder \(shipped for: dlib, mbf\)"):
         m.fit_predict(np.eye(4, 512, dtype=np.float32))
+
+
+def test_link_audit_describes_the_partition(ckpts):
+    """peak_ / link_tau_ / link_kept_ (bench/gcn_ve_links.py reads them): without floor,
+    duplicates rule or refinement, the clusters are the trees of the kept face→peak links."""
+    pv, pe, _, _ = ckpts
+    X, _ = _clustered(400, seed=7)
+    kw = dict(checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu", similarity_floor=False, join_duplicates=False)
+    m = get_clusterer("gcn-ve", **kw)
+    lab = m.fit_predict(X)
+    assert m.peak_.shape == m.link_tau_.shape == m.link_kept_.shape == (400,)
+    np.testing.assert_array_equal(m.link_kept_, m.link_tau_)  # no floor: tau alone decides
+    assert not m.link_kept_[m.peak_ < 0].any()
+    kept = np.flatnonzero(m.link_kept_)
+    assert (lab[kept] == lab[m.peak_[kept]]).all()
+    assert len(np.unique(lab)) == 400 - len(kept)  # links go to strictly higher confidence: a forest
+    # a stricter tau keeps a subset of the links
+    strict = get_clusterer("gcn-ve", tau=0.95, **kw)
+    strict.fit_predict(X)
+    assert (strict.link_kept_ <= m.link_kept_).all() and strict.link_kept_.sum() < m.link_kept_.sum()

@@ -124,7 +124,11 @@ class GCNVEClusterer(GCNVClusterer):
                 progress=self.config.progress,
             )
         with self._timed("components"):
-            keep = floor_keep(link_keep(peak, psim, r["tau"]), peak, st["xr"], r["min_link_sim"], st["dev"])
+            by_tau = link_keep(peak, psim, r["tau"])
+            keep = floor_keep(by_tau, peak, st["xr"], r["min_link_sim"], st["dev"])
+            # each face's chosen peak (-1: root), its GCN-V-feature similarity and which cut held:
+            # what bench/gcn_ve_links.py audits (the faces this call saw, before the refinement)
+            self.peak_, self.peak_sim_, self.link_tau_, self.link_kept_ = peak, psim, by_tau, keep
             src = np.nonzero(keep)[0]
             labels = components(n, src, peak[src])
         return self._refine(labels, st, r)
