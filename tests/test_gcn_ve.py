@@ -545,7 +545,15 @@ def test_shipped_weights_follow_the_embedder(embedder):
     r = m.resolved()
     assert (r["checkpoint_v"], r["checkpoint_e"]) == (str(v), str(e))
     tuned = gc.shipped_settings(embedder)
-    assert r["tau_0"] == tuned["tau_0"] and r["tau"] == tuned["tau_e"] and r["k"] == tuned["k"]
+    from facecluster.cluster.gcn_e import REFINED_TAU_E_BY_EMBEDDER
+
+    assert r["tau_0"] == tuned["tau_0"] and r["k"] == tuned["k"]
+    # GCN-E's tau: chosen on people the networks never saw when the floor and refinement run,
+    # the shipped settings' (the original algorithm's) otherwise
+    assert r["tau"] == REFINED_TAU_E_BY_EMBEDDER.get(embedder, tuned["tau_e"])
+    for off in ({"similarity_floor": False}, {"refine": False}):
+        assert get_clusterer("gcn-ve", device="cpu", embedder=embedder, **off).resolved()["tau"] == tuned["tau_e"]
+    assert get_clusterer("gcn-ve", device="cpu", embedder=embedder, tau=0.7).resolved()["tau"] == 0.7
     assert r["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER[embedder] and r["refine"]
     assert not r["floor_pick"]  # opt-in (docs/benchmarks/gcn_ve.md §10)
     meta = gc.read_meta(v)

@@ -34,6 +34,17 @@ from . import gcn_common as gc
 from .gcn_v import GCNVClusterer, GCNVConfig, floor_keep, floor_mask, link_keep
 
 
+#: GCN-E's link threshold (tau, on GCN-V's own output features) for the shipped weights when the
+#: similarity floor and the refinement run (``refine.refine_on``); the shipped settings' ``tau_e``
+#: (dlib 0.75, the original algorithm's pick) applies otherwise. tau judges the network's own
+#: outputs, and the shipped networks were trained on every training identity, so it was chosen
+#: with networks of the same recipe trained on two thirds of the training identities and scored on
+#: the third they never saw (tau 0.75 / 0.7 / 0.65 / 0.6 / 0.5: mean 0.846 / 0.854 / 0.861 /
+#: 0.861 / 0.861, worst 0.393 / 0.403 / 0.455 / 0.455 / 0.455, no faces in mixed clusters at any;
+#: ties go to the strictest): docs/benchmarks/gcn_ve.md §11.
+REFINED_TAU_E_BY_EMBEDDER: dict[str, float] = {"dlib": 0.65}
+
+
 class GCNVEConfig(GCNVConfig):
     checkpoint_e: Optional[str] = Field(
         None,
@@ -85,8 +96,11 @@ class GCNVEClusterer(GCNVClusterer):
         r = super().resolved()
         r["checkpoint_e"] = str(self._path_e())
         if self._uses_shipped() and self.config.tau is None:
-            # the shipped settings may hold a GCN-E-specific threshold next to stage B's
+            # the shipped settings may hold a GCN-E-specific threshold next to stage B's; with the
+            # floor and the refinement, the one chosen on people the networks never saw
             r["tau"] = gc.shipped_settings(self.embedder()).get("tau_e", r["tau"])
+            if r["refine"] and (self.embedder() or "") in REFINED_TAU_E_BY_EMBEDDER:
+                r["tau"] = REFINED_TAU_E_BY_EMBEDDER[self.embedder() or ""]
         return r
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:

@@ -92,7 +92,8 @@ class GCNVConfig(RefineConfig):
     )
     tau: Optional[float] = Field(
         None, ge=-1.0, le=1.0, description="Stage B and GCN-E: keep a face→peak link when cosine "
-        "(GCN-V features) > tau. None: 0.8 (paper) with a checkpoint, the shipped value without."
+        "(GCN-V features) > tau. None: 0.8 (paper) with a checkpoint, the shipped value without "
+        "(gcn-ve with the floor and the refinement: gcn_e.REFINED_TAU_E_BY_EMBEDDER, dlib 0.65)."
     )
     use_gcn_feat: Optional[bool] = Field(
         None, description="gcn-v labels from stage B (rebuilt kNN on GCN-V features, tau; paper "
