@@ -150,11 +150,15 @@ def cohort_leave_own_out(x: np.ndarray, names):
         Cohort.levels = orig
 
 
-def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = "cpu", face_px=None, labels_out: list | None = None, **settings) -> dict:
+def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = "cpu", face_px=None, labels_out: list | None = None,
+               clusterer_out: list | None = None, **settings) -> dict:
     """Cluster ``feats`` with ``method`` as the pipeline would and score against ``gt`` labels;
     ``face_px`` (N,): the crops' sizes, passed as the pipeline does to methods that use them;
-    ``labels_out``: a list that receives the (N,) labels."""
+    ``labels_out``: a list that receives the (N,) labels; ``clusterer_out``: one that receives
+    the fitted clusterer (its diagnostics, e.g. gcn-ve's ``link_kept_``)."""
     c = get_clusterer(method, device=device, embedder=embedder, **settings)
+    if clusterer_out is not None:
+        clusterer_out.append(c)
     x = feats if getattr(c, "wants_raw_features", False) else prepare_features(feats, calibration_mean(embedder))
     rss0 = peak_rss_mb()
     t = time.perf_counter()

@@ -37,9 +37,17 @@ def in_part_b(names: np.ndarray) -> np.ndarray:
     return np.array([zlib.crc32(("proxy:" + str(n)).encode()) % 3 == 0 for n in names])
 
 
+def shipped_recipe() -> dict:
+    """The shipped dlib networks' training recipe (their checkpoint meta: k, k_e, nhid, epochs,
+    optimizer, lr, seed, ignore_ratio_train)."""
+    return gc.read_meta(gc.shipped_files("dlib")[0])
+
+
 def train(root: Path, out: Path, epochs_v: int, epochs_e: int) -> None:
-    """GCN-V / GCN-E with the shipped dlib recipe (weights/gcn_ve_dlib.json) on part A of the
-    lfw and glint18 training identities, each set its own graph."""
+    """GCN-V / GCN-E with the shipped dlib recipe (:func:`shipped_recipe`) on part A of the lfw
+    and glint18 training identities, each set its own graph."""
+    rc = shipped_recipe()
+    epochs_v, epochs_e = epochs_v or rc["epochs_v"], epochs_e or rc["epochs_e"]
     xs, ns, gs = [], [], []
     for i, s in enumerate(["lfw", "glint18"]):
         x, n = load(root, s, "train")
@@ -53,28 +61,33 @@ def train(root: Path, out: Path, epochs_v: int, epochs_e: int) -> None:
     print(f"part A: {len(X)} faces, {y.max() + 1} people", flush=True)
     meta = {"features": "calibrated", "study": "cross-fit part A", "epochs_v": epochs_v, "epochs_e": epochs_e}
     t = time.time()
-    mv = train_gcn_v(X, y, nhid=512, epochs=epochs_v, progress=False, graphs=graphs)
+    common = dict(nhid=rc["nhid"], lr=rc["lr"], optimizer=rc["optimizer"], seed=rc["seed"], progress=False, graphs=graphs)
+    mv = train_gcn_v(X, y, k=rc["k"], epochs=epochs_v, **common)
     print(f"GCN-V {time.time() - t:.0f} s", flush=True)
     gc.save_checkpoint(mv, out / "gcn_v.pth", meta={**meta, "facecluster": "gcn-v"})
     t = time.time()
-    me = train_gcn_e(mv, X, y, k=80, k_e=160, ignore_ratio=0.0, nhid=512, epochs=epochs_e, progress=False, graphs=graphs)
+    me = train_gcn_e(mv, X, y, k=rc["k"], k_e=rc["k_e"], ignore_ratio=rc["ignore_ratio_train"], epochs=epochs_e, **common)
     print(f"GCN-E {time.time() - t:.0f} s", flush=True)
     gc.save_checkpoint(me, out / "gcn_e.pth", meta={**meta, "facecluster": "gcn-e"})
 
 
 def evaluate(root: Path, out: Path, taus: list[str], part: str) -> None:
-    regimes = tuning_regimes(root, with_px=True)
+    """gcn-ve with the part-A networks (the shipped dlib settings' k, k_e, ignore_ratio; floor and
+    refinement as shipped) on each tuning regime's part-``part`` faces, per tau."""
+    shipped = gc.shipped_settings("dlib")
+    nets = dict(checkpoint_v=str(out / "gcn_v.pth"), checkpoint_e=str(out / "gcn_e.pth"), trust_checkpoint=True,
+                k=shipped["k"], k_e=shipped["k_e"], ignore_ratio=shipped["ignore_ratio"])
+    regimes = []
+    for name, x, n, px in tuning_regimes(root, with_px=True):
+        m = in_part_b(n) if part == "B" else ~in_part_b(n)
+        regimes.append((name, x[m], n[m], px[m]))
     for tau in taus:
         print(f"== {'infomap' if tau == 'infomap' else f'gcn-ve (part-A networks) tau={tau}'} part {part}", flush=True)
         for name, x, n, px in regimes:
-            m = in_part_b(n) if part == "B" else ~in_part_b(n)
             if tau == "infomap":
-                r = run_method("infomap", x[m], n[m], "dlib", face_px=px[m])
+                r = run_method("infomap", x, n, "dlib", face_px=px)
             else:
-                r = run_method(
-                    "gcn-ve", x[m], n[m], "dlib", face_px=px[m], checkpoint_v=str(out / "gcn_v.pth"),
-                    checkpoint_e=str(out / "gcn_e.pth"), trust_checkpoint=True, k=80, k_e=160, ignore_ratio=0.8, tau=float(tau),
-                )
+                r = run_method("gcn-ve", x, n, "dlib", face_px=px, tau=float(tau), **nets)
             print(format_row(name, r), flush=True)
 
 
@@ -83,8 +96,8 @@ def main() -> None:
     ap.add_argument("what", choices=["train", "eval"])
     ap.add_argument("--root", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path, help="folder of the part-A checkpoints")
-    ap.add_argument("--epochs-v", type=int, default=60)
-    ap.add_argument("--epochs-e", type=int, default=4)
+    ap.add_argument("--epochs-v", type=int, default=0, help="0: the shipped recipe's (60)")
+    ap.add_argument("--epochs-e", type=int, default=0, help="0: the shipped recipe's (4)")
     ap.add_argument("--taus", default="infomap,0.75,0.7,0.65,0.6")
     ap.add_argument("--part", choices=["A", "B"], default="B", help="score on part B (unseen) or A (trained on)")
     a = ap.parse_args()

@@ -17,18 +17,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import cohort_leave_own_out, parse_value
+from _common import parse_variant, run_method
 from regimes import tuning_regimes, validation_regimes
-
-from facecluster.calibration import calibration_mean, prepare_features
-from facecluster.cluster import get_clusterer
 
 
 def audit(x: np.ndarray, names: np.ndarray, **settings) -> dict:
-    c = get_clusterer("gcn-ve", device="cpu", embedder="dlib", **settings)
-    X = x if getattr(c, "wants_raw_features", False) else prepare_features(x, calibration_mean("dlib"))
-    with cohort_leave_own_out(X, names):
-        c.fit_predict(X)
+    fitted: list = []
+    run_method("gcn-ve", x, names, "dlib", clusterer_out=fitted, **settings)
+    c = fitted[0]
     y = np.unique(names, return_inverse=True)[1]
     peak, by_tau, kept = c.peak_, c.link_tau_, c.link_kept_
     has = peak >= 0
@@ -49,7 +45,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="gcn-ve setting key=value (repeatable)")
     a = ap.parse_args()
     only = a.regimes.split(",")
-    settings = {k: parse_value(v) for k, _, v in (s.partition("=") for s in a.set)}
+    settings = parse_variant("gcn-ve:" + ",".join(a.set))[1]
     pool = {r[0]: r for r in tuning_regimes(a.root, only) + validation_regimes(a.root, only)}
     for name in only:
         if name not in pool:

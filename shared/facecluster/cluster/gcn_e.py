@@ -98,9 +98,9 @@ class GCNVEClusterer(GCNVClusterer):
         if self._uses_shipped() and self.config.tau is None:
             # the shipped settings may hold a GCN-E-specific threshold next to stage B's; with the
             # floor and the refinement, the one chosen on people the networks never saw
-            r["tau"] = gc.shipped_settings(self.embedder()).get("tau_e", r["tau"])
-            if r["refine"] and (self.embedder() or "") in REFINED_TAU_E_BY_EMBEDDER:
-                r["tau"] = REFINED_TAU_E_BY_EMBEDDER[self.embedder() or ""]
+            emb = self.embedder()
+            refined = REFINED_TAU_E_BY_EMBEDDER.get(emb or "") if r["refine"] else None
+            r["tau"] = refined if refined is not None else gc.shipped_settings(emb).get("tau_e", r["tau"])
         return r
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:
@@ -140,9 +140,9 @@ class GCNVEClusterer(GCNVClusterer):
         with self._timed("components"):
             by_tau = link_keep(peak, psim, r["tau"])
             keep = floor_keep(by_tau, peak, st["xr"], r["min_link_sim"], st["dev"])
-            # each face's chosen peak (-1: root), its GCN-V-feature similarity and which cut held:
-            # what bench/gcn_ve_links.py audits (the faces this call saw, before the refinement)
-            self.peak_, self.peak_sim_, self.link_tau_, self.link_kept_ = peak, psim, by_tau, keep
+            # each face's chosen peak (-1: root) and which cut its link passed: what
+            # bench/gcn_ve_links.py audits (the faces this call saw, before the refinement)
+            self.peak_, self.link_tau_, self.link_kept_ = peak, by_tau, keep
             src = np.nonzero(keep)[0]
             labels = components(n, src, peak[src])
         return self._refine(labels, st, r)
