@@ -362,3 +362,36 @@ def test_min_k_hat_bounds_the_adaptive_graph(tiny_ckpts, clustered_features):
     assert AdaNetsClusterer(device="cpu", embedder="dlib", similarity_floor=False, min_k_hat=3).resolved()["min_k_hat"] == 3
     with pytest.raises(ValueError):
         AdaNetsClusterer(device="cpu", min_k_hat=-1)
+
+
+def _refines(fine: np.ndarray, coarse: np.ndarray) -> bool:
+    """Every cluster of ``fine`` lies inside one cluster of ``coarse``."""
+    return all(len(np.unique(coarse[fine == c])) == 1 for c in np.unique(fine))
+
+
+def test_weak_tier_links_only_above_the_floor_margin(tiny_ckpts, clustered_features):
+    """weak_th adds final links under final_th whose floor cosine clears the floor by
+    weak_margin: margin 0 is the plain lower threshold, an unreachable margin adds nothing,
+    margins in between lie between the two; without the floor there is no weak tier."""
+    X, _ = clustered_features
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", k=20, final_topk=30,
+              embedder="dlib", refine=False, min_link_sim=-0.5)
+    feat = get_clusterer("adanets", **kw).embed(X)
+    sims, ids = knn(feat, 30, normalize=False)
+    s_other = sims[:, 1:][ids[:, 1:] >= 0]
+    hi, lo = float(np.quantile(s_other, 0.97)), float(np.quantile(s_other, 0.05))
+    kw["final_th"] = hi
+    off = get_clusterer("adanets", **kw).fit_predict(X)
+    low = get_clusterer("adanets", **{**kw, "final_th": lo}).fit_predict(X)
+    assert len(np.unique(low)) < len(np.unique(off))  # the weak tier has links to add
+    np.testing.assert_array_equal(get_clusterer("adanets", weak_th=lo, weak_margin=0.0, **kw).fit_predict(X), low)
+    np.testing.assert_array_equal(get_clusterer("adanets", weak_th=lo, weak_margin=2.0, **kw).fit_predict(X), off)
+    mid = get_clusterer("adanets", weak_th=lo, weak_margin=1.0, **kw).fit_predict(X)
+    assert _refines(off, mid) and _refines(mid, low)
+    assert len(np.unique(low)) < len(np.unique(mid)) < len(np.unique(off))
+    no_floor = {**kw, "similarity_floor": False, "min_link_sim": None}
+    np.testing.assert_array_equal(
+        get_clusterer("adanets", weak_th=lo, weak_margin=0.0, **no_floor).fit_predict(X),
+        get_clusterer("adanets", **no_floor).fit_predict(X),
+    )
+    assert AdaNetsClusterer(device="cpu").config.weak_th is None  # off by default

@@ -103,6 +103,13 @@ class AdaNetsConfig(RefineConfig):
     final_topk: Optional[int] = _default("final_topk")
     final_th: Optional[float] = _default("final_th")
     min_k_hat: Optional[int] = _default("min_k_hat", ge=0)
+    weak_th: Optional[float] = Field(
+        None, ge=-1.0, le=1.0,
+        description="Second tier of the final rule: also link faces whose GCN-feature cosine is >= this "
+        "(below final_th) when their floor cosine passes the similarity floor by weak_margin. None: off "
+        "(docs/benchmarks/adanets.md §9). Needs the floor (similarity_floor=true).",
+    )
+    weak_margin: float = Field(0.01, ge=0.0, description="How far above the floor a weak_th link's floor cosine must be.")
     checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: the weights shipped for the features' embedder (dlib).")
     checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: the weights shipped for the features' embedder (dlib).")
     batch_size: int = Field(1024, description="AND inference batch (faces per LSTM batch).")
@@ -280,10 +287,14 @@ class AdaNetsClusterer(Clusterer):
         with self._timed("components"):
             rows = np.repeat(np.arange(n), ids.shape[1])
             cols = ids.reshape(-1)
-            keep = np.flatnonzero((sims.reshape(-1) >= r["final_th"]) & (cols != rows) & (cols >= 0))
             floor = self.link_floor()
+            flat = sims.reshape(-1)
+            # the weak tier only exists with a floor: its margin is what keeps it from chaining
+            weak = c.weak_th if floor is not None and c.weak_th is not None and c.weak_th < r["final_th"] else None
+            keep = np.flatnonzero((flat >= (r["final_th"] if weak is None else weak)) & (cols != rows) & (cols >= 0))
             if floor is not None:
-                keep = keep[floor_cosine(xr, rows[keep], cols[keep], self.floor_dev_) >= floor]
+                need = floor if weak is None else np.where(flat[keep] >= r["final_th"], floor, floor + c.weak_margin)
+                keep = keep[floor_cosine(xr, rows[keep], cols[keep], self.floor_dev_) >= need]
             labels = components(n, rows[keep], cols[keep])
         if refine_on(c, self.embedder()):
             # the default method's post-steps on the input kNN lists, scored with the plain

@@ -1,0 +1,162 @@
+"""Choose thresholds on a learned method's own network outputs on people its networks never saw
+(GCN-E's tau: docs/benchmarks/gcn_ve.md §11; Ada-NETS's final_th / min_k_hat:
+docs/benchmarks/adanets.md §9).
+
+The shipped networks were trained on every training identity, so the tuning regimes
+(``bench/regimes.py --tuning``) flatter a threshold on their outputs. Cross-fitting instead:
+
+    # networks of the shipped recipe on part A (two thirds of the training identities;
+    # CPU: gcn-ve ~20 min, adanets ~AND 3 min + GCN)
+    python bench/crossfit.py train --method gcn-ve --root /work/extdata/work --out OUT
+    # the method with them on the tuning regimes restricted to part B (never seen), per variant
+    # (METHOD[:key=value,...] as bench/regimes.py; "infomap" scores the default on the same faces)
+    python bench/crossfit.py eval --method gcn-ve --root /work/extdata/work --out OUT \\
+        --variants infomap gcn-ve:tau=0.75 gcn-ve:tau=0.65
+    python bench/crossfit.py eval --method adanets --root /work/extdata/work --out OUT \\
+        --variants adanets:final_th=0.95 adanets:final_th=0.9
+
+Part A / B: crc32 of "proxy:" + person name mod 3 (0 = B). Validation regimes are never read.
+Only the shipped dlib recipes (calibrated features, lfw + glint18 training identities).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_variant, run_method  # noqa: E402
+from regimes import format_row, load, tuning_regimes  # noqa: E402
+
+from facecluster.calibration import calibration_mean, prepare_features  # noqa: E402
+
+SETS = ["lfw", "glint18"]
+
+
+def in_part_b(names: np.ndarray) -> np.ndarray:
+    """(N,) bool: the person is in part B (never trained on here)."""
+    return np.array([zlib.crc32(("proxy:" + str(n)).encode()) % 3 == 0 for n in names])
+
+
+def part_a() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated features (N, 128) float32, identity labels (N,) and set index (N,) of the
+    part-A faces of the lfw and glint18 training identities (names shared across sets are one
+    person, as ``facecluster.train.adanets.load_sets``)."""
+    xs, ns, gs = [], [], []
+    for i, s in enumerate(SETS):
+        x, n = load(ROOT, s, "train")
+        a = ~in_part_b(n)
+        xs.append(x[a])
+        ns.append(n[a])
+        gs.append(np.full(int(a.sum()), i))
+    X = prepare_features(np.concatenate(xs), calibration_mean("dlib")).astype(np.float32)
+    y = np.unique(np.concatenate(ns), return_inverse=True)[1].astype(np.int64)
+    print(f"part A: {len(X)} faces, {y.max() + 1} people", flush=True)
+    return X, y, np.concatenate(gs)
+
+
+def train_gcn_ve(out: Path, epochs_v: int = 0, epochs_e: int = 0) -> None:
+    """GCN-V / GCN-E with the shipped dlib recipe (its checkpoint meta: k, k_e, nhid, epochs,
+    optimizer, lr, seed, ignore_ratio_train) on part A, each set its own graph."""
+    from facecluster.cluster import gcn_common as gc
+    from facecluster.train.gcn_ve import train_gcn_e, train_gcn_v
+
+    rc = gc.read_meta(gc.shipped_files("dlib")[0])
+    epochs_v, epochs_e = epochs_v or rc["epochs_v"], epochs_e or rc["epochs_e"]
+    X, y, graphs = part_a()
+    meta = {"features": "calibrated", "study": "cross-fit part A", "epochs_v": epochs_v, "epochs_e": epochs_e}
+    common = dict(nhid=rc["nhid"], lr=rc["lr"], optimizer=rc["optimizer"], seed=rc["seed"], progress=False, graphs=graphs)
+    t = time.time()
+    mv = train_gcn_v(X, y, k=rc["k"], epochs=epochs_v, **common)
+    print(f"GCN-V {time.time() - t:.0f} s", flush=True)
+    gc.save_checkpoint(mv, out / "gcn_v.pth", meta={**meta, "facecluster": "gcn-v"})
+    t = time.time()
+    me = train_gcn_e(mv, X, y, k=rc["k"], k_e=rc["k_e"], ignore_ratio=rc["ignore_ratio_train"], epochs=epochs_e, **common)
+    print(f"GCN-E {time.time() - t:.0f} s", flush=True)
+    gc.save_checkpoint(me, out / "gcn_e.pth", meta={**meta, "facecluster": "gcn-e"})
+
+
+def train_adanets(out: Path, steps_and: int = 0, steps_gcn: int = 0) -> None:
+    """AND and GCN with the shipped dlib recipe (``adanets_dlib.json`` -> and, gcn: optimizer, lr,
+    steps, batch, clip, k, lambda, beta; groups, fanout, order_k, margins, warm-up, seed) on part A,
+    one pooled graph as the shipped training."""
+    from facecluster.cluster.adanets import shipped_files
+    from facecluster.train.adanets import save_checkpoint, train_and, train_gcn
+
+    import json
+
+    rc = json.loads(shipped_files("dlib")[2].read_text())
+    ra, rg = rc["and"], rc["gcn"]
+    X, y, _ = part_a()
+    m_and, i_and = train_and(
+        X, y, k=ra["k"], lamb=ra["lamb"], beta=ra["beta"], steps=steps_and or ra["steps"], batch_size=ra["batch_size"],
+        lr=ra["lr"], optimizer=ra["optimizer"], clip=ra["clip"], seed=ra["seed"], progress=False,
+        log=lambda s: print(s, flush=True))
+    save_checkpoint(m_and, out / "adanets_and.pth", i_and["steps"],
+                    {"scale_max": i_and["k"], "features": "calibrated", "study": "cross-fit part A", "train": i_and})
+    m_gcn, i_gcn = train_gcn(
+        X, y, steps=steps_gcn or rg["steps"], order_k=rg["order_k"], group=rg["group"], groups=rg["groups"],
+        fanout=rg["fanout"], lr=rg["lr"], warmup=rg["warmup"], pmargin=rg["pmargin"], margin=rg["margin"],
+        optimizer="sgd", seed=rg["seed"], progress=False, log=lambda s: print(s, flush=True))
+    save_checkpoint(m_gcn, out / "adanets_gcn.pth", i_gcn["steps"], {"study": "cross-fit part A", "train": i_gcn})
+
+
+def networks(method: str, out: Path) -> dict:
+    """Settings that point ``method`` at the part-A checkpoints in ``out``; the shipped dlib
+    settings stay the defaults (user checkpoints get dlib's tuned values)."""
+    if method == "gcn-ve":
+        from facecluster.cluster import gcn_common as gc
+
+        s = gc.shipped_settings("dlib")
+        return dict(checkpoint_v=str(out / "gcn_v.pth"), checkpoint_e=str(out / "gcn_e.pth"), trust_checkpoint=True,
+                    k=s["k"], k_e=s["k_e"], ignore_ratio=s["ignore_ratio"])
+    return dict(checkpoint_and=str(out / "adanets_and.pth"), checkpoint_gcn=str(out / "adanets_gcn.pth"), trust_checkpoint=True)
+
+
+def evaluate(method: str, out: Path, variants: list[str], part: str) -> None:
+    """Each variant on each tuning regime's part-``part`` faces; variants of ``method`` use the
+    part-A networks, any other method (infomap) runs as shipped."""
+    regimes = []
+    for name, x, n, px in tuning_regimes(ROOT, with_px=True):
+        m = in_part_b(n) if part == "B" else ~in_part_b(n)
+        regimes.append((name, x[m], n[m], px[m]))
+    for v in variants:
+        meth, settings = parse_variant(v)
+        if meth == method:
+            settings = {**networks(method, out), **settings}
+        print(f"== {v}{' (part-A networks)' if meth == method else ''} part {part}", flush=True)
+        for name, x, n, px in regimes:
+            print(format_row(name, run_method(meth, x, n, "dlib", face_px=px, **settings)), flush=True)
+
+
+ROOT = Path(".")
+
+
+def main() -> None:
+    global ROOT
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["train", "eval"])
+    ap.add_argument("--method", choices=["gcn-ve", "adanets"], default="gcn-ve")
+    ap.add_argument("--root", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path, help="folder of the part-A checkpoints")
+    ap.add_argument("--steps", default="", help="train: override the recipe's length, 'V,E' epochs (gcn-ve) or 'AND,GCN' steps (adanets); 0 keeps the recipe's")
+    ap.add_argument("--variants", nargs="+", default=["infomap", "gcn-ve:tau=0.75", "gcn-ve:tau=0.65"],
+                    help="eval: METHOD[:key=value,...] each")
+    ap.add_argument("--part", choices=["A", "B"], default="B", help="score on part B (unseen) or A (trained on)")
+    a = ap.parse_args()
+    ROOT = a.root
+    if a.what == "train":
+        a.out.mkdir(parents=True, exist_ok=True)
+        s1, s2 = ([int(v) for v in a.steps.split(",")] + [0, 0])[:2] if a.steps else (0, 0)
+        (train_gcn_ve if a.method == "gcn-ve" else train_adanets)(a.out, s1, s2)
+    else:
+        evaluate(a.method, a.out, a.variants, a.part)
+
+
+if __name__ == "__main__":
+    main()
