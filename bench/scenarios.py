@@ -22,6 +22,10 @@ Shapes (each the training identities of a set; labels = image folder):
                            one-photo people: a person seen in several qualities at once, whom
                            Infomap may cut into several big pieces (fifteenth session), 3 draws
 ``video-small/glint18``    20 draws of 3-7 people, 5-40 % of each one's faces (short clips)
+``video-1p/glint-lowres``  each glint-lowres training person with >= 50 frames alone (a 48-px
+                           clip of one person; seventeenth session)
+``video-2p/glint-lowres``  20 pairs of them (a 48-px interview); ``--heldout`` builds both
+                           shapes from the glint-lowres validation people instead (report only)
 ``photos/<lfw set>``       every training identity, singletons included (lfw, lfw-tight,
                            lfw-greyblur: shared 150-px crops, tight 112-px, grey + blur)
 ``photos21/<lfw set>``     training people with >= 5 photos, at most 21 each (a photo
@@ -42,6 +46,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +75,18 @@ def _drop_mislabeled(x: np.ndarray, n: np.ndarray, px: np.ndarray):
     """(x, n, px) without the rows of :data:`MISLABELED` folders."""
     ok = ~np.isin(n, list(MISLABELED))
     return x[ok], n[ok], px[ok]
+
+
+def few_people(x: np.ndarray, n: np.ndarray, px: np.ndarray, tag: str) -> list:
+    """``video-1p/<tag>``: each person with >= 50 faces alone; ``video-2p/<tag>``: 20 pairs of
+    them (all pairs when fewer), face sizes passed on."""
+    people = sorted(q for q, c in Counter(n.tolist()).items() if c >= 50)
+    pairs = list(combinations(people, 2))
+    pick = sorted(np.random.default_rng(0).choice(len(pairs), min(20, len(pairs)), replace=False))
+    return [
+        (f"video-1p/{tag}", [(x[n == q], n[n == q], px[n == q]) for q in people]),
+        (f"video-2p/{tag}", [tuple(a[np.isin(n, pairs[i])] for a in (x, n, px)) for i in pick]),
+    ]
 
 
 def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
@@ -120,6 +137,9 @@ def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.
         x, n = load(root, "glint-lowres", "train")
         ok = ~np.isin(n, list(MISLABELED))
         out.append(("video/glint-lowres", [(x[ok], n[ok])]))
+        # a low-resolution clip of one or two people (an interview, a vlog): the default splits
+        # one person far more when nobody else is in the batch (seventeenth session)
+        out.extend(few_people(*_drop_mislabeled(*load(root, "glint-lowres", "train", with_px=True)), "glint-lowres"))
     for s in ("lfw", "lfw-tight", "lfw-greyblur"):
         if have[s]:
             out.append((f"photos/{s}", [load(root, s, "train")]))
@@ -205,6 +225,9 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True, help="folder of embedded work dirs, one per set")
     ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only", help="comma-separated scenario names: run just these")
+    ap.add_argument("--heldout", action="store_true", help="report only: the video-1p / video-2p shapes built from the "
+                    "glint-lowres *validation* people (never tune on these)")
     ap.add_argument("--embedder", default="dlib", help="the embedder that made ROOT's features: its thresholds are used (dlib, mbf)")
     ap.add_argument("--fragments", help="comma-separated scenarios and/or validation regimes: print where the "
                     "first variant's fragments are (sizes, link similarity vs the home cluster's own) and exit")
@@ -224,7 +247,10 @@ def main() -> None:
     rows = []
     worst = {v: (None, 2.0) for v in variants}
     print(f"{'scenario':24s} {'faces':>6s} {'ids':>5s}  " + "  ".join(f"{v[:40]:>40s}" for v in variants))
-    for name, draws in training_scenarios(a.root):
+    scenarios = few_people(*load(a.root, "glint-lowres", "val", with_px=True), "glint-lowres-val") if a.heldout else training_scenarios(a.root)
+    for name, draws in scenarios:
+        if a.only and name not in a.only.split(","):
+            continue
         cells = []
         for v in variants:
             method, settings = parse_variant(v)
