@@ -6,7 +6,7 @@ The shipped networks were trained on every training identity, so the tuning regi
 (``bench/regimes.py --tuning``) flatter a threshold on their outputs. Cross-fitting instead:
 
     # networks of the shipped recipe on part A (two thirds of the training identities;
-    # CPU: gcn-ve ~20 min, adanets ~AND 3 min + GCN)
+    # 2 CPU cores: gcn-ve ~20 min, adanets ~13 min)
     python bench/crossfit.py train --method gcn-ve --root /work/extdata/work --out OUT
     # the method with them on the tuning regimes restricted to part B (never seen), per variant
     # (METHOD[:key=value,...] as bench/regimes.py; "infomap" scores the default on the same faces)
@@ -22,6 +22,7 @@ Only the shipped dlib recipes (calibrated features, lfw + glint18 training ident
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import zlib
@@ -36,6 +37,11 @@ from regimes import format_row, load, tuning_regimes  # noqa: E402
 from facecluster.calibration import calibration_mean, prepare_features  # noqa: E402
 
 SETS = ["lfw", "glint18"]
+#: eval's variants when none are given: the studies of gcn_ve.md §11 and adanets.md §9
+DEFAULT_VARIANTS = {
+    "gcn-ve": ["infomap"] + [f"gcn-ve:tau={t}" for t in (0.75, 0.7, 0.65, 0.6)],
+    "adanets": ["infomap"] + [f"adanets:final_th={t}" for t in (0.95, 0.9, 0.86)] + ["adanets:weak_th=0.86,weak_margin=0.01"],
+}
 
 
 def in_part_b(names: np.ndarray) -> np.ndarray:
@@ -43,13 +49,13 @@ def in_part_b(names: np.ndarray) -> np.ndarray:
     return np.array([zlib.crc32(("proxy:" + str(n)).encode()) % 3 == 0 for n in names])
 
 
-def part_a() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def part_a(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated features (N, 128) float32, identity labels (N,) and set index (N,) of the
     part-A faces of the lfw and glint18 training identities (names shared across sets are one
     person, as ``facecluster.train.adanets.load_sets``)."""
     xs, ns, gs = [], [], []
     for i, s in enumerate(SETS):
-        x, n = load(ROOT, s, "train")
+        x, n = load(root, s, "train")
         a = ~in_part_b(n)
         xs.append(x[a])
         ns.append(n[a])
@@ -60,7 +66,7 @@ def part_a() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return X, y, np.concatenate(gs)
 
 
-def train_gcn_ve(out: Path, epochs_v: int = 0, epochs_e: int = 0) -> None:
+def train_gcn_ve(root: Path, out: Path, epochs_v: int = 0, epochs_e: int = 0) -> None:
     """GCN-V / GCN-E with the shipped dlib recipe (its checkpoint meta: k, k_e, nhid, epochs,
     optimizer, lr, seed, ignore_ratio_train) on part A, each set its own graph."""
     from facecluster.cluster import gcn_common as gc
@@ -68,7 +74,7 @@ def train_gcn_ve(out: Path, epochs_v: int = 0, epochs_e: int = 0) -> None:
 
     rc = gc.read_meta(gc.shipped_files("dlib")[0])
     epochs_v, epochs_e = epochs_v or rc["epochs_v"], epochs_e or rc["epochs_e"]
-    X, y, graphs = part_a()
+    X, y, graphs = part_a(root)
     meta = {"features": "calibrated", "study": "cross-fit part A", "epochs_v": epochs_v, "epochs_e": epochs_e}
     common = dict(nhid=rc["nhid"], lr=rc["lr"], optimizer=rc["optimizer"], seed=rc["seed"], progress=False, graphs=graphs)
     t = time.time()
@@ -81,18 +87,16 @@ def train_gcn_ve(out: Path, epochs_v: int = 0, epochs_e: int = 0) -> None:
     gc.save_checkpoint(me, out / "gcn_e.pth", meta={**meta, "facecluster": "gcn-e"})
 
 
-def train_adanets(out: Path, steps_and: int = 0, steps_gcn: int = 0) -> None:
+def train_adanets(root: Path, out: Path, steps_and: int = 0, steps_gcn: int = 0) -> None:
     """AND and GCN with the shipped dlib recipe (``adanets_dlib.json`` -> and, gcn: optimizer, lr,
     steps, batch, clip, k, lambda, beta; groups, fanout, order_k, margins, warm-up, seed) on part A,
     one pooled graph as the shipped training."""
     from facecluster.cluster.adanets import shipped_files
     from facecluster.train.adanets import save_checkpoint, train_and, train_gcn
 
-    import json
-
     rc = json.loads(shipped_files("dlib")[2].read_text())
     ra, rg = rc["and"], rc["gcn"]
-    X, y, _ = part_a()
+    X, y, _ = part_a(root)
     m_and, i_and = train_and(
         X, y, k=ra["k"], lamb=ra["lamb"], beta=ra["beta"], steps=steps_and or ra["steps"], batch_size=ra["batch_size"],
         lr=ra["lr"], optimizer=ra["optimizer"], clip=ra["clip"], seed=ra["seed"], progress=False,
@@ -118,11 +122,11 @@ def networks(method: str, out: Path) -> dict:
     return dict(checkpoint_and=str(out / "adanets_and.pth"), checkpoint_gcn=str(out / "adanets_gcn.pth"), trust_checkpoint=True)
 
 
-def evaluate(method: str, out: Path, variants: list[str], part: str) -> None:
+def evaluate(root: Path, method: str, out: Path, variants: list[str], part: str) -> None:
     """Each variant on each tuning regime's part-``part`` faces; variants of ``method`` use the
     part-A networks, any other method (infomap) runs as shipped."""
     regimes = []
-    for name, x, n, px in tuning_regimes(ROOT, with_px=True):
+    for name, x, n, px in tuning_regimes(root, with_px=True):
         m = in_part_b(n) if part == "B" else ~in_part_b(n)
         regimes.append((name, x[m], n[m], px[m]))
     for v in variants:
@@ -134,28 +138,24 @@ def evaluate(method: str, out: Path, variants: list[str], part: str) -> None:
             print(format_row(name, run_method(meth, x, n, "dlib", face_px=px, **settings)), flush=True)
 
 
-ROOT = Path(".")
-
 
 def main() -> None:
-    global ROOT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["train", "eval"])
     ap.add_argument("--method", choices=["gcn-ve", "adanets"], default="gcn-ve")
     ap.add_argument("--root", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path, help="folder of the part-A checkpoints")
     ap.add_argument("--steps", default="", help="train: override the recipe's length, 'V,E' epochs (gcn-ve) or 'AND,GCN' steps (adanets); 0 keeps the recipe's")
-    ap.add_argument("--variants", nargs="+", default=["infomap", "gcn-ve:tau=0.75", "gcn-ve:tau=0.65"],
-                    help="eval: METHOD[:key=value,...] each")
+    ap.add_argument("--variants", nargs="+", help="eval: METHOD[:key=value,...] each (default: the default method and the "
+                    "thresholds studied for --method)")
     ap.add_argument("--part", choices=["A", "B"], default="B", help="score on part B (unseen) or A (trained on)")
     a = ap.parse_args()
-    ROOT = a.root
     if a.what == "train":
         a.out.mkdir(parents=True, exist_ok=True)
         s1, s2 = ([int(v) for v in a.steps.split(",")] + [0, 0])[:2] if a.steps else (0, 0)
-        (train_gcn_ve if a.method == "gcn-ve" else train_adanets)(a.out, s1, s2)
+        (train_gcn_ve if a.method == "gcn-ve" else train_adanets)(a.root, a.out, s1, s2)
     else:
-        evaluate(a.method, a.out, a.variants, a.part)
+        evaluate(a.root, a.method, a.out, a.variants or DEFAULT_VARIANTS[a.method], a.part)
 
 
 if __name__ == "__main__":
