@@ -188,12 +188,14 @@ def tiny_ckpts(tmp_path_factory):
     return str(d / "and.pth"), str(d / "gcn.pth")
 
 
+@pytest.mark.parametrize("weak", [None, 0.3])
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 50])
-def test_small_inputs(n, tiny_ckpts, clustered_features):
+def test_small_inputs(n, weak, tiny_ckpts, clustered_features):
     X, _ = clustered_features
-    c = get_clusterer("adanets", checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.5)
+    c = get_clusterer("adanets", checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.5, weak_th=weak)
     lab = c.fit_predict(X[:n])
     assert lab.shape == (n,) and lab.dtype == np.int64
+    np.testing.assert_array_equal(lab, c.fit_predict(X[:n]))  # deterministic
 
 
 def test_duplicates_and_self_first():
