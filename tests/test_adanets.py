@@ -192,7 +192,8 @@ def tiny_ckpts(tmp_path_factory):
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 50])
 def test_small_inputs(n, weak, tiny_ckpts, clustered_features):
     X, _ = clustered_features
-    c = get_clusterer("adanets", checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.5, weak_th=weak)
+    floor = {} if weak is None else {"embedder": "dlib", "min_link_sim": -0.5}  # the weak tier needs a floor
+    c = get_clusterer("adanets", checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.5, weak_th=weak, **floor)
     lab = c.fit_predict(X[:n])
     assert lab.shape == (n,) and lab.dtype == np.int64
     np.testing.assert_array_equal(lab, c.fit_predict(X[:n]))  # deterministic
@@ -374,7 +375,7 @@ def _refines(fine: np.ndarray, coarse: np.ndarray) -> bool:
 def test_weak_tier_links_only_above_the_floor_margin(tiny_ckpts, clustered_features):
     """weak_th adds final links under final_th whose floor cosine clears the floor by
     weak_margin: margin 0 is the plain lower threshold, an unreachable margin adds nothing,
-    margins in between lie between the two; without the floor there is no weak tier."""
+    margins in between lie between the two; without a floor it is an error."""
     X, _ = clustered_features
     kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", k=20, final_topk=30,
               embedder="dlib", refine=False, min_link_sim=-0.5)
@@ -392,8 +393,6 @@ def test_weak_tier_links_only_above_the_floor_margin(tiny_ckpts, clustered_featu
     assert _refines(off, mid) and _refines(mid, low)
     assert len(np.unique(low)) < len(np.unique(mid)) < len(np.unique(off))
     no_floor = {**kw, "similarity_floor": False, "min_link_sim": None}
-    np.testing.assert_array_equal(
-        get_clusterer("adanets", weak_th=lo, weak_margin=0.0, **no_floor).fit_predict(X),
-        get_clusterer("adanets", **no_floor).fit_predict(X),
-    )
+    with pytest.raises(ValueError, match="weak_th needs the similarity floor"):
+        get_clusterer("adanets", weak_th=lo, **no_floor).fit_predict(X)
     assert AdaNetsClusterer(device="cpu").config.weak_th is None  # off by default

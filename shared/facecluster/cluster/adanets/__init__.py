@@ -107,7 +107,7 @@ class AdaNetsConfig(RefineConfig):
         None, ge=-1.0, le=1.0,
         description="Second tier of the final rule: also link faces whose GCN-feature cosine is >= this "
         "(below final_th) when their floor cosine passes the similarity floor by weak_margin. None: off "
-        "(docs/benchmarks/adanets.md §9). Needs the floor (similarity_floor=true).",
+        "(docs/benchmarks/adanets.md §9). Needs the floor: an error without one.",
     )
     weak_margin: float = Field(0.01, ge=0.0, description="How far above the floor a weak_th link's floor cosine must be.")
     checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: the weights shipped for the features' embedder (dlib).")
@@ -277,6 +277,11 @@ class AdaNetsClusterer(Clusterer):
     def fit_predict(self, X: np.ndarray) -> np.ndarray:
         c = self.config
         r = self.resolved()
+        if c.weak_th is not None and self.link_floor() is None:
+            # the weak tier's margin is measured from the floor: without one it would be a plain
+            # lower threshold, the chain-prone setting it exists to avoid
+            raise ValueError("weak_th needs the similarity floor (similarity_floor=true and an embedder with a "
+                             "floor, or min_link_sim); set weak_th=None or final_th instead")
         self.timings_ = {}
         feat, xr = self._embed(X)
         n = feat.shape[0]
@@ -289,8 +294,8 @@ class AdaNetsClusterer(Clusterer):
             cols = ids.reshape(-1)
             floor = self.link_floor()
             flat = sims.reshape(-1)
-            # the weak tier only exists with a floor: its margin is what keeps it from chaining
-            weak = c.weak_th if floor is not None and c.weak_th is not None and c.weak_th < r["final_th"] else None
+            # weak tier (checked above to have a floor); at or above final_th it adds nothing
+            weak = c.weak_th if c.weak_th is not None and c.weak_th < r["final_th"] else None
             keep = np.flatnonzero((flat >= (r["final_th"] if weak is None else weak)) & (cols != rows) & (cols >= 0))
             if floor is not None:
                 need = floor if weak is None else np.where(flat[keep] >= r["final_th"], floor, floor + c.weak_margin)
