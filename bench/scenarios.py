@@ -134,12 +134,11 @@ def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.
                     parts = [tuple(a[np.isin(n, pick)] for a in (x, n, p)) for x, n, p in styles] + [(lf, ln, lp)]
                     out.append((f"video3styles+singles/s{seed}", [tuple(np.concatenate([q[i] for q in parts]) for i in range(3))]))
     if have["glint-lowres"]:
-        x, n = load(root, "glint-lowres", "train")
-        ok = ~np.isin(n, list(MISLABELED))
-        out.append(("video/glint-lowres", [(x[ok], n[ok])]))
+        x, n, p = _drop_mislabeled(*load(root, "glint-lowres", "train", with_px=True))
+        out.append(("video/glint-lowres", [(x, n)]))  # measured without face sizes (older scenario)
         # a low-resolution clip of one or two people (an interview, a vlog): the default splits
         # one person far more when nobody else is in the batch (seventeenth session)
-        out.extend(few_people(*_drop_mislabeled(*load(root, "glint-lowres", "train", with_px=True)), "glint-lowres"))
+        out.extend(few_people(x, n, p, "glint-lowres"))
     for s in ("lfw", "lfw-tight", "lfw-greyblur"):
         if have[s]:
             out.append((f"photos/{s}", [load(root, s, "train")]))

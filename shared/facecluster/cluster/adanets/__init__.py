@@ -277,7 +277,8 @@ class AdaNetsClusterer(Clusterer):
     def fit_predict(self, X: np.ndarray) -> np.ndarray:
         c = self.config
         r = self.resolved()
-        if c.weak_th is not None and self.link_floor() is None:
+        floor = self.link_floor()
+        if c.weak_th is not None and floor is None:
             # the weak tier's margin is measured from the floor: without one it would be a plain
             # lower threshold, the chain-prone setting it exists to avoid
             raise ValueError("weak_th needs the similarity floor (similarity_floor=true and an embedder with a "
@@ -292,7 +293,6 @@ class AdaNetsClusterer(Clusterer):
         with self._timed("components"):
             rows = np.repeat(np.arange(n), ids.shape[1])
             cols = ids.reshape(-1)
-            floor = self.link_floor()
             flat = sims.reshape(-1)
             # weak tier (checked above to have a floor); at or above final_th it adds nothing
             weak = c.weak_th if c.weak_th is not None and c.weak_th < r["final_th"] else None
