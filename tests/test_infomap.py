@@ -2,6 +2,8 @@
 
 import json
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from conftest import run_cli, write_input
@@ -249,6 +251,59 @@ def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big
     one_ref = attach_relative(labels, ids, sims, max_frac=0.2, min_size=2, min_target=100, top=10, min_sim=0.91,
                               share=0.5, q=10, margin=0.0, share_of="out", min_links=0.35)
     assert len(set(one_ref[B + F + H])) == 1 and one_ref[L[0]] != one_ref[0]
+
+
+def test_post_steps_repeat_until_a_pass_joins_nothing():
+    """B: 100 faces of one person; F: an 8-face fragment of it that only the big-cluster attach
+    (the last step of a pass) joins; P: a 6-face piece of the same person whose links leaving it
+    go 40 % to B and 60 % to F (cosine 0.93, under B's own links, so the big-cluster attach
+    refuses it), so no step of the first pass takes it. Once F is in B, all of P's out-links
+    point into one cluster: the second pass's merge joins it. One pass (refine_rounds=1, the behaviour before) leaves P apart; the
+    third pass joins nothing, and the loop stops there."""
+    from facecluster.cluster.infomap import InfomapConfig
+    from facecluster.cluster.refine import refine_partition
+
+    B, C = list(range(100)), list(range(100, 120))
+    F, P = list(range(120, 128)), list(range(128, 134))
+    neigh, sim = {}, {}
+    for grp, s in ((B, 0.95), (C, 0.97)):
+        for j, i in enumerate(grp):
+            neigh[i], sim[i] = [grp[(j + t) % len(grp)] for t in range(1, 11)], [s] * 10
+    for j, i in enumerate(F):
+        neigh[i] = [q for q in F if q != i][:4] + B[4 * j : 4 * j + 4] + C[2 * j : 2 * j + 2]
+        sim[i] = [0.95] * 4 + [0.951] * 4 + [0.92] * 2
+    for j, i in enumerate(P):
+        neigh[i] = [q for q in P if q != i] + B[2 * j : 2 * j + 2] + F[j % 5 : j % 5 + 3]
+        sim[i] = [0.95] * 5 + [0.93] * 5
+    ids = _lists(neigh, 10)
+    sims = np.full(ids.shape, -1.0, np.float32)
+    sims[:, 0] = 1.0
+    for i, v in sim.items():
+        sims[i, 1:11] = v
+    labels = np.array([0] * 100 + [1] * 20 + [2] * 8 + [3] * 6)
+    steps = []
+
+    def run(rounds):
+        steps.clear()
+
+        @contextmanager
+        def timed(step):
+            steps.append(step)
+            yield
+
+        cfg = InfomapConfig(merge_k=10, attach_k=10, refine_rounds=rounds)
+        return refine_partition(labels, ids, sims, cfg, merge_min_sim=0.91, attach_min_sim=0.93,
+                                attach_big_min_target=100, timed=timed)
+
+    one = run(1)
+    assert len(set(one[B + F])) == 1 and one[P[0]] != one[0] and len(set(one[P])) == 1
+    assert steps.count("attach_big") == 1
+    until = run(5)
+    assert len(set(until[B + F + P])) == 1 and until[C[0]] != until[0] and len(set(until)) == 2
+    assert steps.count("attach_big") == 3  # the second pass joined P, the third joined nothing: stop
+    # the default runs passes until nothing moves
+    dflt = get_clusterer("infomap", device="cpu", embedder="dlib", merge_k=10, attach_k=10).refine(labels, ids, sims)
+    assert len(set(dflt[B + F + P])) == 1 and len(set(dflt)) == 2
 
 
 def test_big_cluster_attach_targets_keep_their_input_size():

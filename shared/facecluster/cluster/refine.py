@@ -45,6 +45,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_close_min_links",
     "merge_close_margin",
     "merge_again",
+    "refine_rounds",
     "merge_lone_recip",
     "attach_max_size",
     "attach_min_size",
@@ -83,9 +84,10 @@ def refine_partition(
     attach_big_min_target: int = 0,
     timed: Optional[Callable[[str], ContextManager]] = None,
 ) -> np.ndarray:
-    """Fragment merge, optional weak-cut split, small-cluster attach, relative attach,
-    (``merge_again``) a second fragment merge of clusters of two or more faces, and the
-    big-cluster attach (``attach_big_min_target`` > 0).
+    """Fragment merge, optional weak-cut split, then passes of: small-cluster attach, relative
+    attach, (``merge_again``) a second fragment merge of clusters of two or more faces, and the
+    big-cluster attach (``attach_big_min_target`` > 0), repeated until a pass joins nothing (at
+    most ``refine_rounds`` passes).
 
     Parameters
     ----------
@@ -140,61 +142,75 @@ def refine_partition(
                 min_part=cfg.split_min_part,
                 max_cut=cfg.split_max_cut,
             )
-    if cfg.attach_max_size > 0:
-        with timed("attach"):
-            labels = attach_small(
-                labels,
-                ids,
-                sims,
-                max_size=cfg.attach_max_size,
-                min_size=cfg.attach_min_size,
-                top=cfg.attach_k,
-                min_sim=attach_min_sim,
-                share=cfg.attach_share,
-            )
-    if cfg.attach_frac > 0:
-        with timed("attach_rel"):
-            labels = attach_relative(
-                labels,
-                ids,
-                sims,
-                max_frac=cfg.attach_frac,
-                min_size=cfg.attach_rel_min_size,
-                min_target=cfg.attach_rel_min_target,
-                top=cfg.attach_k,
-                min_sim=cfg.attach_rel_min_sim if cfg.attach_rel_min_sim is not None else merge_min_sim,
-                share=cfg.attach_rel_share,
-                q=cfg.attach_rel_q,
-                margin=cfg.attach_rel_margin,
-            )
-    if cfg.merge_fragments and cfg.merge_again:
-        # the attach steps moved lone faces and small fragments into clusters; a piece whose links
-        # went to those is now pointing into one cluster (a long-video person split 80 / 13 %
-        # rejoins). Lone faces stay where the attach steps left them (passers-by).
-        labels = merge(labels, max(2, cfg.merge_min_size), 0)
-    if attach_big_min_target > 0:
-        with timed("attach_big"):
-            # a long video's person at low resolution: fragments that keep most neighbours among
-            # themselves but whose links leaving them lean to that person's big cluster, as
-            # strongly as its own weakest tenth (share of out-links, not of all slots)
-            m = cfg.merge_k + 1  # only the first merge_k neighbours vote (self in the list, ignored)
-            labels = attach_relative(
-                labels,
-                ids[:, :m],
-                sims[:, :m],
-                max_frac=cfg.attach_big_frac,
-                min_size=2,
-                min_target=attach_big_min_target,
-                top=cfg.merge_k,
-                min_sim=merge_min_sim,
-                share=cfg.attach_big_share,
-                q=cfg.attach_rel_q,
-                margin=cfg.attach_big_margin,
-                share_of="out",
-                ref_both=True,
-                fixed_targets=True,
-                min_links=cfg.attach_big_min_links,
-            )
+    def later_steps(labels: np.ndarray) -> np.ndarray:
+        # small-cluster and relative attach, second merge, big-cluster attach
+        if cfg.attach_max_size > 0:
+            with timed("attach"):
+                labels = attach_small(
+                    labels,
+                    ids,
+                    sims,
+                    max_size=cfg.attach_max_size,
+                    min_size=cfg.attach_min_size,
+                    top=cfg.attach_k,
+                    min_sim=attach_min_sim,
+                    share=cfg.attach_share,
+                )
+        if cfg.attach_frac > 0:
+            with timed("attach_rel"):
+                labels = attach_relative(
+                    labels,
+                    ids,
+                    sims,
+                    max_frac=cfg.attach_frac,
+                    min_size=cfg.attach_rel_min_size,
+                    min_target=cfg.attach_rel_min_target,
+                    top=cfg.attach_k,
+                    min_sim=cfg.attach_rel_min_sim if cfg.attach_rel_min_sim is not None else merge_min_sim,
+                    share=cfg.attach_rel_share,
+                    q=cfg.attach_rel_q,
+                    margin=cfg.attach_rel_margin,
+                )
+        if cfg.merge_fragments and cfg.merge_again:
+            # the attach steps moved lone faces and small fragments into clusters; a piece whose links
+            # went to those is now pointing into one cluster (a long-video person split 80 / 13 %
+            # rejoins). Lone faces stay where the attach steps left them (passers-by).
+            labels = merge(labels, max(2, cfg.merge_min_size), 0)
+        if attach_big_min_target > 0:
+            with timed("attach_big"):
+                # a long video's person at low resolution: fragments that keep most neighbours among
+                # themselves but whose links leaving them lean to that person's big cluster, as
+                # strongly as its own weakest tenth (share of out-links, not of all slots)
+                m = cfg.merge_k + 1  # only the first merge_k neighbours vote (self in the list, ignored)
+                labels = attach_relative(
+                    labels,
+                    ids[:, :m],
+                    sims[:, :m],
+                    max_frac=cfg.attach_big_frac,
+                    min_size=2,
+                    min_target=attach_big_min_target,
+                    top=cfg.merge_k,
+                    min_sim=merge_min_sim,
+                    share=cfg.attach_big_share,
+                    q=cfg.attach_rel_q,
+                    margin=cfg.attach_big_margin,
+                    share_of="out",
+                    ref_both=True,
+                    fixed_targets=True,
+                    min_links=cfg.attach_big_min_links,
+                )
+        return labels
+
+    # Each step reads the partition the steps before it left, so one pass stops short of where
+    # they agree: a cluster grown late in the pass (second merge, big-cluster attach) is what a
+    # piece's links point into only in the next pass (a lone low-resolution clip's person left
+    # in halves; docs/benchmarks/default_quality.md, "Post-steps until nothing moves"). Every
+    # step only joins, so a pass that leaves the number of clusters unchanged changed nothing.
+    for _ in range(cfg.refine_rounds):
+        before = len(np.unique(labels))
+        labels = later_steps(labels)
+        if len(np.unique(labels)) == before:
+            break
     return np.asarray(labels, np.int64)
 
 
@@ -270,7 +286,9 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: members' 10 nearest neighbours agree (Infomap: 80 %). A learned method's partition leaves more
 #: small same-person fragments whose neighbours mostly, not almost all, agree.
 #: The close-halves merge and the second merge pass (eleventh session) and the big-cluster attach
-#: (fourteenth session) were measured for Infomap only: off for them.
+#: (fourteenth session) were measured for Infomap only: off for them. Without those two their
+#: pass is the two attach steps, which already repeat until stable, so they keep one pass
+#: (eighteenth session: repeated passes moved only gcn-ve's 48-px video, +0.002).
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
     # the learned methods' refinement was measured with one reciprocal link (the default's
@@ -279,6 +297,7 @@ LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "merge_close_q": None,
     "merge_again": False,
     "attach_big_min_target": 0,
+    "refine_rounds": 1,
 }
 
 #: The similarity floor of a learned method's own links when the refinement runs after it, per
