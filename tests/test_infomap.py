@@ -22,6 +22,17 @@ def _lists(neigh: dict[int, list[int]], k: int) -> np.ndarray:
     return ids
 
 
+def _knn(neigh: dict[int, list[int]], sim: dict[int, list[float]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """kNN ids (as :func:`_lists`) and their similarities: self 1.0, each listed neighbour the
+    value given for it in ``sim``, padding -1."""
+    ids = _lists(neigh, k)
+    sims = np.full(ids.shape, -1.0, np.float32)
+    sims[:, 0] = 1.0
+    for i, v in sim.items():
+        sims[i, 1 : 1 + len(v)] = v
+    return ids, sims
+
+
 def test_fragment_joins_the_cluster_its_neighbours_point_to():
     # B = 0..5 (6 faces), fragment A = 6,7 whose out-links all go into B; C = 8 alone, links to A only
     k = 4
@@ -138,11 +149,7 @@ def _two_halves(cross_sim: float, sizes=(12, 10), k: int = 10):
             mates = [m for m in own if m != i][: k - 1]
             neigh[i] = mates + [other[j % len(other)]]
             sim[i] = list(np.sort(rng.uniform(0.95, 0.97, len(mates)))[::-1]) + [cross_sim]
-    ids = _lists(neigh, k)
-    sims = np.full(ids.shape, -1.0, np.float32)
-    sims[:, 0] = 1.0
-    for i, v in sim.items():
-        sims[i, 1 : 1 + len(v)] = v
+    ids, sims = _knn(neigh, sim, k)
     return np.array([0] * sizes[0] + [1] * sizes[1]), ids, sims
 
 
@@ -182,11 +189,7 @@ def test_second_merge_pass_joins_a_piece_whose_links_went_to_faces_attached_sinc
     for j, i in enumerate(P):
         neigh[i] = [q for q in P if q != i][:5] + M[j : j + 2] + S[j % 3 : j % 3 + 3]
         sim[i] = [0.97] * 5 + [0.95] * 5
-    ids = _lists(neigh, 10)
-    sims = np.full(ids.shape, -1.0, np.float32)
-    sims[:, 0] = 1.0
-    for i, v in sim.items():
-        sims[i, 1:11] = v
+    ids, sims = _knn(neigh, sim, 10)
     labels = np.array([0] * 20 + [1, 2, 3, 4, 5] + [6] * 6)
 
     def run(again):
@@ -222,11 +225,7 @@ def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big
         for j, i in enumerate(grp):
             neigh[i] = [q for q in grp if q != i][:4] + B[4 * j : 4 * j + 4] + C[2 * j : 2 * j + 2]
             sim[i] = [own] * 4 + [s] * 4 + [0.92] * 2
-    ids = _lists(neigh, 10)
-    sims = np.full(ids.shape, -1.0, np.float32)
-    sims[:, 0] = 1.0
-    for i, v in sim.items():
-        sims[i, 1:11] = v
+    ids, sims = _knn(neigh, sim, 10)
     labels = np.array([0] * 100 + [1] * 20 + [2] * 8 + [3] * 8 + [4] * 8)
 
     def run(min_target, **kw):
@@ -258,8 +257,8 @@ def test_post_steps_repeat_until_a_pass_joins_nothing():
     (the last step of a pass) joins; P: a 6-face piece of the same person whose links leaving it
     go 40 % to B and 60 % to F (cosine 0.93, under B's own links, so the big-cluster attach
     refuses it), so no step of the first pass takes it. Once F is in B, all of P's out-links
-    point into one cluster: the second pass's merge joins it. One pass (refine_rounds=1, the behaviour before) leaves P apart; the
-    third pass joins nothing, and the loop stops there."""
+    point into one cluster: the second pass's merge joins it. One pass (refine_rounds=1, the
+    behaviour before) leaves P apart; the third pass joins nothing, and the loop stops there."""
     from facecluster.cluster.infomap import InfomapConfig
     from facecluster.cluster.refine import refine_partition
 
@@ -275,11 +274,7 @@ def test_post_steps_repeat_until_a_pass_joins_nothing():
     for j, i in enumerate(P):
         neigh[i] = [q for q in P if q != i] + B[2 * j : 2 * j + 2] + F[j % 5 : j % 5 + 3]
         sim[i] = [0.95] * 5 + [0.93] * 5
-    ids = _lists(neigh, 10)
-    sims = np.full(ids.shape, -1.0, np.float32)
-    sims[:, 0] = 1.0
-    for i, v in sim.items():
-        sims[i, 1:11] = v
+    ids, sims = _knn(neigh, sim, 10)
     labels = np.array([0] * 100 + [1] * 20 + [2] * 8 + [3] * 6)
     steps = []
 

@@ -206,10 +206,11 @@ def refine_partition(
     # piece's links point into only in the next pass (a lone low-resolution clip's person left
     # in halves; docs/benchmarks/default_quality.md, "Post-steps until nothing moves"). Every
     # step only joins, so a pass that leaves the number of clusters unchanged changed nothing.
+    clusters = len(np.unique(labels))
     for _ in range(cfg.refine_rounds):
-        before = len(np.unique(labels))
         labels = later_steps(labels)
-        if len(np.unique(labels)) == before:
+        before, clusters = clusters, len(np.unique(labels))
+        if clusters == before:
             break
     return np.asarray(labels, np.int64)
 
