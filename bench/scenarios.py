@@ -26,8 +26,16 @@ Shapes (each the training identities of a set; labels = image folder):
                            clip of one person; seventeenth session)
 ``video-2p/glint-lowres``  20 pairs of them (a 48-px interview); ``--heldout`` builds both
                            shapes from the glint-lowres validation people instead (report only)
+``video-1c/glint-clips``   each glint-clips training clip of >= 50 frames alone (one person at one
+                           of 36-64 px, q30-70, blur or not per clip; nineteenth session)
+``video-2c/glint-clips``   20 pairs of clips of two different people (an interview)
+``video-1p/glint-clips``   each training person's clips together, alone (a vlog over several
+                           scenes: one person at several low resolutions); ``--heldout``
+                           builds the three from the validation people instead (report only)
 ``photos/<lfw set>``       every training identity, singletons included (lfw, lfw-tight,
                            lfw-greyblur: shared 150-px crops, tight 112-px, grey + blur)
+``photos-small/lfw-mixed`` the lfw-mixed training crops whose eyes are < 20 px apart (1,653 small,
+                           compressed photos, singletons included; nineteenth session)
 ``photos21/<lfw set>``     training people with >= 5 photos, at most 21 each (a photo
                            collection of regulars, like the 299-person set of issue 13), for
                            lfw, lfw-loose (~35 % margin) and lfw-mixed (random crop per image)
@@ -50,9 +58,10 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from facecluster.train.splits import validation_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import evaluate, parse_variant, run_method  # noqa: E402
+from _common import evaluate, load_workdir, parse_variant, run_method  # noqa: E402
 from regimes import load, passers_by  # noqa: E402
 
 
@@ -86,6 +95,31 @@ def few_people(x: np.ndarray, n: np.ndarray, px: np.ndarray, tag: str) -> list:
     return [
         (f"video-1p/{tag}", [(x[n == q], n[n == q], px[n == q]) for q in people]),
         (f"video-2p/{tag}", [tuple(a[np.isin(n, pairs[i])] for a in (x, n, px)) for i in pick]),
+    ]
+
+
+def load_clips(root: Path, part: str):
+    """(features, names, face sizes, clip ids) of ``root/glint-clips``'s ``part`` identities, the
+    mislabeled folder left out (clip id: the record's ``clip`` field, ``bench/shift_sets.py``)."""
+    x, n, p = load(root, "glint-clips", "all", with_px=True)
+    clip = load_workdir(root / "glint-clips", labels="field:clip")[1]
+    m = validation_mask("glint18", n)
+    keep = (m if part == "val" else ~m) & ~np.isin(n, list(MISLABELED))
+    return x[keep], n[keep], p[keep], clip[keep]
+
+
+def clip_scenarios(x: np.ndarray, n: np.ndarray, px: np.ndarray, clip: np.ndarray, tag: str) -> list:
+    """``video-1c/<tag>``: each clip of >= 50 frames alone; ``video-2c/<tag>``: 20 pairs of such
+    clips of two different people; ``video-1p/<tag>``: each person's clips together, alone."""
+    clips = sorted(c for c, k in Counter(clip.tolist()).items() if k >= 50)
+    person = {c: n[clip == c][0] for c in clips}
+    pairs = [(a, b) for a, b in combinations(clips, 2) if person[a] != person[b]]
+    pick = sorted(np.random.default_rng(0).choice(len(pairs), min(20, len(pairs)), replace=False)) if pairs else []
+    part = lambda m: (x[m], n[m], px[m])  # noqa: E731
+    return [
+        (f"video-1c/{tag}", [part(clip == c) for c in clips]),
+        (f"video-2c/{tag}", [part(np.isin(clip, pairs[i])) for i in pick]),
+        (f"video-1p/{tag}", [part(n == q) for q in sorted(set(n.tolist()))]),
     ]
 
 
@@ -139,9 +173,16 @@ def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.
         # a low-resolution clip of one or two people (an interview, a vlog): the default splits
         # one person far more when nobody else is in the batch (seventeenth session)
         out.extend(few_people(x, n, p, "glint-lowres"))
+    if (root / "glint-clips" / "features.npy").exists():
+        out.extend(clip_scenarios(*load_clips(root, "train"), "glint-clips"))
     for s in ("lfw", "lfw-tight", "lfw-greyblur"):
         if have[s]:
             out.append((f"photos/{s}", [load(root, s, "train")]))
+    if have["lfw-mixed"]:
+        # a collection of small, compressed photos (the training people's lfw-mixed crops with
+        # eyes < 20 px apart): where a rule for a low-resolution video must not chain people
+        x, n, p = load(root, "lfw-mixed", "train", with_px=True)
+        out.append(("photos-small/lfw-mixed", [(x[p < 20], n[p < 20], p[p < 20])]))
     for s in ("lfw", "lfw-loose", "lfw-mixed"):
         if have[s]:
             x, n = load(root, s, "train")
@@ -225,8 +266,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", help="METHOD[:key=value,...]; repeatable (default: infomap)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--only", help="comma-separated scenario names: run just these")
-    ap.add_argument("--heldout", action="store_true", help="report only: the video-1p / video-2p shapes built from the "
-                    "glint-lowres *validation* people (never tune on these)")
+    ap.add_argument("--heldout", action="store_true", help="report only: the video-1p / video-2p / video-1c / video-2c "
+                    "shapes built from the glint-lowres and glint-clips *validation* people (never tune on these)")
     ap.add_argument("--embedder", default="dlib", help="the embedder that made ROOT's features: its thresholds are used (dlib, mbf)")
     ap.add_argument("--fragments", help="comma-separated scenarios and/or validation regimes: print where the "
                     "first variant's fragments are (sizes, link similarity vs the home cluster's own) and exit")
@@ -246,7 +287,12 @@ def main() -> None:
     rows = []
     worst = {v: (None, 2.0) for v in variants}
     print(f"{'scenario':24s} {'faces':>6s} {'ids':>5s}  " + "  ".join(f"{v[:40]:>40s}" for v in variants))
-    scenarios = few_people(*load(a.root, "glint-lowres", "val", with_px=True), "glint-lowres-val") if a.heldout else training_scenarios(a.root)
+    if a.heldout:
+        scenarios = few_people(*load(a.root, "glint-lowres", "val", with_px=True), "glint-lowres-val")
+        if (a.root / "glint-clips" / "features.npy").exists():
+            scenarios += clip_scenarios(*load_clips(a.root, "val"), "glint-clips-val")
+    else:
+        scenarios = training_scenarios(a.root)
     for name, draws in scenarios:
         if a.only and name not in a.only.split(","):
             continue

@@ -33,6 +33,10 @@ of its file name, so a rebuild gives the same bytes):
 ``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
 ``glint-mixed``    per glint18 crop: 32-112 px, q35-95, blur 0-1.5 on a third (a video whose
                    faces come near and go far: mixed resolution in one batch)
+``glint-clips``    each glint18 person's crops (file order) cut into clips of 60-200 frames, one
+                   low resolution per clip: 36-64 px, q30-70, blur 0-1.2 on half the clips (one
+                   or two people's low-resolution clips, each at its own distance and
+                   compression; file ``cNN_<name>.jpg``, NN = the clip; nineteenth session)
 ``yale``           Extended Yale B, all lighting conditions but the ambient shots, PGM -> PNG
 ``yale-moderate``  Extended Yale B, light within 60 deg azimuth and 45 deg elevation
 =================  ======================================================================
@@ -55,7 +59,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter, ImageOps
 
-REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "glint-lowres", "glint-mixed", "yale", "yale-moderate"]
+REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "glint-lowres", "glint-mixed", "glint-clips", "yale", "yale-moderate"]
 
 
 def _u(name: str, salt: str) -> float:
@@ -120,6 +124,22 @@ def glint_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image,
     raise ValueError(regime)
 
 
+def glint_clips(person: str, files: list[Path]) -> list[tuple[Path, int, int, float, int]]:
+    """(file, clip, side px, blur sigma, JPEG quality) of one person's glint18 crops in file
+    order: consecutive runs of 60-200 crops share one low resolution (a clip filmed at one
+    distance), a pure function of the person's name and the file order."""
+    out, start, clip = [], 0, 0
+    while start < len(files):
+        tag = f"{person}/{clip}"
+        length = int(60 + 140 * _u(tag, "clen"))
+        side = int(36 + 28 * _u(tag, "cside"))
+        sigma = 1.2 * _u(tag, "csigma") if _u(tag, "cblur") < 0.5 else 0.0
+        q = int(30 + 40 * _u(tag, "cq"))
+        out += [(f, clip, side, sigma, q) for f in files[start : start + length]]
+        start, clip = start + length, clip + 1
+    return out
+
+
 _YALE = re.compile(r"_P00A([+-]\d{3})E([+-]\d{2})\.pgm$")
 
 
@@ -134,6 +154,21 @@ def yale_keep(fname: str, regime: str) -> bool:
 def build(regime: str, a, out: Path) -> int:
     dest = out / regime
     recs = []
+    if regime == "glint-clips":
+        files = sorted(a.glint.glob("*/*.jpg"))
+        for person in sorted({f.parent.name for f in files}):
+            mine = sorted((f for f in files if f.parent.name == person), key=lambda f: (len(f.stem), f.stem))
+            for f, clip, side, sigma, q in glint_clips(person, mine):
+                target = dest / person / f"c{clip:02d}_{f.stem}.jpg"
+                recs.append({"img_path": str(target.resolve()), "person": person, "clip": f"{person}/c{clip:02d}"})
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    img = Image.open(f).convert("RGB").resize((side, side), Image.BILINEAR)
+                    if sigma > 0:
+                        img = img.filter(ImageFilter.GaussianBlur(sigma))
+                    img.save(target, quality=q)
+        (out / f"{regime}.json").write_text(json.dumps(recs))
+        return len(recs)
     if regime.startswith("lfw-"):
         src = a.lfw_originals
         files = sorted(src.glob("*/*.jpg"))

@@ -49,3 +49,35 @@ def test_all_styles_keeps_one_name_per_person_across_styles(tmp_path):
     # opt-in: not part of the default lists
     assert regimes.ALL_STYLES_VAL not in [v[0] for v in regimes.validation_regimes(tmp_path)]
     assert regimes.ALL_STYLES_TRAIN not in [t[0] for t in regimes.tuning_regimes(tmp_path)]
+
+
+def test_glint_clips_cut_each_person_into_clips_and_the_scenarios_keep_them_apart(tmp_path):
+    import scenarios
+    import shift_sets
+
+    files = [Path(f"/g/Tom_Hanks/{i}.jpg") for i in range(500)]
+    cut = shift_sets.glint_clips("Tom_Hanks", files)
+    assert [f for f, *_ in cut] == files and cut == shift_sets.glint_clips("Tom_Hanks", files)  # a pure function
+    clips = np.array([c for _, c, *_ in cut])
+    assert (np.diff(clips) >= 0).all() and clips[0] == 0  # consecutive runs
+    lengths = np.bincount(clips)
+    assert (lengths[:-1] >= 60).all() and (lengths <= 200).all()
+    for _, c, side, sigma, q in cut:  # one quality per clip, in the documented ranges
+        assert 36 <= side <= 64 and 0 <= sigma <= 1.2 and 30 <= q <= 70
+    assert len({(side, sigma, q) for _, _, side, sigma, q in cut}) == len(lengths)
+
+    # a glint-clips work dir: two validation people and one training person, clips of 60 / 40 faces
+    people = VAL + TRAIN
+    x = np.random.default_rng(0).normal(size=(3 * 100, 128)).astype(np.float32)
+    wd = WorkDir(cluster_scale.make_workdir(tmp_path / "glint-clips", x))
+    recs = [{"img_path": f"/d/{p}/c{int(i >= 60):02d}_{i}.jpg", "clip": f"{p}/c{int(i >= 60):02d}"} for p in people for i in range(100)]
+    wd.manifest.write_text(json.dumps({"records": recs}))
+    np.save(wd.features_face_px, np.full(len(x), 14.0, np.float32))
+    xs, n, px, clip = scenarios.load_clips(tmp_path, "val")
+    assert sorted(set(n.tolist())) == sorted(VAL) and len(xs) == len(px) == 200
+    shapes = dict(scenarios.clip_scenarios(xs, n, px, clip, "t"))
+    assert [len(d[1]) for d in shapes["video-1c/t"]] == [60, 60]  # clips of >= 50 frames, alone
+    assert all(len(set(d[1].tolist())) == 2 for d in shapes["video-2c/t"])  # pairs of two people
+    assert len(shapes["video-2c/t"]) == 1
+    assert [len(d[1]) for d in shapes["video-1p/t"]] == [100, 100]
+    assert sorted(set(scenarios.load_clips(tmp_path, "train")[1].tolist())) == TRAIN

@@ -172,6 +172,46 @@ def test_close_halves_of_one_person_join_look_alikes_do_not():
     np.testing.assert_array_equal(out, merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10))
 
 
+def _soup(sizes=(8, 6, 5, 4), k: int = 10, across=(0.93, 0.95)):
+    """One person cut into pieces with nothing between them: every face lists k of the person's
+    other faces drawn alike from all pieces; links within a piece 0.93-0.95, across ``across``."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    neigh, sim = {}, {}
+    for i in range(len(labels)):
+        nb = rng.choice([j for j in range(len(labels)) if j != i], k, replace=False)
+        s = np.where(labels[nb] == labels[i], rng.uniform(0.93, 0.95, k), rng.uniform(*across, k))
+        order = np.argsort(-s)
+        neigh[i], sim[i] = list(nb[order]), list(s[order])
+    return labels, *_knn(neigh, sim, k)
+
+
+def test_open_pieces_of_one_person_join_a_cluster_leaking_to_several_people_does_not():
+    # a low-resolution person that Infomap cut into four pieces: each piece sends most of its
+    # links out, split over the other pieces, so no share test passes; as open pieces they join
+    labels, ids, sims = _soup()
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91))) == 4
+    out = merge_fragments(labels, ids, sims, min_sim=0.91, open_frac=0.5)
+    assert len(set(out)) == 1
+    np.testing.assert_array_equal(out, merge_fragments(labels, ids, sims, min_sim=0.91, open_frac=0.5))
+    # linked across less tightly than within (the target's own 10th percentile): apart
+    labels, ids, sims = _soup(across=(0.915, 0.925))
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, open_frac=0.5))) == 4
+    # a small photo cluster leaking to four people alike (a quarter of its links each, under the
+    # 30 % share), every link as tight as theirs: it stays; with a 20 % share it would join
+    k = 10
+    neigh = {i: [j for j in range(10 * (i // 10), 10 * (i // 10) + 10) if j != i] for i in range(40)}
+    sim = {i: [0.95 - 0.001 * r for r in range(9)] for i in range(40)}
+    for m in range(40, 44):
+        mates = [j for j in range(40, 44) if j != m]
+        away = [10 * q + (m + t) % 10 for t in range(2) for q in range(4)][: k - len(mates)]
+        neigh[m], sim[m] = mates + away, [0.95] * 3 + [0.945] * len(away)
+    ids, sims = _knn(neigh, sim, k)
+    labels = np.repeat(np.arange(5), [10, 10, 10, 10, 4])
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, open_frac=0.5))) == 5
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, open_frac=0.5, open_share=0.2))) == 4
+
+
 def test_second_merge_pass_joins_a_piece_whose_links_went_to_faces_attached_since():
     """M: 20 faces of one person; S: 5 lone frames of that person, listed by no M face (the first
     merge leaves them: no reciprocal link), which the attach step moves into M; P: a 6-face piece

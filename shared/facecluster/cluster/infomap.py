@@ -40,8 +40,11 @@ video's person is in none or one of that person's neighbour lists (one, more oft
 video is low-resolution: its faces resemble everyone), while the person's own odd frame usually is
 in several. Close halves (``merge_close_q``): two clusters that are each other's first choice, linked
 across as tightly as within (median link across >= both clusters' internal 10th percentile), join:
-one person split into two big scenes. After the attach steps the merge runs once more for clusters of
-two or more faces (``merge_again``): a piece whose links went to faces attached since then joins.
+one person split into two big scenes. Open pieces (``merge_open``): a cluster of >= 2 faces whose
+strong links mostly leave it (>= half its slots) joins its first choice when >= 30 % of those links go
+there, as tightly as within: one person at low resolution that Infomap cut into a dozen pieces. After
+the attach steps the merge runs once more for clusters of two or more faces (``merge_again``): a piece
+whose links went to faces attached since then joins.
 
 Small-cluster attach (``attach_small``, on by default since issue 13): what is left as a
 singleton, pair or triple joins the cluster that >= 80 % of its members' 10 nearest neighbours
@@ -226,6 +229,23 @@ class InfomapConfig(ClusterConfig):
     )
     merge_close_min_links: float = Field(0.05, gt=0, le=1, description="Share of its slots each close half must send to the other.")
     merge_close_margin: float = Field(0.0, ge=0, le=1, description="How far below that percentile the median link may lie.")
+    merge_open: Optional[float] = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Open pieces in the fragment merge (facecluster.graph.merge_fragments): a cluster of >= 2 faces "
+        "whose strong links leaving it fill >= this share of its merge_k slots joins its first choice (bigger) "
+        "when >= merge_open_share of those links go there and their median similarity is >= the target's "
+        "internal 10th percentile and >= its own minus merge_open_margin: one person at low resolution that "
+        "Infomap cut into a dozen pieces, each linked to the others as tightly as within (nineteenth session: "
+        "48-px clips of one person 0.894 -> 0.992). None: off (docs/benchmarks/default_quality.md, 'Open pieces').",
+    )
+    merge_open_share: float = Field(
+        0.3, gt=0, le=1, description="Share of an open piece's leaving links that must go to its first choice."
+    )
+    merge_open_margin: float = Field(
+        0.02, ge=0, le=1, description="How far below the open piece's own internal 10th percentile its median link may lie."
+    )
     merge_lone_recip: Optional[int] = Field(
         None,
         ge=0,

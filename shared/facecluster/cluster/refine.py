@@ -44,6 +44,9 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_close_q",
     "merge_close_min_links",
     "merge_close_margin",
+    "merge_open",
+    "merge_open_share",
+    "merge_open_margin",
     "merge_again",
     "refine_rounds",
     "merge_lone_recip",
@@ -125,6 +128,9 @@ def refine_partition(
                 close_q=cfg.merge_close_q,
                 close_min_links=cfg.merge_close_min_links,
                 close_margin=cfg.merge_close_margin,
+                open_frac=cfg.merge_open,
+                open_share=cfg.merge_open_share,
+                open_margin=cfg.merge_open_margin,
                 lone_recip=lone,
             )
 
@@ -286,16 +292,18 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: training identities, docs/benchmarks/gcn_ve.md §7): a small cluster attaches when 60 % of its
 #: members' 10 nearest neighbours agree (Infomap: 80 %). A learned method's partition leaves more
 #: small same-person fragments whose neighbours mostly, not almost all, agree.
-#: The close-halves merge and the second merge pass (eleventh session) and the big-cluster attach
-#: (fourteenth session) were measured for Infomap only: off for them. Without those two their
-#: pass is the two attach steps, which already repeat until stable, so they keep one pass
-#: (eighteenth session: repeated passes moved only gcn-ve's 48-px video, +0.002).
+#: The close-halves merge and the second merge pass (eleventh session), the big-cluster attach
+#: (fourteenth) and the open-pieces merge (nineteenth) were measured for Infomap only: off for
+#: them. Without the second merge and the big-cluster attach their pass is the two attach steps,
+#: which already repeat until stable, so they keep one pass (eighteenth session: repeated passes
+#: moved only gcn-ve's 48-px video, +0.002).
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
     # the learned methods' refinement was measured with one reciprocal link (the default's
     # second, fifteenth session, was chosen for Infomap only)
     "merge_lone_recip": 1,
     "merge_close_q": None,
+    "merge_open": None,
     "merge_again": False,
     "attach_big_min_target": 0,
     "refine_rounds": 1,
