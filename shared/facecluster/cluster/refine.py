@@ -266,7 +266,8 @@ class RefineConfig(ClusterConfig):
         default_factory=dict,
         description="Overrides of the post-step settings, by their infomap names (merge_min_sim, "
         "attach_frac, ...; facecluster.cluster.refine.REFINE_FIELDS). Unset: infomap's defaults for "
-        "the embedder, except refine.LEARNED_REFINE_DEFAULTS (attach_share 0.6).",
+        "the embedder, except refine.LEARNED_REFINE_DEFAULTS (attach_share 0.6, ...) and, for gcn-v and "
+        "gcn-ve, gcn_v.GCN_REFINE_DEFAULTS (merge_open_share 0.4).",
     )
 
     @field_validator("refine_settings")
@@ -292,18 +293,19 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: training identities, docs/benchmarks/gcn_ve.md §7): a small cluster attaches when 60 % of its
 #: members' 10 nearest neighbours agree (Infomap: 80 %). A learned method's partition leaves more
 #: small same-person fragments whose neighbours mostly, not almost all, agree.
-#: The close-halves merge and the second merge pass (eleventh session), the big-cluster attach
-#: (fourteenth) and the open-pieces merge (nineteenth) were measured for Infomap only: off for
-#: them. Without the second merge and the big-cluster attach their pass is the two attach steps,
-#: which already repeat until stable, so they keep one pass (eighteenth session: repeated passes
-#: moved only gcn-ve's 48-px video, +0.002).
+#: The close-halves merge and the second merge pass (eleventh session) and the big-cluster attach
+#: (fourteenth) were measured for Infomap only: off for them. Without the second merge and the
+#: big-cluster attach their pass is the two attach steps, which already repeat until stable, so
+#: they keep one pass (eighteenth session: repeated passes moved only gcn-ve's 48-px video,
+#: +0.002). The open pieces of the fragment merge (nineteenth session) are on, chosen for them on
+#: the training scenarios (adanets 48-px video 0.807 -> 0.878; docs/benchmarks.md §9,
+#: "Nineteenth session"); the GCN methods need a stricter share (``GCN_REFINE_DEFAULTS``).
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
     # the learned methods' refinement was measured with one reciprocal link (the default's
     # second, fifteenth session, was chosen for Infomap only)
     "merge_lone_recip": 1,
     "merge_close_q": None,
-    "merge_open": None,
     "merge_again": False,
     "attach_big_min_target": 0,
     "refine_rounds": 1,
