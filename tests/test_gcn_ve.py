@@ -8,6 +8,7 @@ import torch
 
 from facecluster.cluster import get_clusterer
 from facecluster.cluster import gcn_common as gc
+from facecluster.cluster import gcn_v as gv
 from facecluster.cluster.gcn_e import edge_candidates, gcn_e_peaks, sub_adjacency
 from facecluster.cluster.gcn_v import peaks_labels
 from facecluster.graph import build_adjacency, row_normalize
@@ -527,9 +528,23 @@ def test_refine_in_fit_predict_is_the_shared_step(ckpts, method):
     base = get_clusterer(method, refine=False, join_duplicates=False, **kw)
     lab0 = base.fit_predict(X)
     ids, sims = base.knn_
-    ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides={}, plain=True, sims=sims)
+    ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides=dict(gv.GCN_REFINE_DEFAULTS), plain=True, sims=sims)
     np.testing.assert_array_equal(lab, join_near_duplicates(X, ref, on.duplicate_sim(), knn_cache=ids))
     assert {"merge", "attach", "attach_rel"} <= set(on.timings_)
+
+
+def test_gcn_refinement_takes_its_own_open_piece_share_unless_the_user_sets_one(ckpts, monkeypatch):
+    """The GCN methods' open pieces need 40 % of a piece's leaving links (GCN_REFINE_DEFAULTS; the
+    default and Ada-NETS 30 %); a user's refine_settings win over it."""
+    seen = []
+    real = gv.refine_learned
+    monkeypatch.setattr(gv, "refine_learned", lambda *a, **k: seen.append(k["overrides"]) or real(*a, **k))
+    pv, pe, _, _ = ckpts
+    kw = dict(checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu", embedder="dlib")
+    X, _ = _clustered(120, seed=3, noise=0.3)
+    get_clusterer("gcn-ve", **kw).fit_predict(X)
+    get_clusterer("gcn-ve", refine_settings={"merge_open_share": 0.3, "attach_share": 0.7}, **kw).fit_predict(X)
+    assert seen == [{"merge_open_share": 0.4}, {"merge_open_share": 0.3, "attach_share": 0.7}]
 
 
 # -------------------------------------------------------------------------------- per embedder
