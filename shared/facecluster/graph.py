@@ -358,6 +358,16 @@ def _grouped_quantile(g: np.ndarray, v: np.ndarray, q: float, ng: int, empty: fl
     return out
 
 
+def _link_levels(sel, to, a, b, out, strong, w, nc, q) -> tuple[np.ndarray, np.ndarray]:
+    """(ref, med), each (nc,): for every cluster marked in ``sel``, the ``q``-th percentile of its
+    internal strong link similarities and the median of its strong links into cluster ``to[i]``
+    (-1: none); NaN elsewhere. How tightly a cluster is linked within, against across: the close
+    halves and the open pieces of ``merge_fragments``."""
+    inside = (a == b) & strong & sel[a]
+    cross = out & sel[a] & (b == to[a])
+    return _grouped_quantile(a[inside], w[inside], q, nc), _grouped_quantile(a[cross], w[cross], 50.0, nc)
+
+
 def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q, min_links, margin) -> np.ndarray:
     """(len(r),) bool: which mutual pairs (r -> c) join as close halves (``merge_fragments``)."""
     cand = passes & (top[c] == r) & (d >= min_links * cap[r])
@@ -368,10 +378,7 @@ def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q,
         return pair
     src = np.zeros(nc, bool)
     src[r[pair]] = True
-    inside = (a == b) & strong & src[a]
-    ref = _grouped_quantile(a[inside], w[inside], q, nc)
-    cross = out & src[a] & (b == top[a])
-    med = _grouped_quantile(a[cross], w[cross], 50.0, nc)
+    ref, med = _link_levels(src, top, a, b, out, strong, w, nc, q)
     close = np.zeros(nc, bool)
     close[r[pair]] = (med[r[pair]] >= ref[r[pair]] - margin) & (med[r[pair]] >= ref[c[pair]] - margin)
     into = (sizes[c] > sizes[r]) | ((sizes[c] == sizes[r]) & (c < r))
@@ -386,12 +393,9 @@ def _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, s
     inv = np.zeros(nc, bool)  # the clusters whose internal links and links across are read
     inv[r[cand]] = True
     inv[c[cand]] = True
-    inside = (a == b) & strong & inv[a]
-    ref = _grouped_quantile(a[inside], w[inside], q, nc)
     top = np.full(nc, -1, np.int64)
     top[r[cand]] = c[cand]
-    cross = out & (b == top[a])
-    med = _grouped_quantile(a[cross], w[cross], 50.0, nc)
+    ref, med = _link_levels(inv, top, a, b, out, strong, w, nc, q)
     # NaN (no internal link) compares False: such a cluster neither joins nor is joined this way
     return cand & (med[r] >= ref[c]) & (med[r] >= ref[r] - margin)
 
