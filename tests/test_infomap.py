@@ -212,6 +212,45 @@ def test_open_pieces_of_one_person_join_a_cluster_leaking_to_several_people_does
     assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91, open_frac=0.5, open_share=0.2))) == 4
 
 
+def _even_soup(across: float, k: int = 12):
+    """Six 5-face pieces of one person (0-4, 5-9, ...) with nothing between them: each face lists
+    2 faces of its own piece, 2-3 of its partner piece (pieces 0/1, 2/3, 4/5) and 7-8 of the four
+    others, so every piece sends ~25 % of its leaving links to its partner and < 20 % to any
+    other (no open-piece share reaches 30 %); links within 0.95, across ``across``."""
+    piece = np.repeat(np.arange(6), 5)
+    neigh, sim = {}, {}
+    for i in range(30):
+        p, j = piece[i], i % 5
+        own = [q for q in range(5 * p, 5 * p + 5) if q != i][:2]
+        mate = 5 * (p ^ 1)
+        partner = [mate + (j + t) % 5 for t in range(2 + j % 2)]
+        others = [5 * q + (j + t) % 5 for t in range(2) for q in range(6) if q not in (p, p ^ 1)]
+        nb = own + partner + others[: k - len(own) - len(partner)]
+        neigh[i], sim[i] = nb, [0.95] * 2 + [across] * (len(nb) - 2)
+    return piece, *_knn(neigh, sim, k)
+
+
+def test_mutual_open_pieces_join_a_soup_that_no_single_first_choice_holds():
+    # every piece open, each pair of partners each other's first choice at ~25 %: joined pairwise
+    # by the mutual rule, after which the open-piece rule takes the rest (30 % of links or more)
+    labels, ids, sims = _even_soup(across=0.95)
+    kw = dict(min_sim=0.91, open_frac=0.5)
+    assert len(set(merge_fragments(labels, ids, sims, **kw))) == 6
+    out = merge_fragments(labels, ids, sims, open_mutual=0.2, **kw)
+    assert len(set(out)) == 1
+    np.testing.assert_array_equal(out, merge_fragments(labels, ids, sims, open_mutual=0.2, **kw))
+    # the share floor: partners at ~25 % do not pass 0.3
+    assert len(set(merge_fragments(labels, ids, sims, open_mutual=0.3, **kw))) == 6
+    # linked across less tightly than within (0.92 < 0.95 - 0.02): apart
+    labels, ids, sims = _even_soup(across=0.92)
+    assert len(set(merge_fragments(labels, ids, sims, open_mutual=0.2, **kw))) == 6
+    # the Infomap default has the rule on; the learned methods' refinement does not
+    from facecluster.cluster.infomap import InfomapConfig
+    from facecluster.cluster.refine import LEARNED_REFINE_DEFAULTS
+
+    assert InfomapConfig().merge_open_mutual == 0.2 and LEARNED_REFINE_DEFAULTS["merge_open_mutual"] is None
+
+
 def test_second_merge_pass_joins_a_piece_whose_links_went_to_faces_attached_since():
     """M: 20 faces of one person; S: 5 lone frames of that person, listed by no M face (the first
     merge leaves them: no reciprocal link), which the attach step moves into M; P: a 6-face piece
@@ -667,6 +706,32 @@ def test_small_faces_never_link_clusters_and_join_the_person_their_large_neighbo
     X2 = np.vstack([X, X[60:61], X[40:41]])
     dup = c.fit_predict(X2, face_px=np.r_[px, 12.0, 12.0])
     assert dup[69] == dup[60] and dup[70] == dup[40] == dup[30]
+
+
+def test_small_faces_of_a_person_seen_only_from_afar_cluster_among_themselves():
+    """Beside A and B (large crops), person C appears only in 20 small crops, tight among
+    themselves and unlike A and B: no large face votes for them. They form their own cluster
+    (small_rest_min=10), never joined to A's or B's; the scene's 8 small look-alike crops of A
+    and B (a group under 10) stay alone; small_rest_min=None leaves C's crops alone too."""
+    X, px = _small_faces_scene()
+    rng = np.random.default_rng(1)
+    d = X.shape[1]
+    C = _unit(np.eye(d)[5] + 0.15 * _unit(rng.normal(size=(20, d)))).astype(np.float32)
+    X = np.vstack([X, C])
+    px = np.r_[px, np.full(20, 12.0)].astype(np.float32)
+    c = get_clusterer("infomap", device="cpu", embedder="dlib")
+    on = c.fit_predict(X, face_px=px)
+    assert len(set(on[69:])) == 1 and not set(on[69:]) & set(on[:69])
+    assert len(set(on[60:68])) == 8 and not set(on[60:68]) & set(on[:60])
+    assert len(set(on[:30])) == 1 and len(set(on[30:60])) == 1 and on[68] == on[0]
+    assert "infomap" in c.timings_ and "small_faces" in c.timings_
+    assert np.array_equal(on, get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(X.copy(), face_px=px))
+    off = get_clusterer("infomap", device="cpu", embedder="dlib", small_rest_min=None).fit_predict(X, face_px=px)
+    assert len(set(off[69:])) == 20
+    np.testing.assert_array_equal(off[:69], on[:69])
+    # a larger floor than C's 20 faces: alone again
+    big = get_clusterer("infomap", device="cpu", embedder="dlib", small_rest_min=21).fit_predict(X, face_px=px)
+    assert len(set(big[69:])) == 20
 
 
 def test_small_faces_rule_is_a_no_op_when_it_cannot_inform():

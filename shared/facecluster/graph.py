@@ -206,6 +206,7 @@ def merge_fragments(
     open_share: float = 0.3,
     open_margin: float = 0.02,
     open_q: float = 10.0,
+    open_mutual: float | None = None,
 ) -> np.ndarray:
     """Join each cluster to the bigger cluster that its members' kNN lists point into.
 
@@ -264,6 +265,12 @@ def merge_fragments(
         linked to the others about as tightly as within (one 37-px clip alone: pieces of 3-22
         faces sending 72-95 % of their slots out, 34-62 % of those to their first choice; the
         wrong joins of small photo clusters without the share test sent <= 18 %).
+    open_mutual : *mutual open pieces* (None: off; needs ``open_frac``). Two open clusters of >= 2
+        faces that are each other's first choice, each sending >= ``open_mutual`` of its strong
+        leaving links to the other, join (the smaller into the bigger) when the open-piece test on
+        similarities holds both ways: a structureless low-resolution clip whose pieces each send
+        13-30 % to each of the others (no piece reaches ``open_share`` towards any one); once the
+        two biggest pieces are one, the others reach it.
 
     Returns
     -------
@@ -337,6 +344,8 @@ def merge_fragments(
                 ok |= _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, close_q, close_min_links, close_margin)
         if open_frac is not None:
             ok |= _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, open_frac, open_share, open_margin, open_q) & (sizes[r] >= min_size)
+            if open_mutual is not None:
+                ok |= _open_mutual(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, open_frac, open_mutual, open_margin, open_q) & (sizes[r] >= min_size)
         if not ok.any():
             break
         lab = _join_into(lab, nc, r[ok], c[ok])  # targets come first in (size desc, id): a forest
@@ -398,6 +407,29 @@ def _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, s
     ref, med = _link_levels(inv, top, a, b, out, strong, w, nc, q)
     # NaN (no internal link) compares False: such a cluster neither joins nor is joined this way
     return cand & (med[r] >= ref[c]) & (med[r] >= ref[r] - margin)
+
+
+def _open_mutual(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, share, margin, q) -> np.ndarray:
+    """(len(r),) bool: which open clusters r join c as mutual open pieces (``merge_fragments``)."""
+    top = np.full(nc, -1, np.int64)
+    top[r] = c
+    votes = np.zeros(nc)
+    votes[r] = d
+    is_open = (sizes >= 2) & (leaving >= frac * cap) & (leaving > 0)
+    into = (sizes[c] > sizes[r]) | ((sizes[c] == sizes[r]) & (c < r))
+    cand = is_open[r] & is_open[c] & (top[c] == r) & (d >= share * leaving[r]) & (votes[c] >= share * leaving[c]) & into
+    if not cand.any():
+        return cand
+    inv = np.zeros(nc, bool)
+    inv[r[cand]] = True
+    inv[c[cand]] = True
+    ref, med = _link_levels(inv, np.where(inv, top, -1), a, b, out, strong, w, nc, q)
+    # each one's links into the other reach the other's 10th percentile and its own minus the
+    # margin (the open-piece test, both ways); NaN compares False
+    rc, cc = r[cand], c[cand]
+    tight = np.zeros(nc, bool)
+    tight[rc] = (med[rc] >= ref[cc]) & (med[rc] >= ref[rc] - margin) & (med[cc] >= ref[rc]) & (med[cc] >= ref[cc] - margin)
+    return cand & tight[r]
 
 
 def attach_small(

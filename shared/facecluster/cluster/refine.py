@@ -47,6 +47,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_open",
     "merge_open_share",
     "merge_open_margin",
+    "merge_open_mutual",
     "merge_again",
     "refine_rounds",
     "merge_lone_recip",
@@ -131,6 +132,7 @@ def refine_partition(
                 open_frac=cfg.merge_open,
                 open_share=cfg.merge_open_share,
                 open_margin=cfg.merge_open_margin,
+                open_mutual=cfg.merge_open_mutual,
                 lone_recip=lone,
             )
 
@@ -308,6 +310,8 @@ LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "merge_close_q": None,
     "merge_again": False,
     "attach_big_min_target": 0,
+    # the mutual open pieces (twentieth session) were measured for Infomap only
+    "merge_open_mutual": None,
     "refine_rounds": 1,
 }
 
