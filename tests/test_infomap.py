@@ -711,8 +711,9 @@ def test_small_faces_never_link_clusters_and_join_the_person_their_large_neighbo
 def test_small_faces_of_a_person_seen_only_from_afar_cluster_among_themselves():
     """Beside A and B (large crops), person C appears only in 20 small crops, tight among
     themselves and unlike A and B: no large face votes for them. They form their own cluster
-    (small_rest_min=10), never joined to A's or B's; the scene's 8 small look-alike crops of A
-    and B (a group under 10) stay alone; small_rest_min=None leaves C's crops alone too."""
+    (small_rest_min=10, and far closer to each other than to the large faces), never joined to A's
+    or B's; the scene's 8 small look-alike crops of A and B (a group under 10) stay alone;
+    small_rest_min=None leaves C's crops alone too."""
     X, px = _small_faces_scene()
     rng = np.random.default_rng(1)
     d = X.shape[1]
@@ -732,6 +733,10 @@ def test_small_faces_of_a_person_seen_only_from_afar_cluster_among_themselves():
     # a larger floor than C's 20 faces: alone again
     big = get_clusterer("infomap", device="cpu", embedder="dlib", small_rest_min=21).fit_predict(X, face_px=px)
     assert len(set(big[69:])) == 20
+    # a group must be closer to itself than to the large faces: C is (cosine ~0.97 among its faces,
+    # ~0 to A's and B's), but not by a full 1.0
+    far = get_clusterer("infomap", device="cpu", embedder="dlib", small_rest_margin=1.0).fit_predict(X, face_px=px)
+    assert len(set(far[69:])) == 20
 
 
 def test_small_faces_rule_is_a_no_op_when_it_cannot_inform():

@@ -90,6 +90,13 @@ GENERIC_DUPLICATE_SIM = 0.9999
 #: Embedders without one: the rule is off in the learned methods (Infomap uses its merge_min_sim).
 SMALL_VOTE_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.91, "mbf": 0.25}
 
+#: How much closer to each other than to the large faces a group of small faces that no large
+#: face's cluster takes must be to stay a cluster (cosine; ``small_rest_margin``). dlib: a person
+#: seen only small (training clips) 0.04-0.06, small photos of several people -0.003 (training
+#: identities' every-style batch); docs/benchmarks/default_quality.md, "Mutual open pieces and
+#: small faces among themselves". mbf: not measured, so its small faces stay alone.
+SMALL_REST_MARGIN_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
+
 
 def link_floor(embedder: str | None) -> float | None:
     """The similarity floor of ``embedder`` (None when it has no measured one)."""

@@ -88,10 +88,19 @@ class ClusterConfig(BaseModel):
         None,
         ge=2,
         description="Small faces that no larger face's cluster takes are clustered among themselves by the same "
-        "method (they still never link larger faces' clusters), and the clusters of >= this many faces are kept "
-        "(the rest stay alone): a person seen only from afar beside people seen near. None: they stay alone. "
-        "Default: None; infomap 10 (twentieth session; docs/benchmarks/default_quality.md, 'Small faces among "
-        "themselves').",
+        "method (they still never link larger faces' clusters), and the clusters of >= this many faces that are "
+        "closer to each other than to the large faces (small_rest_margin) are kept, the rest stay alone: a person "
+        "seen only from afar beside people seen near. None: they stay alone. Default: None; infomap 10 (twentieth "
+        "session; docs/benchmarks/default_quality.md, 'Mutual open pieces and small faces among themselves').",
+    )
+    small_rest_margin: Optional[float] = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="A group of small faces (small_rest_min) is kept only when its faces are closer to each other "
+        "than to their nearest large faces by this much (mean cosine to their 10 nearest members minus to their 10 "
+        "nearest large faces, averaged over the group). Default: the embedder's value "
+        "(calibration.SMALL_REST_MARGIN_BY_EMBEDDER, dlib 0.02; none: the small faces stay alone).",
     )
     duplicate_sim: Optional[float] = Field(
         None,
@@ -207,15 +216,33 @@ class Clusterer:
             target[lone] = (lab_big.max() + 1 if len(lab_big) else 0) + np.arange(int(lone.sum()))
             labels[small] = target
             self._small_lone = small[lone]
+            self._small_lone_level = sims[lone].mean(axis=1)  # how much each looks like its nearest large faces
             self._input_knn = self._duplicate_candidates(X, big, small, ids, sims)
         return labels
 
+    def small_rest_margin(self) -> Optional[float]:
+        """How much closer a group of small faces must be to itself than to the large faces
+        (cosine; None: no measured value for the embedder, the small faces stay alone)."""
+        from ..calibration import SMALL_REST_MARGIN_BY_EMBEDDER
+
+        c = self.config
+        return float(c.small_rest_margin) if c.small_rest_margin is not None else SMALL_REST_MARGIN_BY_EMBEDDER.get(self.embedder() or "")
+
     def _cluster_rest(self, fit_predict, X: np.ndarray, labels: np.ndarray, rest: np.ndarray, least: int) -> np.ndarray:
         """The small faces left alone (``rest``) clustered among themselves by the method's own
-        ``fit_predict``; clusters of >= ``least`` faces get new ids, the others stay alone. A person
-        seen only from afar (all their faces small) next to people seen near was all singletons:
-        measured, a 40-px clip beside a 62-px one 0.708 -> 0.985 BCubed F; small groups of look-alike
-        small photos are what the size floor keeps apart (``small_rest_min``)."""
+        ``fit_predict``; a cluster of >= ``least`` faces gets a new id when its faces are closer to
+        each other than to the large faces (mean over its faces of: the mean cosine to its nearest
+        10 members minus the mean cosine to its 10 nearest large faces, >= ``small_rest_margin``);
+        the others stay alone. A person seen only from afar (all their faces small) beside people
+        seen near was all singletons (a 40-px clip beside a 62-px one: 0.708 -> 0.985 BCubed F, a
+        gap of 0.04-0.06); small photos of several people that no large face claims group as
+        readily but sit as close to the large faces of those people (gap -0.003 on the training
+        identities' every-style batch), so the gap, not the size, keeps them apart."""
+        from ..knn import knn
+
+        margin = self.small_rest_margin()
+        if margin is None:
+            return labels
         cache, before = self._input_knn, self.timings_
         self.timings_ = {}
         try:
@@ -225,6 +252,18 @@ class Clusterer:
         for step, t in sub.items():  # the steps' times add up over both runs
             self.timings_[step] = self.timings_.get(step, 0.0) + t
         keep = np.bincount(lab)[lab] >= least
+        if not keep.any():
+            return labels
+        with self._timed("small_faces"):
+            sims, ids = knn(X[rest], min(SMALL_VOTE_K + 1, len(rest)), backend=self.config.knn_backend, device=self.device)
+            same = (lab[ids] == lab[:, None]) & (ids != np.arange(len(rest))[:, None])
+            n_same = same.sum(axis=1)
+            own = np.where(same, sims, 0.0).sum(axis=1) / np.maximum(n_same, 1)
+            has = n_same > 0  # a face whose nearest faces are all in other groups does not vote
+            gap = np.where(has, own - self._small_lone_level, 0.0)
+            ng = int(lab.max()) + 1
+            mean_gap = np.bincount(lab, weights=gap, minlength=ng) / np.maximum(np.bincount(lab, weights=has, minlength=ng), 1)
+            keep &= mean_gap[lab] >= margin
         labels = labels.copy()
         labels[rest[keep]] = int(labels.max()) + 1 + lab[keep]
         return labels

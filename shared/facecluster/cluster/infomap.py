@@ -250,9 +250,10 @@ class InfomapConfig(ClusterConfig):
         10,
         ge=2,
         description="Small-face rule: the small faces no larger face's cluster takes are clustered among themselves "
-        "(Infomap and its post-steps on them alone) and their clusters of >= this many faces kept, the rest alone: "
-        "a person seen only from afar beside people seen near (twentieth session: 0.708 -> 0.985 on such a pair of "
-        "clips). None: they stay alone (docs/benchmarks/default_quality.md, 'Small faces among themselves').",
+        "(Infomap and its post-steps on them alone) and their clusters of >= this many faces kept when closer to each "
+        "other than to the large faces (small_rest_margin), the rest alone: a person seen only from afar beside "
+        "people seen near (twentieth session: 0.708 -> 0.985 on such a pair of clips). None: they stay alone "
+        "(docs/benchmarks/default_quality.md, 'Mutual open pieces and small faces among themselves').",
     )
     merge_open_mutual: Optional[float] = Field(
         0.2,
@@ -262,7 +263,7 @@ class InfomapConfig(ClusterConfig):
         "first choice, each sending >= this share of its strong leaving links to the other, join when the "
         "open-piece similarity test holds both ways: a structureless low-resolution clip whose pieces each send "
         "13-30 % to each of the others (twentieth session: one 41-px clip alone 0.119 -> 0.986). None: off "
-        "(docs/benchmarks/default_quality.md, 'Mutual open pieces').",
+        "(docs/benchmarks/default_quality.md, 'Mutual open pieces and small faces among themselves').",
     )
     merge_lone_recip: Optional[int] = Field(
         None,
