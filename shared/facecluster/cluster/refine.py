@@ -301,7 +301,10 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: they keep one pass (eighteenth session: repeated passes moved only gcn-ve's 48-px video,
 #: +0.002). The open pieces of the fragment merge (nineteenth session) are on, chosen for them on
 #: the training scenarios (adanets 48-px video 0.807 -> 0.878; docs/benchmarks.md §9,
-#: "Nineteenth session"); the GCN methods need a stricter share (``GCN_REFINE_DEFAULTS``).
+#: "Nineteenth session"); the GCN methods need a stricter share (``GCN_REFINE_DEFAULTS``). The
+#: mutual open pieces (twentieth session) are on for them too: chosen on the training identities
+#: (short low-resolution clips alone: adanets 0.934 -> 0.937, gcn-ve 0.966 -> 0.988; every tuning
+#: regime identical or better; docs/benchmarks.md §9, "Twentieth session").
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
     # the learned methods' refinement was measured with one reciprocal link (the default's
@@ -310,8 +313,6 @@ LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "merge_close_q": None,
     "merge_again": False,
     "attach_big_min_target": 0,
-    # the mutual open pieces (twentieth session) were measured for Infomap only
-    "merge_open_mutual": None,
     "refine_rounds": 1,
 }
 
