@@ -251,6 +251,39 @@ def test_mutual_open_pieces_join_a_soup_that_no_single_first_choice_holds():
     assert InfomapConfig().merge_open_mutual == 0.2 and "merge_open_mutual" not in LEARNED_REFINE_DEFAULTS
 
 
+def test_an_open_pair_of_near_identical_frames_joins_on_its_targets_level():
+    """B: 30 faces of one person (links 0.941-0.95); C: 10 faces of another (32-41). P = 30, 31: two
+    near-identical frames (0.98 to each other) listing, besides each other, ``to_b`` of B's faces
+    at 0.945 (B's own level) and the rest of their 10 slots in C at 0.93. P is open (9 of 10 slots
+    leave it) and no majority rule takes it (<= 67 % to B); its links to B are 0.035 below its own
+    one link, so the own-percentile test alone keeps it out; with ``open_pair_share`` it joins when
+    >= that share of its leaving links go to B."""
+
+    def scene(to_b: int):
+        k = 10
+        neigh = {i: [j for j in range(30) if j != i][i % 20 : i % 20 + k] for i in range(30)}
+        sim = {i: [0.95 - 0.001 * r for r in range(k)] for i in range(30)}
+        for i in range(32, 42):
+            neigh[i], sim[i] = [j for j in range(32, 42) if j != i], [0.95] * 9
+        for i, mate in ((30, 31), (31, 30)):
+            neigh[i] = [mate] + list(range(i - 30, i - 30 + to_b)) + list(range(32, 32 + k - 1 - to_b))
+            sim[i] = [0.98] + [0.945] * to_b + [0.93] * (k - 1 - to_b)
+        ids, sims = _knn(neigh, sim, k)
+        return np.array([0] * 30 + [1, 1] + [2] * 10), ids, sims
+
+    kw = dict(min_sim=0.91, open_frac=0.5)
+    labels, ids, sims = scene(to_b=6)  # 6 of 9 leaving links (67 %) go to B
+    assert merge_fragments(labels, ids, sims, **kw)[30] != 0
+    out = merge_fragments(labels, ids, sims, open_pair_share=0.6, **kw)
+    assert out[30] == out[31] == out[0]
+    labels, ids, sims = scene(to_b=5)  # 56 %: under the pair share (over the 30 % open share)
+    assert merge_fragments(labels, ids, sims, open_pair_share=0.6, **kw)[30] != labels[0]
+    from facecluster.cluster.infomap import InfomapConfig
+    from facecluster.cluster.refine import LEARNED_REFINE_DEFAULTS
+
+    assert InfomapConfig().merge_open_pair_share == 0.6 and LEARNED_REFINE_DEFAULTS["merge_open_pair_share"] is None
+
+
 def test_second_merge_pass_joins_a_piece_whose_links_went_to_faces_attached_since():
     """M: 20 faces of one person; S: 5 lone frames of that person, listed by no M face (the first
     merge leaves them: no reciprocal link), which the attach step moves into M; P: a 6-face piece

@@ -207,6 +207,7 @@ def merge_fragments(
     open_margin: float = 0.02,
     open_q: float = 10.0,
     open_mutual: float | None = None,
+    open_pair_share: float | None = None,
 ) -> np.ndarray:
     """Join each cluster to the bigger cluster that its members' kNN lists point into.
 
@@ -265,6 +266,11 @@ def merge_fragments(
         linked to the others about as tightly as within (one 37-px clip alone: pieces of 3-22
         faces sending 72-95 % of their slots out, 34-62 % of those to their first choice; the
         wrong joins of small photo clusters without the share test sent <= 18 %).
+    open_pair_share : an open piece of exactly two faces that sends >= this share of its strong
+        leaving links to its first choice skips the test against its own percentile (None: never;
+        needs ``open_frac``): its one internal link is often two near-identical video frames (0.95-0.98),
+        far above the person's spread, while it leans 44-72 % to the clip's big piece at that
+        piece's level.
     open_mutual : *mutual open pieces* (None: off; needs ``open_frac``). Two open clusters of >= 2
         faces that are each other's first choice, each sending >= ``open_mutual`` of its strong
         leaving links to the other, join (the smaller into the bigger) when the open-piece test on
@@ -343,7 +349,7 @@ def merge_fragments(
             if close_q is not None:
                 ok |= _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, close_q, close_min_links, close_margin)
         if open_frac is not None:
-            ok |= _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, open_frac, open_share, open_margin, open_q) & (sizes[r] >= min_size)
+            ok |= _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, open_frac, open_share, open_margin, open_q, open_pair_share) & (sizes[r] >= min_size)
             if open_mutual is not None:
                 ok |= _open_mutual(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, open_frac, open_mutual, open_margin, open_q) & (sizes[r] >= min_size)
         if not ok.any():
@@ -394,7 +400,7 @@ def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q,
     return pair & close[r] & close[c] & into
 
 
-def _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, share, margin, q) -> np.ndarray:
+def _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, share, margin, q, pair_share=None) -> np.ndarray:
     """(len(r),) bool: which clusters r join their first choice c as open pieces (``merge_fragments``)."""
     cand = (sizes[r] >= 2) & (sizes[c] > sizes[r]) & (leaving[r] >= frac * cap[r]) & (d >= share * leaving[r])
     if not cand.any():
@@ -406,7 +412,12 @@ def _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, s
     top[r[cand]] = c[cand]
     ref, med = _link_levels(inv, top, a, b, out, strong, w, nc, q)
     # NaN (no internal link) compares False: such a cluster neither joins nor is joined this way
-    return cand & (med[r] >= ref[c]) & (med[r] >= ref[r] - margin)
+    own = med[r] >= ref[r] - margin
+    if pair_share is not None:
+        # a pair's one internal link (often two near-identical frames) says nothing of how widely
+        # its person varies: with a clear majority of its links it is judged on its target alone
+        own |= (sizes[r] == 2) & (d >= pair_share * leaving[r])
+    return cand & (med[r] >= ref[c]) & own
 
 
 def _open_mutual(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, share, margin, q) -> np.ndarray:

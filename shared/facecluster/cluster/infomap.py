@@ -265,6 +265,16 @@ class InfomapConfig(ClusterConfig):
         "13-30 % to each of the others (twentieth session: one 41-px clip alone 0.119 -> 0.986). None: off "
         "(docs/benchmarks/default_quality.md, 'Mutual open pieces and small faces among themselves').",
     )
+    merge_open_pair_share: Optional[float] = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Open pieces of two faces (needs merge_open): one that sends >= this share of its strong leaving "
+        "links to its first choice is judged on that cluster's internal 10th percentile alone, not also on its "
+        "own (its one internal link is often two near-identical frames: twentieth session, short 37-57-px clips "
+        "0.442 -> 0.968 and 0.591 -> 0.988). None: every open piece is judged on both "
+        "(docs/benchmarks/default_quality.md, 'Mutual open pieces and small faces among themselves').",
+    )
     merge_lone_recip: Optional[int] = Field(
         None,
         ge=0,

@@ -48,6 +48,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_open_share",
     "merge_open_margin",
     "merge_open_mutual",
+    "merge_open_pair_share",
     "merge_again",
     "refine_rounds",
     "merge_lone_recip",
@@ -133,6 +134,7 @@ def refine_partition(
                 open_share=cfg.merge_open_share,
                 open_margin=cfg.merge_open_margin,
                 open_mutual=cfg.merge_open_mutual,
+                open_pair_share=cfg.merge_open_pair_share,
                 lone_recip=lone,
             )
 
@@ -314,6 +316,8 @@ LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "merge_again": False,
     "attach_big_min_target": 0,
     "refine_rounds": 1,
+    # open pairs judged on their target alone (twentieth session) were measured for Infomap only
+    "merge_open_pair_share": None,
 }
 
 #: The similarity floor of a learned method's own links when the refinement runs after it, per
