@@ -304,9 +304,9 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: +0.002). The open pieces of the fragment merge (nineteenth session) are on, chosen for them on
 #: the training scenarios (adanets 48-px video 0.807 -> 0.878; docs/benchmarks.md §9,
 #: "Nineteenth session"); the GCN methods need a stricter share (``GCN_REFINE_DEFAULTS``). The
-#: mutual open pieces (twentieth session) are on for them too: chosen on the training identities
-#: (short low-resolution clips alone: adanets 0.934 -> 0.937, gcn-ve 0.966 -> 0.988; every tuning
-#: regime identical or better; docs/benchmarks.md §9, "Twentieth session").
+#: mutual open pieces and the open pairs (twentieth session) are on for them too: chosen on the
+#: training identities (short low-resolution clips alone: adanets 0.934 -> 0.941, gcn-ve 0.966 ->
+#: 0.989; every tuning regime identical or better; docs/benchmarks.md §9, "Twentieth session").
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
     # the learned methods' refinement was measured with one reciprocal link (the default's
@@ -316,8 +316,6 @@ LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "merge_again": False,
     "attach_big_min_target": 0,
     "refine_rounds": 1,
-    # open pairs judged on their target alone (twentieth session) were measured for Infomap only
-    "merge_open_pair_share": None,
 }
 
 #: The similarity floor of a learned method's own links when the refinement runs after it, per
