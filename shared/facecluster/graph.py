@@ -266,17 +266,17 @@ def merge_fragments(
         linked to the others about as tightly as within (one 37-px clip alone: pieces of 3-22
         faces sending 72-95 % of their slots out, 34-62 % of those to their first choice; the
         wrong joins of small photo clusters without the share test sent <= 18 %).
-    open_pair_share : an open piece of exactly two faces that sends >= this share of its strong
-        leaving links to its first choice skips the test against its own percentile (None: never;
-        needs ``open_frac``): its one internal link is often two near-identical video frames (0.95-0.98),
-        far above the person's spread, while it leans 44-72 % to the clip's big piece at that
-        piece's level.
     open_mutual : *mutual open pieces* (None: off; needs ``open_frac``). Two open clusters of >= 2
         faces that are each other's first choice, each sending >= ``open_mutual`` of its strong
         leaving links to the other, join (the smaller into the bigger) when the open-piece test on
         similarities holds both ways: a structureless low-resolution clip whose pieces each send
         13-30 % to each of the others (no piece reaches ``open_share`` towards any one); once the
         two biggest pieces are one, the others reach it.
+    open_pair_share : an open piece of exactly two faces that sends >= this share of its strong
+        leaving links to its first choice skips the test against its own percentile (None: never;
+        needs ``open_frac``): its one internal link is often two near-identical video frames (0.95-0.98),
+        far above the person's spread, while it leans 44-72 % to the clip's big piece at that
+        piece's level.
 
     Returns
     -------

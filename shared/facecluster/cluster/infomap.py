@@ -42,7 +42,11 @@ in several. Close halves (``merge_close_q``): two clusters that are each other's
 across as tightly as within (median link across >= both clusters' internal 10th percentile), join:
 one person split into two big scenes. Open pieces (``merge_open``): a cluster of >= 2 faces whose
 strong links mostly leave it (>= half its slots) joins its first choice when >= 30 % of those links go
-there, as tightly as within: one person at low resolution that Infomap cut into a dozen pieces. After
+there, as tightly as within: one person at low resolution that Infomap cut into a dozen pieces; two
+open clusters that are each other's first choice at >= 20 % join when as tight both ways
+(``merge_open_mutual``: pieces that link to all the others alike), and an open pair with >= 60 % of
+its links on one cluster is judged on that cluster's level alone (``merge_open_pair_share``: two
+near-identical frames, whose one link says nothing of the person's spread). After
 the attach steps the merge runs once more for clusters of two or more faces (``merge_again``): a piece
 whose links went to faces attached since then joins.
 
@@ -87,7 +91,9 @@ are the ones that bridge two people (measured on a batch of mixed sizes, lfw-mix
 precision 0.60 for 56-72-px crops, 0.83 for crops of 128 px and more; the eye distance does not
 depend on the detector's margin as the crop's side does). They are set apart: the other faces are
 clustered as above, and a small face joins the cluster >= 40 % of its 10 nearest larger faces (cosine >= ``merge_min_sim``) belong
-to, else it stays alone; it never links two clusters. The rule applies only when small faces
+to, else it stays alone; it never links two clusters. The small faces left alone are clustered
+among themselves, and a group of >= 10 (``small_rest_min``) that is closer to itself than to the
+larger faces (``small_rest_margin``) is kept: a person seen only from afar. The rule applies only when small faces
 are at most half of the batch (a low-resolution video has no larger faces to anchor it and is
 clustered as one) and not at all without ``face_px`` (features merged by older versions,
 Python callers that pass none). The rule is in ``cluster/base.py``: the learned methods get it too.
