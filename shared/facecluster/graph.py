@@ -349,9 +349,11 @@ def merge_fragments(
             if close_q is not None:
                 ok |= _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, close_q, close_min_links, close_margin)
         if open_frac is not None:
-            ok |= _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, open_frac, open_share, open_margin, open_q, open_pair_share) & (sizes[r] >= min_size)
+            # open: a cluster of >= 2 faces whose strong leaving links fill >= open_frac of its slots
+            is_open = (sizes >= 2) & (leaving >= open_frac * cap)
+            ok |= _open_pieces(r, c, d, leaving, is_open, sizes, a, b, out, strong, w, nc, open_share, open_margin, open_q, open_pair_share) & (sizes[r] >= min_size)
             if open_mutual is not None:
-                ok |= _open_mutual(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, open_frac, open_mutual, open_margin, open_q) & (sizes[r] >= min_size)
+                ok |= _open_mutual(r, c, d, leaving, is_open, sizes, a, b, out, strong, w, nc, open_mutual, open_margin, open_q) & (sizes[r] >= min_size)
         if not ok.any():
             break
         lab = _join_into(lab, nc, r[ok], c[ok])  # targets come first in (size desc, id): a forest
@@ -400,9 +402,9 @@ def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q,
     return pair & close[r] & close[c] & into
 
 
-def _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, share, margin, q, pair_share=None) -> np.ndarray:
+def _open_pieces(r, c, d, leaving, is_open, sizes, a, b, out, strong, w, nc, share, margin, q, pair_share=None) -> np.ndarray:
     """(len(r),) bool: which clusters r join their first choice c as open pieces (``merge_fragments``)."""
-    cand = (sizes[r] >= 2) & (sizes[c] > sizes[r]) & (leaving[r] >= frac * cap[r]) & (d >= share * leaving[r])
+    cand = is_open[r] & (sizes[c] > sizes[r]) & (d >= share * leaving[r])
     if not cand.any():
         return cand
     inv = np.zeros(nc, bool)  # the clusters whose internal links and links across are read
@@ -420,13 +422,12 @@ def _open_pieces(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, s
     return cand & (med[r] >= ref[c]) & own
 
 
-def _open_mutual(r, c, d, leaving, cap, sizes, a, b, out, strong, w, nc, frac, share, margin, q) -> np.ndarray:
+def _open_mutual(r, c, d, leaving, is_open, sizes, a, b, out, strong, w, nc, share, margin, q) -> np.ndarray:
     """(len(r),) bool: which open clusters r join c as mutual open pieces (``merge_fragments``)."""
     top = np.full(nc, -1, np.int64)
     top[r] = c
     votes = np.zeros(nc)
     votes[r] = d
-    is_open = (sizes >= 2) & (leaving >= frac * cap) & (leaving > 0)
     into = (sizes[c] > sizes[r]) | ((sizes[c] == sizes[r]) & (c < r))
     cand = is_open[r] & is_open[c] & (top[c] == r) & (d >= share * leaving[r]) & (votes[c] >= share * leaving[c]) & into
     if not cand.any():

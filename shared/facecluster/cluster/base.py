@@ -188,9 +188,11 @@ class Clusterer:
             return None
         return small
 
-    def _place_small(self, X: np.ndarray, big: np.ndarray, lab_big: np.ndarray, small: np.ndarray) -> np.ndarray:
+    def _place_small(self, X: np.ndarray, big: np.ndarray, lab_big: np.ndarray, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Small faces join the cluster small_share of their 10 nearest large faces (cosine >=
-        the vote floor) belong to; the others become singletons. (N,) int64 labels."""
+        the vote floor) belong to; the others become singletons. Returns the (N,) int64 labels,
+        the indices of the small faces left alone and each one's mean cosine to its 10 nearest
+        large faces (for :meth:`_cluster_rest`)."""
         from ..knn import knn
 
         cfg = self.config
@@ -215,10 +217,9 @@ class Clusterer:
             lone = target < 0
             target[lone] = (lab_big.max() + 1 if len(lab_big) else 0) + np.arange(int(lone.sum()))
             labels[small] = target
-            self._small_lone = small[lone]
-            self._small_lone_level = sims[lone].mean(axis=1)  # how much each looks like its nearest large faces
             self._input_knn = self._duplicate_candidates(X, big, small, ids, sims)
-        return labels
+        # the small faces left alone, and how much each looks like its nearest large faces
+        return labels, small[lone], sims[lone].mean(axis=1)
 
     def small_rest_margin(self) -> Optional[float]:
         """How much closer a group of small faces must be to itself than to the large faces
@@ -228,8 +229,9 @@ class Clusterer:
         c = self.config
         return float(c.small_rest_margin) if c.small_rest_margin is not None else SMALL_REST_MARGIN_BY_EMBEDDER.get(self.embedder() or "")
 
-    def _cluster_rest(self, fit_predict, X: np.ndarray, labels: np.ndarray, rest: np.ndarray, least: int) -> np.ndarray:
-        """The small faces left alone (``rest``) clustered among themselves by the method's own
+    def _cluster_rest(self, fit_predict, X: np.ndarray, labels: np.ndarray, rest: np.ndarray, rest_level: np.ndarray, least: int) -> np.ndarray:
+        """The small faces left alone (``rest``; ``rest_level``: each one's mean cosine to its 10
+        nearest large faces) clustered among themselves by the method's own
         ``fit_predict``; a cluster of >= ``least`` faces gets a new id when its faces are closer to
         each other than to the large faces (mean over its faces of: the mean cosine to its nearest
         10 members minus the mean cosine to its 10 nearest large faces, >= ``small_rest_margin``);
@@ -260,7 +262,7 @@ class Clusterer:
             n_same = same.sum(axis=1)
             own = np.where(same, sims, 0.0).sum(axis=1) / np.maximum(n_same, 1)
             has = n_same > 0  # a face whose nearest faces are all in other groups does not vote
-            gap = np.where(has, own - self._small_lone_level, 0.0)
+            gap = np.where(has, own - rest_level, 0.0)
             ng = int(lab.max()) + 1
             mean_gap = np.bincount(lab, weights=gap, minlength=ng) / np.maximum(np.bincount(lab, weights=has, minlength=ng), 1)
             keep &= mean_gap[lab] >= margin
@@ -342,10 +344,10 @@ def _with_common_rules(fit_predict):
             else:
                 big = np.flatnonzero(~small)
                 lab_big = np.asarray(fit_predict(self, X[big]), np.int64)
-                labels = self._place_small(X, big, lab_big, np.flatnonzero(small))
-                rest, least = self._small_lone, self.config.small_rest_min
+                labels, rest, rest_level = self._place_small(X, big, lab_big, np.flatnonzero(small))
+                least = self.config.small_rest_min
                 if least is not None and len(rest) >= least:
-                    labels = self._cluster_rest(fit_predict, X, labels, rest, least)
+                    labels = self._cluster_rest(fit_predict, X, labels, rest, rest_level, least)
             if not self.config.join_duplicates or len(labels) < 2:
                 return labels
             with self._timed("duplicates"):
