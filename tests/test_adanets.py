@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facecluster.cluster import get_clusterer
-from facecluster.cluster.adanets import DEFAULT_AND, DEFAULT_GCN, DEFAULTS_JSON, AdaNetsClusterer, _self_first
+from facecluster.cluster.adanets import ADANETS_REFINE_DEFAULTS, DEFAULT_AND, DEFAULT_GCN, DEFAULTS_JSON, AdaNetsClusterer, _self_first
 from facecluster.cluster.adanets.and_model import ANDModel, load_and_checkpoint, predict_k
 from facecluster.cluster.adanets.gcn import AdaGCN, SparseGraph, adaptive_adjacency, cluster_loss, load_gcn_checkpoint
 from facecluster.cluster.adanets.structure_space import max_q_targets, reciprocal_sets, structure_space
@@ -325,8 +325,29 @@ def test_refine_default_follows_the_floor(tiny_ckpts, clustered_features):
     base = get_clusterer("adanets", min_link_sim=0.0, refine=False, join_duplicates=False, **kw)
     lab0 = base.fit_predict(X)
     ids, sims = base.knn_
-    ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides={}, plain=True, sims=sims)
+    ref = refine_learned(lab0, ids, l2_normalize(X), embedder="dlib", overrides=dict(ADANETS_REFINE_DEFAULTS), plain=True, sims=sims)
     np.testing.assert_array_equal(lab, join_near_duplicates(X, ref, on.duplicate_sim(), knn_cache=ids))
+
+
+def test_refinement_takes_its_own_close_pieces_unless_the_user_sets_them(tiny_ckpts, clustered_features, monkeypatch):
+    """Ada-NETS's refinement adds the close pieces (ADANETS_REFINE_DEFAULTS; off for Infomap and
+    the GCN methods); a user's refine_settings win over them (merge_close_q null: the refinement
+    before the twenty-first session)."""
+    import facecluster.cluster.adanets as ada
+
+    seen = []
+    real = ada.refine_learned
+    monkeypatch.setattr(ada, "refine_learned", lambda *a, **k: seen.append(k["overrides"]) or real(*a, **k))
+    X, _ = clustered_features
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.9, k=20, embedder="dlib")
+    get_clusterer("adanets", **kw).fit_predict(X)
+    get_clusterer("adanets", refine_settings={"merge_close_q": None}, **kw).fit_predict(X)
+    assert seen == [{"merge_close_q": 10.0, "merge_close_piece": 0.2}, {"merge_close_q": None, "merge_close_piece": 0.2}]
+    from facecluster.cluster.gcn_v import GCN_REFINE_DEFAULTS
+    from facecluster.cluster.infomap import InfomapConfig
+    from facecluster.cluster.refine import LEARNED_REFINE_DEFAULTS
+
+    assert InfomapConfig().merge_close_piece is None and "merge_close_piece" not in {**LEARNED_REFINE_DEFAULTS, **GCN_REFINE_DEFAULTS}
 
 
 def test_shipped_weights_per_embedder():

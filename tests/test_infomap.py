@@ -810,3 +810,56 @@ def test_baselines_reproduce_their_tools_without_the_rule():
     X, px = _small_faces_scene()
     c = get_clusterer("chinese-whispers", device="cpu", embedder="dlib")
     assert np.array_equal(c.fit_predict(X, face_px=px), c.fit_predict(X))
+
+
+def _big_and_piece(cross: float, to_a: int = 3, own_b: int = 5, k: int = 10):
+    """A: 30 faces of one person (0-29); B: 10 more of them (30-39) in a piece of their own;
+    C, D: 10 faces each of two others (40-49, 50-59). Each B face lists ``own_b`` of B, ``to_a`` of A at
+    ``cross`` and the rest in C and D alike at 0.92 (other people, under the close test); a third of A's faces list one B
+    face (at ``cross``) as their last neighbour: B is A's only out-link, at 1 % of A's slots, so
+    neither the mutual rule nor the close halves (which ask both to send merge_share of their
+    links and close_min_links of their slots) join them. Links within A, B and C: 0.95-0.96."""
+    neigh, sim = {}, {}
+    for i in range(30):
+        own = [j for j in range(30) if j != i][i % 20 : i % 20 + k]
+        neigh[i], sim[i] = own, [0.96 - 0.001 * r for r in range(k)]
+        if i % 3 == 0:
+            neigh[i], sim[i] = own[:-1] + [30 + i % 10], sim[i][:-1] + [cross]
+    for i in range(30, 40):
+        own = [j for j in range(30, 40) if j != i][:own_b]
+        others = [40 + 10 * ((i + t) % 2) + (i + t) % 10 for t in range(k - own_b - to_a)]
+        neigh[i] = own + [(i + t) % 30 for t in range(to_a)] + others
+        sim[i] = [0.96 - 0.002 * r for r in range(own_b)] + [cross] * to_a + [0.92] * len(others)
+    for i in range(40, 60):
+        g = 40 + 10 * ((i - 40) // 10)
+        neigh[i], sim[i] = [j for j in range(g, g + 10) if j != i], [0.96 - 0.001 * r for r in range(9)]
+    ids, sims = _knn(neigh, sim, k)
+    return np.array([0] * 30 + [1] * 10 + [2] * 10 + [3] * 10), ids, sims
+
+
+def test_a_close_piece_joins_its_bigger_half_a_look_alike_piece_does_not():
+    kw = dict(min_sim=0.91, close_q=10)
+    # B sends 3 of its 5 leaving links (60 %) to A at A's own level: the share rules and the close
+    # halves leave it apart, the close piece (40 %) joins it; C and D, linked by nobody, stay
+    labels, ids, sims = _big_and_piece(cross=0.955)
+    assert len(set(merge_fragments(labels, ids, sims, **kw))) == 4
+    out = merge_fragments(labels, ids, sims, close_piece=0.4, **kw)
+    assert out[30] == out[0] and out[40] != out[0] and out[50] != out[0] and len(set(out)) == 3
+    np.testing.assert_array_equal(out, merge_fragments(labels, ids, sims, close_piece=0.4, **kw))
+    # the share floor: 2 of 5 (40 %) passes 0.4, not 0.5
+    labels, ids, sims = _big_and_piece(cross=0.955, to_a=2)
+    assert merge_fragments(labels, ids, sims, close_piece=0.4, **kw)[30] == 0
+    assert merge_fragments(labels, ids, sims, close_piece=0.5, **kw)[30] != 0
+    # the slot floor (merge_min_links, 15 %): a piece that keeps 8 of its 10 slots inside and sends
+    # one to A (half its leaving links, 10 % of its slots) stays: two people's big clusters at low
+    # resolution send each other 3-6 % of their slots
+    labels, ids, sims = _big_and_piece(cross=0.955, to_a=1, own_b=8)
+    assert merge_fragments(labels, ids, sims, close_piece=0.4, **kw)[30] != 0
+    labels, ids, sims = _big_and_piece(cross=0.955, to_a=2, own_b=7)
+    assert merge_fragments(labels, ids, sims, close_piece=0.4, **kw)[30] == 0
+    # a look-alike: linked across below both clusters' 10th percentile (0.95): apart
+    labels, ids, sims = _big_and_piece(cross=0.94)
+    assert merge_fragments(labels, ids, sims, close_piece=0.4, **kw)[30] != 0
+    # it is part of the close test: without close_q it is off
+    labels, ids, sims = _big_and_piece(cross=0.955)
+    assert merge_fragments(labels, ids, sims, min_sim=0.91, close_piece=0.4)[30] != 0

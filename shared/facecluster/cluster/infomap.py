@@ -40,7 +40,9 @@ video's person is in none or one of that person's neighbour lists (one, more oft
 video is low-resolution: its faces resemble everyone), while the person's own odd frame usually is
 in several. Close halves (``merge_close_q``): two clusters that are each other's first choice, linked
 across as tightly as within (median link across >= both clusters' internal 10th percentile), join:
-one person split into two big scenes. Open pieces (``merge_open``): a cluster of >= 2 faces whose
+one person split into two big scenes (``merge_close_piece``, off here, on in Ada-NETS's refinement:
+the smaller of the two needs only a share of its links and ``merge_min_links`` of its slots across,
+the bigger only to choose it first). Open pieces (``merge_open``): a cluster of >= 2 faces whose
 strong links mostly leave it (>= half its slots) joins its first choice when >= 30 % of those links go
 there, as tightly as within: one person at low resolution that Infomap cut into a dozen pieces; two
 open clusters that are each other's first choice at >= 20 % join when as tight both ways
@@ -235,6 +237,17 @@ class InfomapConfig(ClusterConfig):
     )
     merge_close_min_links: float = Field(0.05, gt=0, le=1, description="Share of its slots each close half must send to the other.")
     merge_close_margin: float = Field(0.0, ge=0, le=1, description="How far below that percentile the median link may lie.")
+    merge_close_piece: Optional[float] = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Close pieces in the fragment merge (needs merge_close_q): the smaller of two clusters that are "
+        "each other's first choice joins the bigger when it sends >= this share of its strong out-links and "
+        ">= merge_min_links of its slots there and the close-halves similarity test holds both ways; the bigger "
+        "needs only the smaller as its first choice (a big person's slots barely reach a piece a tenth its size). "
+        "None: off (Infomap: measured, no gain); the learned methods' refinement: 0.2 "
+        "(refine.LEARNED_REFINE_DEFAULTS; docs/benchmarks.md §9, 'Twenty-first session').",
+    )
     merge_open: Optional[float] = Field(
         0.5,
         gt=0,

@@ -44,6 +44,7 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_close_q",
     "merge_close_min_links",
     "merge_close_margin",
+    "merge_close_piece",
     "merge_open",
     "merge_open_share",
     "merge_open_margin",
@@ -130,6 +131,7 @@ def refine_partition(
                 close_q=cfg.merge_close_q,
                 close_min_links=cfg.merge_close_min_links,
                 close_margin=cfg.merge_close_margin,
+                close_piece=cfg.merge_close_piece,
                 open_frac=cfg.merge_open,
                 open_share=cfg.merge_open_share,
                 open_margin=cfg.merge_open_margin,
@@ -271,7 +273,8 @@ class RefineConfig(ClusterConfig):
         description="Overrides of the post-step settings, by their infomap names (merge_min_sim, "
         "attach_frac, ...; facecluster.cluster.refine.REFINE_FIELDS). Unset: infomap's defaults for "
         "the embedder, except refine.LEARNED_REFINE_DEFAULTS (attach_share 0.6, ...) and, for gcn-v and "
-        "gcn-ve, gcn_v.GCN_REFINE_DEFAULTS (merge_open_share 0.4).",
+        "gcn-ve, gcn_v.GCN_REFINE_DEFAULTS (merge_open_share 0.4), for adanets "
+        "adanets.ADANETS_REFINE_DEFAULTS (merge_close_piece 0.2).",
     )
 
     @field_validator("refine_settings")
@@ -307,6 +310,9 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: mutual open pieces and the open pairs (twentieth session) are on for them too: chosen on the
 #: training identities (short low-resolution clips alone: adanets 0.934 -> 0.941, gcn-ve 0.966 ->
 #: 0.989; every tuning regime identical or better; docs/benchmarks.md §9, "Twentieth session").
+#: Ada-NETS adds the close-halves test with close pieces (``adanets.ADANETS_REFINE_DEFAULTS``,
+#: twenty-first session); the GCN methods keep it off (it joined Extended Yale B's lighting
+#: clusters for gcn-ve).
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
     # the learned methods' refinement was measured with one reciprocal link (the default's

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 from pydantic import Field
@@ -48,6 +48,18 @@ SHIPPED_ADANETS: dict[str, tuple[str, str, str]] = {
     "dlib": ("adanets_and_dlib.pth", "adanets_gcn_dlib.pth", "adanets_dlib.json"),
 }
 
+
+#: Where Ada-NETS's refinement departs from ``refine.LEARNED_REFINE_DEFAULTS`` (the user's
+#: ``refine_settings`` override both): *close pieces* in the fragment merge
+#: (``merge_close_piece``, with the close-halves test it needs). Ada-NETS leaves a 48-px person in
+#: a big cluster and a piece of a tenth to a third of its size that no majority rule joins (the
+#: bigger sends 1-3 % of its slots across). Chosen on the training identities (48-px training
+#: video 0.878 -> 0.916, glint-lowres-train 0.842 -> 0.877, lfw-train 0.936 -> 0.950, worst tuning
+#: regime 0.7750 -> 0.7778; shares 0.05-0.2 tie, 0.2 the strictest of them); validation
+#: glint-lowres-val 0.882 -> 0.955, lfw-lowq-val +0.009, Yale -0.003 with the same faces in mixed
+#: clusters, the rest identical (docs/benchmarks.md §9, "Twenty-first session"). Measured for
+#: gcn-ve too and not taken there: it joins Extended Yale B's lighting clusters (0.410 -> 0.346).
+ADANETS_REFINE_DEFAULTS: dict[str, Any] = {"merge_close_q": 10.0, "merge_close_piece": 0.2}
 
 def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
     """(AND, GCN, settings JSON) shipped for ``embedder``; a clear error naming the embedders
@@ -306,7 +318,7 @@ class AdaNetsClusterer(Clusterer):
             # cosine (already plain when the checkpoints read raw features)
             ids_in, sims_in = self.knn_
             labels = refine_learned(
-                labels, ids_in, xr, embedder=self.embedder(), overrides=c.refine_settings,
+                labels, ids_in, xr, embedder=self.embedder(), overrides={**ADANETS_REFINE_DEFAULTS, **c.refine_settings},
                 plain=self.feature_kind() == "raw", sims=sims_in, timed=self._timed,
             )
         return labels
