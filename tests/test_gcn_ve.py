@@ -535,7 +535,8 @@ def test_refine_in_fit_predict_is_the_shared_step(ckpts, method):
 
 def test_gcn_refinement_takes_its_own_open_piece_share_unless_the_user_sets_one(ckpts, monkeypatch):
     """The GCN methods' open pieces need 40 % of a piece's leaving links (GCN_REFINE_DEFAULTS; the
-    default and Ada-NETS 30 %); a user's refine_settings win over it."""
+    default and Ada-NETS 30 %) and with dlib their clusters get the weak-cut split
+    (GCN_REFINE_DEFAULTS_BY_EMBEDDER); a user's refine_settings win over both."""
     seen = []
     real = gv.refine_learned
     monkeypatch.setattr(gv, "refine_learned", lambda *a, **k: seen.append(k["overrides"]) or real(*a, **k))
@@ -544,7 +545,12 @@ def test_gcn_refinement_takes_its_own_open_piece_share_unless_the_user_sets_one(
     X, _ = _clustered(120, seed=3, noise=0.3)
     get_clusterer("gcn-ve", **kw).fit_predict(X)
     get_clusterer("gcn-ve", refine_settings={"merge_open_share": 0.3, "attach_share": 0.7}, **kw).fit_predict(X)
-    assert seen == [{"merge_open_share": 0.4}, {"merge_open_share": 0.3, "attach_share": 0.7}]
+    assert seen == [
+        {"merge_open_share": 0.4, "split_min_size": 20},
+        {"merge_open_share": 0.3, "split_min_size": 20, "attach_share": 0.7},
+    ]
+    # the weak-cut split is dlib's (with mbf it cuts long-video people)
+    assert "split_min_size" not in gv.GCN_REFINE_DEFAULTS_BY_EMBEDDER.get("mbf", {})
 
 
 # -------------------------------------------------------------------------------- per embedder

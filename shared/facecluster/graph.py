@@ -359,7 +359,7 @@ def merge_fragments(
             if close_q is not None:
                 ok |= _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, close_q, close_min_links, close_margin)
                 if close_piece is not None:
-                    ok |= _close_piece(r, c, d, leaving, cap, sizes, top, a, b, out, strong, w, nc, close_q, min_links, close_margin, close_piece)
+                    ok |= _close_piece(r, c, d, leaving, cap, sizes, top, a, b, out, strong, w, nc, close_q, min_links, close_margin, close_piece) & (sizes[r] >= min_size)
         if open_frac is not None:
             # open: a cluster of >= 2 faces whose strong leaving links fill >= open_frac of its slots
             is_open = (sizes >= 2) & (leaving >= open_frac * cap)
@@ -415,7 +415,8 @@ def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q,
 
 
 def _close_piece(r, c, d, leaving, cap, sizes, top, a, b, out, strong, w, nc, q, min_links, margin, piece_share) -> np.ndarray:
-    """(len(r),) bool: which smaller clusters r join c as close pieces (``merge_fragments``)."""
+    """(len(r),) bool: which smaller clusters r join c as close pieces (``merge_fragments``). A lone
+    face never does: it has no internal links to compare (NaN compares False)."""
     into = sizes[c] > sizes[r]
     cand = into & (top[c] == r) & (d >= piece_share * leaving[r]) & (d >= min_links * cap[r])
     if not cand.any():

@@ -77,6 +77,15 @@ PAPER_DEFAULTS: dict[str, Any] = {
 #: session"); gcn-v shares the code path and was not measured separately.
 GCN_REFINE_DEFAULTS: dict[str, Any] = {"merge_open_share": 0.4}
 
+#: Per embedder, on top of ``GCN_REFINE_DEFAULTS``. dlib: the weak-cut split (``split_min_size``
+#: 20 at the default conductance 0.05; off for Infomap and Ada-NETS) cuts the clusters GCN-E
+#: chains through two people: faces in mixed clusters on the grey, blurred training photos 117 ->
+#: 12, every tuning regime equal or better (one training scenario −0.004: a long-video person in
+#: three qualities), validation lfw-detbox-val +0.003, Extended Yale B 0.410 -> 0.499, the 84k
+#: batch 0.818 -> 0.837. Not for mbf: its long-video people are cut there (glint18-val 0.999 ->
+#: 0.925; docs/benchmarks.md §9, "Twenty-first session").
+GCN_REFINE_DEFAULTS_BY_EMBEDDER: dict[str, dict[str, Any]] = {"dlib": {"split_min_size": 20}}
+
 
 class GCNVConfig(RefineConfig):
     checkpoint_v: Optional[str] = Field(
@@ -298,7 +307,7 @@ class GCNVClusterer(Clusterer):
             st["ids"],
             st["xr"],
             embedder=self.embedder(),
-            overrides={**GCN_REFINE_DEFAULTS, **self.config.refine_settings},
+            overrides={**GCN_REFINE_DEFAULTS, **GCN_REFINE_DEFAULTS_BY_EMBEDDER.get(self.embedder() or "", {}), **self.config.refine_settings},
             plain=self.feature_kind() == "raw",
             sims=st["sims"],
             timed=self._timed,

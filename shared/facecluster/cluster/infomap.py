@@ -387,7 +387,8 @@ class InfomapConfig(ClusterConfig):
         ge=0,
         description="Clusters of at least this many faces are split where their own similarity graph has a weak "
         "cut (facecluster.graph.split_weak), before the attach step; 0 = off (the default: measured, a cut weak "
-        "enough to part two look-alikes also parts one person's lighting or pose groups in a long video).",
+        "enough to part two look-alikes also parts one person's lighting or pose groups in a long video); 20 in "
+        "the GCN methods' refinement with dlib (gcn_v.GCN_REFINE_DEFAULTS_BY_EMBEDDER), whose GCN-E edges chain people.",
     )
     split_k: int = Field(10, ge=1, description="Nearest neighbours per face in a cluster's own graph for the weak-cut split.")
     split_min_sim: Optional[float] = Field(

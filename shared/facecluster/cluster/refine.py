@@ -273,7 +273,7 @@ class RefineConfig(ClusterConfig):
         description="Overrides of the post-step settings, by their infomap names (merge_min_sim, "
         "attach_frac, ...; facecluster.cluster.refine.REFINE_FIELDS). Unset: infomap's defaults for "
         "the embedder, except refine.LEARNED_REFINE_DEFAULTS (attach_share 0.6, ...) and, for gcn-v and "
-        "gcn-ve, gcn_v.GCN_REFINE_DEFAULTS (merge_open_share 0.4), for adanets "
+        "gcn-ve, gcn_v.GCN_REFINE_DEFAULTS (merge_open_share 0.4; with dlib split_min_size 20), for adanets "
         "adanets.ADANETS_REFINE_DEFAULTS (merge_close_piece 0.2).",
     )
 
