@@ -421,14 +421,25 @@ def _close_piece(r, c, d, leaving, cap, sizes, top, a, b, out, strong, w, nc, q,
     cand = into & (top[c] == r) & (d >= piece_share * leaving[r]) & (d >= min_links * cap[r])
     if not cand.any():
         return cand
+    return cand & _tight_both_ways(cand, r, c, top, a, b, out, strong, w, nc, q, margin, margin)
+
+
+def _tight_both_ways(cand, r, c, top, a, b, out, strong, w, nc, q, other_margin, own_margin) -> np.ndarray:
+    """(len(r),) bool: for the mutual first choices marked in ``cand`` (r -> c, ``top[c] == r``),
+    whether each one's median link into the other reaches the other's ``q``-th percentile of
+    internal links minus ``other_margin`` and its own minus ``own_margin``; NaN (no internal link)
+    compares False. The similarity test of the close pieces and the mutual open pieces."""
     inv = np.zeros(nc, bool)
     inv[r[cand]] = True
     inv[c[cand]] = True
     ref, med = _link_levels(inv, np.where(inv, top, -1), a, b, out, strong, w, nc, q)
     rc, cc = r[cand], c[cand]
     tight = np.zeros(nc, bool)
-    tight[rc] = (med[rc] >= ref[cc] - margin) & (med[rc] >= ref[rc] - margin) & (med[cc] >= ref[rc] - margin) & (med[cc] >= ref[cc] - margin)
-    return cand & tight[r]
+    tight[rc] = (
+        (med[rc] >= ref[cc] - other_margin) & (med[rc] >= ref[rc] - own_margin)
+        & (med[cc] >= ref[rc] - other_margin) & (med[cc] >= ref[cc] - own_margin)
+    )
+    return tight[r]
 
 
 def _open_pieces(r, c, d, leaving, is_open, sizes, a, b, out, strong, w, nc, share, margin, q, pair_share=None) -> np.ndarray:
@@ -461,16 +472,9 @@ def _open_mutual(r, c, d, leaving, is_open, sizes, a, b, out, strong, w, nc, sha
     cand = is_open[r] & is_open[c] & (top[c] == r) & (d >= share * leaving[r]) & (votes[c] >= share * leaving[c]) & into
     if not cand.any():
         return cand
-    inv = np.zeros(nc, bool)
-    inv[r[cand]] = True
-    inv[c[cand]] = True
-    ref, med = _link_levels(inv, np.where(inv, top, -1), a, b, out, strong, w, nc, q)
     # each one's links into the other reach the other's 10th percentile and its own minus the
-    # margin (the open-piece test, both ways); NaN compares False
-    rc, cc = r[cand], c[cand]
-    tight = np.zeros(nc, bool)
-    tight[rc] = (med[rc] >= ref[cc]) & (med[rc] >= ref[rc] - margin) & (med[cc] >= ref[rc]) & (med[cc] >= ref[cc] - margin)
-    return cand & tight[r]
+    # margin (the open-piece test, both ways)
+    return cand & _tight_both_ways(cand, r, c, top, a, b, out, strong, w, nc, q, 0.0, margin)
 
 
 def attach_small(
