@@ -245,8 +245,8 @@ class InfomapConfig(ClusterConfig):
         "each other's first choice joins the bigger when it sends >= this share of its strong out-links and "
         ">= merge_min_links of its slots there and the close-halves similarity test holds both ways; the bigger "
         "needs only the smaller as its first choice (a big person's slots barely reach a piece a tenth its size). "
-        "None: off (Infomap: measured, no gain); the learned methods' refinement: 0.2 "
-        "(refine.LEARNED_REFINE_DEFAULTS; docs/benchmarks.md §9, 'Twenty-first session').",
+        "None: off (Infomap and the GCN methods: measured, not taken); Ada-NETS's refinement: 0.2 "
+        "(adanets.ADANETS_REFINE_DEFAULTS; docs/benchmarks.md §9, 'Twenty-first session').",
     )
     merge_open: Optional[float] = Field(
         0.5,
