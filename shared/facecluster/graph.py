@@ -405,13 +405,8 @@ def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q,
     pair = cand & cand_to[c]  # both directions qualify
     if not pair.any():
         return pair
-    src = np.zeros(nc, bool)
-    src[r[pair]] = True
-    ref, med = _link_levels(src, top, a, b, out, strong, w, nc, q)
-    close = np.zeros(nc, bool)
-    close[r[pair]] = (med[r[pair]] >= ref[r[pair]] - margin) & (med[r[pair]] >= ref[c[pair]] - margin)
     into = (sizes[c] > sizes[r]) | ((sizes[c] == sizes[r]) & (c < r))
-    return pair & close[r] & close[c] & into
+    return pair & into & _tight_both_ways(pair, r, c, top, a, b, out, strong, w, nc, q, margin, margin)
 
 
 def _close_piece(r, c, d, leaving, cap, sizes, top, a, b, out, strong, w, nc, q, min_links, margin, piece_share) -> np.ndarray:
@@ -428,7 +423,8 @@ def _tight_both_ways(cand, r, c, top, a, b, out, strong, w, nc, q, other_margin,
     """(len(r),) bool: for the mutual first choices marked in ``cand`` (r -> c, ``top[c] == r``),
     whether each one's median link into the other reaches the other's ``q``-th percentile of
     internal links minus ``other_margin`` and its own minus ``own_margin``; NaN (no internal link)
-    compares False. The similarity test of the close pieces and the mutual open pieces."""
+    compares False. The similarity test of the close halves, the close pieces and the mutual open
+    pieces."""
     inv = np.zeros(nc, bool)
     inv[r[cand]] = True
     inv[c[cand]] = True
