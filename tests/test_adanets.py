@@ -342,10 +342,14 @@ def test_refinement_takes_its_own_close_pieces_unless_the_user_sets_them(tiny_ck
     kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", final_th=0.9, k=20, embedder="dlib")
     get_clusterer("adanets", **kw).fit_predict(X)
     get_clusterer("adanets", refine_settings={"merge_close_q": None}, **kw).fit_predict(X)
-    assert seen == [{"merge_close_q": 10.0, "merge_close_piece": 0.2}, {"merge_close_q": None, "merge_close_piece": 0.2}]
     from facecluster.cluster.gcn_v import GCN_REFINE_DEFAULTS
     from facecluster.cluster.infomap import InfomapConfig
     from facecluster.cluster.refine import LEARNED_REFINE_DEFAULTS
+
+    assert seen == [
+        {**LEARNED_REFINE_DEFAULTS, "merge_close_q": 10.0, "merge_close_piece": 0.2},
+        {**LEARNED_REFINE_DEFAULTS, "merge_close_q": None, "merge_close_piece": 0.2},
+    ]
 
     assert InfomapConfig().merge_close_piece is None and "merge_close_piece" not in {**LEARNED_REFINE_DEFAULTS, **GCN_REFINE_DEFAULTS}
 
@@ -417,3 +421,16 @@ def test_weak_tier_links_only_above_the_floor_margin(tiny_ckpts, clustered_featu
     with pytest.raises(ValueError, match="weak_th needs the similarity floor"):
         get_clusterer("adanets", weak_th=lo, **no_floor).fit_predict(X)
     assert AdaNetsClusterer(device="cpu").config.weak_th is None  # off by default
+
+
+def test_settings_record_the_post_steps_that_ran(tiny_ckpts):
+    """labels-adanets.json records every post-step setting the refinement ran with (the method's
+    defaults included, the user's winning), so a changed default changes the fingerprint; None
+    when the refinement is off (the original algorithm)."""
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", embedder="dlib")
+    steps = get_clusterer("adanets", **kw).settings()["refine_post_steps"]
+    assert steps["merge_close_piece"] == 0.2 and steps["merge_close_q"] == 10.0 and steps["attach_share"] == 0.6
+    assert steps["merge_min_sim"] is not None and steps["merge_lone_recip"] == 1
+    mine = get_clusterer("adanets", refine_settings={"merge_close_q": None}, **kw).settings()
+    assert mine["refine_post_steps"]["merge_close_q"] is None and mine["refine_settings"] == {"merge_close_q": None}
+    assert get_clusterer("adanets", similarity_floor=False, **kw).settings()["refine_post_steps"] is None

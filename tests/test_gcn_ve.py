@@ -545,12 +545,30 @@ def test_gcn_refinement_takes_its_own_open_piece_share_unless_the_user_sets_one(
     X, _ = _clustered(120, seed=3, noise=0.3)
     get_clusterer("gcn-ve", **kw).fit_predict(X)
     get_clusterer("gcn-ve", refine_settings={"merge_open_share": 0.3, "attach_share": 0.7}, **kw).fit_predict(X)
+    from facecluster.cluster.refine import LEARNED_REFINE_DEFAULTS
+
     assert seen == [
-        {"merge_open_share": 0.4, "split_min_size": 20},
-        {"merge_open_share": 0.3, "split_min_size": 20, "attach_share": 0.7},
+        {**LEARNED_REFINE_DEFAULTS, "merge_open_share": 0.4, "split_min_size": 20},
+        {**LEARNED_REFINE_DEFAULTS, "merge_open_share": 0.3, "split_min_size": 20, "attach_share": 0.7},
     ]
     # the weak-cut split is dlib's (with mbf it cuts long-video people)
     assert "split_min_size" not in gv.GCN_REFINE_DEFAULTS_BY_EMBEDDER.get("mbf", {})
+
+
+def test_gcn_settings_record_the_post_steps_that_ran(ckpts):
+    """labels-gcn-ve.json records every post-step setting the refinement ran with, per embedder
+    (the split with dlib only) and with the user's overrides; the fingerprint follows them."""
+    from facecluster.workdir import fingerprint
+
+    pv, pe, _, _ = ckpts
+    kw = dict(checkpoint_v=str(pv), checkpoint_e=str(pe), device="cpu")
+    dlib = get_clusterer("gcn-ve", embedder="dlib", **kw).settings()
+    steps = dlib["refine_post_steps"]
+    assert steps["split_min_size"] == 20 and steps["merge_open_share"] == 0.4 and steps["attach_share"] == 0.6
+    assert steps["merge_min_sim"] is not None
+    mine = get_clusterer("gcn-ve", embedder="dlib", refine_settings={"split_min_size": 0}, **kw).settings()
+    assert mine["refine_post_steps"]["split_min_size"] == 0 and fingerprint(mine) != fingerprint(dlib)
+    assert get_clusterer("gcn-ve", embedder="dlib", similarity_floor=False, **kw).settings()["refine_post_steps"] is None
 
 
 # -------------------------------------------------------------------------------- per embedder

@@ -130,7 +130,8 @@ def orl_output(tmp_path_factory) -> tuple[list[dict], list[str], Path]:
 def test_page_escapes_paths_and_errors(orl_output, tmp_path):
     records, labels, _ = orl_output
     page = write_report(records, tmp_path / "r.html", labels=labels, method="test <b>m</b>",
-                        settings={"k": 80, "note": "</script><script>alert(1)</script>"}, thumbs="inline")
+                        settings={"k": 80, "note": "</script><script>alert(1)</script>", "progress": "auto",
+                                  "refine_post_steps": {"merge_k": 40}}, thumbs="inline")
     text = page.read_text(encoding="utf-8")
     sheets = len(re.findall(r'<script type="text/plain" id="sheet-\d+">', text))
     assert sheets == 1  # 125 faces fit one 16x16 sprite sheet
@@ -141,12 +142,15 @@ def test_page_escapes_paths_and_errors(orl_output, tmp_path):
     # The data block parses back to the exact paths (round trip through the escaping).
     data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', text, re.S).group(1))
     assert data["paths"] == [r["img_path"] for r in records]
+    # how the run printed and the learned methods' resolved post-steps stay out of the header
+    assert sorted(data["settings"]) == ["k", "note"]
     assert data["thumbErrors"] == []  # every odd name decoded
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', text).group(1)
     assert "default-src 'none'" in htmlmod.unescape(csp) and "unsafe-inline" not in csp
     # deterministic: same records, same bytes
     again = write_report(records, tmp_path / "again" / "r.html", labels=labels, method="test <b>m</b>",
-                         settings={"k": 80, "note": "</script><script>alert(1)</script>"}, thumbs="inline")
+                         settings={"k": 80, "note": "</script><script>alert(1)</script>", "progress": "auto",
+                                   "refine_post_steps": {"merge_k": 40}}, thumbs="inline")
     assert again.read_bytes() == page.read_bytes()
 
 

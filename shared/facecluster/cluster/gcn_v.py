@@ -56,7 +56,7 @@ from ..graph import build_adjacency, build_adjacency_torch, components, nearest_
 from ..knn import knn, l2_normalize
 from . import gcn_common as gc
 from .base import Clusterer
-from .refine import RefineConfig, floor_cosine, learned_floor_cohort, learned_floor_dev, learned_link_floor, learned_weights_fingerprint, refine_learned, refine_on
+from .refine import RefineConfig, floor_cosine, learned_floor_cohort, learned_floor_dev, learned_link_floor, learned_weights_fingerprint, refine_learned, refine_on, resolved_post_steps
 
 #: the papers' MS1M test configs (cfg_test_gcnv_ms1m.py / cfg_test_gcne_ms1m.py)
 PAPER_DEFAULTS: dict[str, Any] = {
@@ -142,6 +142,10 @@ class GCNVConfig(RefineConfig):
         "(docs/benchmarks/gcn_ve.md §10). No effect without a floor."
     )
 
+    def method_refine_defaults(self, embedder: Optional[str]) -> dict[str, Any]:
+        """``GCN_REFINE_DEFAULTS`` and, for the embedder, ``GCN_REFINE_DEFAULTS_BY_EMBEDDER``."""
+        return {**GCN_REFINE_DEFAULTS, **GCN_REFINE_DEFAULTS_BY_EMBEDDER.get(embedder or "", {})}
+
 
 class GCNVClusterer(Clusterer):
     name = "gcn-v"
@@ -216,7 +220,9 @@ class GCNVClusterer(Clusterer):
         return cfg
 
     def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in self.resolved().items() if k in self.Config.model_fields}
+        d = {k: v for k, v in self.resolved().items() if k in self.Config.model_fields}
+        d["refine_post_steps"] = resolved_post_steps(self.config, self.embedder())
+        return d
 
     def _path_v(self):
         p = self.config.checkpoint_v
@@ -307,7 +313,7 @@ class GCNVClusterer(Clusterer):
             st["ids"],
             st["xr"],
             embedder=self.embedder(),
-            overrides={**GCN_REFINE_DEFAULTS, **GCN_REFINE_DEFAULTS_BY_EMBEDDER.get(self.embedder() or "", {}), **self.config.refine_settings},
+            overrides=self.config.refine_overrides(self.embedder()),
             plain=self.feature_kind() == "raw",
             sims=st["sims"],
             timed=self._timed,

@@ -274,7 +274,8 @@ class RefineConfig(ClusterConfig):
         "attach_frac, ...; facecluster.cluster.refine.REFINE_FIELDS). Unset: infomap's defaults for "
         "the embedder, except refine.LEARNED_REFINE_DEFAULTS (attach_share 0.6, ...) and, for gcn-v and "
         "gcn-ve, gcn_v.GCN_REFINE_DEFAULTS (merge_open_share 0.4; with dlib split_min_size 20), for adanets "
-        "adanets.ADANETS_REFINE_DEFAULTS (merge_close_piece 0.2).",
+        "adanets.ADANETS_REFINE_DEFAULTS (merge_close_piece 0.2). What ran is recorded as refine_post_steps "
+        "in labels-<method>.json.",
     )
 
     @field_validator("refine_settings")
@@ -284,6 +285,17 @@ class RefineConfig(ClusterConfig):
         if bad:
             raise ValueError(f"unknown refine_settings {bad}; choose from {', '.join(REFINE_FIELDS)}")
         return v
+
+    def method_refine_defaults(self, embedder: Optional[str]) -> dict[str, Any]:
+        """Where this method's refinement departs from ``LEARNED_REFINE_DEFAULTS`` for the
+        embedder's features (each method's config overrides this; none here)."""
+        return {}
+
+    def refine_overrides(self, embedder: Optional[str]) -> dict[str, Any]:
+        """The post-step settings the refinement replaces in Infomap's for the embedder, in three
+        layers, later ones winning: ``LEARNED_REFINE_DEFAULTS``, the method's own
+        (:meth:`method_refine_defaults`), the user's ``refine_settings``."""
+        return {**LEARNED_REFINE_DEFAULTS, **self.method_refine_defaults(embedder), **self.refine_settings}
 
 
 def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
@@ -312,7 +324,7 @@ def refine_on(config: RefineConfig, embedder: Optional[str]) -> bool:
 #: 0.989; every tuning regime identical or better; docs/benchmarks.md §9, "Twentieth session").
 #: Ada-NETS adds the close-halves test with close pieces (``adanets.ADANETS_REFINE_DEFAULTS``,
 #: twenty-first session); the GCN methods keep it off (it joined Extended Yale B's lighting
-#: clusters for gcn-ve).
+#: clusters for gcn-ve, with their weak-cut split on too: twenty-second session).
 LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
     "attach_share": 0.6,
     # the learned methods' refinement was measured with one reciprocal link (the default's
@@ -334,6 +346,24 @@ LEARNED_REFINE_DEFAULTS: dict[str, Any] = {
 #: 0.30 left 1.7 % of a regime's faces in mixed clusters, 0.325-0.40 none and the same worst
 #: regime, 0.35 the best second worst; docs/benchmarks/gcn_ve.md §8).
 REFINED_LINK_FLOOR_BY_EMBEDDER: dict[str, float] = {"dlib": 0.94, "mbf": 0.35}
+
+
+def resolved_post_steps(config: RefineConfig, embedder: Optional[str]) -> Optional[dict[str, Any]]:
+    """Every post-step setting the refinement runs with (``REFINE_FIELDS``; the thresholds
+    resolved for the embedder), or None when it does not run. Recorded in the learned methods'
+    ``settings()`` (labels-<method>.json and the work directory's fingerprint), so a changed
+    method default reclusters and the record says what ran, not only what the user set."""
+    from .infomap import InfomapClusterer
+
+    if not refine_on(config, embedder):
+        return None
+    im = InfomapClusterer(embedder=embedder, **config.refine_overrides(embedder))
+    out = {k: getattr(im.config, k) for k in REFINE_FIELDS}
+    out.update(
+        merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(), merge_lone_recip=im.lone_recip(),
+        attach_big_min_target=im.attach_big_min_target(),
+    )
+    return out
 
 
 def learned_link_floor(config: RefineConfig, embedder: Optional[str]) -> Optional[float]:
@@ -411,7 +441,7 @@ def refine_learned(
     xr : (N, D) float32 plain L2-normalised descriptors.
     embedder : picks Infomap's thresholds for these descriptors.
     overrides : post-step settings replacing Infomap's (``REFINE_FIELDS`` names), on top of
-        ``LEARNED_REFINE_DEFAULTS``.
+        ``LEARNED_REFINE_DEFAULTS`` (a method passes ``RefineConfig.refine_overrides``).
     plain, sims : when ``plain`` the lists are already plain-cosine ones with ``sims``
         (no re-scoring needed).
 

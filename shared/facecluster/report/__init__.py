@@ -407,8 +407,10 @@ def write_report(
         "labels": None if codes is None else codes.tolist(),
         "labelNames": names,
         "method": method,
-        # "progress" is how the run printed, not how it clustered
-        "settings": _finite({k: v for k, v in settings.items() if k != "progress"}) if settings else None,
+        # "progress" is how the run printed, not how it clustered; "refine_post_steps" (the learned
+        # methods' ~45 resolved post-step settings) stays in labels-<method>.json: the header shows
+        # what the user chose (refine, refine_settings), not a wall of defaults
+        "settings": _finite({k: v for k, v in settings.items() if k not in ("progress", "refine_post_steps")}) if settings else None,
         "metrics": _finite(metrics) if metrics else None,
         "worst": _worst(cids, codes, names) if codes is not None else None,
         "version": _version(),

@@ -35,7 +35,7 @@ from ...knn import knn, l2_normalize
 from ...progress import bar
 from ..base import Clusterer
 from ..gcn_common import DEFAULT_EMBEDDER, checkpoint_features, shipped_set
-from ..refine import RefineConfig, floor_cosine, learned_floor_cohort, learned_floor_dev, learned_link_floor, learned_weights_fingerprint, refine_learned, refine_on
+from ..refine import RefineConfig, floor_cosine, learned_floor_cohort, learned_floor_dev, learned_link_floor, learned_weights_fingerprint, refine_learned, refine_on, resolved_post_steps
 from .and_model import ANDModel, load_and_checkpoint, predict_k
 from .gcn import AdaGCN, SparseGraph, adaptive_adjacency, load_gcn_checkpoint
 from .structure_space import structure_space, structure_space_torch
@@ -59,6 +59,8 @@ SHIPPED_ADANETS: dict[str, tuple[str, str, str]] = {
 #: glint-lowres-val 0.882 -> 0.955, lfw-lowq-val +0.009, Yale -0.003 with the same faces in mixed
 #: clusters, the rest identical (docs/benchmarks.md §9, "Twenty-first session"). Measured for
 #: gcn-ve too and not taken there: it joins Extended Yale B's lighting clusters (0.410 -> 0.346).
+#: The GCN methods' weak-cut split was measured for Ada-NETS and not taken: it cuts long-video
+#: people (glint18-train 0.931 -> 0.888) and leaves its photo errors (twenty-second session).
 ADANETS_REFINE_DEFAULTS: dict[str, Any] = {"merge_close_q": 10.0, "merge_close_piece": 0.2}
 
 def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
@@ -150,6 +152,10 @@ class AdaNetsConfig(RefineConfig):
         "(dlib 0.94), without it calibration.LINK_FLOOR_BY_EMBEDDER (dlib 0.93); none for embedders without one.",
     )
 
+    def method_refine_defaults(self, embedder: Optional[str]) -> dict[str, Any]:
+        """``ADANETS_REFINE_DEFAULTS`` (every embedder)."""
+        return dict(ADANETS_REFINE_DEFAULTS)
+
 
 @lru_cache(maxsize=4)
 def _load_models(and_path: str, gcn_path: str, trust: bool = False) -> tuple[ANDModel, dict, AdaGCN, dict]:
@@ -227,6 +233,7 @@ class AdaNetsClusterer(Clusterer):
         d["features"] = self.feature_kind()
         d["min_link_sim"] = self.link_floor()
         d["refine"] = refine_on(self.config, self.embedder())
+        d["refine_post_steps"] = resolved_post_steps(self.config, self.embedder())
         return d
 
     def embed(self, X: np.ndarray) -> np.ndarray:
@@ -318,7 +325,7 @@ class AdaNetsClusterer(Clusterer):
             # cosine (already plain when the checkpoints read raw features)
             ids_in, sims_in = self.knn_
             labels = refine_learned(
-                labels, ids_in, xr, embedder=self.embedder(), overrides={**ADANETS_REFINE_DEFAULTS, **c.refine_settings},
+                labels, ids_in, xr, embedder=self.embedder(), overrides=c.refine_overrides(self.embedder()),
                 plain=self.feature_kind() == "raw", sims=sims_in, timed=self._timed,
             )
         return labels
