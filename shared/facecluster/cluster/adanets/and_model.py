@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..gcn_common import torch_load
+from ..gcn_common import flush_denormals_, torch_load
 
 __all__ = ["ANDModel", "huber_relative_loss", "huber_log_loss", "load_and_checkpoint", "predict_k"]
 
@@ -116,6 +116,7 @@ def load_and_checkpoint(
     model = ANDModel(d, nhid)
     _check_keys(sd, model, path, "AND")
     model.load_state_dict(sd, strict=True)
+    flush_denormals_(model)  # subnormal weights: slow on CPUs, nothing in the result
     model.eval()
     meta = ck.get("meta", {}) if isinstance(ck, dict) else {}
     return model, dict(meta)

@@ -159,7 +159,7 @@ def load_gcn_checkpoint(
 
     Returns (model in eval mode, metadata dict stored with the weights, may be empty).
     ``trust`` as in :func:`load_and_checkpoint`."""
-    from ..gcn_common import torch_load
+    from ..gcn_common import flush_denormals_, torch_load
     from .and_model import _check_keys, _state_dict
 
     ck = torch_load(Path(path), trust, map_location=map_location)
@@ -172,6 +172,7 @@ def load_gcn_checkpoint(
     model = AdaGCN(d, nhid)
     _check_keys(sd, model, path, "GCN")
     model.load_state_dict(sd, strict=True)
+    flush_denormals_(model)  # subnormal weights: slow on CPUs, nothing in the result
     model.eval()
     meta = ck.get("meta", {}) if isinstance(ck, dict) else {}
     return model, dict(meta)
