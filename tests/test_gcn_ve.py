@@ -321,6 +321,27 @@ def test_loaders_flush_subnormal_weights(ckpts, tmp_path):
     assert not any(((p.abs() > 0) & (p.abs() < tiny)).any() for p in loaded.parameters())
 
 
+def test_training_flushes_subnormals_in_every_worker_thread():
+    """train.flush_subnormals, called first by the training commands, sets flush-to-zero and
+    denormals-are-zero for the worker threads too (they inherit it when they start): a matrix
+    product on two threads treats subnormal inputs as zero. Its own process: the flag is global."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from facecluster.train import flush_subnormals\n"
+        "on = {on}\n"
+        "if on: assert flush_subnormals()\n"
+        "torch.set_num_threads(2)\n"
+        "a = torch.full((512, 512), 1e-39); b = torch.full((512, 512), 1e30)\n"
+        "print(float((a @ b).abs().max()))\n"
+    )
+    out = {on: float(subprocess.run([sys.executable, "-c", code.format(on=on)], capture_output=True, text=True, check=True).stdout)
+           for on in (False, True)}
+    assert out[False] > 1e-7 and out[True] == 0.0
+
+
 def test_gcn_e_batching_does_not_change_decisions(ckpts):
     me, feat, sims, ids, conf, _ = _gcn_e_case(ckpts, 1)
     p1, s1 = gcn_e_peaks(me, feat, conf, ids, sims, ignore_ratio=0.5, batch_nodes=1)
