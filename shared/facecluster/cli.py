@@ -34,6 +34,7 @@ def _train_setup() -> None:
 
     flush_subnormals()
 
+
 WORK_DIR_HELP = "Work directory shared by the stages (the shared volume in Kubernetes). Env: FACECLUSTER_WORK_DIR."
 DEVICE_HELP = "auto | cpu | cuda[:i]. auto uses CUDA when torch sees a GPU."
 

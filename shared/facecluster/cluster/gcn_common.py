@@ -226,9 +226,9 @@ def flush_denormals_(model: nn.Module) -> nn.Module:
     """Set the model's subnormal float32 weights (0 < |w| < 1.18e-38) to zero, in place.
 
     Trained checkpoints can hold such values, weights that training drove towards zero (17 % of
-    the shipped dlib GCN-E's weights), and x86 CPUs take a slow microcode path for every multiply that touches one: GCN-E's
-    forward on 200 subgraphs of 160 faces took 20 s instead of 0.65 s (docs/benchmarks.md §9,
-    "Twenty-second session"). They contribute under 1e-38 to sums of order 1, which float32
+    the shipped dlib GCN-E's weights), and x86 CPUs take a slow microcode path for every multiply
+    that touches one: GCN-E's forward on 200 subgraphs of 160 faces took 20 s instead of 0.65 s
+    (docs/benchmarks.md §9, "Twenty-second session"). They contribute under 1e-38 to sums of order 1, which float32
     cannot represent, so the outputs are the same (bit-identical on that batch). Applied by every
     checkpoint loader (GCN-V, GCN-E, Ada-NETS's AND and GCN), shipped or user-supplied."""
     tiny = torch.finfo(torch.float32).tiny
