@@ -353,17 +353,34 @@ def resolved_post_steps(config: RefineConfig, embedder: Optional[str]) -> Option
     resolved for the embedder), or None when it does not run. Recorded in the learned methods'
     ``settings()`` (labels-<method>.json and the work directory's fingerprint), so a changed
     method default reclusters and the record says what ran, not only what the user set."""
-    from .infomap import InfomapClusterer
-
     if not refine_on(config, embedder):
         return None
-    im = InfomapClusterer(embedder=embedder, **config.refine_overrides(embedder))
-    out = {k: getattr(im.config, k) for k in REFINE_FIELDS}
+    cfg, thresholds = post_step_plan(embedder, config.refine_overrides(embedder))
+    out = {k: getattr(cfg, k) for k in REFINE_FIELDS}
     out.update(
-        merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(), merge_lone_recip=im.lone_recip(),
-        attach_big_min_target=im.attach_big_min_target(),
+        merge_min_sim=thresholds["merge_min_sim"], attach_min_sim=thresholds["attach_min_sim"],
+        merge_lone_recip=thresholds["lone_recip"], attach_big_min_target=thresholds["attach_big_min_target"],
     )
     return out
+
+
+def post_step_plan(embedder: Optional[str], overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The post-steps' Infomap config and its thresholds resolved for the embedder, for
+    ``overrides`` on top of ``LEARNED_REFINE_DEFAULTS``: the one resolution both
+    :func:`refine_learned` (what runs) and :func:`resolved_post_steps` (what is recorded) use.
+
+    Returns
+    -------
+    (InfomapConfig, dict) the config and ``{merge_min_sim, attach_min_sim, lone_recip,
+    attach_big_min_target}``, the keyword arguments :func:`refine_partition` takes.
+    """
+    from .infomap import InfomapClusterer
+
+    im = InfomapClusterer(embedder=embedder, **{**LEARNED_REFINE_DEFAULTS, **overrides})
+    return im.config, dict(
+        merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(), lone_recip=im.lone_recip(),
+        attach_big_min_target=im.attach_big_min_target(),
+    )
 
 
 def learned_link_floor(config: RefineConfig, embedder: Optional[str]) -> Optional[float]:
@@ -449,16 +466,11 @@ def refine_learned(
     -------
     (N,) int64 labels.
     """
-    from .infomap import InfomapClusterer
-
     if len(labels) == 0:
         return np.asarray(labels, np.int64)
-    im = InfomapClusterer(embedder=embedder, **{**LEARNED_REFINE_DEFAULTS, **overrides})
+    cfg, thresholds = post_step_plan(embedder, overrides)
     if plain and sims is not None:
         ids_p, sims_p = np.asarray(ids, np.int64), np.asarray(sims, np.float32)
     else:
         ids_p, sims_p = plain_knn_from(ids, xr)
-    return refine_partition(
-        labels, ids_p, sims_p, im.config, merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(),
-        lone_recip=im.lone_recip(), attach_big_min_target=im.attach_big_min_target(), timed=timed
-    )
+    return refine_partition(labels, ids_p, sims_p, cfg, timed=timed, **thresholds)
