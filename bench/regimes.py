@@ -8,7 +8,8 @@ re-embedded with ``facecluster run ... --embedder mbf``, docs/benchmarks/default
 
 ``WORKDIRS/<set>`` are work dirs embedded with ``facecluster run`` (default dlib embedder) from
 the input JSONs of ``bench/make_input.py`` (lfw, glint18, orl from ../shared/data) and
-``bench/shift_sets.py`` (the re-cropped and new-source regimes). Labels: the image's folder.
+``bench/shift_sets.py`` (the re-cropped and new-source regimes); ``bench/build_workdirs.py`` builds
+them all in one resumable command. Labels: the image's folder.
 
 Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out by name hash):
 

@@ -199,6 +199,18 @@ def build(regime: str, a, out: Path) -> int:
     return len(recs)
 
 
+def write_validation_input(regime: str, out: Path) -> int:
+    """Write ``OUT/<regime>-val.json``, the validation identities of an LFW regime alone:
+    bench/regimes.py's lfw-mixed-val / lfw-detbox-val are work dirs of these (embed this input into
+    WORKDIRS/<regime>-val). Returns the number of records."""
+    from facecluster.train.splits import validation_mask
+
+    recs = json.loads((out / f"{regime}.json").read_text())
+    keep = validation_mask("lfw", [rec["person"] for rec in recs])
+    (out / f"{regime}-val.json").write_text(json.dumps([rec for rec, k in zip(recs, keep) if k]))
+    return int(keep.sum())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw-originals", type=Path)
@@ -217,14 +229,8 @@ def main() -> None:
         n = build(r, a, a.out)
         print(f"{r:14s} {n:6d} faces -> {a.out / r}.json", flush=True)
         if r in ("lfw-mixed", "lfw-detbox"):
-            # bench/regimes.py's lfw-mixed-val / lfw-detbox-val are work dirs of the validation
-            # identities alone (embed this input into WORKDIRS/<regime>-val)
-            from facecluster.train.splits import validation_mask
-
-            recs = json.loads((a.out / f"{r}.json").read_text())
-            keep = validation_mask("lfw", [rec["person"] for rec in recs])
-            (a.out / f"{r}-val.json").write_text(json.dumps([rec for rec, k in zip(recs, keep) if k]))
-            print(f"{r + '-val':14s} {int(keep.sum()):6d} faces -> {a.out / (r + '-val')}.json", flush=True)
+            k = write_validation_input(r, a.out)
+            print(f"{r + '-val':14s} {k:6d} faces -> {a.out / (r + '-val')}.json", flush=True)
 
 
 if __name__ == "__main__":

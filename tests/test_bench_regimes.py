@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import cluster_scale  # noqa: E402
@@ -81,3 +82,34 @@ def test_glint_clips_cut_each_person_into_clips_and_the_scenarios_keep_them_apar
     assert len(shapes["video-2c/t"]) == 1
     assert [len(d[1]) for d in shapes["video-1p/t"]] == [100, 100]
     assert sorted(set(scenarios.load_clips(tmp_path, "train")[1].tolist())) == TRAIN
+
+
+def test_build_workdirs_plans_every_set_the_regimes_read_training_sets_first():
+    import build_workdirs
+
+    order = build_workdirs.plan()
+    assert order[: len(regimes.TRAIN_SETS)] == regimes.TRAIN_SETS
+    # every work dir validation_regimes() and the scenarios read
+    for need in ("lfw", "lfw-lowq", "lfw-loose", "lfw-mixed-val", "lfw-detbox-val", "glint18", "glint-lowres",
+                 "glint-mixed", "yale", "orl", "glint-clips"):
+        assert need in order
+    assert build_workdirs.plan(["orl", "lfw"]) == ["lfw", "orl"]
+    with pytest.raises(SystemExit, match="unknown sets"):
+        build_workdirs.plan(["lfw-typo"])
+
+
+def test_build_workdirs_embeds_a_shared_set_and_skips_it_on_a_rerun(tmp_path):
+    """The real command on ORL (400 faces): the work dir regimes.py reads, then a no-op rerun."""
+    import subprocess
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (shared / "orl").is_dir():
+        pytest.skip("../shared/data/orl not present")
+    cmd = [sys.executable, str(Path(regimes.__file__).with_name("build_workdirs.py")), "--shared", str(shared),
+           "--sets", str(tmp_path / "sets"), "--root", str(tmp_path / "work"), "--only", "orl"]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "orl" in first.stdout and "400 faces" in first.stdout
+    x, names = regimes.load(tmp_path / "work", "orl")
+    assert x.shape == (400, 128) and len(set(names)) == 40
+    again = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "embedded already" in again.stdout
