@@ -104,25 +104,26 @@ def train_gcn_ve(root: Path, out: Path, epochs_v: int = 0, epochs_e: int = 0, se
 
 def train_adanets(root: Path, out: Path, steps_and: int = 0, steps_gcn: int = 0, sets: list[str] = SETS, whole: bool = False) -> None:
     """AND and GCN with the shipped dlib recipe (``adanets_dlib.json`` -> and, gcn: optimizer, lr,
-    steps, batch, clip, k, lambda, beta; groups, fanout, order_k, margins, warm-up, seed) on part A,
-    one pooled graph as the shipped training."""
+    steps, batch, clip, k, lambda, beta; groups, fanout, order_k, margins, warm-up, seed) on part A
+    of ``sets`` (``whole``: every training identity), one pooled graph as the shipped training."""
     from facecluster.cluster.adanets import shipped_files
     from facecluster.train.adanets import save_checkpoint, train_and, train_gcn
 
     rc = json.loads(shipped_files("dlib")[2].read_text())
     ra, rg = rc["and"], rc["gcn"]
     X, y, _ = part_a(root, sets, whole)
+    study = "every training identity" if whole else "cross-fit part A"
     m_and, i_and = train_and(
         X, y, k=ra["k"], lamb=ra["lamb"], beta=ra["beta"], steps=steps_and or ra["steps"], batch_size=ra["batch_size"],
         lr=ra["lr"], optimizer=ra["optimizer"], clip=ra["clip"], seed=ra["seed"], progress=False,
         log=lambda s: print(s, flush=True))
     save_checkpoint(m_and, out / "adanets_and.pth", i_and["steps"],
-                    {"scale_max": i_and["k"], "features": "calibrated", "study": "cross-fit part A", "train": i_and})
+                    {"scale_max": i_and["k"], "features": "calibrated", "study": study, "sets": sets, "train": i_and})
     m_gcn, i_gcn = train_gcn(
         X, y, steps=steps_gcn or rg["steps"], order_k=rg["order_k"], group=rg["group"], groups=rg["groups"],
         fanout=rg["fanout"], lr=rg["lr"], warmup=rg["warmup"], pmargin=rg["pmargin"], margin=rg["margin"],
         optimizer="sgd", seed=rg["seed"], progress=False, log=lambda s: print(s, flush=True))
-    save_checkpoint(m_gcn, out / "adanets_gcn.pth", i_gcn["steps"], {"study": "cross-fit part A", "train": i_gcn})
+    save_checkpoint(m_gcn, out / "adanets_gcn.pth", i_gcn["steps"], {"study": study, "sets": sets, "train": i_gcn})
 
 
 def networks(method: str, out: Path) -> dict:
