@@ -37,13 +37,17 @@ SHARED_SETS = ["lfw", "glint18", "orl"]
 #: work dirs the validation regimes and scenarios read besides TRAIN_SETS; ``-val`` ones hold only
 #: the validation identities of a crop style (``shift_sets`` writes their inputs)
 VALIDATION_SETS = ["lfw-lowq", "lfw-mixed-val", "lfw-detbox-val", "yale", "orl", "glint-clips"]
+#: sets under study, built last: ``lfw-sidelight`` (a lighting regime of training identities,
+#: docs/benchmarks.md §9 "Twenty-third session")
+STUDY_SETS = ["lfw-sidelight"]
 #: the shift_sets regime that writes each ``-val`` input
 _VAL_SOURCE = {"lfw-mixed-val": "lfw-mixed", "lfw-detbox-val": "lfw-detbox"}
 
 
 def plan(only: list[str] | None = None) -> list[str]:
-    """The work dirs to build, training sets first, then the validation-only ones."""
-    order = list(dict.fromkeys(TRAIN_SETS + VALIDATION_SETS))
+    """The work dirs to build, training sets first, then the validation-only ones, then the
+    sets under study."""
+    order = list(dict.fromkeys(TRAIN_SETS + VALIDATION_SETS + STUDY_SETS))
     if only:
         unknown = sorted(set(only) - set(order))
         if unknown:

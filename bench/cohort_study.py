@@ -25,6 +25,14 @@ face per person per crop style, ~5x the faces), with the level's k; shifts as gi
 
     python bench/cohort_study.py halfsplit --root /work/extdata/work --cohort one:10 --shifts 0.002,0.003,0.004
     python bench/cohort_study.py halfsplit --root /work/extdata/work --cohort raw   # cohort_norm=false
+
+``lighting``: a hard side light (``bench/shift_sets.py`` regime ``lfw-sidelight``, training
+identities) makes different people's dlib descriptors alike without raising their level against
+the shipped cohort (the cohort has no such faces). The cohort with one side-lit face per training
+person added, against the shipped one, Infomap on the regime and every tuning regime
+(docs/benchmarks.md §9, "Twenty-third session"):
+
+    python bench/cohort_study.py lighting --root /work/extdata/work --add lfw-sidelight [--shifts 0.003,0.002]
 """
 
 from __future__ import annotations
@@ -106,6 +114,37 @@ def halfsplit(a) -> None:
               + " ".join(f"{r[1]:.4f}" for r in res), flush=True)
 
 
+def lighting(a) -> None:
+    """The shipped cohort with one face per training person of ``--add`` (a lighting regime of
+    training identities) added; ``ref`` the mean level of the TRAIN_SETS training faces with it
+    (own person left out), so ordinary faces keep their deviations. Infomap with it and with the
+    shipped cohort on ``--add``'s training identities and on every tuning regime."""
+    shipped = load_cohort("dlib")
+    xs, ns = load(a.root, a.add, "train")
+    rng = np.random.default_rng(0)
+    pick = np.array([rng.choice(np.flatnonzero(ns == v)) for v in np.unique(ns)])
+    faces = np.concatenate([shipped.faces, l2_normalize(np.asarray(xs[pick], np.float32))])
+    names = np.concatenate([shipped.names.astype(str), ns[pick].astype(str)])
+    parts = [load(a.root, s, "train") for s in TRAIN_SETS]
+    allx, alln = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(object)
+    co = Cohort(faces=faces, k=shipped.k, ref=0.0, names=names)
+    co = Cohort(faces=faces, k=shipped.k, ref=float(co.levels(allx, exclude=alln).mean(dtype=np.float64)), names=names)
+    print(f"cohort {len(shipped.faces)} -> {len(faces)} faces (+{a.add}), ref {shipped.ref:.4f} -> {co.ref:.4f}", flush=True)
+    from regimes import _cap21, format_row
+
+    x, n, px = load(a.root, a.add, "train", with_px=True)
+    regs = [(f"{a.add}-train", x, n, px), (f"{a.add}-train21", *_cap21(x, n, px))] + list(tuning_regimes(a.root, with_px=True))
+    orig = cohort_mod.load_cohort
+    for label, use in (("shipped cohort", None), (f"cohort + {a.add}", co)):
+        for shift in [float(v) for v in a.shifts.split(",")]:
+            if use is not None:
+                cohort_mod.load_cohort = lambda e, c=use: c if e == "dlib" else orig(e)  # what resolve_cohort reads
+            print(f"== infomap, {label}, cohort_shift {shift}", flush=True)
+            for reg, xx, nn, pp in regs:
+                print(format_row(reg, run_method("infomap", xx, nn, "dlib", face_px=pp, cohort_shift=shift)), flush=True)
+            cohort_mod.load_cohort = orig
+
+
 def separation(a) -> None:
     ks = [int(v) for v in a.k.split(",") if v]
     ask = [int(v) for v in a.asnorm.split(",") if v]
@@ -177,8 +216,12 @@ def main() -> None:
     hp.add_argument("--root", type=Path, required=True)
     hp.add_argument("--cohort", default="one:10", help="raw | one:K | styles:K")
     hp.add_argument("--shifts", default="0.003")
+    lp = sub.add_parser("lighting", help="Infomap with the cohort + one face per person of a lighting regime")
+    lp.add_argument("--root", type=Path, required=True)
+    lp.add_argument("--add", default="lfw-sidelight", help="work dir of the regime whose training people join the cohort")
+    lp.add_argument("--shifts", default="0.003")
     a = ap.parse_args()
-    (separation if a.cmd == "separation" else halfsplit)(a)
+    {"separation": separation, "halfsplit": halfsplit, "lighting": lighting}[a.cmd](a)
 
 
 if __name__ == "__main__":

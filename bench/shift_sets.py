@@ -30,6 +30,9 @@ of its file name, so a rebuild gives the same bytes):
 ``lfw-detbox``     another detector's boxes: the head rolled -25..25 deg, a box 110-190 px wide
                    and 1.0-1.3x as tall, off centre by up to 12 % of its width, scaled to
                    72-180 px wide, q70-95 (non-square, off-centre, tilted crops)
+``lfw-sidelight``  centre 170, greyscale, a hard light from one side (the far side at 2-15 %,
+                   gamma 0.8-1.6): a *training-identity* lighting regime, since Extended Yale B
+                   may only validate (twenty-third session; not yet in ``regimes.TRAIN_SETS``)
 ``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
 ``glint-mixed``    per glint18 crop: 32-112 px, q35-95, blur 0-1.5 on a third (a video whose
                    faces come near and go far: mixed resolution in one batch)
@@ -57,9 +60,10 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "glint-lowres", "glint-mixed", "glint-clips", "yale", "yale-moderate"]
+REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "lfw-sidelight", "glint-lowres", "glint-mixed", "glint-clips", "yale", "yale-moderate"]
 
 
 def _u(name: str, salt: str) -> float:
@@ -93,6 +97,20 @@ def lfw_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image, i
         if _u(name, "grey") < 0.25:
             out = ImageOps.grayscale(out).convert("RGB")
         return out, int(30 + 65 * _u(name, "q"))
+    if regime == "lfw-sidelight":
+        # A strong light from one side, as Extended Yale B's (which nothing may tune on): a
+        # training-identity regime for lighting. Greyscale centre 170; the light falls off across
+        # the face along a direction within 60 deg of horizontal (left or right), down to an
+        # ambient 2-15 % on the far side, with a terminator 0-0.3 of the half-width off the
+        # midline; gamma 0.8-1.6. (A 2-D ramp: no cast shadows of the nose, as Yale's have.)
+        g = np.asarray(ImageOps.grayscale(centre(im, 170)), np.float32) / 255.0
+        az = np.deg2rad(-60 + 120 * _u(name, "az")) + (np.pi if _u(name, "side") < 0.5 else 0.0)
+        amb, sharp = 0.02 + 0.13 * _u(name, "amb"), 6.0 + 14.0 * _u(name, "sharp")
+        off = 0.3 * _u(name, "off")
+        yy, xx = np.mgrid[-1:1:170j, -1:1:170j]
+        lit = 1.0 / (1.0 + np.exp(-sharp * (xx * np.cos(az) + yy * np.sin(az) - off)))
+        out = np.clip((g ** (0.8 + 0.8 * _u(name, "gamma"))) * (amb + (1.6 - amb) * lit), 0.0, 1.0)
+        return Image.fromarray((out * 255).round().astype(np.uint8)).convert("RGB"), 90
     if regime == "lfw-detbox":
         # What another detector hands over: its box is not the square, centred, upright box of
         # LFW's funnelled images. The roll is applied to the photo (the face turns about its

@@ -66,6 +66,15 @@ def test_build_cohort_one_face_per_person_levels_brute_force():
     np.testing.assert_allclose(co.levels(x, exclude=np.array([None] * len(x), object)), co.levels(x), atol=1e-6)
     with pytest.raises(ValueError, match="features must be"):
         co.levels(x[:, :8])
+    # a cohort holding three faces of each person (a study's several crop styles): leaving the own
+    # person out still averages k other people's faces (no -inf from the own faces in the top k)
+    from facecluster.cohort import Cohort
+
+    multi = Cohort(faces=np.concatenate([xu, xu[::-1]]), k=5, ref=0.0, names=np.concatenate([names, names[::-1]]))
+    s3 = np.where(multi.names[None, :] == names[:, None], -np.inf, xu @ multi.faces.T)
+    lev3 = multi.levels(x, exclude=names.astype(object))
+    assert np.isfinite(lev3).all()
+    np.testing.assert_allclose(lev3, np.sort(s3, axis=1)[:, -5:].mean(1), atol=1e-5)
 
 
 def test_normalise_formula_bounds_and_neighbour_order():

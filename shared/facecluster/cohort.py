@@ -74,7 +74,7 @@ class Cohort:
         cohort faces. Exact search (``facecluster.knn``): cost N x C, a few seconds at 1M faces on GPU.
 
         ``exclude`` : optional (N,) identity names (None entries: unknown). A cohort face of the
-        same person is left out of that face's level (each person is in the cohort once): for
+        same person is left out of that face's level (every one, when a cohort holds several): for
         scoring on the identities the cohort was built from, whose faces would otherwise find
         their own person among their cohort neighbours. A user's faces never need it."""
         from .knn import knn
@@ -90,7 +90,11 @@ class Cohort:
         exclude = np.asarray(exclude, object)
         if exclude.shape != (len(x),):
             raise ValueError(f"exclude must have shape ({len(x)},), got {exclude.shape}")
-        sims, ids = knn(self.faces, self.k + 1, normalize=False, backend=backend, device=device, query=_unit(x))
+        # a cohort may hold several faces of one person (a study's cohort of several crop styles):
+        # look far enough that k others remain after leaving them all out
+        most = int(np.unique(self.names, return_counts=True)[1].max()) if len(self.names) else 1
+        sims, ids = knn(self.faces, min(self.k + most, len(self.faces)), normalize=False, backend=backend, device=device,
+                        query=_unit(x))
         own = self.names[ids].astype(object) == exclude[:, None]
         sims = np.where(own, -np.inf, sims)
         top = -np.sort(-sims, axis=1)[:, : self.k]
