@@ -32,7 +32,8 @@ the shipped cohort (the cohort has no such faces). The cohort with one side-lit 
 person added, against the shipped one, Infomap on the regime and every tuning regime
 (docs/benchmarks.md §9, "Twenty-third session"):
 
-    python bench/cohort_study.py lighting --root /work/extdata/work --add lfw-sidelight [--shifts 0.003,0.002]
+    python bench/cohort_study.py lighting --root /work/extdata/work --add lfw-sidelight [--shifts 0.003,0.002] \
+        [--methods infomap,gcn-ve,adanets]
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ def lighting(a) -> None:
 
     x, n, px = load(a.root, a.add, "train", with_px=True)
     regs = [(f"{a.add}-train", x, n, px), (f"{a.add}-train21", *_cap21(x, n, px))] + list(tuning_regimes(a.root, with_px=True))
+    for meth in [m for m in a.methods.split(",") if m and m != "infomap"]:
+        print(f"== {meth} (defaults, shipped cohort) on {a.add}", flush=True)
+        for reg, xx, nn, pp in regs[:2]:
+            print(format_row(reg, run_method(meth, xx, nn, "dlib", face_px=pp)), flush=True)
     orig = cohort_mod.load_cohort
     for label, use in (("shipped cohort", None), (f"cohort + {a.add}", co)):
         for shift in [float(v) for v in a.shifts.split(",")]:
@@ -220,6 +225,8 @@ def main() -> None:
     lp.add_argument("--root", type=Path, required=True)
     lp.add_argument("--add", default="lfw-sidelight", help="work dir of the regime whose training people join the cohort")
     lp.add_argument("--shifts", default="0.003")
+    lp.add_argument("--methods", default="infomap", help="also these methods, with their defaults and the shipped cohort, "
+                    "on --add's two regimes (e.g. infomap,gcn-ve,adanets)")
     a = ap.parse_args()
     {"separation": separation, "halfsplit": halfsplit, "lighting": lighting}[a.cmd](a)
 
