@@ -33,7 +33,7 @@ person added, against the shipped one, Infomap on the regime and every tuning re
 (docs/benchmarks.md §9, "Twenty-third session"):
 
     python bench/cohort_study.py lighting --root /work/extdata/work --add lfw-sidelight [--shifts 0.003,0.002] \
-        [--methods infomap,gcn-ve,adanets]
+        [--methods infomap,gcn-ve,adanets] [--validate]
 """
 
 from __future__ import annotations
@@ -131,10 +131,12 @@ def lighting(a) -> None:
     co = Cohort(faces=faces, k=shipped.k, ref=0.0, names=names)
     co = Cohort(faces=faces, k=shipped.k, ref=float(co.levels(allx, exclude=alln).mean(dtype=np.float64)), names=names)
     print(f"cohort {len(shipped.faces)} -> {len(faces)} faces (+{a.add}), ref {shipped.ref:.4f} -> {co.ref:.4f}", flush=True)
-    from regimes import _cap21, format_row
+    from regimes import _cap21, format_row, validation_regimes
 
     x, n, px = load(a.root, a.add, "train", with_px=True)
     regs = [(f"{a.add}-train", x, n, px), (f"{a.add}-train21", *_cap21(x, n, px))] + list(tuning_regimes(a.root, with_px=True))
+    # --validate: the validation regimes too, as a veto only (never to choose a shift by)
+    vals = [(f"{r[0]} (validation)", *r[1:]) for r in validation_regimes(a.root, with_px=True)] if a.validate else []
     orig = cohort_mod.load_cohort
     for meth in [m for m in a.methods.split(",") if m and m != "infomap"]:
         # the learned methods' similarity floor reads the same cohort (floor_cohort)
@@ -150,7 +152,7 @@ def lighting(a) -> None:
             if use is not None:
                 cohort_mod.load_cohort = lambda e, c=use: c if e == "dlib" else orig(e)  # what resolve_cohort reads
             print(f"== infomap, {label}, cohort_shift {shift}", flush=True)
-            for reg, xx, nn, pp in regs:
+            for reg, xx, nn, pp in regs + vals:
                 print(format_row(reg, run_method("infomap", xx, nn, "dlib", face_px=pp, cohort_shift=shift)), flush=True)
             cohort_mod.load_cohort = orig
 
@@ -230,6 +232,7 @@ def main() -> None:
     lp.add_argument("--root", type=Path, required=True)
     lp.add_argument("--add", default="lfw-sidelight", help="work dir of the regime whose training people join the cohort")
     lp.add_argument("--shifts", default="0.003")
+    lp.add_argument("--validate", action="store_true", help="also Infomap on the validation regimes (a veto, never a choice)")
     lp.add_argument("--methods", default="infomap", help="also these methods, with their defaults and each cohort, "
                     "on --add's two regimes (e.g. infomap,gcn-ve,adanets)")
     a = ap.parse_args()
