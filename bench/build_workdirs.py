@@ -29,6 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_input  # noqa: E402
 import shift_sets  # noqa: E402
 from regimes import TRAIN_SETS  # noqa: E402
 
@@ -63,12 +64,7 @@ def input_json(name: str, a: argparse.Namespace) -> Path:
     if out.exists():
         return out
     if name in SHARED_SETS:
-        root = a.shared / name
-        # as bench/make_input.py writes it (labels: the image's folder)
-        recs = [{"img_path": str(f.resolve())}
-                for d in sorted(p for p in root.iterdir() if p.is_dir())
-                for f in sorted(q for q in d.iterdir() if q.is_file())]
-        out.write_text(json.dumps(recs))
+        out.write_text(json.dumps(make_input.records(a.shared / name)[0]))  # labels: the image's folder
         return out
     regime = _VAL_SOURCE.get(name, name)
     src = a.yale if regime.startswith("yale") else a.lfw_originals if regime.startswith("lfw-") else a.shared / "glint18"

@@ -12,6 +12,24 @@ import json
 from pathlib import Path
 
 
+def records(root: Path, min_per_id: int = 1, max_ids: int = 0) -> tuple[list[dict], int]:
+    """Input records of a folder-per-identity set (identity folders, then files, in sorted order)
+    and the number of identities kept: those with at least ``min_per_id`` files, the first
+    ``max_ids`` of them (0: all)."""
+    recs = []
+    ids = sorted(p for p in root.iterdir() if p.is_dir())
+    kept = 0
+    for d in ids:
+        files = sorted(f for f in d.iterdir() if f.is_file())
+        if len(files) < min_per_id:
+            continue
+        recs.extend({"img_path": str(f.resolve())} for f in files)
+        kept += 1
+        if max_ids and kept >= max_ids:
+            break
+    return recs, kept
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
@@ -19,17 +37,7 @@ def main() -> None:
     ap.add_argument("--min-per-id", type=int, default=1, help="keep identities with at least this many images")
     ap.add_argument("--max-ids", type=int, default=0, help="keep only the first N identities (0: all)")
     a = ap.parse_args()
-    recs = []
-    ids = sorted(p for p in a.root.iterdir() if p.is_dir())
-    kept = 0
-    for d in ids:
-        files = sorted(f for f in d.iterdir() if f.is_file())
-        if len(files) < a.min_per_id:
-            continue
-        recs.extend({"img_path": str(f.resolve())} for f in files)
-        kept += 1
-        if a.max_ids and kept >= a.max_ids:
-            break
+    recs, kept = records(a.root, a.min_per_id, a.max_ids)
     a.output.write_text(json.dumps(recs))
     print(f"{len(recs)} records, {kept} identities → {a.output}")
 
