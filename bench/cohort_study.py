@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,19 @@ from regimes import TRAIN_SETS, load, tuning_regimes  # noqa: E402
 
 from facecluster.cohort import Cohort, load_cohort  # noqa: E402
 from facecluster.knn import knn, l2_normalize  # noqa: E402
+
+
+@contextmanager
+def cohort_in_use(co: Cohort | None):
+    """Within the block the methods read ``co`` as dlib's cohort (None: the shipped one), through
+    ``facecluster.cohort.load_cohort``, which ``resolve_cohort`` calls; restored after."""
+    orig = cohort_mod.load_cohort
+    if co is not None:
+        cohort_mod.load_cohort = lambda e: co if e == "dlib" else orig(e)
+    try:
+        yield
+    finally:
+        cohort_mod.load_cohort = orig
 
 
 def in_half_a(name: str) -> bool:
@@ -95,8 +109,6 @@ def halfsplit(a) -> None:
     else:
         co = half_a_cohort(a.root, recipe, int(k or 10))
         print(f"cohort {a.cohort}: {co.faces.shape[0]} faces, ref {co.ref:.5f}", flush=True)
-        shipped = cohort_mod.load_cohort
-        cohort_mod.load_cohort = lambda e: co if e == "dlib" else shipped(e)  # what resolve_cohort reads
         shifts = [float(v) for v in a.shifts.split(",")]
     regs = []
     for reg, x, n, px in tuning_regimes(a.root, with_px=True):
@@ -105,9 +117,10 @@ def halfsplit(a) -> None:
     print("regimes (half B): " + " ".join(r[0] for r in regs))
     for shift in shifts:
         res = []
-        for reg, x, n, px in regs:
-            r = run_method("infomap", x, n, "dlib", face_px=px, **settings, **({} if recipe == "raw" else {"cohort_shift": shift}))
-            res.append((reg, r["bcubed_fscore"], r["mixed_faces"], r["n"]))
+        with cohort_in_use(None if recipe == "raw" else co):
+            for reg, x, n, px in regs:
+                r = run_method("infomap", x, n, "dlib", face_px=px, **settings, **({} if recipe == "raw" else {"cohort_shift": shift}))
+                res.append((reg, r["bcubed_fscore"], r["mixed_faces"], r["n"]))
         f = np.array([r[1] for r in res])
         worst = min(res, key=lambda r: r[1])
         print(f"{a.cohort} shift {shift}: worst {worst[0]} {worst[1]:.4f}  mean {f.mean():.4f}  faces in mixed clusters "
@@ -137,24 +150,20 @@ def lighting(a) -> None:
     regs = [(f"{a.add}-train", x, n, px), (f"{a.add}-train21", *_cap21(x, n, px))] + list(tuning_regimes(a.root, with_px=True))
     # --validate: the validation regimes too, as a veto only (never to choose a shift by)
     vals = [(f"{r[0]} (validation)", *r[1:]) for r in validation_regimes(a.root, with_px=True)] if a.validate else []
-    orig = cohort_mod.load_cohort
+    cohorts = (("shipped cohort", None), (f"cohort + {a.add}", co))
     for meth in [m for m in a.methods.split(",") if m and m != "infomap"]:
         # the learned methods' similarity floor reads the same cohort (floor_cohort)
-        for label, use in (("shipped cohort", None), (f"cohort + {a.add}", co)):
-            if use is not None:
-                cohort_mod.load_cohort = lambda e, c=use: c if e == "dlib" else orig(e)
+        for label, use in cohorts:
             print(f"== {meth} (defaults), {label}, on {a.add}", flush=True)
-            for reg, xx, nn, pp in regs[:2]:
-                print(format_row(reg, run_method(meth, xx, nn, "dlib", face_px=pp)), flush=True)
-            cohort_mod.load_cohort = orig
-    for label, use in (("shipped cohort", None), (f"cohort + {a.add}", co)):
+            with cohort_in_use(use):
+                for reg, xx, nn, pp in regs[:2]:
+                    print(format_row(reg, run_method(meth, xx, nn, "dlib", face_px=pp)), flush=True)
+    for label, use in cohorts:
         for shift in [float(v) for v in a.shifts.split(",")]:
-            if use is not None:
-                cohort_mod.load_cohort = lambda e, c=use: c if e == "dlib" else orig(e)  # what resolve_cohort reads
             print(f"== infomap, {label}, cohort_shift {shift}", flush=True)
-            for reg, xx, nn, pp in regs + vals:
-                print(format_row(reg, run_method("infomap", xx, nn, "dlib", face_px=pp, cohort_shift=shift)), flush=True)
-            cohort_mod.load_cohort = orig
+            with cohort_in_use(use):
+                for reg, xx, nn, pp in regs + vals:
+                    print(format_row(reg, run_method("infomap", xx, nn, "dlib", face_px=pp, cohort_shift=shift)), flush=True)
 
 
 def separation(a) -> None:
