@@ -150,6 +150,38 @@ def cohort_leave_own_out(x: np.ndarray, names):
         Cohort.levels = orig
 
 
+_AND_MEMO: dict = {}
+
+
+@contextmanager
+def memo_and_predictions():
+    """Reuse Ada-NETS's AND predictions across the variants of one sweep (``regimes.py``: every
+    variant re-clusters the same regimes). AND's k̂ depends only on its weights, the features and
+    the structure-space lists, so a sweep over ``final_th`` / ``min_k_hat`` / the floor gets the
+    same labels while AND runs once per regime (with 512-d mbf features it is most of the
+    clustering time). Keyed by the model object and digests of both arrays; the memo is emptied
+    on exit."""
+    import hashlib
+
+    from facecluster.cluster import adanets
+
+    real = adanets.predict_k
+
+    def memo(model, x, ids, scale_max, **kw):
+        key = (id(model), hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest(),
+               hashlib.sha1(np.ascontiguousarray(ids).view(np.uint8)).hexdigest(), int(scale_max))
+        if key not in _AND_MEMO:  # the model is kept with its result, so its id is not reused
+            _AND_MEMO[key] = (model, real(model, x, ids, scale_max, **kw))
+        return _AND_MEMO[key][1].copy()
+
+    adanets.predict_k = memo
+    try:
+        yield
+    finally:
+        adanets.predict_k = real
+        _AND_MEMO.clear()
+
+
 def run_method(method: str, feats: np.ndarray, gt, embedder: str, device: str = "cpu", face_px=None, labels_out: list | None = None,
                clusterer_out: list | None = None, **settings) -> dict:
     """Cluster ``feats`` with ``method`` as the pipeline would and score against ``gt`` labels;

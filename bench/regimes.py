@@ -316,9 +316,17 @@ def main() -> None:
     a = ap.parse_args()
     if a.face_size == "crop":
         FACE_SIZE[0] = _common.load_crop_side
-    rows = []
     pick = tuning_regimes if a.tuning else validation_regimes
     regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)
+    with _common.memo_and_predictions():  # adanets variants: AND runs once per regime
+        rows = _run(a, regs)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1, default=str))
+
+
+def _run(a: argparse.Namespace, regs) -> list[dict]:
+    """Every variant on every regime: the printed lines and the rows of ``--json``."""
+    rows: list[dict] = []
     for v in a.variant or ["infomap"]:
         method, settings = parse_variant(v)
         print(f"== {v}")
@@ -337,8 +345,7 @@ def main() -> None:
                 worst = r
         if worst:
             print(f"   worst: {worst['regime']} {worst['bcubed_fscore']:.4f}; max mixed {max(r['mixed_faces'] / r['n'] for r in rows if r['variant'] == v):.1%}")
-    if a.json:
-        a.json.write_text(json.dumps(rows, indent=1, default=str))
+    return rows
 
 
 if __name__ == "__main__":

@@ -361,10 +361,15 @@ def test_shipped_weights_per_embedder():
     from facecluster.cluster.adanets import SHIPPED_ADANETS, shipped_files
 
     assert shipped_files(None) == shipped_files("dlib") == (DEFAULT_AND, DEFAULT_GCN, DEFAULTS_JSON)
-    assert "mbf" not in SHIPPED_ADANETS  # not trained for it yet (docs/benchmarks/adanets.md §7)
-    c = AdaNetsClusterer(device="cpu", embedder="mbf")
-    with pytest.raises(FileNotFoundError, match=r"no shipped Ada-NETS weights for the 'mbf' embedder \(shipped for: dlib\)"):
-        c.fit_predict(np.eye(4, 512, dtype=np.float32))
+    assert list(SHIPPED_ADANETS) == ["dlib", "mbf"]
+    assert [p.name for p in shipped_files("mbf")] == ["adanets_and_mbf.pth", "adanets_gcn_mbf.pth", "adanets_mbf.json"]
+    assert all(p.is_file() for p in shipped_files("mbf"))
+    c = AdaNetsClusterer(device="cpu", embedder="hfsoftmax")
+    with pytest.raises(FileNotFoundError, match=r"no shipped Ada-NETS weights for the 'hfsoftmax' embedder \(shipped for: dlib, mbf\)"):
+        c.fit_predict(np.eye(4, 256, dtype=np.float32))
+    # each embedder's own tuned settings (adanets_<embedder>.json), not dlib's
+    mbf = json.loads(shipped_files("mbf")[2].read_text())["defaults"]
+    assert AdaNetsClusterer(device="cpu", embedder="mbf").resolved() == {**AdaNetsClusterer(device="cpu").resolved(), **mbf}
     # explicit settings win over the tuned ones; the tuned ones fill the rest
     r = AdaNetsClusterer(device="cpu", embedder="dlib", final_th=0.5).resolved()
     assert r["final_th"] == 0.5 and r["k"] == json.loads(DEFAULTS_JSON.read_text())["defaults"]["k"]
@@ -434,3 +439,28 @@ def test_settings_record_the_post_steps_that_ran(tiny_ckpts):
     mine = get_clusterer("adanets", refine_settings={"merge_close_q": None}, **kw).settings()
     assert mine["refine_post_steps"]["merge_close_q"] is None and mine["refine_settings"] == {"merge_close_q": None}
     assert get_clusterer("adanets", similarity_floor=False, **kw).settings()["refine_post_steps"] is None
+
+
+def test_bench_and_memo_gives_the_same_labels_with_one_and_pass(tiny_ckpts, clustered_features, monkeypatch):
+    """bench/_common.memo_and_predictions (regimes.py sweeps): a second variant on the same faces
+    reuses AND's k̂ and clusters exactly as without the memo; the patch is undone on exit."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import _common
+
+    from facecluster.cluster import adanets as ada
+
+    X, _ = clustered_features
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", k=20, embedder="dlib")
+    plain = [get_clusterer("adanets", final_th=t, **kw).fit_predict(X) for t in (0.5, 0.9)]
+    real, calls = ada.predict_k, []
+    monkeypatch.setattr(ada, "predict_k", lambda *a, **k: calls.append(1) or real(*a, **k))
+    counted = ada.predict_k
+    with _common.memo_and_predictions():
+        memo = [get_clusterer("adanets", final_th=t, **kw).fit_predict(X) for t in (0.5, 0.9)]
+    assert len(calls) == 1 and ada.predict_k is counted
+    for a, b in zip(plain, memo):
+        np.testing.assert_array_equal(a, b)
+    assert not _common._AND_MEMO

@@ -118,6 +118,28 @@ def test_mbf_learned_methods_use_their_own_weights(tmp_path):
             assert Path(s["checkpoint_e"]) == e
 
 
+def test_mbf_adanets_uses_its_own_weights(tmp_path):
+    """`facecluster run --embedder mbf --method adanets`: the Ada-NETS weights and settings shipped
+    for mbf (dlib's refuse 512-d input), on real faces."""
+    from conftest import run_cli
+
+    from facecluster.cluster.adanets import shipped_files
+    from facecluster.cluster.refine import REFINED_LINK_FLOOR_BY_EMBEDDER
+    from facecluster.metrics import evaluate
+
+    paths, y = _people(4)
+    inp = tmp_path / "in.json"
+    inp.write_text(json.dumps([{"img_path": str(p)} for p in paths]))
+    out, wd = tmp_path / "out.json", tmp_path / "wd"
+    assert run_cli("run", str(inp), "-o", str(out), "-w", str(wd), "--device", "cpu", "--embedder", "mbf?threads=1", "--method", "adanets") == 0
+    lab = np.array([r["cluster_id"] for r in json.loads(out.read_text())])
+    assert evaluate(y, lab)["bcubed_fscore"] >= 0.9, lab
+    s = json.loads((wd / "labels-adanets.json").read_text())["settings"]
+    tuned = json.loads(shipped_files("mbf")[2].read_text())["defaults"]
+    assert {k: s[k] for k in tuned} == tuned and s["features"] == "raw"
+    assert s["min_link_sim"] == REFINED_LINK_FLOOR_BY_EMBEDDER["mbf"] and s["refine"] is True
+
+
 def test_mbf_finds_turned_faces_through_dlib_alignment():
     """A crop turned by 90 degrees gives the upright crop's descriptor (dlib's landmarks found in
     the crop turned back); ``dlib_orient=false`` does not look, and mbf then sees a sideways face.

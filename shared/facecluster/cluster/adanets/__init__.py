@@ -4,9 +4,10 @@ exact kNN → structure-space re-ranking → AND predicts each face's neighbour 
 adaptive adjacency (first k̂ re-ranked neighbours) → two-layer SAGE-`gcn` GCN → kNN on the GCN
 features, edges with cos ≥ threshold, connected components.
 
-No labels are needed. The shipped weights (``weights/adanets_{and,gcn}_dlib.pth``) were trained
-for dlib features; their tuned thresholds live in ``weights/adanets_dlib.json`` and become this
-method's defaults (paper values are used when the file is absent).
+No labels are needed. The shipped weights (``weights/adanets_{and,gcn}_<embedder>.pth``) were
+trained for dlib and for mbf features; their tuned thresholds live in
+``weights/adanets_<embedder>.json`` and become this method's defaults (paper values are used when
+the file is absent).
 
 Issue 11 (faces from another source), off with ``similarity_floor=false`` (the original
 algorithm, for A/B checks): both the adaptive graph's edges and the final links need the
@@ -42,10 +43,12 @@ from .structure_space import structure_space, structure_space_torch
 
 #: The shipped Ada-NETS weights (AND, GCN) and the settings tuned with them, one set per embedder
 #: they were trained for (files in ``facecluster/weights``, model cards beside them). Without
-#: checkpoints the method takes the set of the features' embedder (dlib when unknown). None for
-#: mbf yet: AND trained for it on CPU collapsed to k̂ ≈ 2 (docs/benchmarks/adanets.md §7).
+#: checkpoints the method takes the set of the features' embedder (dlib when unknown). The mbf
+#: set was trained on CPU (docs/benchmarks/adanets.md §12): its AND under-predicts as dlib's does,
+#: and ``min_k_hat`` carries the adaptive graph for both.
 SHIPPED_ADANETS: dict[str, tuple[str, str, str]] = {
     "dlib": ("adanets_and_dlib.pth", "adanets_gcn_dlib.pth", "adanets_dlib.json"),
+    "mbf": ("adanets_and_mbf.pth", "adanets_gcn_mbf.pth", "adanets_mbf.json"),
 }
 
 
@@ -124,8 +127,8 @@ class AdaNetsConfig(RefineConfig):
         "(docs/benchmarks/adanets.md §9). Needs the floor: an error without one.",
     )
     weak_margin: float = Field(0.01, ge=0.0, description="How far above the floor a weak_th link's floor cosine must be.")
-    checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: the weights shipped for the features' embedder (dlib).")
-    checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: the weights shipped for the features' embedder (dlib).")
+    checkpoint_and: str | None = Field(None, description="AND weights (.pth, original layout accepted); default: the weights shipped for the features' embedder (dlib, mbf).")
+    checkpoint_gcn: str | None = Field(None, description="GCN weights (.pth, DGL 0.5 or ≥2 layout); default: the weights shipped for the features' embedder (dlib, mbf).")
     batch_size: int = Field(1024, description="AND inference batch (faces per LSTM batch).")
     trust_checkpoint: bool = Field(
         False,
@@ -174,7 +177,7 @@ def _load_models(and_path: str, gcn_path: str, trust: bool = False) -> tuple[AND
 
 class AdaNetsClusterer(Clusterer):
     name = "adanets"
-    summary = "Ada-NETS (ICLR 2022): structure space + adaptive neighbours (AND) + GCN, then a cosine threshold; shipped weights for dlib."
+    summary = "Ada-NETS (ICLR 2022): structure space + adaptive neighbours (AND) + GCN, then a cosine threshold; shipped weights for dlib and mbf."
     Config = AdaNetsConfig
     #: the pipeline passes the plain descriptors; the method prepares its checkpoint's features
     wants_raw_features: ClassVar[bool] = True
