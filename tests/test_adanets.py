@@ -464,3 +464,17 @@ def test_bench_and_memo_gives_the_same_labels_with_one_and_pass(tiny_ckpts, clus
     for a, b in zip(plain, memo):
         np.testing.assert_array_equal(a, b)
     assert not _common._AND_MEMO
+
+
+def test_shipped_mbf_weights_on_tiny_inputs_and_duplicates():
+    """The mbf set (512-d) on N = 0..5 and on repeated faces: no crash, one id per face, copies
+    of one face share a cluster, deterministic."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 512)).astype(np.float32)
+    for n in range(6):
+        lab = AdaNetsClusterer(device="cpu", embedder="mbf").fit_predict(X[:n])
+        assert lab.shape == (n,) and len(set(lab.tolist())) == n  # random faces: all apart
+    dup = np.repeat(X[:2], 3, axis=0)
+    lab = AdaNetsClusterer(device="cpu", embedder="mbf").fit_predict(dup)
+    assert lab.tolist() == [0, 0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(lab, AdaNetsClusterer(device="cpu", embedder="mbf").fit_predict(dup))
