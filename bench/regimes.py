@@ -70,6 +70,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -318,7 +319,9 @@ def main() -> None:
         FACE_SIZE[0] = _common.load_crop_side
     pick = tuning_regimes if a.tuning else validation_regimes
     regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)
-    with _common.memo_and_predictions():  # adanets variants: AND runs once per regime
+    # adanets variants: AND runs once per regime (only then: the memo imports Ada-NETS and torch)
+    ada = any(parse_variant(v)[0] == "adanets" for v in a.variant or [])
+    with _common.memo_and_predictions() if ada else nullcontext():
         rows = _run(a, regs)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1, default=str))
