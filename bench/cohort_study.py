@@ -34,6 +34,11 @@ person added, against the shipped one, Infomap on the regime and every tuning re
 
     python bench/cohort_study.py lighting --root /work/extdata/work --add lfw-sidelight [--shifts 0.003,0.002] \
         [--methods infomap,gcn-ve,adanets] [--validate]
+
+With ``--recipe part --margins 0.005,0.0075,0.01,0.0125`` the side-lit faces form a *part* of the
+cohort instead (``Cohort.parts``, what ships since the twenty-fifth session with margin 0.01;
+default_quality.md, "A side-light part of the cohort"); ``--no-shipped`` skips the shipped
+cohort's rows, ``--only-add`` the tuning regimes.
 """
 
 from __future__ import annotations
@@ -129,41 +134,53 @@ def halfsplit(a) -> None:
 
 
 def lighting(a) -> None:
-    """The shipped cohort with one face per training person of ``--add`` (a lighting regime of
-    training identities) added; ``ref`` the mean level of the TRAIN_SETS training faces with it
-    (own person left out), so ordinary faces keep their deviations. Infomap with it and with the
-    shipped cohort on ``--add``'s training identities and on every tuning regime."""
+    """The shipped cohort with the training people of ``--add`` (a lighting regime of training
+    identities), against the shipped one: Infomap on ``--add``'s training identities and on every
+    tuning regime. ``--recipe add``: one face per person of ``--add`` added to the cohort, ``ref``
+    the mean level of the TRAIN_SETS training faces with it (own person left out).
+    ``--recipe part``: those faces as a *part* of the cohort (``Cohort.parts``) with its own ``ref``
+    (the same training faces' mean level against the part) and each margin of ``--margins``: a
+    face's level rises only where its level against the part exceeds that ref by more than the
+    margin."""
+    from dataclasses import replace
+
     shipped = load_cohort("dlib")
     xs, ns = load(a.root, a.add, "train")
     rng = np.random.default_rng(0)
     pick = np.array([rng.choice(np.flatnonzero(ns == v)) for v in np.unique(ns)])
-    faces = np.concatenate([shipped.faces, l2_normalize(np.asarray(xs[pick], np.float32))])
-    names = np.concatenate([shipped.names.astype(str), ns[pick].astype(str)])
     parts = [load(a.root, s, "train") for s in TRAIN_SETS]
     allx, alln = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(object)
-    co = Cohort(faces=faces, k=shipped.k, ref=0.0, names=names)
-    co = Cohort(faces=faces, k=shipped.k, ref=float(co.levels(allx, exclude=alln).mean(dtype=np.float64)), names=names)
-    print(f"cohort {len(shipped.faces)} -> {len(faces)} faces (+{a.add}), ref {shipped.ref:.4f} -> {co.ref:.4f}", flush=True)
+    cohorts = [("shipped cohort", None)] if a.shipped else []
+    if a.recipe == "add":
+        faces = np.concatenate([shipped.faces, l2_normalize(np.asarray(xs[pick], np.float32))])
+        names = np.concatenate([shipped.names.astype(str), ns[pick].astype(str)])
+        co = Cohort(faces=faces, k=shipped.k, ref=0.0, names=names)
+        co = Cohort(faces=faces, k=shipped.k, ref=float(co.levels(allx, exclude=alln).mean(dtype=np.float64)), names=names)
+        print(f"cohort {len(shipped.faces)} -> {len(faces)} faces (+{a.add}), ref {shipped.ref:.4f} -> {co.ref:.4f}", flush=True)
+        cohorts.append((f"cohort + {a.add}", co))
+    else:
+        part = Cohort(faces=l2_normalize(np.asarray(xs[pick], np.float32)), k=shipped.k, ref=0.0, names=ns[pick].astype(str), label=a.add)
+        part = replace(part, ref=float(part.levels(allx, exclude=alln).mean(dtype=np.float64)))
+        print(f"part {a.add}: {len(part.faces)} faces, ref {part.ref:.4f} (cohort ref {shipped.ref:.4f})", flush=True)
+        for m in [float(v) for v in a.margins.split(",")]:
+            cohorts.append((f"cohort + part {a.add} margin {m}", replace(shipped, parts=(replace(part, margin=m),))))
     from regimes import _cap21, format_row, validation_regimes
 
     x, n, px = load(a.root, a.add, "train", with_px=True)
-    regs = [(f"{a.add}-train", x, n, px), (f"{a.add}-train21", *_cap21(x, n, px))] + list(tuning_regimes(a.root, with_px=True))
+    regs = [(f"{a.add}-train", x, n, px), (f"{a.add}-train21", *_cap21(x, n, px))]
+    regs += [] if a.only_add else list(tuning_regimes(a.root, with_px=True))
     # --validate: the validation regimes too, as a veto only (never to choose a shift by)
     vals = [(f"{r[0]} (validation)", *r[1:]) for r in validation_regimes(a.root, with_px=True)] if a.validate else []
-    cohorts = (("shipped cohort", None), (f"cohort + {a.add}", co))
-    for meth in [m for m in a.methods.split(",") if m and m != "infomap"]:
-        # the learned methods' similarity floor reads the same cohort (floor_cohort)
+    for meth in [m for m in a.methods.split(",") if m]:
         for label, use in cohorts:
-            print(f"== {meth} (defaults), {label}, on {a.add}", flush=True)
-            with cohort_in_use(use):
-                for reg, xx, nn, pp in regs[:2]:
-                    print(format_row(reg, run_method(meth, xx, nn, "dlib", face_px=pp)), flush=True)
-    for label, use in cohorts:
-        for shift in [float(v) for v in a.shifts.split(",")]:
-            print(f"== infomap, {label}, cohort_shift {shift}", flush=True)
-            with cohort_in_use(use):
-                for reg, xx, nn, pp in regs + vals:
-                    print(format_row(reg, run_method("infomap", xx, nn, "dlib", face_px=pp, cohort_shift=shift)), flush=True)
+            shifts = [float(v) for v in a.shifts.split(",")] if meth == "infomap" else [None]
+            for shift in shifts:
+                # the learned methods' similarity floor reads the same cohort (floor_cohort)
+                print(f"== {meth}, {label}" + ("" if shift is None else f", cohort_shift {shift}"), flush=True)
+                kw = {} if shift is None else {"cohort_shift": shift}
+                with cohort_in_use(use):
+                    for reg, xx, nn, pp in regs + vals:
+                        print(format_row(reg, run_method(meth, xx, nn, "dlib", face_px=pp, **kw)), flush=True)
 
 
 def separation(a) -> None:
@@ -242,8 +259,12 @@ def main() -> None:
     lp.add_argument("--add", default="lfw-sidelight", help="work dir of the regime whose training people join the cohort")
     lp.add_argument("--shifts", default="0.003")
     lp.add_argument("--validate", action="store_true", help="also Infomap on the validation regimes (a veto, never a choice)")
-    lp.add_argument("--methods", default="infomap", help="also these methods, with their defaults and each cohort, "
-                    "on --add's two regimes (e.g. infomap,gcn-ve,adanets)")
+    lp.add_argument("--methods", default="infomap", help="these methods (e.g. infomap,gcn-ve,adanets), each with its defaults "
+                    "and each cohort; --shifts applies to infomap")
+    lp.add_argument("--recipe", choices=["add", "part"], default="add", help="the --add faces added to the cohort, or a part of it")
+    lp.add_argument("--margins", default="0.015", help="--recipe part: the part's margins (cosine units)")
+    lp.add_argument("--shipped", action=argparse.BooleanOptionalAction, default=True, help="also the shipped cohort")
+    lp.add_argument("--only-add", action="store_true", help="only --add's two regimes (not the tuning regimes)")
     a = ap.parse_args()
     {"separation": separation, "halfsplit": halfsplit, "lighting": lighting}[a.cmd](a)
 

@@ -61,7 +61,9 @@ Report every regime and choose by the worst, counting faces in mixed clusters
 ``--tuning`` runs the same report on the *training* identities instead (``tuning_regimes``:
 each training set, plus LFW-style sets capped at 21 photos per person), the only place
 settings may be chosen (issue 11 chose the similarity floor there); ``--regimes
-all-styles-train`` adds (opt-in) every training set's training identities in one batch.
+all-styles-train`` adds (opt-in) every training set's training identities in one batch, and
+``--regimes lfw-sidelight-train,lfw-sidelight-train21`` the training photos under a hard side
+light (``LIGHTING_TUNING``; judged by faces in mixed clusters).
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ from _common import load_workdir, parse_variant, run_method  # noqa: E402
 from facecluster.cluster.base import SMALL_FACE_PX  # noqa: E402
 from facecluster.train.splits import validation_mask  # noqa: E402
 
+#: opt-in tuning regimes (name them in --regimes): every training photo under a hard side light
+LIGHTING_TUNING = ("lfw-sidelight-train", "lfw-sidelight-train21")
 TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed"]
 SHAPES = {
     "lfw-val": "photos",
@@ -263,6 +267,16 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
                 x, n, px = _cap21(x, n, px)
             elif name.endswith("-far"):
                 x, n, px = _far(x, n, px)
+            out.append((name, x, n, px) if with_px else (name, x, n))
+    # opt-in: the lighting regime of training identities (bench/shift_sets.py lfw-sidelight), a
+    # check for anything that moves the cohort or the thresholds (its BCubed F is bounded by
+    # dlib's recall under that light: judge it by faces in mixed clusters; docs/benchmarks/
+    # default_quality.md, "A side-light part of the cohort")
+    for name in LIGHTING_TUNING:
+        if only is not None and name in only and (root / "lfw-sidelight" / "features.npy").exists():
+            x, n, px = load(root, "lfw-sidelight", "train", with_px=True)
+            if name.endswith("21"):
+                x, n, px = _cap21(x, n, px)
             out.append((name, x, n, px) if with_px else (name, x, n))
     if only is not None and ALL_STYLES_TRAIN in only:  # opt-in: 64k faces
         x, n, px = _all_styles(root, [(s, "train") for s in TRAIN_SETS])

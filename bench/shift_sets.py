@@ -32,7 +32,9 @@ of its file name, so a rebuild gives the same bytes):
                    72-180 px wide, q70-95 (non-square, off-centre, tilted crops)
 ``lfw-sidelight``  centre 170, greyscale, a hard light from one side (the far side at 2-15 %,
                    gamma 0.8-1.6): a *training-identity* lighting regime, since Extended Yale B
-                   may only validate (twenty-third session; not yet in ``regimes.TRAIN_SETS``)
+                   may only validate (twenty-third session): the dlib cohort's side-light part
+                   (twenty-fifth session) and two opt-in tuning regimes (``regimes.LIGHTING_TUNING``);
+                   not in ``regimes.TRAIN_SETS`` (no network trains on it)
 ``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
 ``glint-mixed``    per glint18 crop: 32-112 px, q35-95, blur 0-1.5 on a third (a video whose
                    faces come near and go far: mixed resolution in one batch)

@@ -113,3 +113,42 @@ def test_build_workdirs_embeds_a_shared_set_and_skips_it_on_a_rerun(tmp_path):
     assert x.shape == (400, 128) and len(set(names)) == 40
     again = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "embedded already" in again.stdout
+
+
+def test_lighting_tuning_regimes_are_opt_in_training_identities(tmp_path):
+    """``--regimes lfw-sidelight-train,lfw-sidelight-train21``: the side-lit photos of the training
+    people only (the >= 5-photo regulars capped at 21 for -train21); not in the default list."""
+    _workdir(tmp_path, "lfw", VAL + TRAIN, 3, 40.0, 0)
+    _workdir(tmp_path, "lfw-sidelight", VAL + TRAIN + ["Colin_Powell"], 6, 40.0, 3)
+    assert not is_validation_identity("lfw", "Colin_Powell")
+    tune = regimes.tuning_regimes(tmp_path, only=list(regimes.LIGHTING_TUNING), with_px=True)
+    assert [t[0] for t in tune] == list(regimes.LIGHTING_TUNING)
+    for _, x, n, px in tune:
+        assert sorted(set(n.tolist())) == sorted(TRAIN + ["Colin_Powell"]) and len(x) == len(px) == 12
+    assert not set(regimes.LIGHTING_TUNING) & {t[0] for t in regimes.tuning_regimes(tmp_path)}
+
+
+def test_train_cohort_with_a_part_from_work_dirs(tmp_path):
+    """``facecluster train cohort -w ... --part side-light=WD``: the main cohort and the part hold
+    one face of each *training* person of their work dirs, the part's reference is measured on the
+    main work dirs' faces, and the file reads back with its part, margin and seed recorded."""
+    from conftest import run_cli
+
+    from facecluster.cohort import read_cohort
+
+    people = TRAIN + ["Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder"] + [f"Person_{i:03d}" for i in range(20)]
+    people = [p for p in people if not is_validation_identity("lfw", p)]
+    _workdir(tmp_path, "lfw", people + VAL, 2, 40.0, 0)
+    _workdir(tmp_path, "lfw-sidelight", people + VAL, 2, 40.0, 1)
+    out = tmp_path / "c.npz"
+    rc = run_cli("train", "cohort", "-w", tmp_path / "lfw", "--part", f"side-light={tmp_path / 'lfw-sidelight'}",
+                 "--part-margin", "0.02", "--part-seed", "2", "--k", "3", "-o", out)
+    assert rc == 0
+    co = read_cohort(out)
+    assert sorted(co.names.tolist()) == sorted(people) and co.k == 3
+    (part,) = co.parts
+    assert part.label == "side-light" and part.margin == 0.02 and sorted(part.names.tolist()) == sorted(people)
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["parts"][0]["seed"] == 2 and info["parts"][0]["work_dir"] == "lfw-sidelight" and abs(info["parts"][0]["ref"] - part.ref) < 1e-9
+    assert run_cli("train", "cohort", "-w", tmp_path / "lfw", "--part", "no-equals-sign", "-o", tmp_path / "d.npz") == 2
+    assert not (tmp_path / "d.npz").exists()

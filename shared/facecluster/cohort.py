@@ -15,6 +15,12 @@ the raw cosine scale (an average face is not moved and the embedder's thresholds
 meaning); ``shift`` is chosen with the thresholds (``InfomapConfig.cohort_shift``). A face that
 resembles everyone (high level) links less readily, a distinctive one more.
 
+A cohort may hold *parts* (``Cohort.parts``): the same people in one look the ordinary faces do
+not show (dlib's: under a hard side light, which makes different people alike without raising
+their level against ordinary faces). A face's level is then raised to its level against a part,
+measured against that part's own reference, where that exceeds its plain deviation by more than
+the part's margin (:meth:`Cohort.levels`).
+
 The cohort is fixed and ships with the embedder (``weights/<embedder>_cohort.npz``, made by
 ``facecluster train cohort`` from training identities only: one face per person, each in a random
 crop style of the training sets). A face's level therefore does not depend on who else is in
@@ -68,22 +74,45 @@ class Cohort:
     k: int
     ref: float
     names: Optional[np.ndarray] = None
+    #: further cohorts of one look each (e.g. the same people under a hard side light), each with
+    #: its own ``ref`` and a ``margin``: see :meth:`levels`. Empty for a plain cohort.
+    parts: tuple["Cohort", ...] = ()
+    #: (a part's) margin in cosine units: how far above its own reference a face's level against
+    #: the part must be before it raises the face's level
+    margin: float = 0.0
+    #: (a part's) short name, for messages and the file (``side-light``)
+    label: str = ""
 
     def levels(self, x: np.ndarray, *, exclude: Optional[np.ndarray] = None, backend: str = "auto", device: str = "cpu") -> np.ndarray:
         """(N, D) descriptors (any scale) -> (N,) float32: mean cosine to the ``k`` most similar
         cohort faces. Exact search (``facecluster.knn``): cost N x C, a few seconds at 1M faces on GPU.
 
+        With ``parts`` the level is ``ref + max(l - ref, max_p(l_p - ref_p - margin_p))``: a face
+        that resembles one part's people (its own look) far more than ordinary faces do gets that
+        excess as its level. Why: under a hard side light different people's descriptors are alike
+        while their level against ordinary faces stays average, so the plain cohort cannot see it
+        (docs/benchmarks/default_quality.md, "A side-light part of the cohort"); the margin keeps
+        ordinary faces, whose part levels track their plain ones, where they were.
+
         ``exclude`` : optional (N,) identity names (None entries: unknown). A cohort face of the
         same person is left out of that face's level (every one, when a cohort holds several): for
         scoring on the identities the cohort was built from, whose faces would otherwise find
         their own person among their cohort neighbours. A user's faces never need it."""
-        from .knn import knn
-
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.faces.shape[1]:
             raise ValueError(f"features must be (N, {self.faces.shape[1]}) for this cohort, got {x.shape}")
         if len(x) == 0:
             return np.zeros(0, np.float32)
+        lev = self._own_levels(x, exclude, backend, device)
+        for p in self.parts:
+            excess = p._own_levels(x, exclude, backend, device) - np.float32(p.ref + p.margin)
+            lev = np.maximum(lev, np.float32(self.ref) + excess)
+        return lev.astype(np.float32, copy=False)
+
+    def _own_levels(self, x: np.ndarray, exclude: Optional[np.ndarray], backend: str, device: str) -> np.ndarray:
+        """Levels against this cohort's own faces (not its parts')."""
+        from .knn import knn
+
         if exclude is None or self.names is None:
             sims, _ = knn(self.faces, self.k, normalize=False, backend=backend, device=device, query=_unit(x))
             return sims.mean(axis=1, dtype=np.float64).astype(np.float32)
@@ -147,9 +176,20 @@ def load_cohort(embedder: Optional[str]) -> Optional[Cohort]:
     p = cohort_path(embedder)
     if not p.exists():
         return None
-    with np.load(p) as z:
-        names = np.char.decode(z["names"], "utf-8") if "names" in z.files else None
-        return Cohort(faces=_unit(z["faces"]), k=int(z["k"]), ref=float(z["ref"]), names=names)
+    return read_cohort(p)
+
+
+def read_cohort(path: Path) -> Cohort:
+    """A cohort ``.npz`` as :func:`save_cohort` writes it (its parts included)."""
+    with np.load(path) as z:
+        def one(pre: str, **kw) -> Cohort:
+            names = np.char.decode(z[pre + "names"], "utf-8") if pre + "names" in z.files else None
+            return Cohort(faces=_unit(z[pre + "faces"]), k=int(z["k"]), ref=float(z[pre + "ref"]), names=names, **kw)
+
+        n_parts = int(z["n_parts"]) if "n_parts" in z.files else 0
+        parts = tuple(one(f"part{i}_", margin=float(z[f"part{i}_margin"]), label=str(z[f"part{i}_label"]))
+                      for i in range(n_parts))
+        return one("", parts=parts)
 
 
 def resolve_cohort(setting: Optional[bool], embedder: Optional[str], dim: Optional[int] = None, *, name: str = "cohort_norm") -> Optional[Cohort]:
@@ -220,12 +260,49 @@ def build_cohort(x: np.ndarray, names: np.ndarray, *, k: int = COHORT_K, seed: i
     return co, info
 
 
+def build_part(x: np.ndarray, names: np.ndarray, ref_x: np.ndarray, ref_names: np.ndarray, *, margin: float, label: str,
+               k: int = COHORT_K, seed: int = 0) -> tuple[Cohort, dict]:
+    """A part of a cohort (:attr:`Cohort.parts`) from labelled training faces of one look (e.g.
+    every training photo under a hard side light): one face per identity as in
+    :func:`build_cohort`, and ``ref`` = the mean level against the part of the *main* cohort's
+    training faces ``ref_x`` (each face's own identity left out), so that an ordinary face's level
+    against the part sits near ``ref`` and only faces that share the part's look exceed it.
+
+    Parameters
+    ----------
+    x : (N, D) descriptors of the part's faces (training identities only); names : (N,).
+    ref_x : (M, D) the main cohort's training faces; ref_names : (M,).
+    margin : cosine units a level against the part must exceed ``ref`` by before it counts.
+    """
+    part, info = build_cohort(x, names, k=k, seed=seed)
+    lev = part.levels(ref_x, exclude=np.asarray(ref_names).astype(object))
+    part = Cohort(faces=part.faces, k=part.k, ref=float(lev.mean(dtype=np.float64)), names=part.names, margin=float(margin), label=label)
+    # the spread of the main cohort's faces' levels against the part (what the margin is set against)
+    info.update(ref=part.ref, level_std=float(lev.std()), level_p5=float(np.percentile(lev, 5)), level_p95=float(np.percentile(lev, 95)),
+                margin=float(margin), label=label, ref_faces=int(len(ref_x)))
+    return part, info
+
+
 def save_cohort(path: Path, cohort: Cohort) -> None:
-    """Write a cohort as ``.npz`` (faces float32, k, ref, names as bytes), atomically."""
+    """Write a cohort as ``.npz`` (faces float32, k, ref, names as bytes; each part's the same
+    under ``part<i>_`` with its margin and label), atomically."""
     from .workdir import atomic_save_npz
 
-    extra = {} if cohort.names is None else {"names": np.char.encode(np.asarray(cohort.names, str), "utf-8")}
-    atomic_save_npz(Path(path), faces=cohort.faces.astype(np.float32), k=np.int64(cohort.k), ref=np.float64(cohort.ref), **extra)
+    def arrays(pre: str, co: Cohort) -> dict:
+        d = {pre + "faces": co.faces.astype(np.float32), pre + "ref": np.float64(co.ref)}
+        if co.names is not None:
+            d[pre + "names"] = np.char.encode(np.asarray(co.names, str), "utf-8")
+        return d
+
+    out = arrays("", cohort)
+    for i, p in enumerate(cohort.parts):
+        if p.k != cohort.k or p.parts:
+            raise ValueError("a part must have the cohort's k and no parts of its own")
+        out.update(arrays(f"part{i}_", p), **{f"part{i}_margin": np.float64(p.margin), f"part{i}_label": np.str_(p.label)})
+    if cohort.parts:
+        out["n_parts"] = np.int64(len(cohort.parts))
+    atomic_save_npz(Path(path), k=np.int64(cohort.k), **out)
 
 
-__all__ = ["COHORT_K", "MAX_ABOVE", "MAX_BELOW", "Cohort", "build_cohort", "cohort_fingerprint", "cohort_path", "load_cohort", "resolve_cohort", "save_cohort"]
+__all__ = ["COHORT_K", "MAX_ABOVE", "MAX_BELOW", "Cohort", "build_cohort", "build_part", "cohort_fingerprint", "cohort_path", "load_cohort",
+           "read_cohort", "resolve_cohort", "save_cohort"]

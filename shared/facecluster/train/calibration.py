@@ -12,6 +12,7 @@ numbers stay honest.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import typer
@@ -142,32 +143,61 @@ def register_cohort(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Where to write the cohort .npz (weights/<embedder>_cohort.npz)."),
         k: int = typer.Option(10, help="Cohort neighbours averaged into a face's level."),
         seed: int = typer.Option(0, help="Seed of the one-face-per-person draw."),
+        part: list[str] = typer.Option(None, "--part", help="LABEL=WORK_DIR (repeatable): a part of the cohort from the training "
+                                        "identities of a work dir of one look, e.g. side-light=WORK/lfw-sidelight (Cohort.parts)."),
+        part_margin: float = typer.Option(0.01, help="Margin of every --part (cosine units above the part's reference)."),
+        part_seed: Optional[int] = typer.Option(None, help="Seed of the parts' one-face-per-person draw (default: --seed)."),
     ):
         """Build an embedder's score-normalisation cohort from the training identities of
         embedded work dirs: one face per person, drawn among all its faces in every given crop
-        style, and the mean level of all those faces (facecluster.cohort)."""
+        style, and the mean level of all those faces (facecluster.cohort). Each ``--part`` adds
+        one face per training person of its work dir as a part with its own reference."""
         import json
+        from dataclasses import replace
 
-        from ..cohort import build_cohort, save_cohort
-        from ..evaluate import labels_from
-        from ..workdir import WorkDir, atomic_write_json
-        from .splits import validation_mask
+        from ..cohort import build_cohort, build_part, save_cohort
+        from ..workdir import atomic_write_json
 
-        xs, ns, embedders = [], [], set()
-        for wdp in work_dir:
-            wd = WorkDir(wdp)
-            feats, index, meta = wd.read_features()
-            man = wd.read_manifest()
-            names = np.asarray(labels_from([man["records"][j] for j in index], "folder")).astype(str)
-            keep = ~validation_mask("any", names)  # the split depends on the identity name only
-            xs.append(feats[keep])
-            ns.append(names[keep])
-            embedders.add(meta["embedder"]["embedder"])
+        embedders: set = set()
+        xs, ns = _training_faces(work_dir, embedders)
+        x, names = np.concatenate(xs), np.concatenate(ns)
+        co, info = build_cohort(x, names, k=k, seed=seed)
+        parts, info["parts"] = [], []
+        for spec in part or []:
+            label, sep, path = spec.partition("=")
+            if not sep or not label or not path:
+                raise typer.BadParameter(f"--part wants LABEL=WORK_DIR, got {spec!r}")
+            px, pn = _training_faces([Path(path)], embedders)
+            p, pinfo = build_part(px[0], pn[0], x, names, margin=part_margin, label=label, k=k, seed=seed if part_seed is None else part_seed)
+            parts.append(p)
+            info["parts"].append(dict(pinfo, work_dir=Path(path).name))
         if len(embedders) != 1:
             raise typer.BadParameter(f"work dirs from different embedders: {sorted(embedders)}")
-        co, info = build_cohort(np.concatenate(xs), np.concatenate(ns), k=k, seed=seed)
+        co = replace(co, parts=tuple(parts))
         save_cohort(output, co)
         info["embedder"] = embedders.pop()
         info["work_dirs"] = [p.name for p in work_dir]
+        if not info["parts"]:
+            del info["parts"]
         atomic_write_json(output.with_suffix(".json"), info)
         typer.echo(json.dumps(info))
+
+
+def _training_faces(work_dirs: list[Path], embedders: set) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Features and identity names (image folder) of the training identities of each work dir;
+    adds each work dir's embedder to ``embedders``."""
+    from ..evaluate import labels_from
+    from ..workdir import WorkDir
+    from .splits import validation_mask
+
+    xs, ns = [], []
+    for wdp in work_dirs:
+        wd = WorkDir(wdp)
+        feats, index, meta = wd.read_features()
+        man = wd.read_manifest()
+        names = np.asarray(labels_from([man["records"][j] for j in index], "folder")).astype(str)
+        keep = ~validation_mask("any", names)  # the split depends on the identity name only
+        xs.append(feats[keep])
+        ns.append(names[keep])
+        embedders.add(meta["embedder"]["embedder"])
+    return xs, ns
