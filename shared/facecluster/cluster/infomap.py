@@ -45,7 +45,7 @@ the smaller of the two needs only a share of its links and ``merge_min_links`` o
 the bigger only to choose it first). Open pieces (``merge_open``): a cluster of >= 2 faces whose
 strong links mostly leave it (>= half its slots) joins its first choice when >= 30 % of those links go
 there, as tightly as within: one person at low resolution that Infomap cut into a dozen pieces; two
-open clusters that are each other's first choice at >= 20 % join when as tight both ways
+open clusters that are each other's first choice at >= 15 % join when as tight both ways
 (``merge_open_mutual``: pieces that link to all the others alike), and an open pair with >= 60 % of
 its links on one cluster is judged on that cluster's level alone (``merge_open_pair_share``: two
 near-identical frames, whose one link says nothing of the person's spread). After
@@ -275,14 +275,15 @@ class InfomapConfig(ClusterConfig):
         "(docs/benchmarks/default_quality.md, 'Mutual open pieces and small faces among themselves').",
     )
     merge_open_mutual: Optional[float] = Field(
-        0.2,
+        0.15,
         gt=0,
         le=1,
         description="Mutual open pieces (needs merge_open): two open clusters of >= 2 faces that are each other's "
         "first choice, each sending >= this share of its strong leaving links to the other, join when the "
         "open-piece similarity test holds both ways: a structureless low-resolution clip whose pieces each send "
-        "13-30 % to each of the others (twentieth session: one 41-px clip alone 0.119 -> 0.986). None: off "
-        "(docs/benchmarks/default_quality.md, 'Mutual open pieces and small faces among themselves').",
+        "13-30 % to each of the others (twentieth session: one 41-px clip alone 0.119 -> 0.986; 0.2 then). 0.15 "
+        "since the twenty-fifth session: at 0.2 whether such a clip was rejoined hung on Infomap's seed "
+        "(docs/benchmarks/default_quality.md, 'Mutual open pieces at 15 %'). None: off.",
     )
     merge_open_pair_share: Optional[float] = Field(
         0.6,
