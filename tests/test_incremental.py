@@ -379,3 +379,26 @@ def test_assign_refuses_failed_stored_rows():
     x = np.ones((2, 4), np.float32)
     with pytest.raises(ValueError):
         assign(x, np.array([0, -1]), x, 1, SETTINGS)
+
+
+def test_group_vote_an_old_cluster_counts_all_its_members_slots():
+    """The compact graph of ``add``'s group vote: an existing cluster's members have no lists
+    (voteless nodes). A lone new face that joins it and links on to a big new group must not make
+    the old cluster "pass" the mutual rule towards that group on that one face's slots alone
+    (a new 153-face person joined an old 123-face cluster through 1.6 % of its slots, glint18-val
+    `newpeople` splits; docs/benchmarks/incremental.md)."""
+    n, k = 60, 41
+    g, m = 50, 51  # a new group of 50 faces and one lone new face
+    ids = np.empty((m, k), np.int64)
+    sims = np.empty((m, k), np.float32)
+    for i in range(g):
+        ids[i] = [n + i] + [n + (i + t) % g for t in range(1, 39)] + [i % n, (i + 1) % n]
+        sims[i] = [1.0] + [0.96] * 38 + [0.95, 0.95]
+    # the lone face: 31 links into the old cluster (it joins it), 9 on to the group
+    ids[g] = [n + g] + list(range(31)) + [n + t for t in range(9)]
+    sims[g] = [1.0] + [0.95] * 40
+    settings = {"merge_share": 0.75, "merge_min_links": 0.15, "merge_min_size": 1, "merge_mutual": True}
+    res = incremental._group_vote(np.array([0] * g + [1]), np.arange(m), sims, ids, np.zeros(n, np.int64),
+                                  np.full(m, -1, np.int64), n, 40, 0.91, settings, 7)
+    assert res[g] == 0  # the lone face joins the old cluster by its own links
+    assert (res[:g] == 7).all(), np.unique(res[:g])  # the group stays a new person

@@ -83,7 +83,8 @@ class Cohort:
     #: (a part's) short name, for messages and the file (``side-light``)
     label: str = ""
 
-    def levels(self, x: np.ndarray, *, exclude: Optional[np.ndarray] = None, backend: str = "auto", device: str = "cpu") -> np.ndarray:
+    def levels(self, x: np.ndarray, *, exclude: Optional[np.ndarray] = None, backend: str = "auto", device: str = "cpu",
+               parts: bool = True) -> np.ndarray:
         """(N, D) descriptors (any scale) -> (N,) float32: mean cosine to the ``k`` most similar
         cohort faces. Exact search (``facecluster.knn``): cost N x C, a few seconds at 1M faces on GPU.
 
@@ -93,6 +94,8 @@ class Cohort:
         while their level against ordinary faces stays average, so the plain cohort cannot see it
         (docs/benchmarks/default_quality.md, "A side-light part of the cohort"); the margin keeps
         ordinary faces, whose part levels track their plain ones, where they were.
+
+        ``parts`` : False: the plain cohort's levels (what Infomap uses, ``InfomapConfig.cohort_parts``).
 
         ``exclude`` : optional (N,) identity names (None entries: unknown). A cohort face of the
         same person is left out of that face's level (every one, when a cohort holds several): for
@@ -104,7 +107,7 @@ class Cohort:
         if len(x) == 0:
             return np.zeros(0, np.float32)
         lev = self._own_levels(x, exclude, backend, device)
-        for p in self.parts:
+        for p in self.parts if parts else ():
             excess = p._own_levels(x, exclude, backend, device) - np.float32(p.ref + p.margin)
             lev = np.maximum(lev, np.float32(self.ref) + excess)
         return lev.astype(np.float32, copy=False)

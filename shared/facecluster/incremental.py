@@ -202,14 +202,16 @@ def assign(
         co = load_cohort(settings.get("embedder"))
         if co is None:
             raise ValueError(f"the collection was clustered with cohort normalisation, but embedder {settings.get('embedder')!r} ships no cohort")
-        lev_new = co.levels(new, backend=backend, device=device)
+        # the run's choice of the cohort's parts (absent from runs made before the setting: off)
+        parts = bool(settings.get("cohort_parts", False))
+        lev_new = co.levels(new, backend=backend, device=device, parts=parts)
         # only the stored faces the new ones list need a level: the cost follows the new faces,
         # not the collection (all 100k stored levels took 0.87 s; a 1M collection would take ~9 s)
         lev_db = np.zeros(n + m, np.float32)
         lev_db[n:] = lev_new
         listed = np.unique(ids[(ids >= 0) & (ids < n)])
         if len(listed):
-            lev_db[listed] = co.levels(stored[listed], backend=backend, device=device)
+            lev_db[listed] = co.levels(stored[listed], backend=backend, device=device, parts=parts)
         sims = co.normalise(sims, ids, lev_new, lev_db, float(settings.get("cohort_shift", 0.0)))
         timings["cohort"] = time.perf_counter() - t
 
@@ -369,6 +371,15 @@ def _group_vote(grp, rest, sims, ids, stored_ids, ids_out, n, merge_k, merge_min
     full_ids[:r] = node
     full_sims = np.full((total, kk), -np.inf, np.float32)
     full_sims[:r] = np.where(node >= 0, sub_sims, -np.inf)
+    # each voteless node gets kk - 1 placeholder links inside its own block (similarity -inf:
+    # never strong, never a vote), so that an existing cluster's slots count its members as they
+    # would in one run over everything. Without them its capacity was only that of the new faces
+    # already in it, and one such face linking on to a big new group made the cluster "pass" the
+    # mutual rule's tests towards that group: a new 153-face person joined an old 123-face
+    # cluster through 1.6 % of its slots (docs/benchmarks/incremental.md, "Twenty-fifth session")
+    blk_of = np.repeat(np.arange(len(touched)), t_size)
+    mate = block_start[blk_of] + (np.arange(total - r) - (block_start[blk_of] - r) + 1) % t_size[blk_of]
+    full_ids[r:] = mate[:, None]
     out = merge_fragments(
         labels,
         full_ids,

@@ -165,6 +165,16 @@ class InfomapConfig(ClusterConfig):
         description="Added to every cohort-normalised similarity (cosine units; > 0 links more). Default: chosen per "
         "embedder with the thresholds (dlib: 0.003).",
     )
+    cohort_parts: bool = Field(
+        False,
+        description="Let the cohort's parts raise the levels (facecluster.cohort.Cohort.parts; dlib's side-light "
+        "part): a face that resembles faces lit hard from one side far more than ordinary faces do links less. Off "
+        "for Infomap: its relative post-steps (open pieces) rejoin what the raised levels cut, into one cluster of "
+        "nearly all of a half of Extended Yale B (1,091 of 1,207 faces; 269-363 without). On, it stops the "
+        "collapse of side-lit photo collections (281 people in one cluster -> no face in a mixed cluster). The "
+        "learned methods' similarity floor uses the parts (docs/benchmarks/default_quality.md, 'A side-light part "
+        "of the cohort').",
+    )
     num_trials: int = Field(2, ge=1, description="Infomap restarts; the best partition is kept.")
     markov_time: float = Field(1.0, gt=0, description="Infomap Markov time (>1 favours larger clusters).")
     merge_fragments: bool = Field(
@@ -510,7 +520,7 @@ class InfomapClusterer(Clusterer):
         if co is None:
             return None
         with self._timed("cohort"):
-            return co.levels(X, backend=self.config.knn_backend, device=self.device)
+            return co.levels(X, backend=self.config.knn_backend, device=self.device, parts=self.config.cohort_parts)
 
     def weights_fingerprint(self) -> Optional[str]:
         """The shipped cohort's content hash when it is in use (a new cohort reclusters)."""
