@@ -150,6 +150,24 @@ def test_infomap_uses_the_cohort_for_dlib_only(caplog):
         get_clusterer("infomap", device="cpu", embedder="dlib", cohort_norm=True).fit_predict(x[:, :32])
 
 
+@pytest.fixture(scope="module")
+def held_out_photos():
+    """72 real LFW photos of 24 held-out people (3 each; none in the cohort), the dlib embedder
+    and their descriptors as they are: (files, names, embedder, descriptors)."""
+    pytest.importorskip("dlib")
+    from facecluster.embed.dlib_resnet import DlibEmbedder
+    from facecluster.imageio import load_image
+
+    root = DATA / "lfw"
+    if not root.is_dir():
+        pytest.skip("../shared/data not available")
+    people = [d for d in sorted(root.iterdir()) if is_validation_identity("lfw", d.name) and len(list(d.iterdir())) >= 3]
+    files = [f for d in people[::6][:24] for f in sorted(d.iterdir())[:3]]
+    emb = DlibEmbedder(batch_size=16)
+    clean = emb.embed_batch(np.stack([emb.prepare(load_image(f), {}) for f in files]))
+    return files, np.array([f.parent.name for f in files]), emb, clean
+
+
 def _degrade(path: Path, side: int = 64, quality: int = 30) -> np.ndarray:
     """A photo as a far-away, heavily compressed face: whole frame down to ``side`` px, JPEG."""
     from PIL import Image
@@ -163,23 +181,12 @@ def _degrade(path: Path, side: int = 64, quality: int = 30) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def test_degraded_real_faces_look_like_anyone_and_normalised_scores_separate_people_better():
+def test_degraded_real_faces_look_like_anyone_and_normalised_scores_separate_people_better(held_out_photos):
     """Real LFW photos of held-out people (not in the cohort), each clean and degraded (64-px
     frame, JPEG q30): the degraded descriptor is closer to the cohort (higher level), and among
     all pairs the normalised similarity separates same from different people better than the
     raw cosine (higher ROC AUC over the pairs a threshold decides: raw cosine >= 0.9)."""
-    pytest.importorskip("dlib")
-    from facecluster.embed.dlib_resnet import DlibEmbedder
-    from facecluster.imageio import load_image
-
-    root = DATA / "lfw"
-    if not root.is_dir():
-        pytest.skip("../shared/data not available")
-    people = [d for d in sorted(root.iterdir()) if is_validation_identity("lfw", d.name) and len(list(d.iterdir())) >= 3]
-    files = [f for d in people[::6][:24] for f in sorted(d.iterdir())[:3]]
-    names = np.array([f.parent.name for f in files])
-    emb = DlibEmbedder(batch_size=16)
-    clean = emb.embed_batch(np.stack([emb.prepare(load_image(f), {}) for f in files]))
+    files, names, emb, clean = held_out_photos
     low = emb.embed_batch(np.stack([emb.prepare(_degrade(f), {}) for f in files]))
     co = load_cohort("dlib")
     lc, ll = co.levels(clean, parts=False), co.levels(low, parts=False)  # as Infomap levels them
@@ -216,34 +223,25 @@ def _side_light(path: Path, i: int) -> np.ndarray:
     return np.repeat((out * 255).round().astype(np.uint8)[..., None], 3, axis=2)
 
 
-def test_side_lit_real_faces_rise_through_the_part_and_link_less(monkeypatch):
+def test_side_lit_real_faces_rise_through_the_part_and_link_less(monkeypatch, held_out_photos):
     """Real LFW photos of held-out people, as they are and under a hard side light: the shipped
     cohort's side-light part raises the side-lit faces' levels (most of them) and leaves the
     ordinary ones nearly where the plain cohort puts them; Infomap on the side-lit faces is
     purer with it (``cohort_parts=true``; off by default for Infomap, whose relative post-steps
     rejoin what it cuts on Extended Yale B: docs/benchmarks/default_quality.md, "A side-light part
     of the cohort"), and the default leaves it out."""
-    pytest.importorskip("dlib")
     from dataclasses import replace
 
     import facecluster.cohort as cohort_mod
-    from facecluster.embed.dlib_resnet import DlibEmbedder
-    from facecluster.imageio import load_image
     from facecluster.metrics import evaluate
 
-    root = DATA / "lfw"
-    if not root.is_dir():
-        pytest.skip("../shared/data not available")
-    people = [d for d in sorted(root.iterdir()) if is_validation_identity("lfw", d.name) and len(list(d.iterdir())) >= 3]
-    files = [f for d in people[::6][:24] for f in sorted(d.iterdir())[:3]]
-    y = np.unique([f.parent.name for f in files], return_inverse=True)[1]
-    emb = DlibEmbedder(batch_size=16)
-    clean = emb.embed_batch(np.stack([emb.prepare(load_image(f), {}) for f in files]))
+    files, names, emb, clean = held_out_photos
+    y = np.unique(names, return_inverse=True)[1]
     lit = emb.embed_batch(np.stack([emb.prepare(_side_light(f, i), {}) for i, f in enumerate(files)]))
     co = load_cohort("dlib")
     plain = replace(co, parts=())
     rise_clean, rise_lit = co.levels(clean) - plain.levels(clean), co.levels(lit) - plain.levels(lit)
-    # measured: side-lit +0.0088 on average, 88 % raised; ordinary +0.0004, 10 % raised
+    # measured: side-lit +0.0086 on average, 86 % raised; ordinary +0.0004, 10 % raised
     assert rise_lit.mean() > 0.004 and (rise_lit > 1e-6).mean() > 0.6, (rise_lit.mean(), (rise_lit > 1e-6).mean())
     assert rise_clean.mean() < 0.002 and (rise_clean > 1e-6).mean() < 0.3, (rise_clean.mean(), (rise_clean > 1e-6).mean())
 
@@ -254,7 +252,7 @@ def test_side_lit_real_faces_rise_through_the_part_and_link_less(monkeypatch):
         return get_clusterer("infomap", device="cpu", embedder="dlib", **kw).fit_predict(lit)
 
     with_parts = evaluate(y, labels(co, cohort_parts=True))["bcubed_precision"]
-    assert with_parts > evaluate(y, labels(plain, cohort_parts=True))["bcubed_precision"]  # measured: 0.979 against 0.910
+    assert with_parts > evaluate(y, labels(plain, cohort_parts=True))["bcubed_precision"]  # measured: 0.958 against 0.910
     np.testing.assert_array_equal(labels(co), labels(plain))  # the default: the plain cohort's levels
 
 
