@@ -380,6 +380,7 @@ def _group_vote(grp, rest, sims, ids, stored_ids, ids_out, n, merge_k, merge_min
     blk_of = np.repeat(np.arange(len(touched)), t_size)
     mate = block_start[blk_of] + (np.arange(total - r) - (block_start[blk_of] - r) + 1) % t_size[blk_of]
     full_ids[r:] = mate[:, None]
+    full_ids[r:, 0] = np.arange(r, total)  # self first, as in a real list: kk - 1 slots each
     out = merge_fragments(
         labels,
         full_ids,
