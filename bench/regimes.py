@@ -84,7 +84,8 @@ from facecluster.cluster.base import SMALL_FACE_PX  # noqa: E402
 from facecluster.train.splits import validation_mask  # noqa: E402
 
 #: opt-in tuning regimes (name them in --regimes): every training photo under a hard side light
-LIGHTING_TUNING = ("lfw-sidelight-train", "lfw-sidelight-train21")
+LIGHTING_SET = "lfw-sidelight"
+LIGHTING_TUNING = (f"{LIGHTING_SET}-train", f"{LIGHTING_SET}-train21")
 TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed"]
 SHAPES = {
     "lfw-val": "photos",
@@ -252,7 +253,11 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
     the people with >= 5 photos capped at 21 each (``<set>-train21``, the shape of the issue's
     in-the-wild set). Everything here may be tuned on; the validation regimes stay untouched."""
     out = []
-    for s in TRAIN_SETS:
+    # opt-in (named in ``only``): the lighting regime of training identities (bench/shift_sets.py
+    # lfw-sidelight), a check for anything that moves the cohort or the thresholds (its BCubed F
+    # is bounded by dlib's recall under that light: judge it by faces in mixed clusters;
+    # docs/benchmarks/default_quality.md, "A side-light part of the cohort")
+    for s in TRAIN_SETS + ([LIGHTING_SET] if only is not None else []):
         if not (root / s / "features.npy").exists():
             continue
         for name in (f"{s}-train", f"{s}-train21", f"{s}-train-far"):
@@ -267,16 +272,6 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
                 x, n, px = _cap21(x, n, px)
             elif name.endswith("-far"):
                 x, n, px = _far(x, n, px)
-            out.append((name, x, n, px) if with_px else (name, x, n))
-    # opt-in: the lighting regime of training identities (bench/shift_sets.py lfw-sidelight), a
-    # check for anything that moves the cohort or the thresholds (its BCubed F is bounded by
-    # dlib's recall under that light: judge it by faces in mixed clusters; docs/benchmarks/
-    # default_quality.md, "A side-light part of the cohort")
-    for name in LIGHTING_TUNING:
-        if only is not None and name in only and (root / "lfw-sidelight" / "features.npy").exists():
-            x, n, px = load(root, "lfw-sidelight", "train", with_px=True)
-            if name.endswith("21"):
-                x, n, px = _cap21(x, n, px)
             out.append((name, x, n, px) if with_px else (name, x, n))
     if only is not None and ALL_STYLES_TRAIN in only:  # opt-in: 64k faces
         x, n, px = _all_styles(root, [(s, "train") for s in TRAIN_SETS])

@@ -106,27 +106,28 @@ class Cohort:
             raise ValueError(f"features must be (N, {self.faces.shape[1]}) for this cohort, got {x.shape}")
         if len(x) == 0:
             return np.zeros(0, np.float32)
-        lev = self._own_levels(x, exclude, backend, device)
+        xu = _unit(x)  # once for the cohort and its parts
+        lev = self._own_levels(xu, exclude, backend, device)
         for p in self.parts if parts else ():
-            excess = p._own_levels(x, exclude, backend, device) - np.float32(p.ref + p.margin)
+            excess = p._own_levels(xu, exclude, backend, device) - np.float32(p.ref + p.margin)
             lev = np.maximum(lev, np.float32(self.ref) + excess)
         return lev.astype(np.float32, copy=False)
 
-    def _own_levels(self, x: np.ndarray, exclude: Optional[np.ndarray], backend: str, device: str) -> np.ndarray:
-        """Levels against this cohort's own faces (not its parts')."""
+    def _own_levels(self, xu: np.ndarray, exclude: Optional[np.ndarray], backend: str, device: str) -> np.ndarray:
+        """Levels of L2-normalised descriptors ``xu`` against this cohort's own faces (not its parts')."""
         from .knn import knn
 
         if exclude is None or self.names is None:
-            sims, _ = knn(self.faces, self.k, normalize=False, backend=backend, device=device, query=_unit(x))
+            sims, _ = knn(self.faces, self.k, normalize=False, backend=backend, device=device, query=xu)
             return sims.mean(axis=1, dtype=np.float64).astype(np.float32)
         exclude = np.asarray(exclude, object)
-        if exclude.shape != (len(x),):
-            raise ValueError(f"exclude must have shape ({len(x)},), got {exclude.shape}")
+        if exclude.shape != (len(xu),):
+            raise ValueError(f"exclude must have shape ({len(xu)},), got {exclude.shape}")
         # a cohort may hold several faces of one person (a study's cohort of several crop styles):
         # look far enough that k others remain after leaving them all out
         most = int(np.unique(self.names, return_counts=True)[1].max()) if len(self.names) else 1
         sims, ids = knn(self.faces, min(self.k + most, len(self.faces)), normalize=False, backend=backend, device=device,
-                        query=_unit(x))
+                        query=xu)
         own = self.names[ids].astype(object) == exclude[:, None]
         sims = np.where(own, -np.inf, sims)
         top = -np.sort(-sims, axis=1)[:, : self.k]

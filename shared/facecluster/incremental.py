@@ -377,10 +377,11 @@ def _group_vote(grp, rest, sims, ids, stored_ids, ids_out, n, merge_k, merge_min
     # already in it, and one such face linking on to a big new group made the cluster "pass" the
     # mutual rule's tests towards that group: a new 153-face person joined an old 123-face
     # cluster through 1.6 % of its slots (docs/benchmarks/incremental.md, "Twenty-fifth session")
-    blk_of = np.repeat(np.arange(len(touched)), t_size)
-    mate = block_start[blk_of] + (np.arange(total - r) - (block_start[blk_of] - r) + 1) % t_size[blk_of]
-    full_ids[r:] = mate[:, None]
-    full_ids[r:, 0] = np.arange(r, total)  # self first, as in a real list: kk - 1 slots each
+    node_ids = np.arange(r, total)
+    first = np.repeat(block_start, t_size)  # each voteless node's block start
+    size = np.repeat(t_size, t_size)
+    full_ids[r:] = (first + (node_ids - first + 1) % size)[:, None]  # the next node of the block
+    full_ids[r:, 0] = node_ids  # self first, as in a real list: kk - 1 slots each
     out = merge_fragments(
         labels,
         full_ids,

@@ -158,8 +158,7 @@ def register_cohort(app: typer.Typer) -> None:
         from ..cohort import build_cohort, build_part, save_cohort
         from ..workdir import atomic_write_json
 
-        embedders: set = set()
-        xs, ns = _training_faces(work_dir, embedders)
+        xs, ns, embedders = _training_faces(work_dir)
         x, names = np.concatenate(xs), np.concatenate(ns)
         co, info = build_cohort(x, names, k=k, seed=seed)
         parts, info["parts"] = [], []
@@ -167,7 +166,8 @@ def register_cohort(app: typer.Typer) -> None:
             label, sep, path = spec.partition("=")
             if not sep or not label or not path:
                 raise typer.BadParameter(f"--part wants LABEL=WORK_DIR, got {spec!r}")
-            px, pn = _training_faces([Path(path)], embedders)
+            px, pn, pe = _training_faces([Path(path)])
+            embedders |= pe
             p, pinfo = build_part(px[0], pn[0], x, names, margin=part_margin, label=label, k=k, seed=seed if part_seed is None else part_seed)
             parts.append(p)
             info["parts"].append(dict(pinfo, work_dir=Path(path).name))
@@ -183,14 +183,14 @@ def register_cohort(app: typer.Typer) -> None:
         typer.echo(json.dumps(info))
 
 
-def _training_faces(work_dirs: list[Path], embedders: set) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Features and identity names (image folder) of the training identities of each work dir;
-    adds each work dir's embedder to ``embedders``."""
+def _training_faces(work_dirs: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray], set[str]]:
+    """Features and identity names (image folder) of the training identities of each work dir,
+    and the set of embedders that made them."""
     from ..evaluate import labels_from
     from ..workdir import WorkDir
     from .splits import validation_mask
 
-    xs, ns = [], []
+    xs, ns, embedders = [], [], set()
     for wdp in work_dirs:
         wd = WorkDir(wdp)
         feats, index, meta = wd.read_features()
@@ -200,4 +200,4 @@ def _training_faces(work_dirs: list[Path], embedders: set) -> tuple[list[np.ndar
         xs.append(feats[keep])
         ns.append(names[keep])
         embedders.add(meta["embedder"]["embedder"])
-    return xs, ns
+    return xs, ns, embedders
