@@ -26,7 +26,9 @@ input="$1"; output="$2"
 [ -f "$input" ] || { echo "no such input: $input" >&2; exit 2; }
 
 log() { echo "[k8s-run $(date -u +%H:%M:%S)] $*" >&2; }
-work="$(mktemp -d)"
+# A named staging dir: a bare /tmp/tmp.* is what clean-ups of other temporary dirs sweep (once,
+# in a test run, it vanished before the output was fetched).
+work="$(mktemp -d -t facecluster-k8s.XXXXXXXX)"
 # Only the main shell cleans up (background subshells must not remove the staging dir).
 trap '[ "$BASHPID" = "$$" ] && rm -rf "$work"' EXIT
 

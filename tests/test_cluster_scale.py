@@ -109,7 +109,7 @@ def test_infomap_numpy_handoff_same_partition_as_tuples(faces, tmp_path):
 
     co = load_cohort("dlib")
     assert c.cohort_shift() == 0.003
-    lev = co.levels(x, parts=False)  # Infomap leaves the cohort's side-light part out (cohort_parts)
+    lev = co.levels(x)  # with the cohort's side-light part, as Infomap levels them (cohort_parts)
     w = co.normalise(s, i, lev, lev, 0.003).reshape(-1)
     keep = (cols != rows) & (w >= c.min_sim())
     lo, hi = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])

@@ -266,6 +266,35 @@ def test_mutual_open_pieces_at_15_percent_join_a_finer_soup():
     assert len(set(merge_fragments(labels, ids, sims, open_mutual=0.15, **kw))) == 8
 
 
+def test_open_pieces_raised_by_a_cohort_part_stay_apart():
+    """The soups above, each face's level raised by the cohort's parts by a given amount
+    (``open_lit``): at or above ``open_lit_max`` on average a cluster is neither an open piece nor
+    the target of one (Extended Yale B's side-lit people chained into one cluster through those
+    rules), below it the rules join as before; the share rules are untouched."""
+    kw = dict(min_sim=0.91, open_frac=0.5, open_lit_max=0.002)
+    labels, ids, sims = _soup()
+    n = len(labels)
+    assert len(set(merge_fragments(labels, ids, sims, open_lit=np.full(n, 0.001), **kw))) == 1
+    assert len(set(merge_fragments(labels, ids, sims, open_lit=np.full(n, 0.003), **kw))) == 4
+    # a lit target: in one round the unlit pieces join each other, not the lit piece 0 (their
+    # first choice); later rounds may still join them by the share rules, which the gate leaves be
+    lit = np.where(labels == 0, 0.01, 0.0)
+    assert len(set(merge_fragments(labels, ids, sims, max_rounds=1, **kw))) == 1
+    one = merge_fragments(labels, ids, sims, open_lit=lit, max_rounds=1, **kw)
+    assert len(set(one)) == 3 and not (set(one[labels == 0]) & set(one[labels != 0]))
+    # mutual open pieces too
+    labels, ids, sims = _even_soup(across=0.95)
+    n = len(labels)
+    assert len(set(merge_fragments(labels, ids, sims, open_mutual=0.2, open_lit=np.zeros(n), **kw))) == 1
+    assert len(set(merge_fragments(labels, ids, sims, open_mutual=0.2, open_lit=np.full(n, 0.002), **kw))) == 6
+    # the mean decides: a quarter of a piece's faces raised by 0.006 -> 0.0015 < 0.002, it joins
+    labels, ids, sims = _soup()
+    lit = np.where(np.arange(len(labels)) % 4 == 0, 0.006, 0.0)
+    assert len(set(merge_fragments(labels, ids, sims, open_lit=lit, **kw))) == 1
+    with pytest.raises(ValueError, match="open_lit"):
+        merge_fragments(labels, ids, sims, open_lit=np.zeros(3), **kw)
+
+
 def test_an_open_pair_of_near_identical_frames_joins_on_its_targets_level():
     """B: 30 faces of one person (links 0.941-0.95); C: 10 faces of another (32-41). P = 30, 31: two
     near-identical frames (0.98 to each other) listing, besides each other, ``to_b`` of B's faces

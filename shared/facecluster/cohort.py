@@ -84,7 +84,7 @@ class Cohort:
     label: str = ""
 
     def levels(self, x: np.ndarray, *, exclude: Optional[np.ndarray] = None, backend: str = "auto", device: str = "cpu",
-               parts: bool = True) -> np.ndarray:
+               parts: bool = True, return_raise: bool = False):
         """(N, D) descriptors (any scale) -> (N,) float32: mean cosine to the ``k`` most similar
         cohort faces. Exact search (``facecluster.knn``): cost N x C, a few seconds at 1M faces on GPU.
 
@@ -95,7 +95,11 @@ class Cohort:
         (docs/benchmarks/default_quality.md, "A side-light part of the cohort"); the margin keeps
         ordinary faces, whose part levels track their plain ones, where they were.
 
-        ``parts`` : False: the plain cohort's levels (what Infomap uses, ``InfomapConfig.cohort_parts``).
+        ``parts`` : False: the plain cohort's levels (``InfomapConfig.cohort_parts=false``).
+
+        ``return_raise`` : also return (N,) float32 >= 0, how much the parts raised each level
+        (zeros without parts): Infomap keeps the faces a part's look raised out of its open-piece
+        rule (``InfomapConfig.merge_open_lit``).
 
         ``exclude`` : optional (N,) identity names (None entries: unknown). A cohort face of the
         same person is left out of that face's level (every one, when a cohort holds several): for
@@ -105,13 +109,15 @@ class Cohort:
         if x.ndim != 2 or x.shape[1] != self.faces.shape[1]:
             raise ValueError(f"features must be (N, {self.faces.shape[1]}) for this cohort, got {x.shape}")
         if len(x) == 0:
-            return np.zeros(0, np.float32)
+            return (np.zeros(0, np.float32),) * 2 if return_raise else np.zeros(0, np.float32)
         xu = _unit(x)  # once for the cohort and its parts
-        lev = self._own_levels(xu, exclude, backend, device)
+        plain = self._own_levels(xu, exclude, backend, device).astype(np.float32, copy=False)
+        lev = plain
         for p in self.parts if parts else ():
             excess = p._own_levels(xu, exclude, backend, device) - np.float32(p.ref + p.margin)
             lev = np.maximum(lev, np.float32(self.ref) + excess)
-        return lev.astype(np.float32, copy=False)
+        lev = lev.astype(np.float32, copy=False)
+        return (lev, lev - plain) if return_raise else lev
 
     def _own_levels(self, xu: np.ndarray, exclude: Optional[np.ndarray], backend: str, device: str) -> np.ndarray:
         """Levels of L2-normalised descriptors ``xu`` against this cohort's own faces (not its parts')."""

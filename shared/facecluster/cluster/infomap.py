@@ -166,14 +166,13 @@ class InfomapConfig(ClusterConfig):
         "embedder with the thresholds (dlib: 0.003).",
     )
     cohort_parts: bool = Field(
-        False,
+        True,
         description="Let the cohort's parts raise the levels (facecluster.cohort.Cohort.parts; dlib's side-light "
-        "part): a face that resembles faces lit hard from one side far more than ordinary faces do links less. Off "
-        "for Infomap: its relative post-steps (open pieces) rejoin what the raised levels cut, into one cluster of "
-        "nearly all of a half of Extended Yale B (1,091 of 1,207 faces; 269-363 without). On, it stops the "
-        "collapse of side-lit photo collections (281 people in one cluster -> no face in a mixed cluster). The "
-        "learned methods' similarity floor uses the parts (docs/benchmarks/default_quality.md, 'A side-light part "
-        "of the cohort').",
+        "part): a face that resembles faces lit hard from one side far more than ordinary faces do links less. It "
+        "stops the collapse of side-lit photo collections (281 people in one cluster -> no face in a mixed "
+        "cluster). On since the twenty-sixth session, with merge_open_lit; before, off: the open-piece rule rejoined "
+        "what the raised levels cut (docs/benchmarks/default_quality.md, 'A side-light part of the cohort' and "
+        "'Side-lit faces in the default'). False: the plain cohort's levels (runs made before: absent = false).",
     )
     num_trials: int = Field(2, ge=1, description="Infomap restarts; the best partition is kept.")
     markov_time: float = Field(1.0, gt=0, description="Infomap Markov time (>1 favours larger clusters).")
@@ -268,6 +267,18 @@ class InfomapConfig(ClusterConfig):
         "internal 10th percentile and >= its own minus merge_open_margin: one person at low resolution that "
         "Infomap cut into a dozen pieces, each linked to the others as tightly as within (nineteenth session: "
         "48-px clips of one person 0.894 -> 0.992). None: off (docs/benchmarks/default_quality.md, 'Open pieces').",
+    )
+    merge_open_lit: Optional[float] = Field(
+        0.002,
+        gt=0,
+        description="Open pieces under a cohort part's look (needs merge_open and cohort_parts): a cluster whose faces' "
+        "levels the cohort's parts raised by >= this on average (cosine units) neither joins nor is joined as an open "
+        "piece, mutual ones included. Under a hard side light different people are uniformly alike, and the open "
+        "pieces' relative tests chained them round after round: halves of Extended Yale B in one cluster of "
+        "933-1,111 of 1,207 faces -> 132-368. Low-resolution clips, what the rule is for, are raised by <= 0.0007 "
+        "per person, Yale's people by >= 0.0046; 0.002 and 0.005 gave the same partitions everywhere measured "
+        "(twenty-sixth session, docs/benchmarks/default_quality.md, 'Side-lit faces in the default'). None: no "
+        "exception.",
     )
     merge_open_share: float = Field(
         0.3, gt=0, le=1, description="Share of an open piece's leaving links that must go to its first choice."
@@ -510,17 +521,19 @@ class InfomapClusterer(Clusterer):
             return c.cohort_shift
         return COHORT_SHIFT_BY_EMBEDDER.get(c.embedder or "", 0.0)
 
-    def cohort_levels(self, X: np.ndarray) -> Optional[np.ndarray]:
-        """(N,) cohort levels of plain descriptors (None when normalisation is off). Features of
-        another dimension than the cohort's are not the embedder's descriptors: an error when
-        ``cohort_norm=true`` was asked for, else a warning and the raw cosine
+    def cohort_levels(self, X: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(N,) cohort levels of plain descriptors and (N,) how much the cohort's parts raised them
+        (zeros without parts or with ``cohort_parts=false``); None when normalisation is off.
+        Features of another dimension than the cohort's are not the embedder's descriptors: an
+        error when ``cohort_norm=true`` was asked for, else a warning and the raw cosine
         (:func:`facecluster.cohort.resolve_cohort`)."""
         co = resolve_cohort(self.config.cohort_norm, self.config.embedder, X.shape[1])
         self._cohort_used = co is not None
         if co is None:
             return None
         with self._timed("cohort"):
-            return co.levels(X, backend=self.config.knn_backend, device=self.device, parts=self.config.cohort_parts)
+            return co.levels(X, backend=self.config.knn_backend, device=self.device, parts=self.config.cohort_parts,
+                             return_raise=True)
 
     def weights_fingerprint(self) -> Optional[str]:
         """The shipped cohort's content hash when it is in use (a new cohort reclusters)."""
@@ -559,8 +572,10 @@ class InfomapClusterer(Clusterer):
         with self._timed("knn"):
             sims, ids = knn(X, cfg.k, backend=cfg.knn_backend, device=self.device)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule (spares its own kNN)
-        lev = self.cohort_levels(X)
-        if lev is not None:  # every step below sees the normalised values (neighbour order unchanged)
+        levels = self.cohort_levels(X)
+        raised = None
+        if levels is not None:  # every step below sees the normalised values (neighbour order unchanged)
+            lev, raised = levels
             sims = self.cohort().normalise(sims, ids, lev, lev, self.cohort_shift())
         with self._timed("graph"):
             rows = np.repeat(np.arange(n), ids.shape[1])
@@ -610,9 +625,9 @@ class InfomapClusterer(Clusterer):
                     tab = np.loadtxt(clu, comments="#", ndmin=2)
                 node, module = tab[:, 0].astype(np.int64), tab[:, 1].astype(np.int64)
                 labels[node] = n + module  # offset: never collides with singleton ids
-        return self.refine(labels, ids, sims)
+        return self.refine(labels, ids, sims, raised=raised)
 
-    def refine(self, labels: np.ndarray, ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    def refine(self, labels: np.ndarray, ids: np.ndarray, sims: np.ndarray, raised: Optional[np.ndarray] = None) -> np.ndarray:
         """The post-steps after Infomap: fragment merge, then small clusters attached
         (:func:`facecluster.cluster.refine.refine_partition`, shared with the learned methods).
 
@@ -620,6 +635,8 @@ class InfomapClusterer(Clusterer):
         ----------
         labels : (N,) int64 Infomap partition (singletons have their own ids).
         ids, sims : (N, k) kNN lists of the plain L2-normalised features (self included).
+        raised : optional (N,) how much the cohort's parts raised each face's level
+            (``cohort_levels``): what ``merge_open_lit`` reads.
 
         Returns
         -------
@@ -634,5 +651,6 @@ class InfomapClusterer(Clusterer):
             attach_min_sim=self.attach_min_sim(),
             lone_recip=self.lone_recip(),
             attach_big_min_target=self.attach_big_min_target(),
+            open_lit=raised,
             timed=self._timed,
         )

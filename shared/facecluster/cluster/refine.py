@@ -88,6 +88,7 @@ def refine_partition(
     attach_min_sim: float,
     lone_recip: int = 0,
     attach_big_min_target: int = 0,
+    open_lit: Optional[np.ndarray] = None,
     timed: Optional[Callable[[str], ContextManager]] = None,
 ) -> np.ndarray:
     """Fragment merge, optional weak-cut split, then passes of: small-cluster attach, relative
@@ -105,6 +106,9 @@ def refine_partition(
     lone_recip : the resolved ``merge_lone_recip`` (``InfomapClusterer.lone_recip``).
     attach_big_min_target : the resolved ``attach_big_min_target``
         (``InfomapClusterer.attach_big_min_target``; 0: off).
+    open_lit : optional (N,) float32, how much the cohort's parts raised each face's level; with
+        ``cfg.merge_open_lit`` it keeps such faces' clusters out of the open-piece rules
+        (:func:`facecluster.graph.merge_fragments`). None (the learned methods): no exception.
     merge_min_sim, attach_min_sim : the resolved thresholds (cosine); ``cfg``'s
         ``split_min_sim`` / ``attach_rel_min_sim`` default to ``merge_min_sim`` when None.
     timed : optional ``timed(step)`` context manager recording each step's time.
@@ -137,6 +141,8 @@ def refine_partition(
                 open_margin=cfg.merge_open_margin,
                 open_mutual=cfg.merge_open_mutual,
                 open_pair_share=cfg.merge_open_pair_share,
+                open_lit=open_lit,
+                open_lit_max=cfg.merge_open_lit,
                 lone_recip=lone,
             )
 
