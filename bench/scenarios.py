@@ -45,6 +45,9 @@ Prints BCubed F (pairwise F) per scenario and variant, and each variant's worst 
 scenarios added in the fifteenth session pass each face's size (``face_px``) to the methods, as
 the pipeline and ``bench/regimes.py`` do; the older ones do not (their numbers in the docs were
 measured so).
+``--seeds 42,1,2,3,4`` clusters every draw once per Infomap seed (mean and [worst] over draws and
+seeds): how a setting holds across seeds (twenty-sixth session; docs/benchmarks/default_quality.md,
+"Seed stability").
 ``bench/tune_infomap.py --root`` grid-searches the default's settings on the same scenarios.
 """
 
@@ -271,7 +274,11 @@ def main() -> None:
     ap.add_argument("--embedder", default="dlib", help="the embedder that made ROOT's features: its thresholds are used (dlib, mbf)")
     ap.add_argument("--fragments", help="comma-separated scenarios and/or validation regimes: print where the "
                     "first variant's fragments are (sizes, link similarity vs the home cluster's own) and exit")
+    ap.add_argument("--seeds", help="comma-separated Infomap seeds (e.g. 42,1,2,3,4): every draw is clustered once per "
+                    "seed and the cells give the mean and [worst] over draws and seeds, so a setting is judged by how "
+                    "it holds across seeds, not by one seed's luck (low-resolution clips flip with the seed alone)")
     a = ap.parse_args()
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
     variants = a.variant or ["infomap"]
     if a.fragments:
         from regimes import validation_regimes
@@ -302,12 +309,14 @@ def main() -> None:
             res = []
             for d in draws:
                 f, n = d[0], d[1]
-                r = run_method(method, f, n, a.embedder, face_px=d[2] if len(d) > 2 else None, **settings)
-                r.update(scenario=name, variant=v)
-                res.append(r)
+                for seed in seeds:
+                    kw = settings if seed is None else {**settings, "seed": seed}
+                    r = run_method(method, f, n, a.embedder, face_px=d[2] if len(d) > 2 else None, **kw)
+                    r.update(scenario=name, variant=v, seed=seed)
+                    res.append(r)
             rows.extend(res)
             fb, fp = (np.array([r[k] for r in res]) for k in ("bcubed_fscore", "pairwise_fscore"))
-            mixed = sum(r["mixed_faces"] for r in res)
+            mixed = sum(r["mixed_faces"] for r in res) // len(seeds)  # per pass over the draws
             if fb.min() < worst[v][1]:
                 worst[v] = (name, fb.min())
             lo = f" [{fb.min():.3f}]" if len(res) > 1 else ""
