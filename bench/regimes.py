@@ -46,6 +46,9 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
   ``yale``                      Extended Yale B: 38 people x ~64 greyscale shots under extreme
                                 lighting (a source and crop style nothing trains on)
   ``orl``                       ORL: 40 people x 10 greyscale studio shots (another source)
+  ``yale-half0`` .. ``4``       opt-in (``--regimes yale-halves``): random halves of Extended
+                                Yale B, 1,207 faces each (a veto: the whole set hid a collapse
+                                on its halves, twenty-fifth session)
   ``all-styles-val``            opt-in (``--regimes all-styles-val``): every set above in one
                                 batch, 23,440 faces of 1,838 people, each person in every style
                                 it has (a long-video person: ~2,400 faces in three)
@@ -100,6 +103,7 @@ SHAPES = {
     "glint18-val+singletons": "video+singles",
     "glint3styles-val+singletons": "video in three qualities + singles",
     "yale": "video",
+    **{h: "extreme light, half" for h in ("yale-half0", "yale-half1", "yale-half2", "yale-half3", "yale-half4")},
     "orl": "small",
     "all-styles-val": "every style in one batch",
 }
@@ -203,6 +207,9 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
             add("glint3styles-val+singletons", lambda: with_singles(("glint18", "glint-mixed", "glint-lowres")))
     if have("yale"):
         add("yale", lambda: ld("yale"))
+        for name in YALE_HALVES:  # opt-in (--regimes yale-halves or one of them)
+            if only is not None and (name in only or "yale-halves" in only):
+                out.append((name, *_half(*ld("yale"), int(name[len("yale-half"):]))[: 4 if with_px else 2]))
     if have("orl"):
         add("orl", lambda: ld("orl"))
     parts = [("lfw", "val"), ("lfw-lowq", "val"), ("lfw-mixed-val", "all"), ("lfw-loose", "val"),
@@ -216,6 +223,19 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
                 return _all_styles(root, [p for p in sets if not (name == ALL_STYLES_NO_YALE and p[0] == "yale")])
             add(name, both)
     return out
+
+
+#: opt-in validation regimes (``--regimes yale-halves`` for all five): random halves of Extended
+#: Yale B (seeds 0-4, the draws of ``bench/incremental.py``'s ``random50`` split), the veto that
+#: found the default collapsing with the cohort's side-light part while the whole set did not
+#: (docs/benchmarks/default_quality.md, "A side-light part of the cohort")
+YALE_HALVES = tuple(f"yale-half{s}" for s in range(5))
+
+
+def _half(x, n, px, seed: int):
+    """A random half of the faces (sorted indices, ``default_rng(seed).permutation``)."""
+    a = np.sort(np.random.default_rng(seed).permutation(len(x))[: int(round(0.5 * len(x)))])
+    return x[a], n[a], px[a]
 
 
 #: opt-in regimes (``--regimes NAME``): every crop style of the same people in one batch, the

@@ -128,6 +128,26 @@ def test_lighting_tuning_regimes_are_opt_in_training_identities(tmp_path):
     assert not set(regimes.LIGHTING_TUNING) & {t[0] for t in regimes.tuning_regimes(tmp_path)}
 
 
+def test_yale_halves_are_opt_in_random_halves(tmp_path):
+    """``--regimes yale-halves``: five random halves of the yale work dir (the draws of
+    bench/incremental.py's random50 split), each with its faces' sizes; one can be named alone;
+    none is in the default list."""
+    _workdir(tmp_path, "yale", ["yaleB01", "yaleB02", "yaleB03"], 5, 60.0, 4)
+    x_all, n_all = regimes.load(tmp_path, "yale")
+    halves = regimes.validation_regimes(tmp_path, only=["yale-halves"], with_px=True)
+    assert [h[0] for h in halves] == list(regimes.YALE_HALVES)
+    seen = set()
+    for i, (_, x, n, px) in enumerate(halves):
+        a = np.sort(np.random.default_rng(i).permutation(15)[:8])  # round(7.5) = 8
+        np.testing.assert_array_equal(x, x_all[a])
+        np.testing.assert_array_equal(n, n_all[a])
+        assert len(px) == 8
+        seen.add(tuple(a))
+    assert len(seen) == 5  # different draws
+    assert [h[0] for h in regimes.validation_regimes(tmp_path, only=["yale-half3"])] == ["yale-half3"]
+    assert not set(regimes.YALE_HALVES) & {v[0] for v in regimes.validation_regimes(tmp_path)}
+
+
 def test_train_cohort_with_a_part_from_work_dirs(tmp_path, monkeypatch):
     """``facecluster train cohort -w ... --part side-light=WD``: the main cohort and the part hold
     one face of each *training* person of their work dirs, the part's reference is measured on the
