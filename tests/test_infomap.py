@@ -785,6 +785,41 @@ def test_small_faces_never_link_clusters_and_join_the_person_their_large_neighbo
     assert dup[69] == dup[60] and dup[70] == dup[40] == dup[30]
 
 
+def test_small_face_vote_weighs_near_votes_over_a_crowd_of_weaker_ones():
+    """A small face's 10 nearest large faces: 3 of A at cosine 0.985, 4 of B at 0.915, 3 of C at
+    0.912 (all above the 0.91 floor). Counted, B's 4 votes reach the 40 % share; weighted by
+    exp((s - 1) / 0.02) (dlib's default), A holds 94 % of the weight and takes it. Farther faces
+    (0.5) are not among the 10."""
+    d = 64
+    e = np.eye(d, dtype=np.float64)
+    s = [0.985] * 3 + [0.915] * 4 + [0.912] * 3 + [0.5] * 5
+    big = np.stack([si * e[0] + np.sqrt(1 - si * si) * e[1 + j] for j, si in enumerate(s)])
+    lab = np.array([0] * 3 + [1] * 4 + [2] * 3 + [3] * 5)
+    X = np.vstack([big, e[:1]]).astype(np.float32)
+
+    def get(**kw):  # the vote outside a fit: no kNN of the large faces to reuse
+        c = get_clusterer("infomap", device="cpu", embedder="dlib", **kw)
+        c._input_knn = None
+        return c
+
+    c = get()
+    assert c.small_vote_temp() == 0.02
+    assert c._place_small(X, np.arange(15), lab, np.array([15]))[0][15] == 0
+    counted = get(small_vote_temp=0)
+    assert counted._place_small(X, np.arange(15), lab, np.array([15]))[0][15] == 1
+    assert get_clusterer("infomap", device="cpu", embedder="mbf").small_vote_temp() == 0.0
+    # no near votes: B 4 at 0.915 against C 3 at 0.912 and 3 at 0.911: C holds ~56 % of the
+    # weight and takes it (>= 40 %); with 60 % needed it stays alone
+    s2 = [0.911] * 3 + [0.915] * 4 + [0.912] * 3 + [0.5] * 5
+    big2 = np.stack([si * e[0] + np.sqrt(1 - si * si) * e[1 + j] for j, si in enumerate(s2)])
+    lab2 = np.array([2] * 3 + [1] * 4 + [2] * 3 + [3] * 5)
+    X2 = np.vstack([big2, e[:1]]).astype(np.float32)
+    assert c._place_small(X2, np.arange(15), lab2, np.array([15]))[0][15] == 2
+    strict = get(small_share=0.6)
+    labels, rest, _ = strict._place_small(X2, np.arange(15), lab2, np.array([15]))
+    assert labels[15] not in lab2 and list(rest) == [15]
+
+
 def test_small_faces_of_a_person_seen_only_from_afar_cluster_among_themselves():
     """Beside A and B (large crops), person C appears only in 20 small crops, tight among
     themselves and unlike A and B: no large face votes for them. They form their own cluster

@@ -90,6 +90,14 @@ GENERIC_DUPLICATE_SIM = 0.9999
 #: Embedders without one: the rule is off in the learned methods (Infomap uses its merge_min_sim).
 SMALL_VOTE_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.91, "mbf": 0.25}
 
+#: the small-face vote's weights per embedder (``small_vote_temp``): a larger face's vote counts
+#: exp((s - 1) / T), s its cosine to the small face, and a small face joins the cluster holding >=
+#: small_share of the weight of its 10 nearest larger faces. dlib: 0.02, the temperature of
+#: Infomap's edge weights (twenty-sixth session: a small face's wrong placements were contested
+#: and weaker; docs/benchmarks/default_quality.md, "A weighted small-face vote"). Embedders without
+#: one: the plain count (>= small_share of the 10 votes).
+SMALL_VOTE_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
+
 #: How much closer to each other than to the large faces a group of small faces that no large
 #: face's cluster takes must be to stay a cluster (cosine; ``small_rest_margin``). dlib: a person
 #: seen only small (training clips) 0.04-0.06, small photos of several people -0.003 (training

@@ -77,6 +77,15 @@ class ClusterConfig(BaseModel):
         None, ge=-1.0, le=1.0, description="Only larger faces with cosine >= this vote for a small face. "
         "Default: the embedder's value (calibration.SMALL_VOTE_SIM_BY_EMBEDDER, dlib 0.91; infomap: merge_min_sim)."
     )
+    small_vote_temp: Optional[float] = Field(
+        None,
+        ge=0,
+        description="Weights of the small-face vote: each of the 10 nearest larger faces counts exp((s - 1) / T) (s: "
+        "its cosine), those >= small_min_sim vote, and a small face joins the cluster holding >= small_share of the "
+        "weight of all 10 (near votes outweigh a crowd of weaker ones: wrong placements were contested and weaker). "
+        "0: the plain count, >= small_share of the 10 votes. Default: the embedder's value "
+        "(calibration.SMALL_VOTE_TEMP_BY_EMBEDDER, dlib 0.02, the temperature of Infomap's edge weights; others 0).",
+    )
     small_max_share: float = Field(
         SMALL_MAX_SHARE,
         ge=0,
@@ -170,6 +179,13 @@ class Clusterer:
         c = self.config
         return float(c.small_min_sim) if c.small_min_sim is not None else SMALL_VOTE_SIM_BY_EMBEDDER.get(self.embedder() or "")
 
+    def small_vote_temp(self) -> float:
+        """The small-face vote's weight temperature (0: a plain count of the votes)."""
+        from ..calibration import SMALL_VOTE_TEMP_BY_EMBEDDER
+
+        c = self.config
+        return float(c.small_vote_temp) if c.small_vote_temp is not None else SMALL_VOTE_TEMP_BY_EMBEDDER.get(self.embedder() or "", 0.0)
+
     def small_faces(self, face_px: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
         """(N,) bool: the faces the small-face rule sets apart, or None when it does not apply
         (method without it, off, no face_px, no vote floor, none small, or more than
@@ -190,9 +206,9 @@ class Clusterer:
 
     def _place_small(self, X: np.ndarray, big: np.ndarray, lab_big: np.ndarray, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Small faces join the cluster small_share of their 10 nearest large faces (cosine >=
-        the vote floor) belong to; the others become singletons. Returns the (N,) int64 labels,
-        the indices of the small faces left alone and each one's mean cosine to its 10 nearest
-        large faces (for :meth:`_cluster_rest`)."""
+        the vote floor) belong to, counted by weight (``small_vote_temp``) or by number; the others
+        become singletons. Returns the (N,) int64 labels, the indices of the small faces left alone
+        and each one's mean cosine to its 10 nearest large faces (for :meth:`_cluster_rest`)."""
         from ..knn import knn
 
         cfg = self.config
@@ -200,17 +216,28 @@ class Clusterer:
         with self._timed("small_faces"):
             k = min(SMALL_VOTE_K, len(big))
             sims, ids = knn(X[big], k, backend=cfg.knn_backend, device=self.device, query=X[small])
-            vote = np.where(sims >= self.small_vote_floor(), lab_big[ids], -1)
-            need = int(np.ceil(cfg.small_share * k - 1e-9))
+            voting = sims >= self.small_vote_floor()
+            vote = np.where(voting, lab_big[ids], -1)
+            temp = self.small_vote_temp()
+            if temp > 0:
+                # a near vote outweighs several weaker ones; the share is of all k neighbours' weight
+                # (a face placed in another person's cluster had contested, weaker votes)
+                weight = np.exp((sims.astype(np.float64) - 1.0) / temp)
+                need = cfg.small_share * weight.sum(axis=1)
+            else:
+                weight = np.ones(sims.shape)
+                need = np.full(len(small), float(np.ceil(cfg.small_share * k - 1e-9)))
             target = np.full(len(small), -1, np.int64)
-            rows, labs = np.nonzero(vote >= 0)[0], vote[vote >= 0]
+            has = vote >= 0
+            rows, labs = np.nonzero(has)[0], vote[has]
             if len(rows):
-                pair, cnt = np.unique(np.stack([rows, labs], 1), axis=0, return_counts=True)
-                # per face: the most votes, ties to the smaller label (deterministic)
-                order = np.lexsort((pair[:, 1], -cnt, pair[:, 0]))
-                pair, cnt = pair[order], cnt[order]
+                pair, inv = np.unique(np.stack([rows, labs], 1), axis=0, return_inverse=True)
+                tot = np.bincount(inv.reshape(-1), weights=weight[has], minlength=len(pair))
+                # per face: the most (weight of) votes, ties to the smaller label (deterministic)
+                order = np.lexsort((pair[:, 1], -tot, pair[:, 0]))
+                pair, tot = pair[order], tot[order]
                 first = np.unique(pair[:, 0], return_index=True)[1]
-                ok = cnt[first] >= need
+                ok = tot[first] >= need[pair[first, 0]]
                 target[pair[first[ok], 0]] = pair[first[ok], 1]
             labels = np.empty(n, np.int64)
             labels[big] = lab_big
@@ -296,9 +323,10 @@ class Clusterer:
 
     def settings(self) -> dict[str, Any]:
         """JSON-able settings (recorded in labels-<method>.json and the report); the near-duplicate
-        cosine resolved for the embedder."""
+        cosine and the small-face vote's weights resolved for the embedder."""
         d = self.config.model_dump(mode="json")
         d["duplicate_sim"] = self.duplicate_sim()
+        d["small_vote_temp"] = self.small_vote_temp()
         return d
 
     # -- helpers for subclasses --------------------------------------------------------------
