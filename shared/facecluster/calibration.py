@@ -94,8 +94,8 @@ SMALL_VOTE_SIM_BY_EMBEDDER: dict[str, float] = {"dlib": 0.91, "mbf": 0.25}
 #: exp((s - 1) / T), s its cosine to the small face, and a small face joins the cluster holding >=
 #: small_share of the weight of its 10 nearest larger faces. dlib: 0.02, the temperature of
 #: Infomap's edge weights (twenty-sixth session: a small face's wrong placements were contested
-#: and weaker; docs/benchmarks/default_quality.md, "A weighted small-face vote"). Embedders without
-#: one: the plain count (>= small_share of the 10 votes).
+#: and weaker; docs/benchmarks/default_quality.md, "Where the vote goes wrong, and a weighted
+#: vote"). Embedders without one: the plain count (>= small_share of the 10 votes).
 SMALL_VOTE_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
 
 #: How much closer to each other than to the large faces a group of small faces that no large
