@@ -89,6 +89,11 @@ from facecluster.train.splits import validation_mask  # noqa: E402
 #: opt-in tuning regimes (name them in --regimes): every training photo under a hard side light
 LIGHTING_SET = "lfw-sidelight"
 LIGHTING_TUNING = (f"{LIGHTING_SET}-train", f"{LIGHTING_SET}-train21")
+#: opt-in validation regimes (``--regimes yale-halves`` for all five): random halves of Extended
+#: Yale B (seeds 0-4, the draws of ``bench/incremental.py``'s ``random50`` split), the veto that
+#: found the default collapsing with the cohort's side-light part while the whole set did not
+#: (docs/benchmarks/default_quality.md, "A side-light part of the cohort")
+YALE_HALVES = tuple(f"yale-half{s}" for s in range(5))
 TRAIN_SETS = ["lfw", "glint18", "lfw-tight", "lfw-loose", "lfw-greyblur", "lfw-mixed", "glint-lowres", "glint-mixed"]
 SHAPES = {
     "lfw-val": "photos",
@@ -103,7 +108,7 @@ SHAPES = {
     "glint18-val+singletons": "video+singles",
     "glint3styles-val+singletons": "video in three qualities + singles",
     "yale": "video",
-    **{h: "extreme light, half" for h in ("yale-half0", "yale-half1", "yale-half2", "yale-half3", "yale-half4")},
+    **{h: "extreme light, half" for h in YALE_HALVES},
     "orl": "small",
     "all-styles-val": "every style in one batch",
 }
@@ -167,6 +172,8 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
     """(regime, features, names) for every validation regime whose work dir exists; with
     ``with_px`` also the crops' sizes: (regime, features, names, face_px)."""
     out = []
+    if only is not None and "yale-halves" in only:
+        only = [*only, *YALE_HALVES]
 
     def have(s: str) -> bool:
         return (root / s / "features.npy").exists()
@@ -207,9 +214,16 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
             add("glint3styles-val+singletons", lambda: with_singles(("glint18", "glint-mixed", "glint-lowres")))
     if have("yale"):
         add("yale", lambda: ld("yale"))
-        for name in YALE_HALVES:  # opt-in (--regimes yale-halves or one of them)
-            if only is not None and (name in only or "yale-halves" in only):
-                out.append((name, *_half(*ld("yale"), int(name[len("yale-half"):]))[: 4 if with_px else 2]))
+        if only is not None:  # opt-in (--regimes yale-halves or one of them)
+            from incremental import splits
+
+            def half(seed):
+                x, n, px = ld("yale")
+                a = splits(n, "random50", seed)[0]
+                return x[a], n[a], px[a]
+
+            for seed, name in enumerate(YALE_HALVES):
+                add(name, lambda seed=seed: half(seed))
     if have("orl"):
         add("orl", lambda: ld("orl"))
     parts = [("lfw", "val"), ("lfw-lowq", "val"), ("lfw-mixed-val", "all"), ("lfw-loose", "val"),
@@ -223,19 +237,6 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
                 return _all_styles(root, [p for p in sets if not (name == ALL_STYLES_NO_YALE and p[0] == "yale")])
             add(name, both)
     return out
-
-
-#: opt-in validation regimes (``--regimes yale-halves`` for all five): random halves of Extended
-#: Yale B (seeds 0-4, the draws of ``bench/incremental.py``'s ``random50`` split), the veto that
-#: found the default collapsing with the cohort's side-light part while the whole set did not
-#: (docs/benchmarks/default_quality.md, "A side-light part of the cohort")
-YALE_HALVES = tuple(f"yale-half{s}" for s in range(5))
-
-
-def _half(x, n, px, seed: int):
-    """A random half of the faces (sorted indices, ``default_rng(seed).permutation``)."""
-    a = np.sort(np.random.default_rng(seed).permutation(len(x))[: int(round(0.5 * len(x)))])
-    return x[a], n[a], px[a]
 
 
 #: opt-in regimes (``--regimes NAME``): every crop style of the same people in one batch, the

@@ -111,12 +111,11 @@ class Cohort:
         if len(x) == 0:
             return (np.zeros(0, np.float32),) * 2 if return_raise else np.zeros(0, np.float32)
         xu = _unit(x)  # once for the cohort and its parts
-        plain = self._own_levels(xu, exclude, backend, device).astype(np.float32, copy=False)
+        plain = self._own_levels(xu, exclude, backend, device)  # float32, as every step below
         lev = plain
         for p in self.parts if parts else ():
             excess = p._own_levels(xu, exclude, backend, device) - np.float32(p.ref + p.margin)
             lev = np.maximum(lev, np.float32(self.ref) + excess)
-        lev = lev.astype(np.float32, copy=False)
         return (lev, lev - plain) if return_raise else lev
 
     def _own_levels(self, xu: np.ndarray, exclude: Optional[np.ndarray], backend: str, device: str) -> np.ndarray:
