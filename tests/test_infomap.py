@@ -172,6 +172,43 @@ def test_close_halves_of_one_person_join_look_alikes_do_not():
     np.testing.assert_array_equal(out, merge_fragments(labels, ids, sims, min_sim=0.91, close_q=10))
 
 
+def _two_people(cross_sim: float, sizes=(10, 10), across: int = 6):
+    """Two whole small clusters (fewer faces than the lists are long, as ORL's 10 photos per
+    person): each face lists all its mates (0.95-0.99) and ``across`` faces of the other cluster
+    at ``cross_sim``, so every strong link that leaves a cluster goes to the other one."""
+    rng = np.random.default_rng(1)
+    a = list(range(sizes[0]))
+    b = list(range(sizes[0], sizes[0] + sizes[1]))
+    neigh, sim = {}, {}
+    for own, other in ((a, b), (b, a)):
+        for j, i in enumerate(own):
+            mates = [m for m in own if m != i]
+            neigh[i] = mates + [other[(j + t) % len(other)] for t in range(across)]
+            sim[i] = list(np.sort(rng.uniform(0.95, 0.99, len(mates)))[::-1]) + [cross_sim] * across
+    ids, sims = _knn(neigh, sim, max(len(v) for v in neigh.values()))
+    return np.array([0] * sizes[0] + [1] * sizes[1]), ids, sims
+
+
+def test_tight_joins_keep_two_whole_look_alikes_apart_and_join_a_fragment():
+    # two people of 10 photos each, each the other's only strong neighbour: the share rule counts
+    # ranks, so both pass it and the mutual rule joins them (ORL's s33 and s36 under the cohort)
+    labels, ids, sims = _two_people(0.92)
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91))) == 1
+    # links across far below both clusters' weakest tenth inside: apart
+    tight = dict(min_sim=0.91, tight_min_size=3, tight_margin=0.015)
+    assert len(set(merge_fragments(labels, ids, sims, **tight))) == 2
+    # one person's two pieces, linked across about as tightly as within: still one cluster
+    labels, ids, sims = _two_people(0.945)
+    assert len(set(merge_fragments(labels, ids, sims, **tight))) == 1
+    # a piece smaller than tight_min_size is not judged (its few internal links say little)
+    labels, ids, sims = _two_people(0.92, sizes=(10, 2), across=2)
+    assert len(set(merge_fragments(labels, ids, sims, **tight))) == 1
+    # the one-sided rule is judged too: a whole cluster of 6 sending every leaving link to one of 10
+    labels, ids, sims = _two_people(0.92, sizes=(10, 6), across=3)
+    assert len(set(merge_fragments(labels, ids, sims, min_sim=0.91))) == 1
+    assert len(set(merge_fragments(labels, ids, sims, **tight))) == 2
+
+
 def _soup(sizes=(8, 6, 5, 4), k: int = 10, across=(0.93, 0.95)):
     """One person cut into pieces with nothing between them: every face lists k of the person's
     other faces drawn alike from all pieces; links within a piece 0.93-0.95, across ``across``."""
@@ -420,8 +457,8 @@ def test_big_cluster_attach_takes_a_tight_fragment_whose_out_links_lean_to_a_big
 def test_post_steps_repeat_until_a_pass_joins_nothing():
     """B: 100 faces of one person; F: an 8-face fragment of it that only the big-cluster attach
     (the last step of a pass) joins; P: a 6-face piece of the same person whose links leaving it
-    go 40 % to B and 60 % to F (cosine 0.93, under B's own links, so the big-cluster attach
-    refuses it), so no step of the first pass takes it. Once F is in B, all of P's out-links
+    go 40 % to B and 60 % to F (cosine 0.94, under B's own links, so the big-cluster attach
+    refuses it, and within the tight joins' margin of them), so no step of the first pass takes it. Once F is in B, all of P's out-links
     point into one cluster: the second pass's merge joins it. One pass (refine_rounds=1, the
     behaviour before) leaves P apart; the third pass joins nothing, and the loop stops there."""
     from facecluster.cluster.infomap import InfomapConfig
@@ -438,7 +475,7 @@ def test_post_steps_repeat_until_a_pass_joins_nothing():
         sim[i] = [0.95] * 4 + [0.951] * 4 + [0.92] * 2
     for j, i in enumerate(P):
         neigh[i] = [q for q in P if q != i] + B[2 * j : 2 * j + 2] + F[j % 5 : j % 5 + 3]
-        sim[i] = [0.95] * 5 + [0.93] * 5
+        sim[i] = [0.95] * 5 + [0.94] * 5
     ids, sims = _knn(neigh, sim, 10)
     labels = np.array([0] * 100 + [1] * 20 + [2] * 8 + [3] * 6)
     steps = []
@@ -566,6 +603,16 @@ def test_infomap_merge_settings_recorded():
     assert s["attach_big_min_target"] == 100 and s["attach_big_frac"] == 0.2 and s["attach_big_share"] == 0.5
     assert s["attach_big_margin"] == 0.0 and s["attach_big_min_links"] == 0.35 and g["attach_big_min_target"] == 0
     assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["attach_big_min_target"] == 0
+    # tight joins: a margin per embedder (mbf's similarities spread wider), off for others and when asked
+    assert s["merge_tight_min_size"] == 5 and s["merge_tight_margin"] == 0.015 and g["merge_tight_margin"] is None
+    assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["merge_tight_margin"] == 0.08
+    assert get_clusterer("infomap", device="cpu", embedder="dlib", merge_tight_min_size=None).settings()["merge_tight_margin"] is None
+    assert get_clusterer("infomap", device="cpu", embedder="arcface", merge_tight_margin=0.05).settings()["merge_tight_margin"] == 0.05
+    # the learned methods' refinement records what it ran
+    from facecluster.cluster.refine import resolved_post_steps
+
+    gv = get_clusterer("gcn-ve", device="cpu", embedder="dlib")
+    assert resolved_post_steps(gv.config, "dlib")["merge_tight_margin"] == 0.015
 
 
 def test_exponential_edge_weights_keep_look_alikes_apart():

@@ -211,6 +211,9 @@ def merge_fragments(
     open_lit: np.ndarray | None = None,
     open_lit_max: float | None = None,
     close_piece: float | None = None,
+    tight_min_size: int | None = None,
+    tight_margin: float = 0.02,
+    tight_q: float = 10.0,
 ) -> np.ndarray:
     """Join each cluster to the bigger cluster that its members' kNN lists point into.
 
@@ -297,6 +300,14 @@ def merge_fragments(
         for one person at low resolution, chained them round after round (a half of Extended Yale
         B: 1,091 of 1,207 faces in one cluster); low-resolution clips are raised by < 0.001 on
         average (docs/benchmarks/default_quality.md, "Side-lit faces in the default").
+    tight_min_size, tight_margin, tight_q : *tight joins* (None: off). A cluster of >= ``tight_min_size``
+        faces joins by the share rule (one-sided or mutual) only when the median similarity of its
+        strong links into the target is >= the lower of the two clusters' ``tight_q``-th percentiles
+        of internal strong links minus ``tight_margin`` (a cluster without internal strong links is
+        not judged). The share rule counts ranks: a small cluster (fewer faces than ``k``) must send
+        most of its slots out, and when its person's nearest other person is one look-alike, all of
+        them go there. A person's real fragment links across about as tightly as its clusters do
+        within (the weakest tenth); two people's whole clusters link well below both.
 
     Returns
     -------
@@ -351,6 +362,10 @@ def merge_fragments(
             rm = sp.csr_matrix((recip[out].astype(np.float64), (a[out], b[out])), shape=(nc, nc))
             rc = np.asarray(rm[r, c]).reshape(-1)
             passes &= (sizes[r] > 1) | (rc >= lone_recip)
+        if tight_min_size is not None:
+            # the share rule's joins (one-sided and mutual) of clusters with their own structure
+            # must be tight; the close halves and open pieces have their own similarity tests
+            passes &= _tight_enough(passes, r, c, sizes, a, b, out, strong, w, nc, tight_min_size, tight_margin, tight_q)
         full = passes & (d >= min_links * cap[r])
         ok = full & (sizes[c] > sizes[r])
         if mutual:
@@ -411,6 +426,27 @@ def _link_levels(sel, to, a, b, out, strong, w, nc, q) -> tuple[np.ndarray, np.n
     inside = (a == b) & strong & sel[a]
     cross = out & sel[a] & (b == to[a])
     return _grouped_quantile(a[inside], w[inside], q, nc), _grouped_quantile(a[cross], w[cross], 50.0, nc)
+
+
+def _tight_enough(cand, r, c, sizes, a, b, out, strong, w, nc, min_size, margin, q) -> np.ndarray:
+    """(len(r),) bool: ``merge_fragments``'s tight-join test for each cluster r and its first
+    choice c, judged where ``cand`` (the clusters that passed the share test: the percentiles are
+    read only for them, most clusters fail it); True elsewhere, for clusters under ``min_size``
+    faces and for pairs without internal links."""
+    judged = cand & (sizes[r] >= min_size)
+    okay = np.ones(len(r), bool)
+    if not judged.any():
+        return okay
+    sel = np.zeros(nc, bool)
+    sel[r[judged]] = True
+    sel[c[judged]] = True
+    to = np.full(nc, -1, np.int64)
+    to[r[judged]] = c[judged]
+    ref, med = _link_levels(sel, to, a, b, out, strong, w, nc, q)
+    rj, cj = r[judged], c[judged]
+    lo = np.fmin(ref[rj], ref[cj])  # NaN only when neither has an internal link: not judged
+    okay[judged] = np.isnan(lo) | (med[rj] >= lo - margin)
+    return okay
 
 
 def _close_halves(r, c, d, passes, cap, sizes, top, a, b, out, strong, w, nc, q, min_links, margin) -> np.ndarray:

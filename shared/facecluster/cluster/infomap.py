@@ -280,6 +280,25 @@ class InfomapConfig(ClusterConfig):
         "(twenty-sixth session, docs/benchmarks/default_quality.md, 'Side-lit faces in the default'). None: no "
         "exception.",
     )
+    merge_tight_min_size: Optional[int] = Field(
+        5,
+        ge=2,
+        description="Tight joins in the fragment merge (facecluster.graph.merge_fragments): a cluster of >= this many "
+        "faces joins by the share rule (one-sided or mutual) only when the median similarity of its strong links "
+        "into the target is >= the lower of the two clusters' internal 10th percentiles minus merge_tight_margin. "
+        "The share rule counts ranks, and a person with fewer photos than merge_k sends most of its slots out: to "
+        "a look-alike's cluster when that is the only one near (ORL's two bearded men, 10 photos each; photo "
+        "collections' regulars). None: off (before the twenty-seventh session; docs/benchmarks/default_quality.md, "
+        "'Tight joins').",
+    )
+    merge_tight_margin: Optional[float] = Field(
+        None,
+        ge=0,
+        le=1,
+        description="How far below the lower internal 10th percentile a tight join's median link may lie (cosine "
+        "units). Default: per embedder (dlib 0.015, mbf 0.08: its similarities spread about five times wider); "
+        "embedders without a tuned value: no tight joins.",
+    )
     merge_open_share: float = Field(
         0.3, gt=0, le=1, description="Share of an open piece's leaving links that must go to its first choice."
     )
@@ -450,6 +469,12 @@ WEIGHT_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
 #: session, docs/benchmarks/default_quality.md "Big-cluster attach"; mbf: measured in the fifteenth,
 #: no regime moved, so off); others 0 = off
 ATTACH_BIG_BY_EMBEDDER: dict[str, int] = {"dlib": 100}
+#: default ``merge_tight_margin`` per embedder (chosen on each one's training regimes and scenarios,
+#: twenty-seventh session, docs/benchmarks/default_quality.md "Tight joins"); others: tight joins off.
+#: dlib: 0.015 (0.01 blocked a long video's 9-face piece, 0.016 below its internal p10; 0.02 let a
+#: held-out look-alike through); mbf: 0.08, the narrowest margin that kept every video regime
+#: (0.015-0.06 held a 48-px piece back), the same photo gains
+TIGHT_MARGIN_BY_EMBEDDER: dict[str, float] = {"dlib": 0.015, "mbf": 0.08}
 
 
 def _parallel_trials(num_trials: int) -> dict:
@@ -495,6 +520,16 @@ class InfomapClusterer(Clusterer):
         if c.merge_lone_recip is not None:
             return c.merge_lone_recip
         return LONE_RECIP_BY_EMBEDDER.get(c.embedder or "", 0)
+
+    def tight_margin(self) -> Optional[float]:
+        """The fragment merge's tight-join margin, None when tight joins are off
+        (``merge_tight_min_size`` None, or an embedder without a tuned margin)."""
+        c = self.config
+        if c.merge_tight_min_size is None:
+            return None
+        if c.merge_tight_margin is not None:
+            return c.merge_tight_margin
+        return TIGHT_MARGIN_BY_EMBEDDER.get(c.embedder or "")
 
     def attach_big_min_target(self) -> int:
         """Smallest target of the big-cluster attach (0: off)."""
@@ -551,6 +586,7 @@ class InfomapClusterer(Clusterer):
         d["merge_lone_recip"] = self.lone_recip()
         d["attach_min_sim"] = self.attach_min_sim()
         d["attach_big_min_target"] = self.attach_big_min_target()
+        d["merge_tight_margin"] = self.tight_margin()
         return d
 
     def small_vote_floor(self) -> Optional[float]:
@@ -651,6 +687,7 @@ class InfomapClusterer(Clusterer):
             attach_min_sim=self.attach_min_sim(),
             lone_recip=self.lone_recip(),
             attach_big_min_target=self.attach_big_min_target(),
+            tight_margin=self.tight_margin(),
             open_lit=raised,
             timed=self._timed,
         )

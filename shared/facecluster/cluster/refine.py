@@ -50,6 +50,8 @@ REFINE_FIELDS: tuple[str, ...] = (
     "merge_open_margin",
     "merge_open_mutual",
     "merge_open_pair_share",
+    "merge_tight_min_size",
+    "merge_tight_margin",
     "merge_again",
     "refine_rounds",
     "merge_lone_recip",
@@ -88,6 +90,7 @@ def refine_partition(
     attach_min_sim: float,
     lone_recip: int = 0,
     attach_big_min_target: int = 0,
+    tight_margin: Optional[float] = None,
     open_lit: Optional[np.ndarray] = None,
     timed: Optional[Callable[[str], ContextManager]] = None,
 ) -> np.ndarray:
@@ -106,6 +109,8 @@ def refine_partition(
     lone_recip : the resolved ``merge_lone_recip`` (``InfomapClusterer.lone_recip``).
     attach_big_min_target : the resolved ``attach_big_min_target``
         (``InfomapClusterer.attach_big_min_target``; 0: off).
+    tight_margin : the resolved ``merge_tight_margin`` (``InfomapClusterer.tight_margin``; None:
+        no tight joins, whatever ``cfg.merge_tight_min_size``).
     open_lit : optional (N,) float32, how much the cohort's parts raised each face's level; with
         ``cfg.merge_open_lit`` it keeps such faces' clusters out of the open-piece rules
         (:func:`facecluster.graph.merge_fragments`). None (the learned methods): no exception.
@@ -143,6 +148,8 @@ def refine_partition(
                 open_pair_share=cfg.merge_open_pair_share,
                 open_lit=open_lit,
                 open_lit_max=cfg.merge_open_lit,
+                tight_min_size=cfg.merge_tight_min_size if tight_margin is not None else None,
+                tight_margin=tight_margin if tight_margin is not None else 0.0,
                 lone_recip=lone,
             )
 
@@ -366,6 +373,7 @@ def resolved_post_steps(config: RefineConfig, embedder: Optional[str]) -> Option
     out.update(
         merge_min_sim=thresholds["merge_min_sim"], attach_min_sim=thresholds["attach_min_sim"],
         merge_lone_recip=thresholds["lone_recip"], attach_big_min_target=thresholds["attach_big_min_target"],
+        merge_tight_margin=thresholds["tight_margin"],
     )
     return out
 
@@ -378,14 +386,14 @@ def post_step_plan(embedder: Optional[str], overrides: dict[str, Any]) -> tuple[
     Returns
     -------
     (InfomapConfig, dict) the config and ``{merge_min_sim, attach_min_sim, lone_recip,
-    attach_big_min_target}``, the keyword arguments :func:`refine_partition` takes.
+    attach_big_min_target, tight_margin}``, the keyword arguments :func:`refine_partition` takes.
     """
     from .infomap import InfomapClusterer
 
     im = InfomapClusterer(embedder=embedder, **{**LEARNED_REFINE_DEFAULTS, **overrides})
     return im.config, dict(
         merge_min_sim=im.merge_min_sim(), attach_min_sim=im.attach_min_sim(), lone_recip=im.lone_recip(),
-        attach_big_min_target=im.attach_big_min_target(),
+        attach_big_min_target=im.attach_big_min_target(), tight_margin=im.tight_margin(),
     )
 
 
