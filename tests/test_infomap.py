@@ -989,3 +989,44 @@ def test_a_close_piece_joins_its_bigger_half_a_look_alike_piece_does_not():
     # it is part of the close test: without close_q it is off
     labels, ids, sims = _big_and_piece(cross=0.955)
     assert merge_fragments(labels, ids, sims, min_sim=0.91, close_piece=0.4)[30] != 0
+
+
+def _faces_at(cos: float, n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    """n unit vectors whose pairwise cosines are all ``cos`` (a shared direction plus orthogonal
+    noise), in random coordinates."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(d, n + 1)))
+    x = np.sqrt(cos) * q[:, :1].T + np.sqrt(1 - cos) * q[:, 1:].T
+    return x.astype(np.float32)
+
+
+def test_soups_of_faces_alike_to_everyone_are_dissolved_a_person_is_kept():
+    from facecluster.graph import dissolve_soups
+
+    # a person: 10 faces at cosine 0.96 to each other, each alike to strangers at 0.92 (its level)
+    person = _faces_at(0.96, 10, seed=1)
+    # a soup: 12 degraded faces at 0.91 to each other, each as alike to strangers (0.93)
+    soup = _faces_at(0.91, 12, seed=2)
+    X = np.concatenate([person, soup])
+    levels = np.r_[np.full(10, 0.92), np.full(12, 0.93)].astype(np.float32)
+    labels = np.r_[np.zeros(10), np.ones(12)].astype(np.int64)
+    out = dissolve_soups(labels, X, levels)
+    assert len(set(out[:10])) == 1 and len(set(out[10:])) == 12 and out[0] not in set(out[10:])
+    np.testing.assert_array_equal(out, dissolve_soups(labels, X, levels))  # deterministic
+    # clusters outside the judged sizes are kept: a big one (a long video's person spreads wide)
+    assert len(set(dissolve_soups(labels, X, levels, max_size=11)[10:])) == 1
+    assert len(set(dissolve_soups(labels, X, levels, min_size=13)[10:])) == 1
+    # the same soup at a level it clears is one cluster
+    assert len(set(dissolve_soups(labels, X, np.full(22, 0.90, np.float32))[10:])) == 1
+    assert len(dissolve_soups(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0))) == 0
+
+
+def test_soup_rule_is_opt_in_and_needs_the_cohort():
+    s = get_clusterer("infomap", device="cpu", embedder="dlib").settings()
+    assert s["soup_below"] is None and s["soup_min_size"] == 8 and s["soup_max_size"] == 60
+    # no cohort (another embedder): the rule needs levels and does not run
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 16)).astype(np.float32)
+    c = get_clusterer("infomap", device="cpu", embedder="arcface", min_sim=-1.0, soup_below=0.0)
+    c.fit_predict(X)
+    assert "soups" not in c.timings_

@@ -844,3 +844,60 @@ def split_weak(
             todo += [(c, depth + 1), (nxt, depth + 1)]
         nxt += 1
     return lab
+
+
+def dissolve_soups(
+    labels: np.ndarray,
+    X: np.ndarray,
+    levels: np.ndarray,
+    *,
+    below: float = 0.0,
+    min_size: int = 8,
+    max_size: int = 60,
+) -> np.ndarray:
+    """Break up clusters that are a soup of faces alike to everyone, not one person.
+
+    A face's cohort level ``l`` (:meth:`facecluster.cohort.Cohort.levels`) is its mean cosine to
+    its most similar faces of a fixed cohort of other people: how much it looks like strangers.
+    Two photos of one person are more alike than that; degraded faces (small, compressed,
+    blurred, hard side light) look like everyone and can chain into one cluster of many people
+    whose typical pair is no more alike than each face is to strangers. Every cluster of
+    ``min_size`` to ``max_size`` faces whose median over all its pairs of
+    ``cos(i, j) - (l_i + l_j) / 2`` is below ``below`` becomes lone faces. Bigger clusters are
+    not judged: a person followed through a long video spreads over pose and light, and its
+    far pairs sit low while its links stay tight.
+
+    Parameters
+    ----------
+    labels : (N,) int partition.
+    X : (N, D) float32 descriptors (L2-normalised here).
+    levels : (N,) float cohort levels of the same faces.
+    below, min_size, max_size : see above.
+
+    Returns
+    -------
+    (N,) int64 labels; a dissolved cluster's faces get new ids after the existing ones, in index
+    order (deterministic); every other cluster keeps its faces.
+    """
+    lab = np.asarray(labels, np.int64).copy()
+    n = lab.shape[0]
+    if n == 0:
+        return lab
+    uniq, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
+    judged = np.flatnonzero((cnt >= min_size) & (cnt <= max_size))
+    if len(judged) == 0:
+        return lab
+    order = np.argsort(inv, kind="stable")
+    start = np.r_[0, np.cumsum(cnt)]
+    lev = np.asarray(levels, np.float32)
+    nxt = int(lab.max()) + 1
+    for g in judged:
+        m = order[start[g] : start[g + 1]]
+        x = np.asarray(X[m], np.float32)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        s = x @ x.T - 0.5 * (lev[m][:, None] + lev[m][None, :])
+        if np.median(s[np.triu_indices(len(m), 1)]) < below:
+            m = np.sort(m)
+            lab[m] = np.arange(nxt, nxt + len(m))
+            nxt += len(m)
+    return lab

@@ -124,6 +124,7 @@ import numpy as np
 from pydantic import Field
 
 from ..cohort import Cohort, cohort_fingerprint, resolve_cohort
+from ..graph import dissolve_soups
 from ..knn import knn
 from .base import ClusterConfig, Clusterer
 from .refine import refine_partition
@@ -298,6 +299,19 @@ class InfomapConfig(ClusterConfig):
         description="How far below the lower internal 10th percentile a tight join's median link may lie (cosine "
         "units). Default: per embedder (dlib 0.015, mbf 0.08: its similarities spread about five times wider); "
         "embedders without a tuned value: no tight joins.",
+    )
+    soup_below: Optional[float] = Field(
+        None,
+        description="Soups (opt-in; needs cohort normalisation): a cluster of soup_min_size to soup_max_size faces whose "
+        "median over all its pairs of cos(i, j) - (l_i + l_j) / 2 (l: a face's cohort level, how much it looks like "
+        "strangers) is below this becomes lone faces (facecluster.graph.dissolve_soups). 0.0 on low-quality photo "
+        "collections: 80-px JPEG photos 0.717 -> 0.724, faces in mixed clusters 3.7 % -> 0.6 %. Not for video: "
+        "one short low-quality clip of one person is the same soup to dlib (a 57-frame clip at 36-64 px dissolved, "
+        "0.968 -> 0.024), so it is off by default (docs/benchmarks/default_quality.md, 'Soups').",
+    )
+    soup_min_size: int = Field(8, ge=2, description="Smallest cluster the soup test judges.")
+    soup_max_size: int = Field(
+        60, ge=2, description="Largest cluster the soup test judges (a long video's person spreads wider over all its pairs)."
     )
     merge_open_share: float = Field(
         0.3, gt=0, le=1, description="Share of an open piece's leaving links that must go to its first choice."
@@ -661,7 +675,12 @@ class InfomapClusterer(Clusterer):
                     tab = np.loadtxt(clu, comments="#", ndmin=2)
                 node, module = tab[:, 0].astype(np.int64), tab[:, 1].astype(np.int64)
                 labels[node] = n + module  # offset: never collides with singleton ids
-        return self.refine(labels, ids, sims, raised=raised)
+        labels = self.refine(labels, ids, sims, raised=raised)
+        if levels is not None and cfg.soup_below is not None:
+            with self._timed("soups"):
+                labels = dissolve_soups(labels, X, levels[0], below=cfg.soup_below, min_size=cfg.soup_min_size,
+                                        max_size=cfg.soup_max_size)
+        return labels
 
     def refine(self, labels: np.ndarray, ids: np.ndarray, sims: np.ndarray, raised: Optional[np.ndarray] = None) -> np.ndarray:
         """The post-steps after Infomap: fragment merge, then small clusters attached
