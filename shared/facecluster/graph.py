@@ -883,7 +883,7 @@ def dissolve_soups(
     n = lab.shape[0]
     if n == 0:
         return lab
-    uniq, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
+    _, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
     judged = np.flatnonzero((cnt >= min_size) & (cnt <= max_size))
     if len(judged) == 0:
         return lab
@@ -897,7 +897,6 @@ def dissolve_soups(
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         s = x @ x.T - 0.5 * (lev[m][:, None] + lev[m][None, :])
         if np.median(s[np.triu_indices(len(m), 1)]) < below:
-            m = np.sort(m)
             lab[m] = np.arange(nxt, nxt + len(m))
             nxt += len(m)
     return lab

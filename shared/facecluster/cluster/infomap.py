@@ -288,7 +288,7 @@ class InfomapConfig(ClusterConfig):
         "faces joins by the share rule (one-sided or mutual) only when the median similarity of its strong links "
         "into the target is >= the lower of the two clusters' internal 10th percentiles minus merge_tight_margin. "
         "The share rule counts ranks, and a person with fewer photos than merge_k sends most of its slots out: to "
-        "a look-alike's cluster when that is the only one near (ORL's two bearded men, 10 photos each; photo "
+        "a look-alike's cluster when that is the only one near (two of ORL's people, 10 photos each; photo "
         "collections' regulars). None: off (before the twenty-seventh session; docs/benchmarks/default_quality.md, "
         "'Tight joins').",
     )
