@@ -26,9 +26,11 @@ input="$1"; output="$2"
 [ -f "$input" ] || { echo "no such input: $input" >&2; exit 2; }
 
 log() { echo "[k8s-run $(date -u +%H:%M:%S)] $*" >&2; }
-# A named staging dir: a bare /tmp/tmp.* is what clean-ups of other temporary dirs sweep (once,
-# in a test run, it vanished before the output was fetched).
-work="$(mktemp -d -t facecluster-k8s.XXXXXXXX)"
+# The staging dir (packed input, fetched output) sits beside the output, not in /tmp: on a shared
+# box a staging dir in /tmp vanished between staging and fetching twice in test runs (a bare
+# /tmp/tmp.* and a named one), whoever swept it; the output's folder is the caller's own.
+outdir="$(cd "$(dirname "$output")" && pwd)" || { echo "no such folder for the output: $output" >&2; exit 2; }
+work="$(mktemp -d "$outdir/.facecluster-k8s.XXXXXXXX")"
 # Only the main shell cleans up (background subshells must not remove the staging dir).
 trap '[ "$BASHPID" = "$$" ] && rm -rf "$work"' EXIT
 

@@ -307,6 +307,8 @@ def test_k8s_run_driver_order_and_io(tmp_path):
     out = json.loads((tmp_path / "out.json").read_text())
     assert out == [{"img_path": r_["img_path"], "i": r_["i"], "cluster_id": r_["i"] % 2}
                    for r_ in json.loads(inp.read_text())]
+    # the staging dir sat beside the output (not in /tmp) and is gone
+    assert not list(tmp_path.glob(".facecluster-k8s.*"))
 
 
 @needs_kubectl
