@@ -6,6 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from .knn import l2_normalize
+
 
 def knn_to_affinity(
     ids: np.ndarray, sims: np.ndarray, th_sim: float = 0.0, *, n: int | None = None
@@ -428,6 +430,18 @@ def _link_levels(sel, to, a, b, out, strong, w, nc, q) -> tuple[np.ndarray, np.n
     return _grouped_quantile(a[inside], w[inside], q, nc), _grouped_quantile(a[cross], w[cross], 50.0, nc)
 
 
+def _pair_levels(cand, r, c, a, b, out, strong, w, nc, q) -> tuple[np.ndarray, np.ndarray]:
+    """``_link_levels`` for the clusters r marked in ``cand`` and their targets c: (ref, med), each
+    (nc,), the internal ``q``-th percentile of every cluster of those pairs and the median of each r's
+    strong links into its c (NaN elsewhere). The open pieces and the tight joins read these."""
+    sel = np.zeros(nc, bool)  # the clusters whose internal links and links across are read
+    sel[r[cand]] = True
+    sel[c[cand]] = True
+    to = np.full(nc, -1, np.int64)
+    to[r[cand]] = c[cand]
+    return _link_levels(sel, to, a, b, out, strong, w, nc, q)
+
+
 def _tight_enough(cand, r, c, sizes, a, b, out, strong, w, nc, min_size, margin, q) -> np.ndarray:
     """(len(r),) bool: ``merge_fragments``'s tight-join test for each cluster r and its first
     choice c, judged where ``cand`` (the clusters that passed the share test: the percentiles are
@@ -437,12 +451,7 @@ def _tight_enough(cand, r, c, sizes, a, b, out, strong, w, nc, min_size, margin,
     okay = np.ones(len(r), bool)
     if not judged.any():
         return okay
-    sel = np.zeros(nc, bool)
-    sel[r[judged]] = True
-    sel[c[judged]] = True
-    to = np.full(nc, -1, np.int64)
-    to[r[judged]] = c[judged]
-    ref, med = _link_levels(sel, to, a, b, out, strong, w, nc, q)
+    ref, med = _pair_levels(judged, r, c, a, b, out, strong, w, nc, q)
     rj, cj = r[judged], c[judged]
     lo = np.fmin(ref[rj], ref[cj])  # NaN only when neither has an internal link: not judged
     okay[judged] = np.isnan(lo) | (med[rj] >= lo - margin)
@@ -495,12 +504,7 @@ def _open_pieces(r, c, d, leaving, is_open, sizes, a, b, out, strong, w, nc, sha
     cand = is_open[r] & (sizes[c] > sizes[r]) & (d >= share * leaving[r])
     if not cand.any():
         return cand
-    inv = np.zeros(nc, bool)  # the clusters whose internal links and links across are read
-    inv[r[cand]] = True
-    inv[c[cand]] = True
-    top = np.full(nc, -1, np.int64)
-    top[r[cand]] = c[cand]
-    ref, med = _link_levels(inv, top, a, b, out, strong, w, nc, q)
+    ref, med = _pair_levels(cand, r, c, a, b, out, strong, w, nc, q)
     # NaN (no internal link) compares False: such a cluster neither joins nor is joined this way
     own = med[r] >= ref[r] - margin
     if pair_share is not None:
@@ -893,8 +897,7 @@ def dissolve_soups(
     nxt = int(lab.max()) + 1
     for g in judged:
         m = order[start[g] : start[g + 1]]
-        x = np.asarray(X[m], np.float32)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = l2_normalize(X[m])
         s = x @ x.T - 0.5 * (lev[m][:, None] + lev[m][None, :])
         if np.median(s[np.triu_indices(len(m), 1)]) < below:
             lab[m] = np.arange(nxt, nxt + len(m))

@@ -678,7 +678,7 @@ class InfomapClusterer(Clusterer):
         labels = self.refine(labels, ids, sims, raised=raised)
         if levels is not None and cfg.soup_below is not None:
             with self._timed("soups"):
-                labels = dissolve_soups(labels, X, levels[0], below=cfg.soup_below, min_size=cfg.soup_min_size,
+                labels = dissolve_soups(labels, X, lev, below=cfg.soup_below, min_size=cfg.soup_min_size,
                                         max_size=cfg.soup_max_size)
         return labels
 
