@@ -26,12 +26,27 @@ def test_knn_negative_cosines_kept_and_backends_agree():
     assert (i1 == i2).mean() > 0.999
 
 
-def test_auto_backend_on_cpu_switches_to_torch_for_large_n():
-    from facecluster.knn import TORCH_CPU_MIN_N, resolve_backend
+def test_auto_backend_on_cpu_is_faiss_at_every_size():
+    from facecluster.knn import resolve_backend
 
-    assert resolve_backend("auto", "cpu", TORCH_CPU_MIN_N - 1) == "faiss"
-    assert resolve_backend("auto", "cpu", TORCH_CPU_MIN_N) == "torch"
-    assert resolve_backend("faiss", "cpu", 10 * TORCH_CPU_MIN_N) == "faiss"  # explicit choice wins
+    assert resolve_backend("auto", "cpu", 10) == "faiss"
+    assert resolve_backend("auto", "cpu", 1_000_000) == "faiss"
+    assert resolve_backend("torch", "cpu", 1_000_000) == "torch"  # explicit choice wins
+
+
+def test_torch_cpu_search_in_blocks_and_slices_matches_one_product():
+    """The CPU torch search reuses one score buffer and fills it a slice of database rows at a
+    time; blocks (a short last one included) and slices must give exactly the one-product result."""
+    import torch
+
+    from facecluster.knn import _knn_torch, l2_normalize
+
+    rng = np.random.default_rng(3)
+    x = l2_normalize(rng.normal(size=(1000, 16)).astype(np.float32))
+    sims, ids = _knn_torch(x, x, 25, "cpu", block=300, chunk=128)  # 4 blocks, 8 slices each
+    v, i = torch.topk(torch.from_numpy(x) @ torch.from_numpy(x).T, 25, dim=1)
+    np.testing.assert_array_equal(sims, v.numpy())
+    np.testing.assert_array_equal(ids, i.numpy())
 
 
 def test_knn_ties_are_deterministic():

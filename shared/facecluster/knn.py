@@ -10,9 +10,9 @@ Conventions (those of learn-to-cluster and Ada-NETS, so their steps port unchang
 
 Backends: ``faiss`` (``IndexFlatIP``; on GPU when faiss was built with it) and ``torch``
 (blocked matmul + topk, on CPU or CUDA). ``auto`` picks faiss-GPU, then torch on CUDA; on CPU,
-faiss below ``TORCH_CPU_MIN_N`` faces and torch from there on (measured on a 2-core box,
-k=80: 20k x 128-d faiss 2.5 s / torch 3.1 s; 50k 13.0 / 9.4 s; 100k 50.3 / 38.6 s; 100k x 256-d
-91.2 / 46.8 s — docs/benchmarks.md §2). Both are exact; ties are ordered the same way.
+faiss whenever it is installed (measured on a 2-core box with faiss-cpu 1.15, k=80: 100k x 128-d
+faiss 16 s / torch 21 s, 100k x 256-d 27 / 35 s, 50k x 128-d 4.5 / 5.7 s; docs/benchmarks.md §2).
+Both are exact; ties are ordered the same way.
 On CUDA the torch backend searches candidates on fp16 scores and re-ranks them exactly in
 fp32, with a proven error bound deciding which rows must be searched again in fp32
 (``_knn_torch_fp16``; issue 12, docs/benchmarks/cluster_scale.md).
@@ -50,18 +50,14 @@ def _faiss_gpus(faiss) -> int:
         return 0
 
 
-#: from this many database faces on, ``auto`` on CPU uses the torch backend (see module doc)
-TORCH_CPU_MIN_N = 30_000
-
-
 def resolve_backend(backend: str = "auto", device: str = "cpu", n: int | None = None) -> str:
     """The backend ``knn`` will use for ``n`` database faces on ``device``."""
     faiss = _faiss()
     if backend == "auto":
         if device.startswith("cuda"):
             return "faiss-gpu" if faiss is not None and _faiss_gpus(faiss) > 0 else "torch"
-        if n is not None and n >= TORCH_CPU_MIN_N:
-            return "torch"
+        # faiss on CPU at every size: with faiss-cpu 1.15 it is the faster one at 100k too
+        # (docs/benchmarks.md §2; an earlier faiss lost to torch from ~30k faces on)
         return "faiss" if faiss is not None else "torch"
     if backend in ("faiss", "faiss-gpu") and faiss is None:
         raise RuntimeError("knn backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
@@ -180,26 +176,37 @@ def _knn_faiss(x, q, k, gpu: bool, block: int):
     return sims, ids
 
 
-def _knn_torch(x, q, k, device: str, block: int):
+def _knn_torch(x, q, k, device: str, block: int, chunk: int = 4096):
     import torch
 
     dev = torch.device(device)
     with torch.inference_mode():
         xt = torch.from_numpy(x).to(dev)
+        n = xt.shape[0]
         sims = np.empty((q.shape[0], k), np.float32)
         ids = np.empty((q.shape[0], k), np.int64)
-        for s in range(0, q.shape[0], block):
-            qt = torch.from_numpy(q[s : s + block]).to(dev)
-            # fp32 matmul without TF32 so CPU and GPU agree to float rounding
-            prev = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                sc = qt @ xt.T
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = prev
-            v, i = torch.topk(sc, k, dim=1, largest=True, sorted=True)
-            sims[s : s + block] = v.cpu().numpy()
-            ids[s : s + block] = i.cpu().numpy()
+        # one score buffer for every block, filled a slice of database rows at a time: a fresh
+        # (block x N) product per block spent as long faulting in its pages as multiplying
+        # (100k x 128-d on 2 CPU cores: 31-42 s -> 21 s, bit-identical scores and neighbours)
+        rows = min(block, q.shape[0])
+        buf = torch.empty((rows, n), dtype=torch.float32, device=dev)
+        top_v = torch.empty((rows, k), dtype=torch.float32, device=dev)
+        top_i = torch.empty((rows, k), dtype=torch.int64, device=dev)
+        # fp32 matmul without TF32 so CPU and GPU agree to float rounding
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            for s in range(0, q.shape[0], block):
+                qt = torch.from_numpy(q[s : s + block]).to(dev)
+                m = qt.shape[0]
+                sc, v, i = buf[:m], top_v[:m], top_i[:m]
+                for c in range(0, n, chunk):
+                    torch.mm(qt, xt[c : c + chunk].T, out=sc[:, c : c + chunk])
+                torch.topk(sc, k, dim=1, largest=True, sorted=True, out=(v, i))
+                sims[s : s + m] = v.cpu().numpy()
+                ids[s : s + m] = i.cpu().numpy()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
     return sims, ids
 
 

@@ -46,7 +46,7 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     device: str = Field("auto", description="auto | cpu | cuda[:i]: where kNN and networks run.")
-    knn_backend: str = Field("auto", description="auto | faiss | faiss-gpu | torch (exact search in every case; auto: faiss-GPU on CUDA, on CPU faiss below 30k faces and torch above, measured faster there).")
+    knn_backend: str = Field("auto", description="auto | faiss | faiss-gpu | torch (exact search in every case; auto: faiss-GPU on CUDA, torch there when faiss has no GPU; faiss on CPU, measured faster there at every size: docs/benchmarks.md §2).")
     seed: int = Field(42, description="Random seed (tie-breaking, Infomap trials).")
     progress: bool = Field(False, description="Show progress bars (the CLI turns this on for a TTY).")
     embedder: Optional[str] = Field(
