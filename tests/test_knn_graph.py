@@ -199,3 +199,30 @@ def test_attach_relative_edge_cases_and_determinism():
     assert len(set(a)) < len(set(labels))
     for c in np.unique(labels):  # every output cluster is a union of input clusters
         assert len(set(a[labels == c])) == 1
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_knn_progress_bar_counts_every_query_row(backend, monkeypatch):
+    """The search of a big batch is a long step: with ``progress`` its bar advances once per
+    query block, to the number of query rows; the neighbours are those of a search without it."""
+    from contextlib import contextmanager
+
+    import facecluster.knn as K
+
+    seen = {}
+
+    @contextmanager
+    def fake_bar(description, total, enabled=None):
+        class B:
+            def advance(self, n=1):
+                seen["done"] = seen.get("done", 0) + n
+
+        seen.update(description=description, total=total, enabled=enabled)
+        yield B()
+
+    monkeypatch.setattr(K, "bar", fake_bar)
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(700, 8)).astype(np.float32)
+    s, i = K.knn(X, 10, backend=backend, block=128, progress=True, description="kNN test")
+    assert seen == {"description": "kNN test", "total": 700, "enabled": True, "done": 700}
+    np.testing.assert_array_equal(i, K.knn(X, 10, backend=backend, block=128)[1])

@@ -24,6 +24,8 @@ import logging
 
 import numpy as np
 
+from .progress import bar
+
 log = logging.getLogger(__name__)
 
 
@@ -89,6 +91,8 @@ def knn(
     device: str = "cpu",
     block: int = 4096,
     query: np.ndarray | None = None,
+    progress: bool = False,
+    description: str = "kNN",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product kNN.
 
@@ -101,6 +105,9 @@ def knn(
     device : "cpu" or "cuda[:i]" (used by the torch backend and by "auto").
     query : optional (Q, D) queries searched against ``x``.
     block : query rows per block of the CPU searches (on CUDA it follows the free GPU memory).
+    progress : a progress bar over the query rows (:func:`facecluster.progress.bar`: shown only
+        on a terminal), labelled ``description``; the search of 1M faces takes tens of minutes on
+        a CPU.
 
     Returns
     -------
@@ -118,16 +125,17 @@ def knn(
     if kk == 0 or q.shape[0] == 0:
         return np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
     be = resolve_backend(backend, device, n)
-    if be == "torch":
-        if device.startswith("cuda"):
-            sims, ids = _knn_torch_fp16(x, q, kk, device)
+    with bar(description, q.shape[0], enabled=progress) as pb:
+        if be == "torch":
+            if device.startswith("cuda"):
+                sims, ids = _knn_torch_fp16(x, q, kk, device, advance=pb.advance)
+            else:
+                # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
+                sims, ids = _knn_torch(x, q, kk, device, max(64, min(block, (1 << 26) // max(n, 1))), advance=pb.advance)
         else:
-            # bound the (block × N) score matrix to ~256 MB so memory stays linear in N
-            sims, ids = _knn_torch(x, q, kk, device, max(64, min(block, (1 << 26) // max(n, 1))))
-    else:
-        # faiss tiles the score matrix itself (bounded memory); small query blocks only slow
-        # it down (100k x 128-d on 2 CPU cores: 155 s with 671-query blocks, 50 s with 4096)
-        sims, ids = _knn_faiss(x, q, kk, gpu=be == "faiss-gpu", block=block)
+            # faiss tiles the score matrix itself (bounded memory); small query blocks only slow
+            # it down (100k x 128-d on 2 CPU cores: 155 s with 671-query blocks, 50 s with 4096)
+            sims, ids = _knn_faiss(x, q, kk, gpu=be == "faiss-gpu", block=block, advance=pb.advance)
     return _sort_ties(sims, ids)
 
 
@@ -160,7 +168,7 @@ def knn_within(
     return sims, ids
 
 
-def _knn_faiss(x, q, k, gpu: bool, block: int):
+def _knn_faiss(x, q, k, gpu: bool, block: int, advance=None):
     faiss = _faiss()
     index = faiss.IndexFlatIP(x.shape[1])
     if gpu:
@@ -173,10 +181,12 @@ def _knn_faiss(x, q, k, gpu: bool, block: int):
     for s in range(0, q.shape[0], step):
         d, i = index.search(q[s : s + step], k)
         sims[s : s + step], ids[s : s + step] = d, i
+        if advance is not None:
+            advance(len(d))
     return sims, ids
 
 
-def _knn_torch(x, q, k, device: str, block: int, chunk: int = 4096):
+def _knn_torch(x, q, k, device: str, block: int, chunk: int = 4096, advance=None):
     import torch
 
     dev = torch.device(device)
@@ -205,6 +215,8 @@ def _knn_torch(x, q, k, device: str, block: int, chunk: int = 4096):
                 torch.topk(sc, k, dim=1, largest=True, sorted=True, out=(v, i))
                 sims[s : s + m] = v.cpu().numpy()
                 ids[s : s + m] = i.cpu().numpy()
+                if advance is not None:
+                    advance(m)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev
     return sims, ids
@@ -231,7 +243,7 @@ def _gpu_block(n: int, dev, bytes_per_score: int) -> int:
     return int(max(64, min(8192, (free // 8) // max(n * bytes_per_score * 2, 1))))
 
 
-def _knn_torch_fp16(x, q, k, device: str, precision: str = "fp16"):
+def _knn_torch_fp16(x, q, k, device: str, precision: str = "fp16", advance=None):
     """Exact kNN on a GPU: a candidate search on fp16 scores, then an exact fp32 re-rank.
 
     Why: at 1M faces the search is a 1M x 1M score matrix per method (twice for GCN-V+E and
@@ -275,6 +287,8 @@ def _knn_torch_fp16(x, q, k, device: str, precision: str = "fp16"):
                 for s in range(0, nq, step):
                     v, i = torch.topk(qt_all[s : s + step] @ xt.T, k, dim=1, largest=True, sorted=True)
                     out_s[s : s + step], out_i[s : s + step] = v, i
+                    if advance is not None:
+                        advance(len(v))
                 return out_s.cpu().numpy(), out_i.cpu().numpy()
             xh = xt.half()
             qh = xh if q is x else qt_all.half()
@@ -295,6 +309,8 @@ def _knn_torch_fp16(x, q, k, device: str, precision: str = "fp16"):
                 bad = ~(ex[:, k - 1] > av[:, -1].float() + FP16_SCORE_ERR)
                 if bool(bad.any()):
                     redo.append(torch.nonzero(bad).squeeze(1) + s)
+                if advance is not None:
+                    advance(len(qb))
             if redo:
                 rows = torch.cat(redo)
                 step = _gpu_block(n, dev, 4)

@@ -28,7 +28,7 @@ class ThresholdClusterer(Clusterer):
         if n == 0:
             return np.zeros(0, np.int64)
         with self._timed("knn"):
-            sims, ids = knn(X, self.config.k, backend=self.config.knn_backend, device=self.device)
+            sims, ids = knn(X, self.config.k, backend=self.config.knn_backend, device=self.device, progress=self.config.progress)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule (spares its own kNN)
         with self._timed("components"):
             a = knn_to_affinity(ids, sims, th_sim=self.config.min_sim).tocoo()

@@ -256,7 +256,7 @@ class GCNVClusterer(Clusterer):
         self._check_dim(model, X, "GCN-V")
         xr, X = self._prepare(X)
         with self._timed("knn"):
-            sims, ids = knn(X, r["k"], normalize=False, backend=self.config.knn_backend, device=dev)
+            sims, ids = knn(X, r["k"], normalize=False, backend=self.config.knn_backend, device=dev, progress=self.config.progress)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule
         self.knn_ = (ids, sims)  # (N, k) input kNN on the network's features (the refinement reads it)
         with self._timed("adjacency"):
@@ -273,7 +273,8 @@ class GCNVClusterer(Clusterer):
 
     def _stage_b_knn(self, feat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._timed("knn_gcn_feat"):
-            sims, ids = knn(l2_normalize(feat), k, normalize=False, backend=self.config.knn_backend, device=self.device)
+            sims, ids = knn(l2_normalize(feat), k, normalize=False, backend=self.config.knn_backend, device=self.device,
+                             progress=self.config.progress, description="kNN (GCN features)")
         return sims, ids
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:

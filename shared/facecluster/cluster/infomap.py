@@ -620,7 +620,7 @@ class InfomapClusterer(Clusterer):
             return np.zeros(0, np.int64)
         cfg = self.config
         with self._timed("knn"):
-            sims, ids = knn(X, cfg.k, backend=cfg.knn_backend, device=self.device)
+            sims, ids = knn(X, cfg.k, backend=cfg.knn_backend, device=self.device, progress=cfg.progress)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule (spares its own kNN)
         levels = self.cohort_levels(X)
         raised = None

@@ -269,7 +269,7 @@ class AdaNetsClusterer(Clusterer):
             )
         scale_max = int(meta_and.get("scale_max", r["k"]))
         with self._timed("knn"):
-            sims, ids = knn(x, r["k"], normalize=False, backend=c.knn_backend, device=dev)
+            sims, ids = knn(x, r["k"], normalize=False, backend=c.knn_backend, device=dev, progress=c.progress)
             ids, sims = _self_first(ids, sims)
         self._input_knn = ids  # candidate pairs for the near-duplicate rule
         self.knn_ = (ids, sims)
@@ -311,7 +311,8 @@ class AdaNetsClusterer(Clusterer):
         if n == 0:
             return np.zeros(0, np.int64)
         with self._timed("final_knn"):
-            sims, ids = knn(feat, r["final_topk"], normalize=False, backend=c.knn_backend, device=self.device)
+            sims, ids = knn(feat, r["final_topk"], normalize=False, backend=c.knn_backend, device=self.device,
+                               progress=c.progress, description="kNN (GCN features)")
         with self._timed("components"):
             rows = np.repeat(np.arange(n), ids.shape[1])
             cols = ids.reshape(-1)
