@@ -114,6 +114,20 @@ def test_and_original_layout_loads(tmp_path):
     assert kh.shape == (30,) and kh.min() >= 1 and kh.max() <= 10
 
 
+
+def test_and_batch_size_does_not_change_k_hat():
+    """The CPU default batch (128) was chosen for speed only: k-hat must not depend on it, also
+    for a last batch that is short."""
+    torch.manual_seed(0)
+    m = ANDModel(32, 32).eval()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.stack([np.roll(np.arange(300), -i)[:40] for i in range(300)])
+    k_all = predict_k(m, x, ids, 80, batch_size=1024)
+    np.testing.assert_array_equal(predict_k(m, x, ids, 80, batch_size=7), k_all)
+    np.testing.assert_array_equal(predict_k(m, x, ids, 80, batch_size=128), k_all)
+
 def test_gcn_both_dgl_layouts_load_and_agree(tmp_path):
     sd05 = _random_sd(GCN_KEYS_DGL05)
     torch.save({"state_dict": sd05, "step": 35000}, tmp_path / "g05.pth")

@@ -45,6 +45,13 @@ from .gcn_v import GCNVClusterer, GCNVConfig, floor_keep, floor_mask, link_keep
 REFINED_TAU_E_BY_EMBEDDER: dict[str, float] = {"dlib": 0.65}
 
 
+#: padded candidate nodes per GCN-E pass on CPU: 2048 keeps each batch's activations under glibc's
+#: 32 MB mmap threshold, so their memory is reused between passes instead of page-faulted in anew
+#: (100k synthetic faces: GCN-E 40.1 -> 28.6 s, system time 23 -> 4.5 s, identical partition;
+#: docs/benchmarks.md §2)
+CPU_BATCH_NODES = 2048
+
+
 class GCNVEConfig(GCNVConfig):
     checkpoint_e: Optional[str] = Field(
         None,
@@ -64,8 +71,10 @@ class GCNVEConfig(GCNVConfig):
     )
     batch_nodes: Optional[int] = Field(
         None, ge=1, description="Upper bound on padded candidate nodes per GCN-E forward pass "
-        "(memory knob; results do not depend on it beyond float rounding). None: 32768 on CPU, "
-        "262144 on CUDA (small batches left an H200 idle between launches at 1M faces)."
+        "(memory knob; results do not depend on it beyond float rounding). None: 2048 on CPU (larger "
+        "batches' activations exceed malloc's 32 MB mmap threshold and are page-faulted in afresh each "
+        "pass: 100k faces 40 s -> 29 s at 2048 than 32768, same partition), 262144 on CUDA (small batches "
+        "left an H200 idle between launches at 1M faces)."
     )
 
 
@@ -134,7 +143,7 @@ class GCNVEClusterer(GCNVClusterer):
                 ignore_ratio=r["ignore_ratio"],
                 th_sim=self.config.th_sim,
                 device=self.device,
-                batch_nodes=self.config.batch_nodes or (262144 if self.device.startswith("cuda") else 32768),
+                batch_nodes=self.config.batch_nodes or (262144 if self.device.startswith("cuda") else CPU_BATCH_NODES),
                 progress=self.config.progress,
             )
         with self._timed("components"):
@@ -221,7 +230,7 @@ def gcn_e_peaks(
     ignore_ratio: float = 0.8,
     th_sim: float = 0.0,
     device: str = "cpu",
-    batch_nodes: int = 32768,
+    batch_nodes: int = CPU_BATCH_NODES,
     progress: bool = False,
     allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
