@@ -651,3 +651,14 @@ def test_hfsoftmax_nvjpeg_decoder_agrees(hfs_ckpt, tmp_path):
     assert sorted(nvj.errors) == sorted(pil.errors) == [5]
     assert nvj.timings["gpu_images"] == 4  # the 4 plain JPEGs really went through nvJPEG
     assert _cos(pil.features, nvj.features).min() >= 0.999
+
+
+@pytest.mark.parametrize("cpus, threads, procs", [(1, 1, 1), (2, 1, 2), (16, 8, 16), (100, 8, 64)])
+def test_default_workers_by_kind(monkeypatch, cpus, threads, procs):
+    """Alignment processes: one per usable CPU (the network's thread waits part of the time);
+    decode threads: all CPUs but the network's, at most 8."""
+    import facecluster.embed.runner as runner
+
+    monkeypatch.setattr(runner, "usable_cpus", lambda: cpus)
+    assert runner.default_num_workers() == threads
+    assert runner.default_num_workers(processes=True) == procs
