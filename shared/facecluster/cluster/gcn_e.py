@@ -73,7 +73,7 @@ class GCNVEConfig(GCNVConfig):
         None, ge=1, description="Upper bound on padded candidate nodes per GCN-E forward pass "
         "(memory knob; results do not depend on it beyond float rounding). None: 2048 on CPU (larger "
         "batches' activations exceed malloc's 32 MB mmap threshold and are page-faulted in afresh each "
-        "pass: 100k faces 40 s -> 29 s at 2048 than 32768, same partition), 262144 on CUDA (small batches "
+        "pass: GCN-E on 100k faces 40 s at 32768, 29 s at 2048, same partition), 262144 on CUDA (small batches "
         "left an H200 idle between launches at 1M faces)."
     )
 

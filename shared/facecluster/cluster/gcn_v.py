@@ -274,7 +274,7 @@ class GCNVClusterer(Clusterer):
     def _stage_b_knn(self, feat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._timed("knn_gcn_feat"):
             sims, ids = knn(l2_normalize(feat), k, normalize=False, backend=self.config.knn_backend, device=self.device,
-                             progress=self.config.progress, description="kNN (GCN features)")
+                            progress=self.config.progress, description="kNN (GCN features)")
         return sims, ids
 
     def fit_predict(self, X: np.ndarray) -> np.ndarray:

@@ -113,6 +113,12 @@ _DOC = {
 }
 
 
+#: AND inference batch when ``batch_size`` is None, by device type. On CPU a
+#: batch of 1,024 faces' LSTM activations exceeds glibc's 32 MB mmap threshold and is page-faulted in
+#: afresh each batch (AND at 50k faces: 16.9 s at 1,024, 8.5 s at 128; bit-identical outputs)
+AND_BATCH = {"cpu": 128, "cuda": 1024}
+
+
 class AdaNetsConfig(RefineConfig):
     k: Optional[int] = _default("k")
     lamb: Optional[float] = _default("lamb")
@@ -285,7 +291,8 @@ class AdaNetsClusterer(Clusterer):
             ss = (lambda *a: structure_space_torch(*a, device=dev)) if dev.startswith("cuda") else structure_space
             ids_ss, d_ss = ss(ids, sims, r["k"], r["lamb"])
         with self._timed("and"), bar("Ada-NETS AND", n, c.progress) as b:
-            k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size or (1024 if dev.startswith("cuda") else 128), progress=b.advance)
+            k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size or AND_BATCH["cuda" if dev.startswith("cuda") else "cpu"],
+                              progress=b.advance)
         if r["min_k_hat"]:
             k_hat = np.maximum(k_hat, min(r["min_k_hat"], ids_ss.shape[1]))
         self.k_hat_ = k_hat
@@ -318,7 +325,7 @@ class AdaNetsClusterer(Clusterer):
             return np.zeros(0, np.int64)
         with self._timed("final_knn"):
             sims, ids = knn(feat, r["final_topk"], normalize=False, backend=c.knn_backend, device=self.device,
-                               progress=c.progress, description="kNN (GCN features)")
+                            progress=c.progress, description="kNN (GCN features)")
         with self._timed("components"):
             rows = np.repeat(np.arange(n), ids.shape[1])
             cols = ids.reshape(-1)
