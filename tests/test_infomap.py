@@ -1028,5 +1028,6 @@ def test_soup_rule_is_opt_in_and_needs_the_cohort():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 16)).astype(np.float32)
     c = get_clusterer("infomap", device="cpu", embedder="arcface", min_sim=-1.0, soup_below=0.0)
-    c.fit_predict(X)
+    with pytest.warns(UserWarning, match="no soup test was run"):
+        c.fit_predict(X)
     assert "soups" not in c.timings_

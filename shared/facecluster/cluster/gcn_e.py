@@ -45,11 +45,12 @@ from .gcn_v import GCNVClusterer, GCNVConfig, floor_keep, floor_mask, link_keep
 REFINED_TAU_E_BY_EMBEDDER: dict[str, float] = {"dlib": 0.65}
 
 
-#: padded candidate nodes per GCN-E pass on CPU: 2048 keeps each batch's activations under glibc's
-#: 32 MB mmap threshold, so their memory is reused between passes instead of page-faulted in anew
-#: (100k synthetic faces: GCN-E 40.1 -> 28.6 s, system time 23 -> 4.5 s, identical partition;
-#: docs/benchmarks.md §2)
-CPU_BATCH_NODES = 2048
+#: padded candidate nodes per GCN-E pass when ``batch_nodes`` is None, by device type. CPU: 2048
+#: keeps each batch's activations under glibc's 32 MB mmap threshold, so their memory is reused
+#: between passes instead of page-faulted in anew (100k synthetic faces: GCN-E 40.1 -> 28.6 s,
+#: system time 23 -> 4.5 s, identical partition; docs/benchmarks.md §2). CUDA: large, small batches
+#: left an H200 idle between launches at 1M faces.
+BATCH_NODES = {"cpu": 2048, "cuda": 262144}
 
 
 class GCNVEConfig(GCNVConfig):
@@ -143,7 +144,7 @@ class GCNVEClusterer(GCNVClusterer):
                 ignore_ratio=r["ignore_ratio"],
                 th_sim=self.config.th_sim,
                 device=self.device,
-                batch_nodes=self.config.batch_nodes or (262144 if self.device.startswith("cuda") else CPU_BATCH_NODES),
+                batch_nodes=self.config.batch_nodes or BATCH_NODES["cuda" if self.device.startswith("cuda") else "cpu"],
                 progress=self.config.progress,
             )
         with self._timed("components"):
@@ -230,7 +231,7 @@ def gcn_e_peaks(
     ignore_ratio: float = 0.8,
     th_sim: float = 0.0,
     device: str = "cpu",
-    batch_nodes: int = CPU_BATCH_NODES,
+    batch_nodes: int = BATCH_NODES["cpu"],
     progress: bool = False,
     allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -676,6 +676,10 @@ class InfomapClusterer(Clusterer):
                 node, module = tab[:, 0].astype(np.int64), tab[:, 1].astype(np.int64)
                 labels[node] = n + module  # offset: never collides with singleton ids
         labels = self.refine(labels, ids, sims, raised=raised)
+        if cfg.soup_below is not None and levels is None:
+            # the soup test reads the cohort levels; say so rather than skip it unannounced
+            warnings.warn("soup_below is set but cohort normalisation is off (cohort_norm=false, or an embedder "
+                          "without a cohort): no soup test was run", stacklevel=2)
         if levels is not None and cfg.soup_below is not None:
             with self._timed("soups"):
                 labels = dissolve_soups(labels, X, lev, below=cfg.soup_below, min_size=cfg.soup_min_size,
