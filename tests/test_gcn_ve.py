@@ -599,12 +599,13 @@ def test_gcn_refinement_takes_its_own_open_piece_share_unless_the_user_sets_one(
     get_clusterer("gcn-ve", refine_settings={"merge_open_share": 0.3, "attach_share": 0.7}, **kw).fit_predict(X)
     from facecluster.cluster.refine import LEARNED_REFINE_DEFAULTS
 
+    split = {"split_min_size": 20, "split_small_size": 40}
     assert seen == [
-        {**LEARNED_REFINE_DEFAULTS, "merge_open_share": 0.4, "split_min_size": 20},
-        {**LEARNED_REFINE_DEFAULTS, "merge_open_share": 0.3, "split_min_size": 20, "attach_share": 0.7},
+        {**LEARNED_REFINE_DEFAULTS, "merge_open_share": 0.4, **split},
+        {**LEARNED_REFINE_DEFAULTS, "merge_open_share": 0.3, **split, "attach_share": 0.7},
     ]
-    # the weak-cut split is dlib's (with mbf it cuts long-video people)
-    assert "split_min_size" not in gv.GCN_REFINE_DEFAULTS_BY_EMBEDDER.get("mbf", {})
+    # the weak-cut split (both tiers) is dlib's (with mbf it cuts long-video people)
+    assert not {"split_min_size", "split_small_size"} & set(gv.GCN_REFINE_DEFAULTS_BY_EMBEDDER.get("mbf", {}))
 
 
 def test_gcn_settings_record_the_post_steps_that_ran(ckpts):
@@ -617,6 +618,7 @@ def test_gcn_settings_record_the_post_steps_that_ran(ckpts):
     dlib = get_clusterer("gcn-ve", embedder="dlib", **kw).settings()
     steps = dlib["refine_post_steps"]
     assert steps["split_min_size"] == 20 and steps["merge_open_share"] == 0.4 and steps["attach_share"] == 0.6
+    assert (steps["split_small_size"], steps["split_small_k"], steps["split_small_min_size"]) == (40, 5, 10)
     assert steps["merge_min_sim"] is not None
     mine = get_clusterer("gcn-ve", embedder="dlib", refine_settings={"split_min_size": 0}, **kw).settings()
     assert mine["refine_post_steps"]["split_min_size"] == 0 and fingerprint(mine) != fingerprint(dlib)

@@ -130,6 +130,50 @@ def test_split_weak_cuts_two_people_chained_by_one_face():
     assert np.array_equal(out, split_weak(np.zeros(56, np.int64), ids.copy(), sims.copy(), min_size=20, max_cut=0.05))
 
 
+def _two_ten_photo_people(seed: int = 0):
+    """Two people of 10 photos each in one cluster, look-alikes (cosine ~0.8 across, ~0.95 within):
+    every face's 10 nearest hold its 9 mates and one face of the other person."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=64)
+    b = 0.8 * a + 0.6 * rng.normal(size=64)
+    X = np.concatenate([c / np.linalg.norm(c) + 0.03 * rng.normal(size=(10, 64)) for c in (a, b)])
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_split_weak_small_cluster_needs_fewer_neighbours_and_max_size_bounds_it():
+    """With 10 neighbours a 10-photo person links across any cut of its cluster, so two such people
+    chained together show no weak cut; on 5 neighbours they do (the GCN methods' second tier,
+    ``split_small_size``). Clusters above ``max_size`` are not judged."""
+    from facecluster.graph import split_weak
+
+    X = _two_ten_photo_people()
+    ids, sims = _blobs_knn(X, 11)
+    one = np.zeros(20, np.int64)
+    assert len(set(split_weak(one, ids, sims, min_size=10, top=10, max_cut=0.05))) == 1
+    out = split_weak(one, ids, sims, min_size=10, top=5, max_cut=0.05)
+    assert len(set(out[:10])) == 1 and len(set(out[10:])) == 1 and out[0] != out[10]
+    assert np.array_equal(split_weak(one, ids, sims, min_size=10, top=5, max_cut=0.05, max_size=20), out)
+    assert len(set(split_weak(one, ids, sims, min_size=10, top=5, max_cut=0.05, max_size=19))) == 1
+
+
+def test_refine_second_split_tier_parts_small_chained_clusters_only():
+    """refine_partition's second tier (split_small_size) parts the 20-face cluster of two 10-photo
+    people that the first tier (split_k 10) keeps; off (None) it stays one cluster."""
+    from facecluster.cluster.infomap import InfomapConfig
+    from facecluster.cluster.refine import refine_partition
+
+    X = _two_ten_photo_people(1)
+    ids, sims = _blobs_knn(X, 11)
+    kw = dict(merge_min_sim=0.5, attach_min_sim=0.5)
+    base = dict(split_min_size=10, merge_fragments=False, attach_max_size=0, attach_frac=0.0)
+    off = refine_partition(np.zeros(20, np.int64), ids, sims, InfomapConfig(**base), **kw)
+    assert len(set(off)) == 1
+    on = refine_partition(np.zeros(20, np.int64), ids, sims, InfomapConfig(**base, split_small_size=40), **kw)
+    assert sorted(np.bincount(on)) == [10, 10] and len(set(on[:10])) == 1
+    small = refine_partition(np.zeros(20, np.int64), ids, sims, InfomapConfig(**base, split_small_size=19), **kw)
+    assert len(set(small)) == 1
+
+
 def test_split_weak_edge_cases():
     from facecluster.graph import split_weak
 

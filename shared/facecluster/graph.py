@@ -790,6 +790,7 @@ def split_weak(
     min_part: int = 5,
     max_cut: float = 0.05,
     max_depth: int = 3,
+    max_size: int | None = None,
 ) -> np.ndarray:
     """Split clusters that chain two people: a weak cut in the cluster's own similarity graph.
 
@@ -800,13 +801,14 @@ def split_weak(
     cluster with similarity >= ``min_sim`` (weight = similarity) is bisected along its Fiedler
     vector (spectral sweep cut); when the best cut's conductance (cut weight over the smaller
     side's volume) is <= ``max_cut`` and each side has >= ``min_part`` faces, the cluster is
-    split and each side is checked again (at most ``max_depth`` levels).
+    split and each side is checked again (at most ``max_depth`` levels). With ``max_size``,
+    clusters of more faces are not judged.
 
     Parameters
     ----------
     labels : (N,) int partition.
     ids, sims : (N, k) kNN lists (self anywhere, ignored; -1 = none) and similarities.
-    min_size, top, min_sim, min_part, max_cut, max_depth : see above.
+    min_size, top, min_sim, min_part, max_cut, max_depth, max_size : see above.
 
     Returns
     -------
@@ -827,7 +829,9 @@ def split_weak(
     g = sp.csr_matrix((w[internal], (rows[internal], cols[internal])), shape=(n, n))
     g = g.maximum(g.T).tocsr()
     nxt = int(lab.max()) + 1
-    todo = [(c, 0) for c in np.flatnonzero(np.bincount(lab) >= min_size)]
+    sizes = np.bincount(lab)
+    judged = (sizes >= min_size) if max_size is None else (sizes >= min_size) & (sizes <= max_size)
+    todo = [(c, 0) for c in np.flatnonzero(judged)]
     members = {}
     order = np.argsort(lab, kind="stable")
     bounds = np.r_[0, np.cumsum(np.bincount(lab))]

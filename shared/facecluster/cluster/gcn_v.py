@@ -83,8 +83,12 @@ GCN_REFINE_DEFAULTS: dict[str, Any] = {"merge_open_share": 0.4}
 #: 12, every tuning regime equal or better (one training scenario −0.004: a long-video person in
 #: three qualities), validation lfw-detbox-val +0.003, Extended Yale B 0.410 -> 0.499, the 84k
 #: batch 0.818 -> 0.837. Not for mbf: its long-video people are cut there (glint18-val 0.999 ->
-#: 0.925; docs/benchmarks.md §9, "Twenty-first session").
-GCN_REFINE_DEFAULTS_BY_EMBEDDER: dict[str, dict[str, Any]] = {"dlib": {"split_min_size": 20}}
+#: 0.925; docs/benchmarks.md §9, "Twenty-first session"). Its second tier (``split_small_size`` 40,
+#: twenty-ninth session) judges clusters of 10-40 faces again on their 5-NN graph: two 10-photo
+#: look-alikes GCN-E chained show no weak cut at 10 neighbours (each face's 10th is the other
+#: person). Training photos +0.001 to +0.005 (worst regime 0.7759 -> 0.7768), no video regime moved;
+#: validation ORL 0.974 -> 1.000, loose crops 0.951 -> 0.954 (docs/benchmarks.md §9).
+GCN_REFINE_DEFAULTS_BY_EMBEDDER: dict[str, dict[str, Any]] = {"dlib": {"split_min_size": 20, "split_small_size": 40}}
 
 
 class GCNVConfig(RefineConfig):

@@ -451,6 +451,17 @@ class InfomapConfig(ClusterConfig):
     )
     split_max_cut: float = Field(0.05, ge=0, le=1, description="Split when the best spectral cut's conductance is <= this ...")
     split_min_part: int = Field(5, ge=1, description="... and each side keeps >= this many faces.")
+    split_small_size: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Clusters of split_small_min_size up to this many faces are judged a second time, on their "
+        "split_small_k-NN graph (same conductance and part size): with split_k (10) neighbours a small cluster's "
+        "lists must reach across any cut (a person with 10 photos has 9 others), which hides the cut between two look-alikes that "
+        "GCN-E chained. None = off (the default); 40 in the GCN methods' refinement with dlib "
+        "(gcn_v.GCN_REFINE_DEFAULTS_BY_EMBEDDER).",
+    )
+    split_small_k: int = Field(5, ge=1, description="Nearest neighbours per face in that second judgement.")
+    split_small_min_size: int = Field(10, ge=2, description="Smallest cluster that second judgement looks at.")
 
 
 #: default ``min_sim`` per embedder (raw L2-normalised descriptors), see module doc
