@@ -158,35 +158,27 @@ def refine_partition(
 
     if cfg.merge_fragments:
         labels = merge(labels, cfg.merge_min_size, lone_recip)
-    split_floor = cfg.split_min_sim if cfg.split_min_sim is not None else merge_min_sim
+    # the weak-cut split: clusters of >= split_min_size faces on their split_k-NN graph, then
+    # (split_small_size) the small ones again on fewer neighbours: with split_k lists a person with
+    # fewer photos than split_k links across any cut inside the cluster, so two look-alikes chained
+    # together (ORL's 10-photo people, photo collections) show no weak cut at split_k
+    tiers = []
     if cfg.split_min_size > 0:
-        with timed("split"):
-            labels = split_weak(
-                labels,
-                ids,
-                sims,
-                min_size=cfg.split_min_size,
-                top=cfg.split_k,
-                min_sim=split_floor,
-                min_part=cfg.split_min_part,
-                max_cut=cfg.split_max_cut,
-            )
+        tiers.append(dict(min_size=cfg.split_min_size, top=cfg.split_k))
     if cfg.split_small_size is not None and cfg.split_small_size >= cfg.split_small_min_size:
-        # small clusters again, on fewer neighbours: with split_k lists a person with fewer photos
-        # than split_k links across any cut inside the cluster, so two look-alikes chained
-        # together (ORL's 10-photo people, photo collections) show no weak cut at split_k
+        tiers.append(dict(min_size=cfg.split_small_min_size, max_size=cfg.split_small_size, top=cfg.split_small_k))
+    for tier in tiers:
         with timed("split"):
             labels = split_weak(
                 labels,
                 ids,
                 sims,
-                min_size=cfg.split_small_min_size,
-                max_size=cfg.split_small_size,
-                top=cfg.split_small_k,
-                min_sim=split_floor,
+                min_sim=cfg.split_min_sim if cfg.split_min_sim is not None else merge_min_sim,
                 min_part=cfg.split_min_part,
                 max_cut=cfg.split_max_cut,
+                **tier,
             )
+
     def later_steps(labels: np.ndarray) -> np.ndarray:
         # small-cluster and relative attach, second merge, big-cluster attach
         if cfg.attach_max_size > 0:
