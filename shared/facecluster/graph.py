@@ -834,7 +834,7 @@ def split_weak(
     todo = [(c, 0) for c in np.flatnonzero(judged)]
     members = {}
     order = np.argsort(lab, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(lab))]
+    bounds = np.r_[0, np.cumsum(sizes)]
     while todo:
         c, depth = todo.pop(0)
         idx = members.pop(c, None)

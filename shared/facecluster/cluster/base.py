@@ -32,6 +32,12 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def device_kind(device: str) -> str:
+    """"cuda" for "cuda[:i]", else "cpu": the key of the per-device default tables
+    (``gcn_e.BATCH_NODES``, ``adanets.AND_BATCH``)."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 #: the small-face rule's defaults (chosen on the training scenarios lfw-mixed-train(21) and
 #: glint-mixed-train by the worst regime, then the fewest faces in mixed clusters;
 #: docs/benchmarks/default_quality.md, "Small faces")

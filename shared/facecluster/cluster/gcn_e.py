@@ -31,6 +31,7 @@ from ..graph import components
 from ..knn import l2_normalize
 from ..progress import bar
 from . import gcn_common as gc
+from .base import device_kind
 from .gcn_v import GCNVClusterer, GCNVConfig, floor_keep, floor_mask, link_keep
 
 
@@ -144,7 +145,7 @@ class GCNVEClusterer(GCNVClusterer):
                 ignore_ratio=r["ignore_ratio"],
                 th_sim=self.config.th_sim,
                 device=self.device,
-                batch_nodes=self.config.batch_nodes or BATCH_NODES["cuda" if self.device.startswith("cuda") else "cpu"],
+                batch_nodes=self.config.batch_nodes or BATCH_NODES[device_kind(self.device)],
                 progress=self.config.progress,
             )
         with self._timed("components"):

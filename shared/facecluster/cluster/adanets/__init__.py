@@ -34,7 +34,7 @@ from ...calibration import calibration_mean, prepare_features
 from ...graph import components
 from ...knn import knn, l2_normalize
 from ...progress import bar
-from ..base import Clusterer
+from ..base import Clusterer, device_kind
 from ..gcn_common import DEFAULT_EMBEDDER, checkpoint_features, shipped_set
 from ..refine import RefineConfig, floor_cosine, learned_floor_cohort, learned_floor_dev, learned_link_floor, learned_weights_fingerprint, refine_learned, refine_on, resolved_post_steps
 from .and_model import ANDModel, load_and_checkpoint, predict_k
@@ -291,7 +291,7 @@ class AdaNetsClusterer(Clusterer):
             ss = (lambda *a: structure_space_torch(*a, device=dev)) if dev.startswith("cuda") else structure_space
             ids_ss, d_ss = ss(ids, sims, r["k"], r["lamb"])
         with self._timed("and"), bar("Ada-NETS AND", n, c.progress) as b:
-            k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size or AND_BATCH["cuda" if dev.startswith("cuda") else "cpu"],
+            k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size or AND_BATCH[device_kind(dev)],
                               progress=b.advance)
         if r["min_k_hat"]:
             k_hat = np.maximum(k_hat, min(r["min_k_hat"], ids_ss.shape[1]))
