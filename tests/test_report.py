@@ -307,6 +307,28 @@ def test_report_marks_faces_of_the_last_add(orl_output, tmp_path):
 @pytest.mark.browser
 @needs_chromium
 @needs_orl
+def test_report_counts_and_places_crops_with_no_face(orl_output, tmp_path):
+    """Records marked "no_face" (facecluster.nonface) are counted in the header and shown after the singletons."""
+    records, _, _ = orl_output
+    recs = [dict(r) for r in records]
+    nf = [i for i, r in enumerate(recs) if r["cluster_id"] >= 0][:3]
+    for k, i in enumerate(nf):
+        recs[i]["cluster_id"] = max(r["cluster_id"] for r in records) + 1 + k
+        recs[i]["no_face"] = True
+    page = write_report(recs, tmp_path / "report.html", thumbs="inline")
+    dom = dump_dom(page)
+    assert root_attr(dom, "data-error") is None and root_attr(dom, "data-ready") == "1"
+    assert shown_count(dom, "no-face") == 3
+    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page.read_text(), re.S).group(1))
+    assert data["noFace"] == nf
+    failed = sum(1 for r in recs if r["cluster_id"] < 0)
+    tail = data["order"][len(data["order"]) - failed - 3:len(data["order"]) - failed]
+    assert tail == nf
+
+
+@pytest.mark.browser
+@needs_chromium
+@needs_orl
 def test_report_folder_mode_loads_sheets(orl_output, tmp_path):
     records, _, _ = orl_output
     page = write_report(records, tmp_path / "report.html", thumbs="folder")

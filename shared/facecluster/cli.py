@@ -373,7 +373,8 @@ def add(
     s = res.summary
     typer.echo(
         f"facecluster: added {s['records']} records as batch {s['batch']}{' (already added before)' if res.already else ''}: "
-        f"{s['joined']} joined earlier people, {s['new_people']} new people, {s['failed']} failed; "
+        f"{s['joined']} joined earlier people, {s['new_people']} new people, "
+        f"{str(s['no_face']) + ' with no face, ' if s.get('no_face') else ''}{s['failed']} failed; "
         f"collection: {s['collection_records']} records, next id {s['next_id']} [method {s['method']}, embedder {s['embedder']}]",
         err=True,
     )

@@ -7,7 +7,9 @@ left mouth corner, right mouth corner), used by embedders that need landmarks.
 
 Output: the same array, same order, same keys, plus ``cluster_id`` (int >= 0, one per
 person, numbered by first appearance). A record whose image could not be read or
-embedded gets ``cluster_id = -1`` and an ``error`` string.
+embedded gets ``cluster_id = -1`` and an ``error`` string. A crop that holds no face (a
+detector's false positive; :mod:`facecluster.nonface`) keeps a ``cluster_id`` of its own and gets
+``"no_face": true``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -25,7 +27,7 @@ EXIT_ERROR = 1  #: unexpected failure (a bug, out of memory, ...); nothing trust
 EXIT_INVALID = 2  #: invalid input or usage: nothing written
 EXIT_PARTIAL = 3  #: output written, but some records failed (cluster_id -1 + error)
 
-RESERVED_KEYS = ("cluster_id", "error")
+RESERVED_KEYS = ("cluster_id", "error", "no_face")
 
 
 class ContractError(ValueError):
@@ -109,7 +111,8 @@ def renumber(labels: np.ndarray) -> np.ndarray:
 
 
 def build_output(
-    records: list[dict], row_index: np.ndarray, labels: np.ndarray, errors: dict[int, str]
+    records: list[dict], row_index: np.ndarray, labels: np.ndarray, errors: dict[int, str],
+    no_face: Iterable[int] = (),
 ) -> list[dict]:
     """Attach ``cluster_id`` (and ``error``) to every input record, in input order.
 
@@ -119,16 +122,21 @@ def build_output(
     row_index : (M,) int, input-record index of each labelled row.
     labels : (M,) int, cluster label of each row (any ints; renumbered by first appearance in input order).
     errors : {record index: message} for records that failed.
+    no_face : record indices whose crop holds no face (they get ``"no_face": true``).
     """
     n = len(records)
     full = np.full(n, -1, dtype=np.int64)
     full[np.asarray(row_index, dtype=np.int64)] = np.asarray(labels, dtype=np.int64)
     full = renumber(full)
+    no_face = set(int(i) for i in no_face)
     out = []
     for i, rec in enumerate(records):
         r = dict(rec)
         r.pop("error", None)
+        r.pop("no_face", None)
         r["cluster_id"] = int(full[i])
+        if i in no_face:
+            r["no_face"] = True
         if i in errors:
             r["cluster_id"] = -1
             r["error"] = errors[i]

@@ -122,6 +122,7 @@ class Assignment:
     suggested_merges : [{"ids": [a, b], "links": [la, lb], "faces": n}], existing ids a < b that
         new faces link strongly (sorted by ids).
     timings : seconds per step.
+    no_face : (M,) bool, the new crops that hold no face (:mod:`facecluster.nonface`; a new id each).
     """
 
     ids: np.ndarray
@@ -129,6 +130,7 @@ class Assignment:
     joined: np.ndarray
     suggested_merges: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    no_face: np.ndarray | None = None
 
 
 def _topk_merge(sims_a, ids_a, sims_b, ids_b, k):
@@ -215,6 +217,19 @@ def assign(
         sims = co.normalise(sims, ids, lev_new, lev_db, float(settings.get("cohort_shift", 0.0)))
         timings["cohort"] = time.perf_counter() - t
 
+    no_face = np.zeros(m, bool)
+    if settings.get("nonface_test"):
+        # the run set crops with no face apart (cluster/base.py): so does every batch added to it.
+        # A new id each, and no link to or from them counts in any vote below
+        from . import nonface
+
+        flagged = nonface.nonfaces(new, settings.get("embedder"))
+        if flagged is not None and flagged.any():
+            no_face = flagged
+            ids_out[no_face] = next_id + m + np.arange(int(no_face.sum()))
+            to_nf = (ids >= n) & no_face[np.clip(ids - n, 0, m - 1)]
+            sims = np.where(to_nf | no_face[:, None], np.float32(-2.0), sims)
+
     t = time.perf_counter()
     self_col = ids == (n + np.arange(m))[:, None]
     is_stored = ids < n
@@ -248,7 +263,8 @@ def assign(
         if cluster_new is None:
             from .cluster import get_clusterer
 
-            keep = {k_: v for k_, v in settings.items() if k_ not in ("device", "progress")}
+            # (nonface_test: the run's record of the shipped test, not a setting)
+            keep = {k_: v for k_, v in settings.items() if k_ not in ("device", "progress", "nonface_test")}
             cl = get_clusterer("infomap", device=device, progress=False, **keep)
             cluster_new = cl.fit_predict
         grp = contract.renumber(np.asarray(cluster_new(new[rest]), np.int64))
@@ -277,7 +293,7 @@ def assign(
     t = time.perf_counter()
     merges = _suggested_merges(ids_out, sims, ids, strong & is_stored, stored_ids, n, cfg)
     timings["bridges"] = time.perf_counter() - t
-    return Assignment(ids_out, new_next, joined, merges, timings)
+    return Assignment(ids_out, new_next, joined, merges, timings, no_face)
 
 
 def _neighbour_ids(ids, stored_ids, ids_out, n):
@@ -533,10 +549,14 @@ class Collection:
 def _batch_output(meta: dict) -> list[dict]:
     out = []
     errors = meta["errors"]
+    no_face = set(meta.get("no_face", []))
     for i, (rec, cid) in enumerate(zip(meta["records"], meta["cluster_ids"])):
         r = dict(rec)
         r.pop("error", None)
+        r.pop("no_face", None)
         r["cluster_id"] = int(cid)
+        if i in no_face:
+            r["no_face"] = True
         if str(i) in errors:
             r["error"] = errors[str(i)]
         elif cid < 0:
@@ -605,7 +625,8 @@ def init_from_run(coll: Collection, method: str) -> dict:
         raise CollectionError(f"{lab_path}: {len(labels)} labels for {len(index)} features; rerun `facecluster cluster`")
     errors = {int(k): v for k, v in fmeta["errors"].items()}
     # exactly what `write` produced for this run
-    out = contract.build_output(man["records"], index, labels, errors)
+    no_face = np.asarray(index, np.int64)[np.asarray(lmeta.get("no_face", []), np.int64)].tolist()
+    out = contract.build_output(man["records"], index, labels, errors, no_face=no_face)
     cids = np.array([r["cluster_id"] for r in out], np.int64)
     row_ids = cids[index]
     settings = dict(lmeta.get("settings", {}))
@@ -627,6 +648,7 @@ def init_from_run(coll: Collection, method: str) -> dict:
             "paths": man["paths"],
             "errors": {str(k): v for k, v in sorted(errors.items())},
             "cluster_ids": cids.tolist(),
+            "no_face": no_face,
         },
     )
     st = {
@@ -789,6 +811,7 @@ def add(
                 "errors": {str(k): v for k, v in sorted(errors.items())},
                 "cluster_ids": cids.tolist(),
                 "joined": res.joined.tolist(),
+                "no_face": [] if res.no_face is None else np.asarray(new_index, np.int64)[res.no_face].tolist(),
             },
         )
         merges = [dict(mg, batch=b) for mg in res.suggested_merges]
@@ -853,7 +876,9 @@ def _summary(out: list[dict], st: dict, entry: dict) -> dict[str, Any]:
         "clustered": len(ids),
         "failed": sum(1 for r in out if r["cluster_id"] < 0),
         "joined": sum(1 for i in ids if i < lo),
-        "new_people": len({i for i in ids if i >= lo}),
+        # a crop with no face has an id of its own, but is nobody
+        "new_people": len({r["cluster_id"] for r in out if r["cluster_id"] >= lo and not r.get("no_face")}),
+        "no_face": sum(1 for r in out if r.get("no_face")),
         "batch": entry["batch"],
         "collection_records": st["n_records"],
         "next_id": st["next_id"],

@@ -214,6 +214,8 @@ def cluster(
     # every method's fit_predict takes face_px (cluster/base.py); None: no small-face rule
     labels = clusterer.fit_predict(x, face_px=face_px) if len(x) else np.zeros(0, np.int64)
     labels = contract.renumber(np.asarray(labels, np.int64))
+    nonface = getattr(clusterer, "nonface_", None)
+    no_face = [] if nonface is None or len(nonface) != len(labels) else np.flatnonzero(nonface).tolist()
     atomic_save_npy(out, labels)
     n_clusters = int(labels.max() + 1) if len(labels) else 0
     atomic_write_json(
@@ -224,6 +226,8 @@ def cluster(
             "settings": clusterer.settings(),
             "calibration": None if mean is None else f"{embedder}_mean.npy",
             "face_px": face_px is not None,
+            # feature rows whose crop holds no face (cluster/base.py, facecluster.nonface)
+            "no_face": no_face,
             "timings": clusterer.timings_,
             "n_clusters": n_clusters,
             "seconds": time.perf_counter() - t,
@@ -245,7 +249,8 @@ def write(wd: WorkDir, method: str, output: str | os.PathLike) -> tuple[list[dic
     labels = np.load(lab_path)
     lmeta = read_json(wd.labels_meta(method))
     errors = {int(k): v for k, v in fmeta["errors"].items()}
-    out = contract.build_output(man["records"], index, labels, errors)
+    no_face = np.asarray(index, np.int64)[np.asarray(lmeta.get("no_face", []), np.int64)]
+    out = contract.build_output(man["records"], index, labels, errors, no_face=no_face.tolist())
     import json
 
     atomic_write_bytes(output, (json.dumps(out, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -257,6 +262,7 @@ def write(wd: WorkDir, method: str, output: str | os.PathLike) -> tuple[list[dic
         "failed": sum(1 for r in out if r["cluster_id"] < 0),
         "clusters": int(len(sizes)),
         "singletons": int((sizes == 1).sum()),
+        "no_face": int(len(no_face)),
         "method": method,
         "settings": lmeta.get("settings", {}),
         "embedder": fmeta.get("embedder", {}).get("embedder"),
@@ -264,10 +270,14 @@ def write(wd: WorkDir, method: str, output: str | os.PathLike) -> tuple[list[dic
     return out, summary
 
 
-def print_summary(summary: dict[str, Any], file=sys.stderr) -> None:
+def print_summary(summary: dict[str, Any], file=None) -> None:
+    file = file or sys.stderr  # looked up now: the stream in use (not the one at import time)
     print(
         f"facecluster: {summary['records']} records, {summary['clusters']} clusters "
         f"({summary['singletons']} singletons), {summary['failed']} failed "
         f"[method {summary['method']}, embedder {summary['embedder']}]",
         file=file,
     )
+    if summary.get("no_face"):
+        print(f"facecluster: {summary['no_face']} crops hold no face: each in a cluster of its own, "
+              '"no_face": true in the output', file=file)

@@ -117,6 +117,14 @@ class ClusterConfig(BaseModel):
         "nearest large faces, averaged over the group). Default: the embedder's value "
         "(calibration.SMALL_REST_MARGIN_BY_EMBEDDER, dlib 0.02; none: the small faces stay alone).",
     )
+    nonface_check: Optional[bool] = Field(
+        None,
+        description="Crops that hold no face (a detector's false positives: a shirt, a wall, a hand; "
+        "facecluster.nonface, a linear test on the descriptor shipped per embedder) are set apart before "
+        "clustering: each gets a cluster of its own and its output record \"no_face\": true. Methods with the "
+        "small-face rule only (the baselines reproduce other tools as they are). None: on when the embedder "
+        "ships a test (dlib); true: on (an error for an embedder without one); false: off.",
+    )
     duplicate_sim: Optional[float] = Field(
         None,
         ge=0.0,
@@ -176,6 +184,29 @@ class Clusterer:
     @property
     def device(self) -> str:
         return resolve_device(self.config.device)
+
+    # -- non-face crops (every method with uses_face_px) --------------------------------------
+    def nonface_on(self) -> bool:
+        """Whether the non-face test runs (``nonface_check``; None: when the embedder ships one)."""
+        from .. import nonface
+
+        c = self.config.nonface_check
+        if c is False or not self.uses_face_px:
+            return False
+        if c is True and not nonface.has_test(self.embedder()):
+            raise ValueError(f"nonface_check=true, but embedder {self.embedder()!r} ships no non-face test "
+                             "(facecluster.nonface; dlib has one)")
+        return nonface.has_test(self.embedder())
+
+    def nonfaces(self, X: np.ndarray) -> Optional[np.ndarray]:
+        """(N,) bool: the crops set apart as holding no face, or None (test off or none flagged)."""
+        from .. import nonface
+
+        if X.ndim != 2 or X.shape[0] == 0 or not self.nonface_on():
+            return None
+        with self._timed("nonfaces"):
+            m = nonface.nonfaces(X, self.embedder())
+        return m if m is not None and m.any() else None
 
     # -- small-face rule (every method with uses_face_px) -------------------------------------
     def small_vote_floor(self) -> Optional[float]:
@@ -333,6 +364,10 @@ class Clusterer:
         d = self.config.model_dump(mode="json")
         d["duplicate_sim"] = self.duplicate_sim()
         d["small_vote_temp"] = self.small_vote_temp()
+        if self.uses_face_px:  # the shipped non-face test in use (a new one reclusters)
+            from .. import nonface
+
+            d["nonface_test"] = nonface.fingerprint(self.embedder()) if self.nonface_on() else None
         return d
 
     # -- helpers for subclasses --------------------------------------------------------------
@@ -363,6 +398,26 @@ class Clusterer:
 def _with_common_rules(fit_predict):
     import functools
 
+    def faces_only(self: "Clusterer", X: np.ndarray, face_px: Optional[np.ndarray]) -> np.ndarray:
+        """The small-face and near-duplicate rules around the method, on crops that hold a face."""
+        small = self.small_faces(face_px, X.shape[0]) if X.ndim == 2 else None
+        if small is None:
+            labels = fit_predict(self, X)
+        else:
+            big = np.flatnonzero(~small)
+            lab_big = np.asarray(fit_predict(self, X[big]), np.int64)
+            labels, rest, rest_level = self._place_small(X, big, lab_big, np.flatnonzero(small))
+            least = self.config.small_rest_min
+            if least is not None and len(rest) >= least:
+                labels = self._cluster_rest(fit_predict, X, labels, rest, rest_level, least)
+        if not self.config.join_duplicates or len(labels) < 2:
+            return labels
+        with self._timed("duplicates"):
+            return join_near_duplicates(
+                X, labels, self.duplicate_sim(), knn_cache=self._input_knn,
+                backend=self.config.knn_backend, device=self.device,
+            )
+
     @functools.wraps(fit_predict)
     def wrapped(self: "Clusterer", X: np.ndarray, face_px: Optional[np.ndarray] = None) -> np.ndarray:
         # re-entrancy guard: a subclass's fit_predict may call its parent's (both wrapped)
@@ -372,23 +427,19 @@ def _with_common_rules(fit_predict):
         self._input_knn = None
         try:
             X = np.asarray(X)
-            small = self.small_faces(face_px, X.shape[0]) if X.ndim == 2 else None
-            if small is None:
-                labels = fit_predict(self, X)
-            else:
-                big = np.flatnonzero(~small)
-                lab_big = np.asarray(fit_predict(self, X[big]), np.int64)
-                labels, rest, rest_level = self._place_small(X, big, lab_big, np.flatnonzero(small))
-                least = self.config.small_rest_min
-                if least is not None and len(rest) >= least:
-                    labels = self._cluster_rest(fit_predict, X, labels, rest, rest_level, least)
-            if not self.config.join_duplicates or len(labels) < 2:
-                return labels
-            with self._timed("duplicates"):
-                return join_near_duplicates(
-                    X, labels, self.duplicate_sim(), knn_cache=self._input_knn,
-                    backend=self.config.knn_backend, device=self.device,
-                )
+            nonface = self.nonfaces(X)
+            self.nonface_ = np.zeros(X.shape[0] if X.ndim == 2 else 0, bool) if nonface is None else nonface
+            if nonface is None:
+                return faces_only(self, X, face_px)
+            # crops with no face never join anyone: the faces are clustered without them, then
+            # each non-face gets a cluster of its own
+            keep = np.flatnonzero(~nonface)
+            labels = np.empty(X.shape[0], np.int64)
+            lab = np.asarray(faces_only(self, X[keep], None if face_px is None else np.asarray(face_px)[keep]), np.int64) if len(keep) else np.zeros(0, np.int64)
+            labels[keep] = lab
+            start = int(lab.max()) + 1 if len(lab) else 0
+            labels[nonface] = start + np.arange(int(nonface.sum()))
+            return labels
         finally:
             self._fitting = False
             self._input_knn = None

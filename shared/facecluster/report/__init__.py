@@ -227,11 +227,11 @@ def _worst(cids: np.ndarray, codes: np.ndarray, names: list[str], top: int = WOR
             "n_merged_clusters": len(merges), "n_split_labels": len(splits)}
 
 
-def _display_order(cids: np.ndarray, codes: np.ndarray | None, names: list[str]) -> list[int]:
+def _display_order(cids: np.ndarray, codes: np.ndarray | None, names: list[str], no_face: Sequence[int] = ()) -> list[int]:
     """Record indices in page order; the sprite sheets are packed in this order too.
 
-    Clusters largest first (ties by id), then singletons, then failed records (their
-    image may still decode). Without labels, faces keep input order (e.g. video time).
+    Clusters largest first (ties by id), then singletons, then the crops with no face (each
+    a cluster of its own, ``no_face``), then failed records (their image may still decode). Without labels, faces keep input order (e.g. video time).
     With labels, a cluster's faces are grouped by identity, majority first, so a merge
     shows as separate blocks; singletons are sorted by identity, so an identity split
     into many singletons shows as a run of the same face.
@@ -249,8 +249,9 @@ def _display_order(cids: np.ndarray, codes: np.ndarray | None, names: list[str])
             members[c] = sorted(m, key=lambda i: (rank[int(codes[i])], i))
         single = sorted(single, key=lambda c: (int(codes[members[c][0]]) < 0,
                                                names[codes[members[c][0]]] if codes[members[c][0]] >= 0 else "", c))
-    order = [i for c in multi for i in members[c]] + [members[c][0] for c in single]
-    return order + [i for i in range(len(cids)) if cids[i] < 0]
+    nf = set(int(i) for i in no_face)
+    order = [i for c in multi for i in members[c]] + [members[c][0] for c in single if members[c][0] not in nf]
+    return order + sorted(nf) + [i for i in range(len(cids)) if cids[i] < 0]
 
 
 # --------------------------------------------------------------------------- HTML
@@ -318,7 +319,9 @@ def write_report(
     ----------
     records : list of dict, length N
         The output JSON records: ``img_path`` and ``cluster_id`` (int >= 0, or -1 for a
-        failed record that also has an ``error`` string). Extra keys are ignored.
+        failed record that also has an ``error`` string); ``"no_face": true`` marks a crop
+        that holds no face (shown after the singletons, counted in the header). Extra keys are
+        ignored.
     out_path : path of the HTML file to write (parent folders are created).
     labels : (N,) sequence, optional
         Ground-truth identity per record (any hashable; ``None`` = unknown). Enables the
@@ -366,7 +369,8 @@ def write_report(
 
     # Thumbnail (display) order: clusters largest first, then singletons, then failed records,
     # so each cluster row reads from one or two sprite sheets.
-    order = _display_order(cids, codes, names)
+    no_face = [i for i, r in enumerate(records) if r.get("no_face") and cids[i] >= 0]
+    order = _display_order(cids, codes, names, no_face)
 
     mode = thumbs if thumbs != "auto" else ("inline" if n <= INLINE_MAX_FACES else "folder")
     per = SHEET_COLS * SHEET_COLS
@@ -400,6 +404,7 @@ def write_report(
         "paths": paths_raw,
         "cid": cids.tolist(),
         "errors": errors,
+        "noFace": no_face,
         "order": order,
         "thumbErrors": thumb_errors,
         "sheet": {"cols": SHEET_COLS, "per": per, "pitch": pitch, "size": size, "n": len(sheets),

@@ -36,6 +36,8 @@
   var pos = new Int32Array(N).fill(-1);
   for (var k = 0; k < D.order.length; k++) pos[D.order[k]] = k;
   var errOf = new Map(D.errors), thumbErrOf = new Map(D.thumbErrors);
+  var noFaceOf = new Uint8Array(N);
+  (D.noFace || []).forEach(function (i) { noFaceOf[i] = 1; });
 
   // Cluster id -> record indices, in the page order chosen by the writer (D.order lists every record).
   var groups = new Map();
@@ -84,6 +86,7 @@
   countItem("clusters", groups.size, " clusters");
   countItem("multi", multi.length, " with 2+ faces");
   countItem("singletons", singles.length, " singletons");
+  if (D.noFace && D.noFace.length) countItem("no-face", D.noFace.length, " with no face (each alone)");
   countItem("failures", failed.length, " failed", failed.length ? "bad" : null);
   if (D.thumbErrors.length) countItem("thumb-errors", D.thumbErrors.length, " unreadable images", "bad");
   // Faces of the last `facecluster add` (green inner frame), when the page shows a collection.
@@ -465,6 +468,7 @@
     row("record", "#" + i + " in the output JSON");
     if (labels) row("label", labels[i] >= 0 ? labelNames[labels[i]] : "(none)");
     row("path", el("code", null, paths[i]));
+    if (noFaceOf[i]) row("no face", "this crop holds no face (a detector's false positive?): a cluster of its own");
     if (errOf.has(i)) row("error", errOf.get(i));
     if (thumbErrOf.has(i)) row("image", thumbErrOf.get(i));
     detail.appendChild(dl);

@@ -1,0 +1,175 @@
+"""Crops that hold no face (a detector's false positives): the shipped dlib test, every method
+sets them apart, the output flags them, `facecluster add` keeps doing so."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from conftest import data_path, run_cli, write_input
+from facecluster import contract, nonface
+from facecluster.cluster import get_clusterer
+
+PEOPLE = ["Colin_Powell", "Junichiro_Koizumi", "Serena_Williams"]
+
+
+def _pattern(kind: str, rng: np.random.Generator) -> np.ndarray:
+    s = 112
+    if kind == "noise":
+        return rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
+    if kind == "blurred":
+        img = Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
+        return np.asarray(img.filter(ImageFilter.GaussianBlur(6)))
+    if kind == "flat":
+        return np.full((s, s, 3), rng.integers(0, 256, 3), np.uint8)
+    if kind == "checker":
+        y, x = np.mgrid[:s, :s]
+        return np.where((((y // 14) + (x // 14)) % 2)[..., None], rng.integers(0, 256, 3), rng.integers(0, 256, 3)).astype(np.uint8)
+    g = np.linspace(0, 1, s)  # gradient
+    return ((g[None, :, None] * rng.random(3) + g[:, None, None] * rng.random(3)) * 127).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    """12 real LFW faces (3 people x 4) and 10 crops without a face (two of each pattern)."""
+    tmp = tmp_path_factory.mktemp("nonface")
+    root = data_path("lfw")
+    faces = [p for name in PEOPLE for p in sorted((root / name).iterdir())[:4]]
+    rng = np.random.default_rng(0)
+    junk = []
+    for i, kind in enumerate(["noise", "blurred", "flat", "checker", "gradient"] * 2):
+        p = tmp / f"{kind}_{i}.jpg"
+        Image.fromarray(_pattern(kind, rng)).save(p, quality=90)
+        junk.append(p)
+    return faces, junk
+
+
+def test_shipped_dlib_test_flags_patterns_not_faces(crops):
+    from facecluster.embed import get_embedder
+    from facecluster.imageio import load_image
+
+    faces, junk = crops
+    emb = get_embedder("dlib")
+    x = emb.embed_batch(np.stack([emb.prepare(load_image(p)) for p in faces + junk]))
+    flags = nonface.nonfaces(x, "dlib")
+    assert flags is not None
+    assert not flags[: len(faces)].any()
+    assert flags[len(faces):].sum() >= 8, flags  # held-out patterns: ~9 in 10 caught (docs)
+    # other widths (another embedder's features) and embedders without a test: no test
+    assert nonface.nonfaces(x[:, :64], "dlib") is None and nonface.nonfaces(x, "mbf") is None
+    assert nonface.fingerprint("dlib") and nonface.fingerprint("mbf") is None
+
+
+def _fake_test(monkeypatch, embedder: str = "dlib"):
+    """Replace the embedder's shipped test by one that flags rows pointing along the first axis."""
+    real = nonface.load_test
+
+    def load(e):
+        if e != embedder:
+            return real(e)
+        w = np.zeros(128, np.float32)
+        w[0] = 10.0
+        return w, -5.0, 0.0
+
+    monkeypatch.setattr(nonface, "load_test", load)
+
+
+@pytest.mark.parametrize("method", ["infomap", "gcn-ve", "adanets"])
+def test_every_method_sets_nonfaces_apart(monkeypatch, method):
+    _fake_test(monkeypatch)
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 128))
+    centres[:, 0] = -3.0  # faces: far from the non-face axis
+    faces = np.concatenate([c + 0.05 * rng.normal(size=(6, 128)) for c in centres])
+    junk = np.zeros((5, 128))
+    junk[:, 0] = 1.0
+    junk[:, 1:] = 0.001 * rng.normal(size=(5, 127))  # near-identical: one cluster if allowed
+    X = np.concatenate([faces[:9], junk, faces[9:]]).astype(np.float32)
+    is_junk = np.r_[np.zeros(9, bool), np.ones(5, bool), np.zeros(9, bool)]
+    c = get_clusterer(method, embedder="dlib", device="cpu")
+    lab = c.fit_predict(X)
+    assert c.nonface_.tolist() == is_junk.tolist()
+    # every non-face alone, none shares a cluster with a face
+    junk_ids = lab[is_junk]
+    assert len(set(junk_ids.tolist())) == 5 and not set(junk_ids.tolist()) & set(lab[~is_junk].tolist())
+    # the faces' partition is what the method gives them without the non-faces
+    alone = c.fit_predict(X[~is_junk])
+    assert not c.nonface_.any()
+    assert len(np.unique(np.c_[lab[~is_junk], alone], axis=0)) == len(np.unique(alone)) == len(np.unique(lab[~is_junk]))
+    # off: the near-identical non-faces share a cluster again (the duplicate rule)
+    off = get_clusterer(method, embedder="dlib", device="cpu", nonface_check=False)
+    assert len(set(off.fit_predict(X)[is_junk].tolist())) == 1 and not off.nonface_.any()
+
+
+def test_nonface_check_true_needs_a_shipped_test():
+    c = get_clusterer("infomap", embedder="mbf", nonface_check=True)
+    with pytest.raises(ValueError, match="ships no non-face test"):
+        c.fit_predict(np.random.default_rng(0).normal(size=(5, 512)).astype(np.float32))
+    # the baselines reproduce other tools as they are: no test
+    assert not get_clusterer("chinese-whispers", embedder="dlib").nonface_on()
+
+
+def test_build_output_flags_no_face_and_drops_a_stale_flag():
+    recs = [{"img_path": "a", "no_face": True}, {"img_path": "b"}, {"img_path": "c", "x": 1}]
+    out = contract.build_output(recs, np.array([0, 1, 2]), np.array([0, 1, 0]), {}, no_face=[1])
+    assert out == [{"img_path": "a", "cluster_id": 0}, {"img_path": "b", "cluster_id": 1, "no_face": True},
+                   {"img_path": "c", "x": 1, "cluster_id": 0}]
+
+
+def test_run_flags_nonfaces_and_leaves_the_faces_as_they_were(tmp_path, crops, capsys):
+    faces, junk = crops
+    # faces alone
+    a = tmp_path / "a"
+    a.mkdir()
+    code = run_cli("run", write_input(a, [{"img_path": str(p)} for p in faces]), "-o", a / "out.json", "-w", a / "wd", "--device", "cpu")
+    assert code == 0
+    alone = [r["cluster_id"] for r in json.loads((a / "out.json").read_text())]
+    # the same faces with non-faces between them, extra keys kept
+    order = [("f", p) for p in faces[:6]] + [("j", p) for p in junk] + [("f", p) for p in faces[6:]]
+    b = tmp_path / "b"
+    b.mkdir()
+    capsys.readouterr()
+    code = run_cli("run", write_input(b, [{"img_path": str(p), "kind": k} for k, p in order]), "-o", b / "out.json", "-w", b / "wd", "--device", "cpu")
+    err = capsys.readouterr().err
+    assert code == 0
+    out = json.loads((b / "out.json").read_text())
+    assert [r["kind"] for r in out] == [k for k, _ in order]
+    flagged = [r for r in out if r.get("no_face")]
+    assert len(flagged) >= 8 and all(r["kind"] == "j" for r in flagged)
+    assert f"{len(flagged)} crops hold no face" in err
+    face_ids = [r["cluster_id"] for r in out if r["kind"] == "f"]
+    assert len(set(zip(face_ids, alone))) == len(set(alone)) == len(set(face_ids)) == 3
+    ids = [r["cluster_id"] for r in flagged]
+    assert len(set(ids)) == len(ids) and not set(ids) & set(face_ids)
+    # off: no record is flagged
+    c = tmp_path / "c"
+    c.mkdir()
+    code = run_cli("run", write_input(c, [{"img_path": str(p)} for _, p in order]), "-o", c / "out.json", "-w", c / "wd",
+                   "--device", "cpu", "--set", "nonface_check=false")
+    assert code == 0 and not any("no_face" in r for r in json.loads((c / "out.json").read_text()))
+
+
+def test_add_keeps_setting_nonfaces_apart(tmp_path, crops, capsys):
+    faces, junk = crops
+    inp = write_input(tmp_path, [{"img_path": str(p)} for p in faces[:8]])
+    assert run_cli("run", inp, "-o", tmp_path / "day1.json", "-w", tmp_path / "W", "--device", "cpu") == 0
+    day1 = json.loads((tmp_path / "day1.json").read_text())
+    day2 = [{"img_path": str(p)} for p in junk[:5]] + [{"img_path": str(p)} for p in faces[8:]]
+    (tmp_path / "d2").mkdir()
+    out = tmp_path / "day2.json"
+    capsys.readouterr()
+    assert run_cli("add", write_input(tmp_path / "d2", day2), "-w", tmp_path / "W", "-o", out, "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    res = json.loads(out.read_text())
+    flagged = [r for r in res[:5] if r.get("no_face")]
+    assert len(flagged) >= 4
+    ids = [r["cluster_id"] for r in flagged]
+    old = {r["cluster_id"] for r in day1}
+    assert len(set(ids)) == len(ids) and not set(ids) & old
+    # the third person's photos: one new person, not joined to any non-face
+    serena = {r["cluster_id"] for r in res[5:]}
+    assert len(serena) == 1 and not serena & set(ids) and not any("no_face" in r for r in res[5:])
+    assert f"1 new people, {len(flagged)} with no face" in err, err
