@@ -86,7 +86,8 @@ def _region(kind: str, rng: np.random.Generator) -> tuple[int, int, int, int]:
             return box
 
 
-def _pattern(kind: str, rng: np.random.Generator) -> np.ndarray:
+def pattern(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A 112x112 RGB uint8 synthetic non-face of one of ``TRAIN_PATTERNS`` / ``HELDOUT_PATTERNS``."""
     from PIL import Image, ImageDraw, ImageFilter
 
     s = 112
@@ -153,7 +154,7 @@ def make_crops(originals: Path, out: Path, part: str, n_photo: int, n_pattern: i
     for i in range(n_pattern):
         kind = patterns[i % len(patterns)]
         p = img_dir / f"{kind}_{i:05d}.jpg"
-        Image.fromarray(_pattern(kind, rng)).save(p, quality=int(rng.integers(50, 96)))
+        Image.fromarray(pattern(kind, rng)).save(p, quality=int(rng.integers(50, 96)))
         recs.append({"img_path": str(p), "kind": kind})
     inp = out / "input.json"
     inp.write_text(json.dumps(recs))

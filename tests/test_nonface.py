@@ -4,32 +4,21 @@ sets them apart, the output flags them, `facecluster add` keeps doing so."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from conftest import data_path, run_cli, write_input
 from facecluster import contract, nonface
 from facecluster.cluster import get_clusterer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from nonface import pattern  # noqa: E402  (bench/nonface.py: the patterns the test was fitted and checked on)
+
 PEOPLE = ["Colin_Powell", "Junichiro_Koizumi", "Serena_Williams"]
-
-
-def _pattern(kind: str, rng: np.random.Generator) -> np.ndarray:
-    s = 112
-    if kind == "noise":
-        return rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
-    if kind == "blurred":
-        img = Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
-        return np.asarray(img.filter(ImageFilter.GaussianBlur(6)))
-    if kind == "flat":
-        return np.full((s, s, 3), rng.integers(0, 256, 3), np.uint8)
-    if kind == "checker":
-        y, x = np.mgrid[:s, :s]
-        return np.where((((y // 14) + (x // 14)) % 2)[..., None], rng.integers(0, 256, 3), rng.integers(0, 256, 3)).astype(np.uint8)
-    g = np.linspace(0, 1, s)  # gradient
-    return ((g[None, :, None] * rng.random(3) + g[:, None, None] * rng.random(3)) * 127).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +29,9 @@ def crops(tmp_path_factory):
     faces = [p for name in PEOPLE for p in sorted((root / name).iterdir())[:4]]
     rng = np.random.default_rng(0)
     junk = []
-    for i, kind in enumerate(["noise", "blurred", "flat", "checker", "gradient"] * 2):
+    for i, kind in enumerate(["noise", "blurred-noise", "flat", "checkerboard", "gradient"] * 2):
         p = tmp / f"{kind}_{i}.jpg"
-        Image.fromarray(_pattern(kind, rng)).save(p, quality=90)
+        Image.fromarray(pattern(kind, rng)).save(p, quality=90)
         junk.append(p)
     return faces, junk
 
