@@ -129,18 +129,22 @@ def build_output(
     full[np.asarray(row_index, dtype=np.int64)] = np.asarray(labels, dtype=np.int64)
     full = renumber(full)
     no_face = set(int(i) for i in no_face)
-    out = []
-    for i, rec in enumerate(records):
-        r = dict(rec)
-        r.pop("error", None)
-        r.pop("no_face", None)
-        r["cluster_id"] = int(full[i])
-        if i in no_face:
-            r["no_face"] = True
-        if i in errors:
-            r["cluster_id"] = -1
-            r["error"] = errors[i]
-        elif full[i] < 0:
-            r["error"] = "no embedding for this record"
-        out.append(r)
-    return out
+    return [output_record(rec, int(full[i]), errors.get(i), i in no_face) for i, rec in enumerate(records)]
+
+
+def output_record(rec: dict, cluster_id: int, error: str | None = None, no_face: bool = False) -> dict:
+    """One output record (a run's, or a collection batch's with its stable id): the input's keys
+    in their order (a stale ``error`` / ``no_face`` from the input dropped), ``cluster_id`` (-1
+    with ``error``), ``"no_face": true`` for a crop that holds no face, and an ``error`` for a
+    record without an id."""
+    r = dict(rec)
+    r.pop("error", None)
+    r.pop("no_face", None)
+    r["cluster_id"] = -1 if error is not None else int(cluster_id)
+    if no_face:
+        r["no_face"] = True
+    if error is not None:
+        r["error"] = error
+    elif cluster_id < 0:
+        r["error"] = "no embedding for this record"
+    return r

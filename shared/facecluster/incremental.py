@@ -547,22 +547,9 @@ class Collection:
 
 
 def _batch_output(meta: dict) -> list[dict]:
-    out = []
-    errors = meta["errors"]
-    no_face = set(meta.get("no_face", []))
-    for i, (rec, cid) in enumerate(zip(meta["records"], meta["cluster_ids"])):
-        r = dict(rec)
-        r.pop("error", None)
-        r.pop("no_face", None)
-        r["cluster_id"] = int(cid)
-        if i in no_face:
-            r["no_face"] = True
-        if str(i) in errors:
-            r["error"] = errors[str(i)]
-        elif cid < 0:
-            r["error"] = "no embedding for this record"
-        out.append(r)
-    return out
+    errors, no_face = meta["errors"], set(meta.get("no_face", []))
+    return [contract.output_record(rec, int(cid), errors.get(str(i)), i in no_face)
+            for i, (rec, cid) in enumerate(zip(meta["records"], meta["cluster_ids"]))]
 
 
 @contextmanager
@@ -606,6 +593,8 @@ def init_from_run(coll: Collection, method: str) -> dict:
     """Make batch 0 from W's ``run`` (manifest + features + labels-METHOD); returns the state.
 
     Batch 0's ids are exactly the ids ``facecluster write`` gave that run, so its output stays valid."""
+    from . import pipeline
+
     wd = coll.wd
     if method not in INCREMENTAL_METHODS:
         raise CollectionError(_no_incremental(method))
@@ -625,7 +614,7 @@ def init_from_run(coll: Collection, method: str) -> dict:
         raise CollectionError(f"{lab_path}: {len(labels)} labels for {len(index)} features; rerun `facecluster cluster`")
     errors = {int(k): v for k, v in fmeta["errors"].items()}
     # exactly what `write` produced for this run
-    no_face = np.asarray(index, np.int64)[np.asarray(lmeta.get("no_face", []), np.int64)].tolist()
+    no_face = pipeline.no_face_records(index, lmeta)
     out = contract.build_output(man["records"], index, labels, errors, no_face=no_face)
     cids = np.array([r["cluster_id"] for r in out], np.int64)
     row_ids = cids[index]

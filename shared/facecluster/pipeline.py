@@ -237,6 +237,12 @@ def cluster(
 
 
 # --------------------------------------------------------------------------- write
+def no_face_records(index: np.ndarray, lmeta: dict) -> list[int]:
+    """Input-record indices of the crops a clustering set apart as holding no face (labels-<method>.json
+    records them as feature rows; absent in runs made before the test: none)."""
+    return np.asarray(index, np.int64)[np.asarray(lmeta.get("no_face", []), np.int64)].tolist()
+
+
 def write(wd: WorkDir, method: str, output: str | os.PathLike) -> tuple[list[dict], dict[str, Any]]:
     """Write the output JSON (atomic). Returns (records, summary)."""
     man = wd.read_manifest()
@@ -249,8 +255,8 @@ def write(wd: WorkDir, method: str, output: str | os.PathLike) -> tuple[list[dic
     labels = np.load(lab_path)
     lmeta = read_json(wd.labels_meta(method))
     errors = {int(k): v for k, v in fmeta["errors"].items()}
-    no_face = np.asarray(index, np.int64)[np.asarray(lmeta.get("no_face", []), np.int64)]
-    out = contract.build_output(man["records"], index, labels, errors, no_face=no_face.tolist())
+    no_face = no_face_records(index, lmeta)
+    out = contract.build_output(man["records"], index, labels, errors, no_face=no_face)
     import json
 
     atomic_write_bytes(output, (json.dumps(out, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))

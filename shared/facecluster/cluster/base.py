@@ -199,16 +199,12 @@ class Clusterer:
         return nonface.has_test(self.embedder())
 
     def nonfaces(self, X: np.ndarray) -> Optional[np.ndarray]:
-        """(N,) bool: the crops set apart as holding no face, or None (test off or none flagged)."""
+        """(N,) bool: the crops that hold no face, or None when the test does not run."""
         from .. import nonface
 
         if X.ndim != 2 or X.shape[0] == 0 or not self.nonface_on():
             return None
-        t = time.perf_counter()
-        m = nonface.nonfaces(X, self.embedder())
-        # kept aside: a method's fit_predict starts its timings afresh (the wrapper adds it back)
-        self._nonface_s = time.perf_counter() - t
-        return m if m is not None and m.any() else None
+        return nonface.nonfaces(X, self.embedder())
 
     # -- small-face rule (every method with uses_face_px) -------------------------------------
     def small_vote_floor(self) -> Optional[float]:
@@ -429,23 +425,23 @@ def _with_common_rules(fit_predict):
         self._input_knn = None
         try:
             X = np.asarray(X)
-            self._nonface_s = None
+            t = time.perf_counter()
             nonface = self.nonfaces(X)
+            t_nonface = time.perf_counter() - t
             self.nonface_ = np.zeros(X.shape[0] if X.ndim == 2 else 0, bool) if nonface is None else nonface
-            if nonface is None:
+            if not self.nonface_.any():
                 labels = faces_only(self, X, face_px)
-                if self._nonface_s is not None:
-                    self.timings_["nonfaces"] = self._nonface_s
-                return labels
-            # crops with no face never join anyone: the faces are clustered without them, then
-            # each non-face gets a cluster of its own
-            keep = np.flatnonzero(~nonface)
-            labels = np.empty(X.shape[0], np.int64)
-            lab = np.asarray(faces_only(self, X[keep], None if face_px is None else np.asarray(face_px)[keep]), np.int64) if len(keep) else np.zeros(0, np.int64)
-            labels[keep] = lab
-            start = int(lab.max()) + 1 if len(lab) else 0
-            labels[nonface] = start + np.arange(int(nonface.sum()))
-            self.timings_["nonfaces"] = self._nonface_s
+            else:
+                # crops with no face never join anyone: the faces are clustered without them, then
+                # each non-face gets a cluster of its own
+                keep = np.flatnonzero(~nonface)
+                labels = np.empty(X.shape[0], np.int64)
+                lab = np.asarray(faces_only(self, X[keep], None if face_px is None else np.asarray(face_px)[keep]), np.int64) if len(keep) else np.zeros(0, np.int64)
+                labels[keep] = lab
+                start = int(lab.max()) + 1 if len(lab) else 0
+                labels[nonface] = start + np.arange(int(nonface.sum()))
+            if nonface is not None:  # after the method: its fit_predict starts its timings afresh
+                self.timings_["nonfaces"] = t_nonface
             return labels
         finally:
             self._fitting = False
