@@ -17,8 +17,9 @@ What it does, in order:
    most ``--face-rate`` of those training faces reach.
 4. Report: non-faces caught (held-out part), faces flagged on every validation regime (identities
    and crop styles the fit never saw: LFW at 80 px q35, another detector's boxes, Extended Yale B,
-   ORL, ...) and what the default method makes of held-out non-faces mixed into lfw-val with the
-   test off and on. ``--write`` saves ``shared/facecluster/weights/<embedder>_nonface.npz`` (+ .json).
+   ORL, ...), how alike copies of one non-face are next to distinct non-faces (why only exact
+   copies share a cluster) and what the default method makes of held-out non-faces mixed into
+   lfw-val with the test off and on. ``--write`` saves ``shared/facecluster/weights/<embedder>_nonface.npz`` (+ .json).
 
 Usage (2-core box: ~4 min of embedding, the fit in seconds)::
 
@@ -196,6 +197,77 @@ def mixed_in(root: Path, junk: np.ndarray) -> None:
         print(f"| {'on' if on else 'off'} | {r['bcubed_fscore']:.4f} | {r['mixed_faces']} | {int(with_faces.sum())} | {biggest} | {r['n_clusters']} |")
 
 
+def copies(inp: Path, embedder: str, n: int = 120) -> None:
+    """How alike copies of one non-face are (re-encoded, resized, shifted: what a video's repeated
+    frames or a re-saved file give) next to how alike *distinct* held-out non-faces are: why only
+    exact copies (``facecluster.nonface.COPY_SIM``) share a cluster."""
+    import io
+
+    from PIL import Image
+
+    from facecluster.embed import get_embedder
+    from facecluster.imageio import load_image
+    from facecluster.nonface import COPY_SIM, nonfaces
+
+    recs = json.loads(inp.read_text())
+    rng = np.random.default_rng(0)
+    orig = [load_image(recs[i]["img_path"]) for i in rng.choice(len(recs), n, replace=False)]
+    emb = get_embedder(embedder)
+
+    def embed_all(images):
+        return l2_normalize(emb.embed_batch(np.stack([emb.prepare(im) for im in images])))
+
+    def jpeg(im, q):
+        b = io.BytesIO()
+        Image.fromarray(im).save(b, "JPEG", quality=q)
+        return np.asarray(Image.open(io.BytesIO(b.getvalue())).convert("RGB"))
+
+    def resized(im, f):
+        return np.asarray(Image.fromarray(im).resize((max(8, int(im.shape[1] * f)), max(8, int(im.shape[0] * f))), Image.BILINEAR))
+
+    x0 = embed_all(orig)
+    flagged = nonfaces(x0, embedder)
+    print(f"| copy of a held-out non-face ({int(flagged.sum())} flagged of {n}) | cosine to it: 1st / 5th / 50th percentile | >= 0.995 | >= {COPY_SIM} | flagged alike |")
+    print("|---|---|---|---|---|")
+    for name, f in (("identical", lambda im: im), ("JPEG q90", lambda im: jpeg(im, 90)), ("JPEG q75", lambda im: jpeg(im, 75)),
+                    ("JPEG q50", lambda im: jpeg(im, 50)), ("resized x0.9", lambda im: resized(im, 0.9)), ("shifted 1 px", lambda im: im[1:, 1:])):
+        x = embed_all([f(im) for im in orig])
+        c = (x * x0).sum(axis=1)[flagged]
+        alike = (nonfaces(x, embedder) == flagged)[flagged].mean()
+        p = np.percentile(c, [1, 5, 50])
+        print(f"| {name} | {p[0]:.4f} / {p[1]:.4f} / {p[2]:.4f} | {(c >= 0.995).mean():.2f} | {(c >= COPY_SIM - 1e-6).mean():.2f} | {alike:.2f} |")
+
+
+def distinct_pairs(x: np.ndarray) -> None:
+    """Pairs of distinct held-out non-faces at the near-duplicate cosines."""
+    from facecluster.nonface import COPY_SIM
+
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    from facecluster.graph import components
+
+    xn = l2_normalize(np.asarray(x, np.float32))
+    S = xn @ xn.T
+    s = S[np.triu_indices(len(xn), 1)]
+    print(f"distinct held-out non-faces: {len(s)} pairs; >= 0.995: {int((s >= 0.995).sum())}, >= 0.999: {int((s >= 0.999).sum())}, "
+          f">= {COPY_SIM}: {int((s >= COPY_SIM).sum())}")
+    # groups they would form at 0.995: chained (connected components) and by complete linkage
+    r, c = np.nonzero(np.triu(S >= 0.995, 1))
+    comp = components(len(xn), r, c)
+    sizes = np.bincount(comp)
+    n_cl, biggest = 0, 1
+    for g in np.flatnonzero(sizes > 1):
+        m = np.flatnonzero(comp == g)
+        d = np.clip(1.0 - S[np.ix_(m, m)], 0.0, None)
+        np.fill_diagonal(d, 0.0)
+        f = np.bincount(fcluster(linkage(squareform(d, checks=False), "complete"), 0.005, "distance"))
+        n_cl += int((f > 1).sum())
+        biggest = max(biggest, int(f.max()))
+    print(f"  grouped at 0.995: chained {int((sizes > 1).sum())} groups, largest {int(sizes.max())}; "
+          f"complete linkage {n_cl} groups, largest {biggest}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lfw-originals", type=Path, required=True)
@@ -237,6 +309,9 @@ def main() -> None:
     for name, x, _n in regimes.validation_regimes(a.root):
         s = l2_normalize(np.asarray(x, np.float32)) @ w + b
         print(f"| {name} | {int((s >= thr).sum())} / {len(s)} |")
+    print("\ncopies of one non-face against distinct non-faces (which ones share a cluster)")
+    distinct_pairs(parts["val"][0])
+    copies(a.work / "junk-val" / "input.json", a.embedder)
     print("\nthe default method on lfw-val with the held-out non-faces mixed in (each non-face its own identity)")
     mixed_in(a.root, parts["val"][0])
     if a.write:

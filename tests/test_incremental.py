@@ -402,3 +402,30 @@ def test_group_vote_an_old_cluster_counts_all_its_members_slots():
                                   np.full(m, -1, np.int64), n, 40, 0.91, settings, 7)
     assert res[g] == 0  # the lone face joins the old cluster by its own links
     assert (res[:g] == 7).all(), np.unique(res[:g])  # the group stays a new person
+
+
+def test_a_copy_of_a_stored_face_takes_its_id():
+    """A new near-duplicate of a stored crop takes that crop's id (and its no-face flag) even where
+    the vote of its other links would choose another cluster; new copies of each other share one."""
+    rng = np.random.default_rng(5)
+    x, who = _people(rng, 3, 8, noise=0.02)
+    who = who.copy()
+    who[0] = 7  # a stored face of person 0 kept apart (say, by an earlier add): the vote says 0
+    new = np.concatenate([x[:1], x[:1] + 1e-4, x[8:9]]).astype(np.float32)
+    r = assign(x, who, new, 8, SETTINGS)
+    assert r.ids.tolist() == [7, 7, 1] and r.joined.tolist() == [1, 1, 1]
+    # ... and the plain vote without the near-duplicate rule
+    r = assign(x, who, new, 8, dict(SETTINGS, join_duplicates=False))
+    assert r.ids.tolist() == [0, 0, 1]
+    # a copy of a stored crop with no face: its id, flagged, and no vote goes to or from it
+    nf = np.zeros(len(who), bool)
+    nf[0] = True
+    r = assign(x, who, new, 8, SETTINGS, stored_no_face=nf)
+    assert r.ids.tolist() == [7, 7, 1] and r.no_face.tolist() == [True, True, False]
+    # ... but only an exact copy of it: distinct non-faces are as alike as a face's copies
+    near = x[:1] + 0.01 * rng.normal(size=(1, x.shape[1])).astype(np.float32)
+    cos = float(near[0] @ x[0] / np.linalg.norm(near) / np.linalg.norm(x[0]))
+    assert 0.995 < cos < 0.9999
+    assert assign(x, who, near, 8, SETTINGS).ids.tolist() == [7]
+    r = assign(x, who, near, 8, SETTINGS, stored_no_face=nf)
+    assert r.ids.tolist() == [0] and not r.no_face.any()

@@ -75,22 +75,61 @@ def test_every_method_sets_nonfaces_apart(monkeypatch, method):
     faces = np.concatenate([c + 0.05 * rng.normal(size=(6, 128)) for c in centres])
     junk = np.zeros((5, 128))
     junk[:, 0] = 1.0
-    junk[:, 1:] = 0.001 * rng.normal(size=(5, 127))  # near-identical: one cluster if allowed
+    junk[:, 1:] = 0.1 * rng.normal(size=(5, 127))  # along the non-face axis, unlike each other
+    junk = np.concatenate([junk, junk[[2, 2]]])  # two copies of one: its copies share its cluster
     X = np.concatenate([faces[:9], junk, faces[9:]]).astype(np.float32)
-    is_junk = np.r_[np.zeros(9, bool), np.ones(5, bool), np.zeros(9, bool)]
+    is_junk = np.r_[np.zeros(9, bool), np.ones(7, bool), np.zeros(9, bool)]
     c = get_clusterer(method, embedder="dlib", device="cpu")
     lab = c.fit_predict(X)
     assert c.nonface_.tolist() == is_junk.tolist()
-    # every non-face alone, none shares a cluster with a face
+    # every non-face alone (but for its copies), none shares a cluster with a face
     junk_ids = lab[is_junk]
-    assert len(set(junk_ids.tolist())) == 5 and not set(junk_ids.tolist()) & set(lab[~is_junk].tolist())
+    assert len(set(junk_ids.tolist())) == 5 and junk_ids[2] == junk_ids[5] == junk_ids[6]
+    assert not set(junk_ids.tolist()) & set(lab[~is_junk].tolist())
     # the faces' partition is what the method gives them without the non-faces
     alone = c.fit_predict(X[~is_junk])
     assert not c.nonface_.any()
     assert len(np.unique(np.c_[lab[~is_junk], alone], axis=0)) == len(np.unique(alone)) == len(np.unique(lab[~is_junk]))
-    # off: the near-identical non-faces share a cluster again (the duplicate rule)
+    # off: nothing is set apart
     off = get_clusterer(method, embedder="dlib", device="cpu", nonface_check=False)
-    assert len(set(off.fit_predict(X)[is_junk].tolist())) == 1 and not off.nonface_.any()
+    off.fit_predict(X)
+    assert not off.nonface_.any()
+
+
+@pytest.mark.parametrize("method", ["infomap", "gcn-ve"])
+def test_near_duplicates_are_judged_as_one(monkeypatch, method):
+    """A crop just over the threshold and its re-encoded copy just under it (cosine >= 0.995)
+    get one answer, by the mean of their scores, and one cluster; without the near-duplicate
+    rule each is judged alone."""
+    _fake_test(monkeypatch)  # flags rows whose direction has x0 >= 0.5
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(3, 128))
+    centres[:, 0] = -3.0
+    faces = np.concatenate([c + 0.05 * rng.normal(size=(6, 128)) for c in centres])
+
+    def along(x0: float, base: np.ndarray) -> np.ndarray:
+        v = base / np.linalg.norm(base) * np.sqrt(1 - x0**2)
+        return np.r_[x0, v]
+
+    base = rng.normal(size=127)
+    twin_faces = [along(0.51, base), along(0.47, base)]  # scores +0.1 and -0.3: mean below: faces
+    twin_junk = [along(0.53, base + 1), along(0.485, base + 1)]  # +0.3 and -0.15: mean above: no face
+    # two distinct non-faces as alike as copies of a face (dlib's non-faces crowd): kept apart
+    b2 = base + 2
+    distinct = [along(0.8, b2), along(0.8, b2 + 0.08 * rng.normal(size=127))]
+    for pair in (twin_faces, twin_junk, distinct):
+        assert float(np.dot(pair[0], pair[1])) > 0.995
+    assert float(np.dot(distinct[0], distinct[1])) < nonface.COPY_SIM
+    X = np.concatenate([faces, twin_faces, twin_junk, distinct]).astype(np.float32)
+    c = get_clusterer(method, embedder="dlib", device="cpu")
+    lab = c.fit_predict(X)
+    assert c.nonface_[-6:].tolist() == [False, False, True, True, True, True]
+    assert lab[-6] == lab[-5] and lab[-4] == lab[-3] and lab[-4] not in lab[:-4]
+    assert lab[-2] != lab[-1] and lab[-1] not in lab[:-1]
+    # each judged alone without the near-duplicate rule
+    alone = get_clusterer(method, embedder="dlib", device="cpu", join_duplicates=False)
+    alone.fit_predict(X)
+    assert alone.nonface_[-6:].tolist() == [True, False, True, False, True, True]
 
 
 def test_nonface_check_true_needs_a_shipped_test():
@@ -164,3 +203,30 @@ def test_add_keeps_setting_nonfaces_apart(tmp_path, crops, capsys):
     # the summary counts people without the non-faces (an unflagged pattern is a "person" of its own)
     people = len({r["cluster_id"] for r in res if not r.get("no_face") and r["cluster_id"] not in old})
     assert f"{people} new people, {len(flagged)} with no face" in err, err
+
+
+def test_copies_of_a_nonface_share_its_cluster_in_run_and_add(tmp_path, crops):
+    """Copies of one crop (duplicate frames) always share a cluster, also when the crop holds no
+    face: in a run, and when `add` brings more copies of a stored crop or of each other."""
+    import shutil
+
+    faces, junk = crops
+
+    def copy(src: Path, name: str) -> str:
+        dst = tmp_path / name
+        shutil.copy(src, dst)
+        return str(dst)
+
+    day1 = [{"img_path": str(p)} for p in faces[:8]] + [{"img_path": copy(junk[0], f"j0_{i}.jpg")} for i in range(3)]
+    assert run_cli("run", write_input(tmp_path, day1), "-o", tmp_path / "day1.json", "-w", tmp_path / "W", "--device", "cpu") == 0
+    out1 = json.loads((tmp_path / "day1.json").read_text())
+    assert all(r.get("no_face") for r in out1[8:]) and len({r["cluster_id"] for r in out1[8:]}) == 1
+    (tmp_path / "d2").mkdir()
+    day2 = ([{"img_path": copy(junk[0], "again.jpg")}, {"img_path": copy(faces[0], "face0.jpg")}]
+            + [{"img_path": copy(junk[3], f"j3_{i}.jpg")} for i in range(2)] + [{"img_path": str(p)} for p in faces[8:]])
+    assert run_cli("add", write_input(tmp_path / "d2", day2), "-w", tmp_path / "W", "-o", tmp_path / "day2.json", "--device", "cpu") == 0
+    out2 = json.loads((tmp_path / "day2.json").read_text())
+    assert out2[0]["cluster_id"] == out1[8]["cluster_id"] and out2[0].get("no_face")  # the stored non-face's id
+    assert out2[1]["cluster_id"] == out1[0]["cluster_id"] and not out2[1].get("no_face")  # the stored face's
+    assert out2[2]["cluster_id"] == out2[3]["cluster_id"] and out2[2].get("no_face") and out2[3].get("no_face")
+    assert out2[2]["cluster_id"] not in {r["cluster_id"] for r in out1 + out2[4:]}

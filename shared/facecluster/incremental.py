@@ -57,6 +57,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import contract
+from .graph import components
 from .knn import knn
 from .workdir import WorkDir, atomic_save_npz, atomic_write_bytes, atomic_write_json, fingerprint, read_json
 
@@ -122,7 +123,8 @@ class Assignment:
     suggested_merges : [{"ids": [a, b], "links": [la, lb], "faces": n}], existing ids a < b that
         new faces link strongly (sorted by ids).
     timings : seconds per step.
-    no_face : (M,) bool, the new crops that hold no face (:mod:`facecluster.nonface`; a new id each).
+    no_face : (M,) bool, the new crops that hold no face (:mod:`facecluster.nonface`; a new id
+        each, shared with their near-duplicate copies).
     """
 
     ids: np.ndarray
@@ -150,6 +152,7 @@ def assign(
     config: IncrementalConfig | None = None,
     device: str = "cpu",
     cluster_new: Callable[[np.ndarray], np.ndarray] | None = None,
+    stored_no_face: np.ndarray | None = None,
 ) -> Assignment:
     """Give each new face an existing cluster id or a new one; existing ids never change.
 
@@ -165,6 +168,11 @@ def assign(
     device : where kNN runs.
     cluster_new : (m, D) raw features -> (m,) labels for the faces no existing cluster claims;
         default: the default method (Infomap) with ``settings``.
+    stored_no_face : (N,) bool, the stored crops that hold no face (None: none).
+
+    Near-duplicates (cosine >= the run's ``duplicate_sim``, with ``join_duplicates``) always
+    share an id: a new copy of a stored crop takes that crop's id (and its ``no_face``), new
+    copies of each other end with one id.
 
     Returns
     -------
@@ -194,6 +202,7 @@ def assign(
     qs, qi = knn(stored, kk, query=new, backend=backend, device=device) if n else (np.zeros((m, 0), np.float32), np.zeros((m, 0), np.int64))
     ns, ni = knn(new, kk, backend=backend, device=device)
     sims, ids = _topk_merge(qs, qi, ns, ni + n, kk)
+    raw_sims, raw_ids = sims, ids
     timings["knn"] = time.perf_counter() - t
     if settings.get("cohort_norm"):
         # the similarities the run's Infomap judged links by (facecluster.cohort): the same
@@ -217,18 +226,43 @@ def assign(
         sims = co.normalise(sims, ids, lev_new, lev_db, float(settings.get("cohort_shift", 0.0)))
         timings["cohort"] = time.perf_counter() - t
 
+    # near-duplicates, on the raw cosine: copies of a stored crop, and groups of new copies
+    t = time.perf_counter()
+    stored_nf = np.zeros(n, bool) if stored_no_face is None else np.asarray(stored_no_face, bool)
+    dup = _duplicate_sim(settings)
     no_face = np.zeros(m, bool)
+    nf_group = np.full(m, -1, np.int64)
     if settings.get("nonface_test"):
-        # the run set crops with no face apart (cluster/base.py): so does every batch added to it.
-        # A new id each, and no link to or from them counts in any vote below
+        # the run set crops with no face apart (cluster/base.py): so does every batch added to it,
+        # copies judged as one (facecluster.nonface.nonface_groups)
         from . import nonface
 
-        flagged = nonface.nonfaces(new, settings.get("embedder"))
-        if flagged is not None and flagged.any():
-            no_face = flagged
-            ids_out[no_face] = next_id + m + np.arange(int(no_face.sum()))
-            to_nf = (ids >= n) & no_face[np.clip(ids - n, 0, m - 1)]
-            sims = np.where(to_nf | no_face[:, None], np.float32(-2.0), sims)
+        found = nonface.nonface_groups(new, settings.get("embedder"), dup, backend=backend, device=device)
+        if found is not None:
+            no_face, nf_group = found
+    copy_of, r, c = _near_duplicates(raw_sims, raw_ids, n, m, dup, stored_nf)
+    # groups of new crops: the non-faces' groups of copies, and faces linked by near-duplicates
+    face_pair = ~no_face[r] & ~no_face[c]
+    nf_rows = np.flatnonzero(no_face)
+    lead = nf_rows[np.unique(nf_group[nf_rows], return_index=True)[1]]  # first member of each
+    grp_new = components(m, np.r_[r[face_pair], nf_rows], np.r_[c[face_pair], lead[nf_group[nf_rows]]])
+    # a group with a copy of a stored crop follows that crop (its first member's, by input order)
+    anchor = np.full(int(grp_new.max()) + 1 if m else 0, -1, np.int64)
+    has = np.flatnonzero(copy_of >= 0)[::-1]  # reversed: the first member's copy wins
+    anchor[grp_new[has]] = copy_of[has]
+    follow = anchor[grp_new] >= 0
+    ids_out[follow] = stored_ids[anchor[grp_new[follow]]]
+    joined[follow] = 1
+    no_face[follow] = stored_nf[anchor[grp_new[follow]]]
+    # the other groups of non-faces: a new id each (after the new people, renumbered below)
+    lone_nf = no_face & ~follow
+    if lone_nf.any():
+        ids_out[lone_nf] = next_id + m + np.unique(grp_new[lone_nf], return_inverse=True)[1].reshape(-1)
+    if no_face.any() or stored_nf.any():
+        # no link to or from a crop with no face counts in any vote below
+        nf_node = np.concatenate([stored_nf, no_face])
+        sims = np.where(nf_node[np.clip(ids, 0, n + m - 1)] | no_face[:, None], np.float32(-2.0), sims)
+    timings["duplicates"] = time.perf_counter() - t
 
     t = time.perf_counter()
     self_col = ids == (n + np.arange(m))[:, None]
@@ -265,6 +299,8 @@ def assign(
 
             # (nonface_test: the run's record of the shipped test, not a setting)
             keep = {k_: v for k_, v in settings.items() if k_ not in ("device", "progress", "nonface_test")}
+            # the crops with no face were decided above (with the stored copies): none are left here
+            keep["nonface_check"] = False
             cl = get_clusterer("infomap", device=device, progress=False, **keep)
             cluster_new = cl.fit_predict
         grp = contract.renumber(np.asarray(cluster_new(new[rest]), np.int64))
@@ -284,6 +320,17 @@ def assign(
             ids_out[rest2] = _group_vote(grp2, rest2, sims, ids, stored_ids, ids_out, n, merge_k, merge_min_sim, settings, next_id)
             joined[rest2] = np.where(ids_out[rest2] < next_id, 3, 0)
         timings["group_vote"] = time.perf_counter() - t
+    # new copies of each other share an id: the group takes its first member's (an existing id
+    # before a new one) — a twin voted into a cluster pulls the other along
+    if m and np.bincount(grp_new).max() > 1:
+        key = np.where(ids_out < next_id, 0, 1)
+        order = np.lexsort((np.arange(m), key, grp_new))
+        first = order[np.unique(grp_new[order], return_index=True)[1]]
+        head = np.empty(int(grp_new.max()) + 1, np.int64)
+        head[grp_new[first]] = first
+        moved = ids_out != ids_out[head[grp_new]]
+        ids_out[moved] = ids_out[head[grp_new[moved]]]
+        joined[moved] = joined[head[grp_new[moved]]]
     # new people: ids after the largest given out, by first appearance in the new input
     fresh = ids_out >= next_id
     if fresh.any():
@@ -294,6 +341,41 @@ def assign(
     merges = _suggested_merges(ids_out, sims, ids, strong & is_stored, stored_ids, n, cfg)
     timings["bridges"] = time.perf_counter() - t
     return Assignment(ids_out, new_next, joined, merges, timings, no_face)
+
+
+def _duplicate_sim(settings: dict[str, Any]) -> float | None:
+    """The run's near-duplicate cosine (None: ``join_duplicates`` off)."""
+    if not settings.get("join_duplicates", True):
+        return None
+    dup = settings.get("duplicate_sim")
+    if dup is None:  # a run recorded before the setting: the embedder's measured value
+        from .calibration import duplicate_sim
+
+        dup = duplicate_sim(settings.get("embedder"))
+    return float(dup)
+
+
+def _near_duplicates(sims, ids, n, m, dup, stored_nf):
+    """From the raw kNN lists (M, k) of the new crops (ids: stored 0..N-1, new N..N+M-1): each
+    new crop's most similar stored copy (M,) (-1: none) and the pairs (r, c) of new crops that
+    are near-duplicates of each other (cosine >= ``dup``; None: no copies, no pairs). A stored
+    crop with no face counts only an exact copy (:data:`facecluster.nonface.COPY_SIM`): distinct
+    non-faces crowd above ``dup``."""
+    from .nonface import COPY_SIM
+
+    copy_of = np.full(m, -1, np.int64)
+    if dup is None or m == 0:
+        return copy_of, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    to_stored = ids < n
+    to_nf = to_stored & stored_nf[np.clip(ids, 0, n - 1)] if n else np.zeros(ids.shape, bool)
+    need = np.where(to_nf, max(COPY_SIM, dup), dup)
+    # float32 rounding: identical rows can score 1 - 1e-7
+    hit = (ids >= 0) & (sims >= need - 1e-6) & (ids != (n + np.arange(m))[:, None])
+    to_stored &= hit
+    row = np.flatnonzero(to_stored.any(axis=1))
+    copy_of[row] = ids[row, to_stored[row].argmax(axis=1)]  # lists are sorted: the closest copy
+    r, c = np.nonzero(hit & (ids >= n))
+    return copy_of, r.astype(np.int64), (ids[r, c] - n).astype(np.int64)
 
 
 def _neighbour_ids(ids, stored_ids, ids_out, n):
@@ -508,6 +590,15 @@ class Collection:
             np.ascontiguousarray(np.concatenate(feats) if feats else np.zeros((0, dim), np.float32), np.float32),
             np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64),
         )
+
+    def no_face(self, st: dict) -> np.ndarray:
+        """(N,) bool over :meth:`load_features`' rows: the stored crops that hold no face."""
+        out = []
+        for b in st["batches"]:
+            with np.load(self.segment(b["batch"])) as z:
+                row = z["row"]
+            out.append(np.isin(row, np.asarray(read_json(self.segment_meta(b["batch"])).get("no_face", []), np.int64)))
+        return np.concatenate(out) if out else np.zeros(0, bool)
 
     def records(self, st: dict) -> list[dict]:
         """Every record of the collection in the order added, with cluster_id (and error)."""
@@ -779,7 +870,8 @@ def add(
         t = time.perf_counter()
         stored_x, stored_ids = coll.load_features(st)
         timings["load"] = time.perf_counter() - t
-        res = assign(stored_x, stored_ids, new_x, st["next_id"], st["settings"], config, device=device)
+        res = assign(stored_x, stored_ids, new_x, st["next_id"], st["settings"], config, device=device,
+                     stored_no_face=coll.no_face(st))
         timings.update(res.timings)
         b = len(st["batches"])
         errors = {int(k): v for k, v in new_meta["errors"].items()}

@@ -5,7 +5,8 @@ non-faces crowd into one small region of its space (held-out non-faces: median c
 their mean; 99.9 % of clean faces below 0.93). Left alone they form one big "person" of hundreds of unrelated crops
 (measured: 342 of 400 background patches in one cluster beside lfw-val's faces). So every method
 sets them apart before clustering (``cluster/base.py``, setting ``nonface_check``): each one gets
-a cluster of its own, and the output record says ``"no_face": true``.
+a cluster of its own (shared with its near-duplicate copies only: :func:`nonface_groups`), and
+the output record says ``"no_face": true``.
 
 The test is a linear score on the L2-normalised descriptor, fitted per embedder by
 ``bench/nonface.py`` (faces: the training identities in every training crop style; non-faces:
@@ -61,6 +62,92 @@ def nonfaces(X: np.ndarray, embedder: Optional[str]) -> Optional[np.ndarray]:
     if s is None:
         return None
     return s >= load_test(embedder)[2]
+
+
+#: cosine at and above which two crops with no face count as copies of one image. dlib's
+#: descriptors of non-faces crowd so closely that distinct ones reach the faces' near-duplicate
+#: cosine (held-out non-faces: 182 of 586k pairs >= 0.995, chaining 52 unrelated crops into one
+#: group) as often as re-encoded copies do (median 0.996-0.999), so only copies of one decoded
+#: image (cosine 1) are grouped
+COPY_SIM = 0.9999
+
+
+def nonface_groups(
+    X: np.ndarray,
+    embedder: Optional[str],
+    dup_sim: Optional[float],
+    *,
+    k: int = 8,
+    backend: str = "auto",
+    device: str = "cpu",
+) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The crops that hold no face, with copies judged as one, and their groups of copies.
+
+    Copies of one image (cosine >= :data:`COPY_SIM`) get one answer and one cluster. At the
+    boundary, a crop the test flags and its near-duplicate it does not (cosine >= ``dup_sim``,
+    the near-duplicate rule's: a re-encoded copy of a crop that scores near the threshold) are
+    judged together too: each crop and its nearest near-duplicate across the boundary, and the
+    copies of both, form a group that holds no face when the mean of its members' scores reaches
+    the threshold, else every member is a face (and the near-duplicate rule keeps the pair in one
+    cluster). Distinct non-faces are not grouped by ``dup_sim``: they crowd above it.
+
+    Parameters
+    ----------
+    X : (N, D) float32 descriptors (L2-normalised here).
+    embedder : whose shipped test to use.
+    dup_sim : near-duplicate cosine; None: each crop judged on its own, none grouped.
+    k : neighbours searched per crop for its copies and near-duplicates (self included).
+
+    Returns
+    -------
+    None without a test for the embedder (or for features of another width); else
+    ``(flags, group)``: (N,) bool, the crops that hold no face, and (N,) int64, one id per
+    group of non-faces, 0.. in order of first appearance (-1 for faces).
+    """
+    s = scores(X, embedder)
+    if s is None:
+        return None
+    thr = load_test(embedder)[2]
+    flags = s >= thr
+    n = len(flags)
+    group = np.full(n, -1, np.int64)
+    if not flags.any():
+        return flags, group
+    if dup_sim is None or n < 2:
+        group[flags] = np.arange(int(flags.sum()))
+        return flags, group
+    from .graph import components
+    from .knn import knn, l2_normalize
+
+    xn = l2_normalize(np.asarray(X, np.float32))
+    copy_sim = max(COPY_SIM, float(dup_sim))
+    reach, searched = flags.copy(), np.zeros(n, bool)
+    src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    while True:  # from every flagged crop to its copies and boundary twins, and on (few rounds)
+        q = np.flatnonzero(reach & ~searched)
+        if not len(q):
+            break
+        searched[q] = True
+        sims, ids = knn(xn, min(k, n), query=xn[q], normalize=False, backend=backend, device=device)
+        # float32 rounding: identical rows can score 1 - 1e-7
+        other = (ids >= 0) & (ids != q[:, None])
+        copy = other & (sims >= copy_sim - 1e-6)
+        across = other & (sims >= dup_sim - 1e-6) & (flags[np.clip(ids, 0, n - 1)] != flags[q][:, None]) & ~copy
+        # each crop's nearest twin across the boundary only: a chain of boundary pairs would glue
+        # distinct crops as the dense non-faces do
+        first = across & (np.cumsum(across, axis=1) == 1)
+        r, c = np.nonzero(copy | first)
+        src.append(q[r])
+        dst.append(ids[r, c].astype(np.int64))
+        reach[dst[-1]] = True
+    comp = components(n, np.concatenate(src), np.concatenate(dst))
+    nc = int(comp.max()) + 1
+    mean = np.bincount(comp, weights=s, minlength=nc) / np.bincount(comp, minlength=nc)
+    flags = reach & (mean[comp] >= thr)
+    if flags.any():
+        # one id per group, numbered by first appearance (comp is numbered by smallest member)
+        group[flags] = np.unique(comp[flags], return_inverse=True)[1].reshape(-1)
+    return flags, group
 
 
 def fingerprint(embedder: Optional[str]) -> Optional[str]:

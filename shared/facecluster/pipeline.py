@@ -285,5 +285,5 @@ def print_summary(summary: dict[str, Any], file=None) -> None:
         file=file,
     )
     if summary.get("no_face"):
-        print(f"facecluster: {summary['no_face']} crops hold no face: each in a cluster of its own, "
+        print(f"facecluster: {summary['no_face']} crops hold no face: each in a cluster of its own (copies together), "
               '"no_face": true in the output', file=file)

@@ -121,7 +121,8 @@ class ClusterConfig(BaseModel):
         None,
         description="Crops that hold no face (a detector's false positives: a shirt, a wall, a hand; "
         "facecluster.nonface, a linear test on the descriptor shipped per embedder) are set apart before "
-        "clustering: each gets a cluster of its own and its output record \"no_face\": true. Methods with the "
+        "clustering: each gets a cluster of its own (with its near-duplicate copies, judged as one) and its "
+        "output record \"no_face\": true. Methods with the "
         "small-face rule only (the baselines reproduce other tools as they are). None: on when the embedder "
         "ships a test (dlib); true: on (an error for an embedder without one); false: off.",
     )
@@ -198,13 +199,16 @@ class Clusterer:
                              "(facecluster.nonface; dlib has one)")
         return nonface.has_test(self.embedder())
 
-    def nonfaces(self, X: np.ndarray) -> Optional[np.ndarray]:
-        """(N,) bool: the crops that hold no face, or None when the test does not run."""
+    def nonfaces(self, X: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """The crops that hold no face and their groups of near-duplicates
+        (:func:`facecluster.nonface.nonface_groups`: (N,) bool, (N,) int64), or None when the
+        test does not run. With ``join_duplicates`` off each crop is judged on its own."""
         from .. import nonface
 
         if X.ndim != 2 or X.shape[0] == 0 or not self.nonface_on():
             return None
-        return nonface.nonfaces(X, self.embedder())
+        dup = self.duplicate_sim() if self.config.join_duplicates else None
+        return nonface.nonface_groups(X, self.embedder(), dup, k=DUPLICATE_K, backend=self.config.knn_backend, device=self.device)
 
     # -- small-face rule (every method with uses_face_px) -------------------------------------
     def small_vote_floor(self) -> Optional[float]:
@@ -426,21 +430,22 @@ def _with_common_rules(fit_predict):
         try:
             X = np.asarray(X)
             t = time.perf_counter()
-            nonface = self.nonfaces(X)
+            found = self.nonfaces(X)
             t_nonface = time.perf_counter() - t
-            self.nonface_ = np.zeros(X.shape[0] if X.ndim == 2 else 0, bool) if nonface is None else nonface
+            self.nonface_ = np.zeros(X.shape[0] if X.ndim == 2 else 0, bool) if found is None else found[0]
             if not self.nonface_.any():
                 labels = faces_only(self, X, face_px)
             else:
                 # crops with no face never join anyone: the faces are clustered without them, then
-                # each non-face gets a cluster of its own
+                # each non-face (with its near-duplicate copies) gets a cluster of its own
+                nonface, group = found
                 keep = np.flatnonzero(~nonface)
                 labels = np.empty(X.shape[0], np.int64)
                 lab = np.asarray(faces_only(self, X[keep], None if face_px is None else np.asarray(face_px)[keep]), np.int64) if len(keep) else np.zeros(0, np.int64)
                 labels[keep] = lab
                 start = int(lab.max()) + 1 if len(lab) else 0
-                labels[nonface] = start + np.arange(int(nonface.sum()))
-            if nonface is not None:  # after the method: its fit_predict starts its timings afresh
+                labels[nonface] = start + group[nonface]
+            if found is not None:  # after the method: its fit_predict starts its timings afresh
                 self.timings_["nonfaces"] = t_nonface
             return labels
         finally:

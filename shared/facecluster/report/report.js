@@ -468,7 +468,7 @@
     row("record", "#" + i + " in the output JSON");
     if (labels) row("label", labels[i] >= 0 ? labelNames[labels[i]] : "(none)");
     row("path", el("code", null, paths[i]));
-    if (noFaceOf[i]) row("no face", "this crop holds no face (a detector's false positive?): a cluster of its own");
+    if (noFaceOf[i]) row("no face", "this crop holds no face (a detector's false positive?): a cluster of its own (with its copies)");
     if (errOf.has(i)) row("error", errOf.get(i));
     if (thumbErrOf.has(i)) row("image", thumbErrOf.get(i));
     detail.appendChild(dl);
