@@ -3,16 +3,18 @@
 A face-recognition network still gives such a crop a descriptor, and dlib's descriptors of
 non-faces crowd into one small region of its space (held-out non-faces: median cosine 0.97 to
 their mean; 99.9 % of clean faces below 0.93). Left alone they form one big "person" of hundreds of unrelated crops
-(measured: 342 of 400 background patches in one cluster beside lfw-val's faces). So every method
-sets them apart before clustering (``cluster/base.py``, setting ``nonface_check``): each one gets
-a cluster of its own (shared with its near-duplicate copies only: :func:`nonface_groups`), and
-the output record says ``"no_face": true``.
+(measured: 342 of 400 background patches in one cluster beside lfw-val's faces; with mbf, 715 of
+1,083 held-out non-faces shared clusters with faces). So every method sets them apart before
+clustering (``cluster/base.py``, setting ``nonface_check``): each one gets a cluster of its own
+(shared with its copies only: :func:`nonface_groups`), and the output record says
+``"no_face": true``.
 
 The test is a linear score on the L2-normalised descriptor, fitted per embedder by
 ``bench/nonface.py`` (faces: the training identities in every training crop style; non-faces:
 crops cut from the same photos outside the face and synthetic patterns) with its threshold at the
 score that at most 1 in 10,000 training faces reach. Shipped as ``weights/<embedder>_nonface.npz``
-(w, b, threshold); embedders without one have no test (nothing is flagged).
+(w, b, threshold): dlib and mbf (model cards beside them); embedders without one have no test
+(nothing is flagged).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class ClusterConfig(BaseModel):
         "clustering: each gets a cluster of its own (with its near-duplicate copies, judged as one) and its "
         "output record \"no_face\": true. Methods with the "
         "small-face rule only (the baselines reproduce other tools as they are). None: on when the embedder "
-        "ships a test (dlib); true: on (an error for an embedder without one); false: off.",
+        "ships a test (dlib, mbf); true: on (an error for an embedder without one); false: off.",
     )
     duplicate_sim: Optional[float] = Field(
         None,
@@ -196,7 +196,7 @@ class Clusterer:
             return False
         if c is True and not nonface.has_test(self.embedder()):
             raise ValueError(f"nonface_check=true, but embedder {self.embedder()!r} ships no non-face test "
-                             "(facecluster.nonface; dlib has one)")
+                             "(facecluster.nonface; dlib and mbf have one)")
         return nonface.has_test(self.embedder())
 
     def nonfaces(self, X: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
