@@ -124,7 +124,7 @@ class Assignment:
         new faces link strongly (sorted by ids).
     timings : seconds per step.
     no_face : (M,) bool, the new crops that hold no face (:mod:`facecluster.nonface`; a new id
-        each, shared with their near-duplicate copies).
+        each, shared with their copies: :func:`facecluster.nonface.nonface_groups`).
     """
 
     ids: np.ndarray

@@ -121,7 +121,7 @@ class ClusterConfig(BaseModel):
         None,
         description="Crops that hold no face (a detector's false positives: a shirt, a wall, a hand; "
         "facecluster.nonface, a linear test on the descriptor shipped per embedder) are set apart before "
-        "clustering: each gets a cluster of its own (with its near-duplicate copies, judged as one) and its "
+        "clustering: each gets a cluster of its own (shared with its copies, judged as one) and its "
         "output record \"no_face\": true. Methods with the "
         "small-face rule only (the baselines reproduce other tools as they are). None: on when the embedder "
         "ships a test (dlib, mbf); true: on (an error for an embedder without one); false: off.",
@@ -200,7 +200,7 @@ class Clusterer:
         return nonface.has_test(self.embedder())
 
     def nonfaces(self, X: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        """The crops that hold no face and their groups of near-duplicates
+        """The crops that hold no face and their groups of copies
         (:func:`facecluster.nonface.nonface_groups`: (N,) bool, (N,) int64), or None when the
         test does not run. With ``join_duplicates`` off each crop is judged on its own."""
         from .. import nonface
@@ -437,7 +437,7 @@ def _with_common_rules(fit_predict):
                 labels = faces_only(self, X, face_px)
             else:
                 # crops with no face never join anyone: the faces are clustered without them, then
-                # each non-face (with its near-duplicate copies) gets a cluster of its own
+                # each non-face (with its copies) gets a cluster of its own
                 nonface, group = found
                 keep = np.flatnonzero(~nonface)
                 labels = np.empty(X.shape[0], np.int64)
