@@ -355,6 +355,8 @@ def main() -> None:
             m = ko == k
             print(f"| {k} | {int((so[m] >= thr).sum())} / {int(m.sum())} |")
         print(f"| all | {int((so >= thr).sum())} / {len(so)} ({(so >= thr).mean():.3f}) |")
+        print("the default method on lfw-val with these crops mixed in (each its own identity)")
+        mixed_in(a.root, xo, a.embedder)
     print("\nfaces flagged on the validation regimes (never fitted on)")
     for name, x, _n in regimes.validation_regimes(a.root):
         s = l2_normalize(np.asarray(x, np.float32)) @ w + b
