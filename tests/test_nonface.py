@@ -206,7 +206,7 @@ def test_add_keeps_setting_nonfaces_apart(tmp_path, crops, capsys):
     assert f"{people} new people, {len(flagged)} with no face" in err, err
 
 
-def test_copies_of_a_nonface_share_its_cluster_in_run_and_add(tmp_path, crops):
+def test_copies_of_a_nonface_share_its_cluster_in_run_and_add(tmp_path, crops, capsys):
     """Copies of one crop (duplicate frames) always share a cluster, also when the crop holds no
     face: in a run, and when `add` brings more copies of a stored crop or of each other."""
     import shutil
@@ -225,8 +225,11 @@ def test_copies_of_a_nonface_share_its_cluster_in_run_and_add(tmp_path, crops):
     (tmp_path / "d2").mkdir()
     day2 = ([{"img_path": copy(junk[0], "again.jpg")}, {"img_path": copy(faces[0], "face0.jpg")}]
             + [{"img_path": copy(junk[3], f"j3_{i}.jpg")} for i in range(2)] + [{"img_path": str(p)} for p in faces[8:]])
+    capsys.readouterr()
     assert run_cli("add", write_input(tmp_path / "d2", day2), "-w", tmp_path / "W", "-o", tmp_path / "day2.json", "--device", "cpu") == 0
     out2 = json.loads((tmp_path / "day2.json").read_text())
+    # the summary: the face copy joined an earlier person, the non-face copy joined nobody
+    assert "1 joined earlier people" in capsys.readouterr().err
     assert out2[0]["cluster_id"] == out1[8]["cluster_id"] and out2[0].get("no_face")  # the stored non-face's id
     assert out2[1]["cluster_id"] == out1[0]["cluster_id"] and not out2[1].get("no_face")  # the stored face's
     assert out2[2]["cluster_id"] == out2[3]["cluster_id"] and out2[2].get("no_face") and out2[3].get("no_face")

@@ -956,7 +956,8 @@ def _summary(out: list[dict], st: dict, entry: dict) -> dict[str, Any]:
         "records": len(out),
         "clustered": len(ids),
         "failed": sum(1 for r in out if r["cluster_id"] < 0),
-        "joined": sum(1 for i in ids if i < lo),
+        # a copy of a stored crop with no face takes its id, but joins nobody
+        "joined": sum(1 for r in out if 0 <= r["cluster_id"] < lo and not r.get("no_face")),
         # a crop with no face has an id of its own, but is nobody
         "new_people": len({r["cluster_id"] for r in out if r["cluster_id"] >= lo and not r.get("no_face")}),
         "no_face": sum(1 for r in out if r.get("no_face")),
