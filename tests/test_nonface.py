@@ -234,3 +234,15 @@ def test_copies_of_a_nonface_share_its_cluster_in_run_and_add(tmp_path, crops, c
     assert out2[1]["cluster_id"] == out1[0]["cluster_id"] and not out2[1].get("no_face")  # the stored face's
     assert out2[2]["cluster_id"] == out2[3]["cluster_id"] and out2[2].get("no_face") and out2[3].get("no_face")
     assert out2[2]["cluster_id"] not in {r["cluster_id"] for r in out1 + out2[4:]}
+    # the stored flags come from each segment; a segment written before it held them: its batch meta
+    from facecluster.incremental import Collection
+    from facecluster.workdir import WorkDir, atomic_save_npz
+
+    coll = Collection(WorkDir(tmp_path / "W"))
+    st = coll.state()
+    flags = coll.no_face(st)
+    assert flags.tolist() == [False] * 8 + [True] * 3 + [True, False, True, True] + [False] * 4
+    with np.load(coll.segment(0)) as z:
+        old = {k: z[k] for k in z.files if k != "no_face"}
+    atomic_save_npz(coll.segment(0), **old)
+    assert coll.no_face(st).tolist() == flags.tolist()

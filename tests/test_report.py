@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecluster.report import _load_thumb, _worst, _label_codes, write_report
+from facecluster.report import _display_order, _load_thumb, _worst, _label_codes, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -363,3 +363,13 @@ def test_lfw_report_loads_fast(tmp_path):
     assert load < 30  # generous: CI machines are shared; typical is ~3 s
     ARTIFACTS.mkdir(exist_ok=True)
     chromium([f"--screenshot={ARTIFACTS / 'report-lfw.png'}", page.resolve().as_uri()])
+
+
+def test_display_order_lists_copies_of_a_crop_with_no_face_once_and_last():
+    """Copies of a crop with no face share its cluster (facecluster.nonface): the page order
+    lists every record once, those copies together after the singletons, failed records last."""
+    cids = np.array([0, 1, 0, 2, 1, 3, 2, -1, 4, 2])
+    no_face = [1, 4, 5]  # cluster 1: two copies of one non-face; cluster 3: a lone non-face
+    order = _display_order(cids, None, [], no_face)
+    assert sorted(order) == list(range(len(cids)))
+    assert order == [3, 6, 9, 0, 2, 8, 1, 4, 5, 7]

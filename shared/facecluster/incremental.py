@@ -7,9 +7,11 @@ A work dir W made by ``facecluster run`` holds one batch. The first ``add`` turn
                                        the batches, the next free id, suggested merges
     W/collection/batch-00000.npz       per batch: features (m, D) float32 raw descriptors of the
                                        records that embedded, row (m,) their record index in the
-                                       batch, ids (m,) their cluster ids
+                                       batch, ids (m,) their cluster ids, no_face (m,) the
+                                       crops that hold no face (absent in older segments)
     W/collection/batch-00000.json      per batch: the records (all keys), resolved paths, errors,
-                                       cluster_id of every record (-1 for failed ones)
+                                       cluster_id of every record (-1 for failed ones), no_face
+                                       (record indices)
     W/collection/incoming/<fp>/        a work dir for the batch being added (prepare/embed/merge
                                        stages of the batch path, so embedding resumes after a kill)
     W/collection.lock                  fcntl lock: one ``add`` at a time
@@ -592,11 +594,16 @@ class Collection:
         )
 
     def no_face(self, st: dict) -> np.ndarray:
-        """(N,) bool over :meth:`load_features`' rows: the stored crops that hold no face."""
+        """(N,) bool over :meth:`load_features`' rows: the stored crops that hold no face (the
+        segment's ``no_face`` rows; segments written before it had them: their batch meta)."""
         out = []
         for b in st["batches"]:
             with np.load(self.segment(b["batch"])) as z:
+                if "no_face" in z.files:
+                    out.append(z["no_face"].astype(bool))
+                    continue
                 row = z["row"]
+            # a batch meta holds every record and path: read only for such older segments
             out.append(np.isin(row, np.asarray(read_json(self.segment_meta(b["batch"])).get("no_face", []), np.int64)))
         return np.concatenate(out) if out else np.zeros(0, bool)
 
@@ -718,7 +725,8 @@ def init_from_run(coll: Collection, method: str) -> dict:
         if settings.get(key) is None:
             raise CollectionError(f"{lmeta_path}: setting {key} not recorded; rerun `facecluster cluster --method {method}`")
     coll.root.mkdir(parents=True, exist_ok=True)
-    atomic_save_npz(coll.segment(0), features=np.ascontiguousarray(feats, np.float32), row=index.astype(np.int64), ids=row_ids)
+    atomic_save_npz(coll.segment(0), features=np.ascontiguousarray(feats, np.float32), row=index.astype(np.int64), ids=row_ids,
+                    no_face=np.isin(index, np.asarray(no_face, np.int64)))
     atomic_write_json(
         coll.segment_meta(0),
         {
@@ -881,7 +889,8 @@ def add(
             cids[i] = -1
         t = time.perf_counter()
         # segments first, then the state that names them (the commit point)
-        atomic_save_npz(coll.segment(b), features=new_x, row=new_index.astype(np.int64), ids=res.ids)
+        no_face = np.zeros(len(new_index), bool) if res.no_face is None else res.no_face
+        atomic_save_npz(coll.segment(b), features=new_x, row=new_index.astype(np.int64), ids=res.ids, no_face=no_face)
         atomic_write_json(
             coll.segment_meta(b),
             {
@@ -892,7 +901,7 @@ def add(
                 "errors": {str(k): v for k, v in sorted(errors.items())},
                 "cluster_ids": cids.tolist(),
                 "joined": res.joined.tolist(),
-                "no_face": [] if res.no_face is None else np.asarray(new_index, np.int64)[res.no_face].tolist(),
+                "no_face": np.asarray(new_index, np.int64)[no_face].tolist(),
             },
         )
         merges = [dict(mg, batch=b) for mg in res.suggested_merges]

@@ -230,12 +230,14 @@ def _worst(cids: np.ndarray, codes: np.ndarray, names: list[str], top: int = WOR
 def _display_order(cids: np.ndarray, codes: np.ndarray | None, names: list[str], no_face: Sequence[int] = ()) -> list[int]:
     """Record indices in page order; the sprite sheets are packed in this order too.
 
-    Clusters largest first (ties by id), then singletons, then the crops with no face (each
-    a cluster of its own, ``no_face``), then failed records (their image may still decode). Without labels, faces keep input order (e.g. video time).
+    Clusters largest first (ties by id), then singletons, then the crops with no face
+    (``no_face``: each a cluster of its own, shared only with its copies, which stay adjacent),
+    then failed records (their image may still decode). Without labels, faces keep input order (e.g. video time).
     With labels, a cluster's faces are grouped by identity, majority first, so a merge
     shows as separate blocks; singletons are sorted by identity, so an identity split
     into many singletons shows as a run of the same face.
     """
+    nf = set(int(i) for i in no_face)
     multi, single = _cluster_order(cids)
     members: dict[int, list[int]] = {}
     for i, c in enumerate(cids.tolist()):
@@ -249,9 +251,10 @@ def _display_order(cids: np.ndarray, codes: np.ndarray | None, names: list[str],
             members[c] = sorted(m, key=lambda i: (rank[int(codes[i])], i))
         single = sorted(single, key=lambda c: (int(codes[members[c][0]]) < 0,
                                                names[codes[members[c][0]]] if codes[members[c][0]] >= 0 else "", c))
-    nf = set(int(i) for i in no_face)
+    # a crop with no face shares its cluster with its copies only: its clusters go last, each once
+    multi = [c for c in multi if members[c][0] not in nf]
     order = [i for c in multi for i in members[c]] + [members[c][0] for c in single if members[c][0] not in nf]
-    return order + sorted(nf) + [i for i in range(len(cids)) if cids[i] < 0]
+    return order + sorted(nf, key=lambda i: (int(cids[i]), i)) + [i for i in range(len(cids)) if cids[i] < 0]
 
 
 # --------------------------------------------------------------------------- HTML

@@ -86,7 +86,7 @@
   countItem("clusters", groups.size, " clusters");
   countItem("multi", multi.length, " with 2+ faces");
   countItem("singletons", singles.length, " singletons");
-  if (D.noFace && D.noFace.length) countItem("no-face", D.noFace.length, " with no face (each alone)");
+  if (D.noFace && D.noFace.length) countItem("no-face", D.noFace.length, " with no face (apart from every face)");
   countItem("failures", failed.length, " failed", failed.length ? "bad" : null);
   if (D.thumbErrors.length) countItem("thumb-errors", D.thumbErrors.length, " unreadable images", "bad");
   // Faces of the last `facecluster add` (green inner frame), when the page shows a collection.
