@@ -96,8 +96,9 @@ def test_infomap_numpy_handoff_same_partition_as_tuples(faces, tmp_path):
 
     x, _ = faces
     c = get_clusterer(
-        "infomap", device="cpu", embedder="dlib", merge_fragments=False, attach_max_size=0, attach_frac=0, join_duplicates=False
-    )  # Infomap alone, no post-steps
+        "infomap", device="cpu", embedder="dlib", merge_fragments=False, attach_max_size=0, attach_frac=0, join_duplicates=False,
+        doubt_margin=0,
+    )  # Infomap alone, no post-steps (nor the doubted faces' rule: 4 % of synthetic faces are doubted)
     lab = c.fit_predict(x)
     # the hand-off as it was: a Python loop over (source, target, weight) tuples
     s, i = knn_mod.knn(x, 80)

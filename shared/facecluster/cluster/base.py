@@ -117,6 +117,16 @@ class ClusterConfig(BaseModel):
         "nearest large faces, averaged over the group). Default: the embedder's value "
         "(calibration.SMALL_REST_MARGIN_BY_EMBEDDER, dlib 0.02; none: the small faces stay alone).",
     )
+    doubt_margin: Optional[float] = Field(
+        None,
+        ge=0.0,
+        description="Faces the non-face test doubts (score >= its threshold minus this margin, in the test's "
+        "units: facecluster.nonface) are handled like small faces: they never link clusters, they join the one "
+        "their nearest other faces vote for or stay alone. dlib's descriptor of a face it barely sees (hard "
+        "light, deep shadow) resembles other such faces more than its own person's. None: the embedder's value "
+        "(calibration.DOUBT_MARGIN_BY_EMBEDDER: dlib 3.95, score >= 1.0: 1 in 700 training faces; none for "
+        "other embedders); 0: off. Methods with the small-face rule only; independent of nonface_check.",
+    )
     nonface_check: Optional[bool] = Field(
         None,
         description="Crops that hold no face (a detector's false positives: a shirt, a wall, a hand; "
@@ -225,19 +235,45 @@ class Clusterer:
         c = self.config
         return float(c.small_vote_temp) if c.small_vote_temp is not None else SMALL_VOTE_TEMP_BY_EMBEDDER.get(self.embedder() or "", 0.0)
 
-    def small_faces(self, face_px: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
-        """(N,) bool: the faces the small-face rule sets apart, or None when it does not apply
-        (method without it, off, no face_px, no vote floor, none small, or more than
-        ``small_max_share`` of the faces small)."""
+    def doubt_margin(self) -> float:
+        """The doubtful-face margin below the non-face threshold (0: off)."""
+        from ..calibration import DOUBT_MARGIN_BY_EMBEDDER
+
+        c = self.config
+        return float(c.doubt_margin) if c.doubt_margin is not None else DOUBT_MARGIN_BY_EMBEDDER.get(self.embedder() or "", 0.0)
+
+    def doubtful_faces(self, X: np.ndarray) -> Optional[np.ndarray]:
+        """(N,) bool: the faces the non-face test doubts (``doubt_margin``), or None when the rule
+        is off or the embedder ships no test."""
+        from .. import nonface
+
+        margin = self.doubt_margin()
+        if margin <= 0 or not self.uses_face_px:
+            return None
+        test = nonface.load_test(self.embedder())
+        s = nonface.scores(X, self.embedder())
+        if test is None or s is None:
+            return None
+        return s >= test[2] - margin
+
+    def small_faces(self, face_px: Optional[np.ndarray], n: int, X: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """(N,) bool: the faces the small-face rule sets apart (small crops and, given the (N, D)
+        features ``X``, faces the non-face test doubts: :meth:`doubtful_faces`), or None when it does
+        not apply (method without it, off, no vote floor, none set apart, or more than
+        ``small_max_share`` of the faces)."""
         cfg = self.config
-        if face_px is None or not self.uses_face_px:
+        if not self.uses_face_px or n < 2 or self.small_vote_floor() is None:
             return None
-        px = np.asarray(face_px, np.float64)
-        if px.shape != (n,):
-            raise ValueError(f"face_px must have shape ({n},), got {px.shape}")
-        if cfg.small_face_px <= 0 or n < 2 or self.small_vote_floor() is None:
-            return None
-        small = np.isfinite(px) & (px < cfg.small_face_px)  # unknown size: treated as large
+        small = np.zeros(n, bool)
+        if face_px is not None:
+            px = np.asarray(face_px, np.float64)
+            if px.shape != (n,):
+                raise ValueError(f"face_px must have shape ({n},), got {px.shape}")
+            if cfg.small_face_px > 0:
+                small = np.isfinite(px) & (px < cfg.small_face_px)  # unknown size: treated as large
+        doubt = self.doubtful_faces(X) if X is not None else None
+        if doubt is not None:
+            small |= doubt
         k = int(small.sum())
         if k == 0 or k == n or k > cfg.small_max_share * n:
             return None
@@ -366,10 +402,12 @@ class Clusterer:
         d = self.config.model_dump(mode="json")
         d["duplicate_sim"] = self.duplicate_sim()
         d["small_vote_temp"] = self.small_vote_temp()
-        if self.uses_face_px:  # the shipped non-face test in use (a new one reclusters)
+        d["doubt_margin"] = self.doubt_margin()
+        if self.uses_face_px:  # the shipped non-face test in use, for flags or doubt (a new one reclusters)
             from .. import nonface
 
-            d["nonface_test"] = nonface.fingerprint(self.embedder()) if self.nonface_on() else None
+            used = self.nonface_on() or (self.doubt_margin() > 0 and nonface.has_test(self.embedder()))
+            d["nonface_test"] = nonface.fingerprint(self.embedder()) if used else None
         return d
 
     # -- helpers for subclasses --------------------------------------------------------------
@@ -402,7 +440,7 @@ def _with_common_rules(fit_predict):
 
     def faces_only(self: "Clusterer", X: np.ndarray, face_px: Optional[np.ndarray]) -> np.ndarray:
         """The small-face and near-duplicate rules around the method, on crops that hold a face."""
-        small = self.small_faces(face_px, X.shape[0]) if X.ndim == 2 else None
+        small = self.small_faces(face_px, X.shape[0], X) if X.ndim == 2 else None
         if small is None:
             labels = fit_predict(self, X)
         else:

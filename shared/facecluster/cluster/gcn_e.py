@@ -55,6 +55,12 @@ BATCH_NODES = {"cpu": 2048, "cuda": 262144}
 
 
 class GCNVEConfig(GCNVConfig):
+    doubt_margin: Optional[float] = Field(
+        None,
+        ge=0.0,
+        description="As for every method (cluster/base.py): None, the embedder's value (dlib 3.95; Extended Yale B: "
+        "faces in mixed clusters 247 -> 21), 0 off.",
+    )
     checkpoint_e: Optional[str] = Field(
         None,
         description="GCN-E weights (.pth; e.g. the released pretrained_gcn_e_ms1m.pth). Must be "

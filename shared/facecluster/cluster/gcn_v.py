@@ -92,6 +92,13 @@ GCN_REFINE_DEFAULTS_BY_EMBEDDER: dict[str, dict[str, Any]] = {"dlib": {"split_mi
 
 
 class GCNVConfig(RefineConfig):
+    doubt_margin: Optional[float] = Field(
+        0.0,
+        ge=0.0,
+        description="As for every method (cluster/base.py), but off by default for gcn-v: setting the faces the "
+        "non-face test doubts apart lowered its worst training regime (lfw-mixed-train21 0.7334 -> 0.7314); gcn-ve "
+        "(None: the embedder's value) and Infomap take it (thirty-second session; docs/benchmarks.md §8).",
+    )
     checkpoint_v: Optional[str] = Field(
         None,
         description="GCN-V weights (.pth; mmcv container or bare state_dict, e.g. the released "
