@@ -290,3 +290,30 @@ def test_doubt_margin_defaults():
     assert get_clusterer("adanets", embedder="dlib").doubt_margin() == 0
     assert get_clusterer("infomap", embedder="mbf").doubt_margin() == 0
     assert get_clusterer("infomap", embedder="arcface").doubtful_faces(np.eye(3, 512, dtype=np.float32)) is None
+
+
+def test_too_many_doubted_faces_leave_the_small_face_rule_as_it_was(monkeypatch):
+    """The small-face rule applies when at most half the faces are set apart; when the doubted
+    faces push small + doubted over that (a hard-lit batch), the small crops alone are set
+    apart, as before doubts existed, instead of the rule turning off."""
+    _fake_test(monkeypatch)  # score 10 * x0 - 5; doubted from x0 >= 0.15 at margin 3.5
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(15, 128)).astype(np.float32)
+    X[:, 0] = 0.0
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    doubted = np.zeros(15, bool)
+    px = np.full(15, 40.0)
+    px[[0, 1]] = 10.0  # two small crops
+    c = get_clusterer("infomap", embedder="dlib", device="cpu", doubt_margin=3.5)
+    for count, want_union in ((5, True), (9, False)):  # 7 / 15 set apart: union; 11 / 15: too many
+        Xd = X.copy()
+        doubted[:] = False
+        doubted[2 : 2 + count] = True
+        Xd[doubted, 0] = 0.3
+        Xd /= np.linalg.norm(Xd, axis=1, keepdims=True)
+        got = c.small_faces(px, 15, Xd)
+        want = (px < 18) | doubted if want_union else px < 18
+        assert got is not None and got.tolist() == want.tolist()
+    # none small and too many doubted: no rule; the rule's absence without doubts is unchanged
+    assert c.small_faces(np.full(15, 40.0), 15, Xd) is None
+    assert get_clusterer("infomap", embedder="dlib", doubt_margin=0).small_faces(px, 15, Xd).tolist() == (px < 18).tolist()

@@ -260,7 +260,8 @@ class Clusterer:
         """(N,) bool: the faces the small-face rule sets apart (small crops and, given the (N, D)
         features ``X``, faces the non-face test doubts: :meth:`doubtful_faces`), or None when it does
         not apply (method without it, off, no vote floor, none set apart, or more than
-        ``small_max_share`` of the faces)."""
+        ``small_max_share`` of the faces; when small and doubted faces together are too many, the
+        small ones alone, as before the doubt)."""
         cfg = self.config
         if not self.uses_face_px or n < 2 or self.small_vote_floor() is None:
             return None
@@ -272,12 +273,15 @@ class Clusterer:
             if cfg.small_face_px > 0:
                 small = np.isfinite(px) & (px < cfg.small_face_px)  # unknown size: treated as large
         doubt = self.doubtful_faces(X) if X is not None else None
-        if doubt is not None:
-            small |= doubt
-        k = int(small.sum())
-        if k == 0 or k == n or k > cfg.small_max_share * n:
-            return None
-        return small
+        for cand in ([small | doubt] if doubt is not None else []) + [small]:
+            # too many set apart (a hard-lit batch): the doubted faces are dropped first, so the
+            # small crops keep the rule they had before doubts existed
+            k = int(cand.sum())
+            if 0 < k < n and k <= cfg.small_max_share * n:
+                return cand
+            if k == 0:
+                return None
+        return None
 
     def _place_small(self, X: np.ndarray, big: np.ndarray, lab_big: np.ndarray, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Small faces join the cluster small_share of their 10 nearest large faces (cosine >=
