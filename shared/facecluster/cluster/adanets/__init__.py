@@ -131,7 +131,8 @@ class AdaNetsConfig(RefineConfig):
         ge=0.0,
         description="As for every method (cluster/base.py), but off by default for Ada-NETS: setting the faces the "
         "non-face test doubts apart changed its held-out LFW photos (BCubed F 0.9575 -> 0.9539, 46 faces in mixed "
-        "clusters) while gcn-ve and Infomap were unchanged (thirty-second session; docs/benchmarks.md §8).",
+        "clusters; removing four faces moves its adaptive neighbour lists) where gcn-ve and Infomap moved by at most 0.0003 "
+        "(thirty-second session; docs/benchmarks.md §8 step 18).",
     )
     weak_th: Optional[float] = Field(
         None, ge=-1.0, le=1.0,
