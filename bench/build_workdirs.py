@@ -37,12 +37,12 @@ from regimes import TRAIN_SETS  # noqa: E402
 SHARED_SETS = ["lfw", "glint18", "orl"]
 #: work dirs the validation regimes and scenarios read besides TRAIN_SETS; ``-val`` ones hold only
 #: the validation identities of a crop style (``shift_sets`` writes their inputs)
-VALIDATION_SETS = ["lfw-lowq", "lfw-mixed-val", "lfw-detbox-val", "yale", "orl", "glint-clips"]
+VALIDATION_SETS = ["lfw-lowq", "lfw-mixed-val", "lfw-detbox-val", "lfw-night-val", "yale", "orl", "glint-clips"]
 #: built last: ``lfw-sidelight`` (a lighting regime of training identities: the dlib cohort's
 #: side-light part is drawn from it, weights/dlib_cohort.md; opt-in tuning regimes)
 STUDY_SETS = ["lfw-sidelight"]
 #: the shift_sets regime that writes each ``-val`` input
-_VAL_SOURCE = {"lfw-mixed-val": "lfw-mixed", "lfw-detbox-val": "lfw-detbox"}
+_VAL_SOURCE = {"lfw-mixed-val": "lfw-mixed", "lfw-detbox-val": "lfw-detbox", "lfw-night-val": "lfw-night"}
 
 
 def plan(only: list[str] | None = None) -> list[str]:

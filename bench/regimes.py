@@ -23,6 +23,9 @@ Roles (identity split: ``facecluster.train.splits``, 30 % of identities held out
                                 no training set has)
   ``lfw-loose-val21``           held-out ids with >= 5 photos, at most 21 each, loose crops
                                 (photo collection of regulars, ~30 % margin)
+  ``lfw-night-val``             held-out LFW ids as a night camera sees them: grey, under-exposed,
+                                noisy, soft, q40-70 (work dir ``lfw-night-val``; added in the
+                                thirty-second session, after every default was chosen)
   ``glint18-val``               5 held-out glint18 people, 1,650 tight crops (long video)
   ``glint-lowres-val``          same people at 48 px, JPEG q40 (low-resolution video)
   ``glint-mixed-val``           same people, each crop at 32-112 px, some blurred (a video
@@ -105,6 +108,7 @@ SHAPES = {
     "glint-mixed-val-far": "video, mixed sizes, one person only small",
     "lfw-mixed-val": "photos, mixed sizes",
     "lfw-detbox-val": "photos, another detector's boxes",
+    "lfw-night-val": "photos, a night camera",
     "glint18-val+singletons": "video+singles",
     "glint3styles-val+singletons": "video in three qualities + singles",
     "yale": "video",
@@ -196,6 +200,8 @@ def validation_regimes(root: Path, only: list[str] | None = None, with_px: bool 
         add("lfw-mixed-val", lambda: ld("lfw-mixed-val"))
     if have("lfw-detbox-val"):  # the validation identities' lfw-detbox crops (their own work dir)
         add("lfw-detbox-val", lambda: ld("lfw-detbox-val"))
+    if have("lfw-night-val"):  # the validation identities' lfw-night crops (their own work dir)
+        add("lfw-night-val", lambda: ld("lfw-night-val"))
     if have("glint18"):
         add("glint18-val", lambda: ld("glint18", "val"))
     if have("glint-lowres"):

@@ -35,6 +35,10 @@ of its file name, so a rebuild gives the same bytes):
                    may only validate (twenty-third session): the dlib cohort's side-light part
                    (twenty-fifth session) and two opt-in tuning regimes (``regimes.LIGHTING_TUNING``);
                    not in ``regimes.TRAIN_SETS`` (no network trains on it)
+``lfw-night``      centre 150 (the shared crops' framing), greyscale, under-exposed (gain 0.15-0.35,
+                   gamma 1.0-1.6), sensor noise (sigma 1-3 % of full scale), blur 0-1, q40-70:
+                   a night camera's faces (thirty-second session; validation only:
+                   ``OUT/lfw-night-val.json``, work dir ``lfw-night-val``)
 ``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
 ``glint-mixed``    per glint18 crop: 32-112 px, q35-95, blur 0-1.5 on a third (a video whose
                    faces come near and go far: mixed resolution in one batch)
@@ -49,9 +53,9 @@ of its file name, so a rebuild gives the same bytes):
 Identity split: ``facecluster.train.splits`` (held-out identities by name hash). A regime
 writes every identity; scripts pick training or validation rows with ``validation_mask``.
 Writes ``OUT/<regime>.json`` (input JSON, ``person`` field = identity) next to each folder, and
-``OUT/lfw-mixed-val.json`` and ``OUT/lfw-detbox-val.json`` (the validation identities of
-lfw-mixed and lfw-detbox: ``bench/regimes.py`` reads them from their own work dirs
-``lfw-mixed-val`` and ``lfw-detbox-val``).
+``OUT/lfw-mixed-val.json``, ``OUT/lfw-detbox-val.json`` and ``OUT/lfw-night-val.json`` (the
+validation identities of lfw-mixed, lfw-detbox and lfw-night: ``bench/regimes.py`` reads them
+from their own work dirs ``lfw-mixed-val``, ``lfw-detbox-val`` and ``lfw-night-val``).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "lfw-sidelight", "glint-lowres", "glint-mixed", "glint-clips", "yale", "yale-moderate"]
+REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "lfw-sidelight", "lfw-night", "glint-lowres", "glint-mixed", "glint-clips", "yale", "yale-moderate"]
 
 
 def _u(name: str, salt: str) -> float:
@@ -113,6 +117,18 @@ def lfw_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image, i
         lit = 1.0 / (1.0 + np.exp(-sharp * (xx * np.cos(az) + yy * np.sin(az) - off)))
         out = np.clip((g ** (0.8 + 0.8 * _u(name, "gamma"))) * (amb + (1.6 - amb) * lit), 0.0, 1.0)
         return Image.fromarray((out * 255).round().astype(np.uint8)).convert("RGB"), 90
+    if regime == "lfw-night":
+        # A night camera (infrared or a dark street): grey, under-exposed, noisy, soft and heavily
+        # compressed. The noise is drawn from the file name, so a rebuild gives the same bytes.
+        g = np.asarray(ImageOps.grayscale(centre(im, 150)), np.float32) / 255.0
+        gain, gamma = 0.15 + 0.2 * _u(name, "ngain"), 1.0 + 0.6 * _u(name, "ngamma")
+        rng = np.random.default_rng(int(_u(name, "nseed") * 2**32))
+        out = (g**gamma) * gain + rng.normal(0.0, 0.01 + 0.02 * _u(name, "nsigma"), g.shape)
+        img = Image.fromarray((np.clip(out, 0.0, 1.0) * 255).round().astype(np.uint8))
+        blur = _u(name, "nblur")
+        if blur > 0.2:
+            img = img.filter(ImageFilter.GaussianBlur(blur))
+        return img.convert("RGB"), int(40 + 30 * _u(name, "nq"))
     if regime == "lfw-detbox":
         # What another detector hands over: its box is not the square, centred, upright box of
         # LFW's funnelled images. The roll is applied to the photo (the face turns about its
@@ -221,7 +237,7 @@ def build(regime: str, a, out: Path) -> int:
 
 def write_validation_input(regime: str, out: Path) -> int:
     """Write ``OUT/<regime>-val.json``, the validation identities of an LFW regime alone:
-    bench/regimes.py's lfw-mixed-val / lfw-detbox-val are work dirs of these (embed this input into
+    bench/regimes.py's lfw-mixed-val / lfw-detbox-val / lfw-night-val are work dirs of these (embed this input into
     WORKDIRS/<regime>-val). Returns the number of records."""
     from facecluster.train.splits import validation_mask
 
@@ -248,7 +264,7 @@ def main() -> None:
             continue
         n = build(r, a, a.out)
         print(f"{r:14s} {n:6d} faces -> {a.out / r}.json", flush=True)
-        if r in ("lfw-mixed", "lfw-detbox"):
+        if r in ("lfw-mixed", "lfw-detbox", "lfw-night"):
             k = write_validation_input(r, a.out)
             print(f"{r + '-val':14s} {k:6d} faces -> {a.out / (r + '-val')}.json", flush=True)
 
