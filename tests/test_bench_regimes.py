@@ -90,7 +90,7 @@ def test_build_workdirs_plans_every_set_the_regimes_read_training_sets_first():
     order = build_workdirs.plan()
     assert order[: len(regimes.TRAIN_SETS)] == regimes.TRAIN_SETS
     # every work dir validation_regimes() and the scenarios read
-    for need in ("lfw", "lfw-lowq", "lfw-loose", "lfw-mixed-val", "lfw-detbox-val", "glint18", "glint-lowres",
+    for need in ("lfw", "lfw-lowq", "lfw-loose", "lfw-mixed-val", "lfw-detbox-val", "lfw-night-val", "glint18", "glint-lowres",
                  "glint-mixed", "yale", "orl", "glint-clips"):
         assert need in order
     assert build_workdirs.plan(["orl", "lfw"]) == ["lfw", "orl"]
@@ -177,3 +177,26 @@ def test_train_cohort_with_a_part_from_work_dirs(tmp_path, monkeypatch):
     assert info["parts"][0]["seed"] == 2 and info["parts"][0]["work_dir"] == "lfw-sidelight" and abs(info["parts"][0]["ref"] - part.ref) < 1e-9
     assert run_cli("train", "cohort", "-w", tmp_path / "lfw", "--part", "no-equals-sign", "-o", tmp_path / "d.npz") == 2
     assert not (tmp_path / "d.npz").exists()
+
+
+def test_night_camera_regime_is_dark_grey_noisy_and_the_same_on_a_rebuild(tmp_path):
+    """``lfw-night``: a pure function of the file name (a rebuild gives the same bytes), grey,
+    under-exposed and noisy; its validation input holds the held-out identities only."""
+    import shift_sets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = Image.fromarray(rng.integers(60, 220, size=(250, 250, 3), dtype=np.uint8))
+    a, qa = shift_sets.lfw_variant(src, "lfw-night", "X_0001.jpg")
+    b, qb = shift_sets.lfw_variant(src, "lfw-night", "X_0001.jpg")
+    c, _ = shift_sets.lfw_variant(src, "lfw-night", "X_0002.jpg")
+    pa = np.asarray(a)
+    assert a.size == (150, 150) and qa == qb and 40 <= qa <= 70
+    assert (pa == np.asarray(b)).all() and not (pa == np.asarray(c)).all()
+    assert (pa[..., 0] == pa[..., 1]).all() and (pa[..., 1] == pa[..., 2]).all()  # grey
+    assert pa.mean() < 0.4 * np.asarray(src.convert("L")).mean()  # under-exposed
+    people = ["Colin_Powell", "George_W_Bush", "Serena_Williams", "Tony_Blair", "AJ_Lamas", "Aaron_Patterson"]
+    (tmp_path / "lfw-night.json").write_text(json.dumps([{"img_path": f"{p}/{p}_0001.jpg", "person": p} for p in people]))
+    k = shift_sets.write_validation_input("lfw-night", tmp_path)
+    kept = [r["person"] for r in json.loads((tmp_path / "lfw-night-val.json").read_text())]
+    assert k == len(kept) and kept == [p for p in people if is_validation_identity("lfw", p)]
