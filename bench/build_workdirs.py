@@ -39,8 +39,10 @@ SHARED_SETS = ["lfw", "glint18", "orl"]
 #: the validation identities of a crop style (``shift_sets`` writes their inputs)
 VALIDATION_SETS = ["lfw-lowq", "lfw-mixed-val", "lfw-detbox-val", "lfw-night-val", "yale", "orl", "glint-clips"]
 #: built last: ``lfw-sidelight`` (a lighting regime of training identities: the dlib cohort's
-#: side-light part is drawn from it, weights/dlib_cohort.md; opt-in tuning regimes)
-STUDY_SETS = ["lfw-sidelight"]
+#: side-light part is drawn from it, weights/dlib_cohort.md; opt-in tuning regimes) and
+#: ``lfw-night`` (every identity as a night camera sees it: opt-in tuning regimes of its training
+#: identities; its validation identities are ``lfw-night-val``'s)
+STUDY_SETS = ["lfw-sidelight", "lfw-night"]
 #: the shift_sets regime that writes each ``-val`` input
 _VAL_SOURCE = {"lfw-mixed-val": "lfw-mixed", "lfw-detbox-val": "lfw-detbox", "lfw-night-val": "lfw-night"}
 

@@ -115,17 +115,19 @@ def test_build_workdirs_embeds_a_shared_set_and_skips_it_on_a_rerun(tmp_path):
     assert "embedded already" in again.stdout
 
 
-def test_lighting_tuning_regimes_are_opt_in_training_identities(tmp_path):
-    """``--regimes lfw-sidelight-train,lfw-sidelight-train21``: the side-lit photos of the training
-    people only (the >= 5-photo regulars capped at 21 for -train21); not in the default list."""
+@pytest.mark.parametrize("work, names", [("lfw-sidelight", regimes.LIGHTING_TUNING), ("lfw-night", regimes.NIGHT_TUNING)])
+def test_lighting_tuning_regimes_are_opt_in_training_identities(tmp_path, work, names):
+    """``--regimes lfw-sidelight-train,lfw-sidelight-train21`` (and the night camera's
+    ``lfw-night-train,lfw-night-train21``): the photos of the training people only (the >= 5-photo
+    regulars capped at 21 for -train21); not in the default list."""
     _workdir(tmp_path, "lfw", VAL + TRAIN, 3, 40.0, 0)
-    _workdir(tmp_path, "lfw-sidelight", VAL + TRAIN + ["Colin_Powell"], 6, 40.0, 3)
+    _workdir(tmp_path, work, VAL + TRAIN + ["Colin_Powell"], 6, 40.0, 3)
     assert not is_validation_identity("lfw", "Colin_Powell")
-    tune = regimes.tuning_regimes(tmp_path, only=list(regimes.LIGHTING_TUNING), with_px=True)
-    assert [t[0] for t in tune] == list(regimes.LIGHTING_TUNING)
+    tune = regimes.tuning_regimes(tmp_path, only=list(names), with_px=True)
+    assert [t[0] for t in tune] == list(names)
     for _, x, n, px in tune:
         assert sorted(set(n.tolist())) == sorted(TRAIN + ["Colin_Powell"]) and len(x) == len(px) == 12
-    assert not set(regimes.LIGHTING_TUNING) & {t[0] for t in regimes.tuning_regimes(tmp_path)}
+    assert not set(names) & {t[0] for t in regimes.tuning_regimes(tmp_path)}
 
 
 def test_yale_halves_are_opt_in_random_halves(tmp_path):
