@@ -177,6 +177,12 @@ def test_train_cohort_with_a_part_from_work_dirs(tmp_path, monkeypatch):
     assert part.label == "side-light" and part.margin == 0.02 and sorted(part.names.tolist()) == sorted(people)
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["parts"][0]["seed"] == 2 and info["parts"][0]["work_dir"] == "lfw-sidelight" and abs(info["parts"][0]["ref"] - part.ref) < 1e-9
+    # a part may name its own margin (LABEL:MARGIN=WORK_DIR); the others keep --part-margin
+    out2 = tmp_path / "c2.npz"
+    assert run_cli("train", "cohort", "-w", tmp_path / "lfw", "--part", f"side-light={tmp_path / 'lfw-sidelight'}",
+                   "--part", f"night:0.0125={tmp_path / 'lfw-sidelight'}", "--k", "3", "-o", out2) == 0
+    assert [(p.label, p.margin) for p in read_cohort(out2).parts] == [("side-light", 0.01), ("night", 0.0125)]
+    assert run_cli("train", "cohort", "-w", tmp_path / "lfw", "--part", f"night:x={tmp_path / 'lfw-sidelight'}", "-o", tmp_path / "e.npz") == 2
     assert run_cli("train", "cohort", "-w", tmp_path / "lfw", "--part", "no-equals-sign", "-o", tmp_path / "d.npz") == 2
     assert not (tmp_path / "d.npz").exists()
 

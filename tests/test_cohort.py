@@ -41,12 +41,14 @@ def test_shipped_cohort_holds_training_identities_only():
     info = json.loads(cohort_path("dlib").with_suffix(".json").read_text())
     assert info["identities"] == len(co.faces) and abs(info["ref"] - co.ref) < 1e-9
     assert load_cohort("mbf") is None and load_cohort(None) is None
-    # its side-light part: training identities too, one face each, its own reference and margin
-    (part,) = co.parts
-    assert part.label == "side-light" and part.margin == info["parts"][0]["margin"] == 0.01
-    assert len(part.faces) == len(set(part.names.tolist())) >= 3000 and part.k == co.k
-    assert not any(is_validation_identity("lfw", n) for n in part.names)
-    assert abs(info["parts"][0]["ref"] - part.ref) < 1e-9 and 0.90 < part.ref < 0.95
+    # its side-light and night parts: training identities too, one face each, each with its own
+    # reference and margin
+    assert [p.label for p in co.parts] == ["side-light", "night"]
+    for part, pinfo, margin in zip(co.parts, info["parts"], (0.01, 0.0125)):
+        assert part.margin == pinfo["margin"] == margin and pinfo["label"] == part.label
+        assert len(part.faces) == len(set(part.names.tolist())) >= 3000 and part.k == co.k
+        assert not any(is_validation_identity("lfw", n) for n in part.names)
+        assert abs(pinfo["ref"] - part.ref) < 1e-9 and 0.90 < part.ref < 0.95
 
 
 def test_build_cohort_one_face_per_person_levels_brute_force():

@@ -143,9 +143,10 @@ def register_cohort(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Where to write the cohort .npz (weights/<embedder>_cohort.npz)."),
         k: int = typer.Option(10, help="Cohort neighbours averaged into a face's level."),
         seed: int = typer.Option(0, help="Seed of the one-face-per-person draw."),
-        part: list[str] = typer.Option(None, "--part", help="LABEL=WORK_DIR (repeatable): a part of the cohort from the training "
-                                        "identities of a work dir of one look, e.g. side-light=WORK/lfw-sidelight (Cohort.parts)."),
-        part_margin: float = typer.Option(0.01, help="Margin of every --part (cosine units above the part's reference)."),
+        part: list[str] = typer.Option(None, "--part", help="LABEL[:MARGIN]=WORK_DIR (repeatable): a part of the cohort from the "
+                                        "training identities of a work dir of one look, e.g. side-light=WORK/lfw-sidelight or "
+                                        "night:0.0125=WORK/lfw-night (Cohort.parts; MARGIN: this part's, else --part-margin)."),
+        part_margin: float = typer.Option(0.01, help="Margin of a --part that names none (cosine units above the part's reference)."),
         part_seed: Optional[int] = typer.Option(None, help="Seed of the parts' one-face-per-person draw (default: --seed)."),
     ):
         """Build an embedder's score-normalisation cohort from the training identities of
@@ -164,11 +165,16 @@ def register_cohort(app: typer.Typer) -> None:
         parts, info["parts"] = [], []
         for spec in part or []:
             label, sep, path = spec.partition("=")
+            label, _, m = label.partition(":")
             if not sep or not label or not path:
-                raise typer.BadParameter(f"--part wants LABEL=WORK_DIR, got {spec!r}")
+                raise typer.BadParameter(f"--part wants LABEL[:MARGIN]=WORK_DIR, got {spec!r}")
+            try:
+                margin = float(m) if m else part_margin
+            except ValueError:
+                raise typer.BadParameter(f"--part {spec!r}: MARGIN {m!r} is not a number") from None
             px, pn, pe = _training_faces([Path(path)])
             embedders |= pe
-            p, pinfo = build_part(px[0], pn[0], x, names, margin=part_margin, label=label, k=k, seed=seed if part_seed is None else part_seed)
+            p, pinfo = build_part(px[0], pn[0], x, names, margin=margin, label=label, k=k, seed=seed if part_seed is None else part_seed)
             parts.append(p)
             info["parts"].append(dict(pinfo, work_dir=Path(path).name))
         if len(embedders) != 1:
