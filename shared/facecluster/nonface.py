@@ -58,12 +58,14 @@ def scores(X: np.ndarray, embedder: Optional[str]) -> Optional[np.ndarray]:
     return (X / np.maximum(norm, 1e-12)) @ t[0] + t[1]
 
 
-def nonfaces(X: np.ndarray, embedder: Optional[str]) -> Optional[np.ndarray]:
-    """(N,) bool: the crops that look like no face, or None when the embedder has no test."""
+def nonfaces(X: np.ndarray, embedder: Optional[str], margin: float = 0.0) -> Optional[np.ndarray]:
+    """(N,) bool: the crops that look like no face, or None when the embedder has no test.
+    ``margin`` (the score's units): also the crops scoring up to that much below the threshold
+    (the faces the test *doubts*, ``cluster/base.py``'s ``doubt_margin``)."""
     s = scores(X, embedder)
     if s is None:
         return None
-    return s >= load_test(embedder)[2]
+    return s >= load_test(embedder)[2] - margin
 
 
 #: cosine at and above which two crops with no face count as copies of one image. dlib's

@@ -250,11 +250,7 @@ class Clusterer:
         margin = self.doubt_margin()
         if margin <= 0 or not self.uses_face_px:
             return None
-        test = nonface.load_test(self.embedder())
-        s = nonface.scores(X, self.embedder())
-        if test is None or s is None:
-            return None
-        return s >= test[2] - margin
+        return nonface.nonfaces(X, self.embedder(), margin=margin)
 
     def small_faces(self, face_px: Optional[np.ndarray], n: int, X: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """(N,) bool: the faces the small-face rule sets apart (small crops and, given the (N, D)
@@ -272,16 +268,17 @@ class Clusterer:
                 raise ValueError(f"face_px must have shape ({n},), got {px.shape}")
             if cfg.small_face_px > 0:
                 small = np.isfinite(px) & (px < cfg.small_face_px)  # unknown size: treated as large
+
+        def applies(mask: np.ndarray) -> bool:
+            k = int(mask.sum())
+            return 0 < k < n and k <= cfg.small_max_share * n
+
         doubt = self.doubtful_faces(X) if X is not None else None
-        for cand in ([small | doubt] if doubt is not None else []) + [small]:
-            # too many set apart (a hard-lit batch): the doubted faces are dropped first, so the
-            # small crops keep the rule they had before doubts existed
-            k = int(cand.sum())
-            if 0 < k < n and k <= cfg.small_max_share * n:
-                return cand
-            if k == 0:
-                return None
-        return None
+        if doubt is not None and applies(small | doubt):
+            return small | doubt
+        # too many set apart with the doubted faces (a hard-lit batch): the small crops alone keep
+        # the rule they had before doubts existed
+        return small if applies(small) else None
 
     def _place_small(self, X: np.ndarray, big: np.ndarray, lab_big: np.ndarray, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Small faces join the cluster small_share of their 10 nearest large faces (cosine >=
