@@ -41,8 +41,9 @@ VALIDATION_SETS = ["lfw-lowq", "lfw-mixed-val", "lfw-detbox-val", "lfw-night-val
 #: built last: ``lfw-sidelight`` (a lighting regime of training identities: the dlib cohort's
 #: side-light part is drawn from it, weights/dlib_cohort.md; opt-in tuning regimes) and
 #: ``lfw-night`` (every identity as a night camera sees it: opt-in tuning regimes of its training
-#: identities; its validation identities are ``lfw-night-val``'s)
-STUDY_SETS = ["lfw-sidelight", "lfw-night"]
+#: identities; its validation identities are ``lfw-night-val``'s) and ``lfw-lowres`` (far,
+#: compressed faces: the cohort's low-quality part and opt-in tuning regimes; thirty-third session)
+STUDY_SETS = ["lfw-sidelight", "lfw-night", "lfw-lowres"]
 #: the shift_sets regime that writes each ``-val`` input
 _VAL_SOURCE = {"lfw-mixed-val": "lfw-mixed", "lfw-detbox-val": "lfw-detbox", "lfw-night-val": "lfw-night"}
 

@@ -70,7 +70,8 @@ settings may be chosen (issue 11 chose the similarity floor there); ``--regimes
 all-styles-train`` adds (opt-in) every training set's training identities in one batch, and
 ``--regimes lfw-sidelight-train,lfw-sidelight-train21`` the training photos under a hard side
 light (``LIGHTING_TUNING``; judged by faces in mixed clusters), and ``--regimes
-lfw-night-train,lfw-night-train21`` as a night camera sees them (``NIGHT_TUNING``).
+lfw-night-train,lfw-night-train21`` as a night camera sees them (``NIGHT_TUNING``), and ``--regimes
+lfw-lowres-train,lfw-lowres-train21`` as far, compressed faces (``LOWRES_TUNING``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ LIGHTING_TUNING = (f"{LIGHTING_SET}-train", f"{LIGHTING_SET}-train21")
 #: validation regime lfw-night-val
 NIGHT_SET = "lfw-night"
 NIGHT_TUNING = (f"{NIGHT_SET}-train", f"{NIGHT_SET}-train21")
+#: opt-in tuning regimes (name them in --regimes): the training photos as far, compressed faces
+#: (bench/shift_sets.py lfw-lowres, 48-96 px, q20-60; thirty-third session), a family around the
+#: validation regime lfw-lowq-val's one recipe, which stays untouched
+LOWRES_SET = "lfw-lowres"
+LOWRES_TUNING = (f"{LOWRES_SET}-train", f"{LOWRES_SET}-train21")
 #: opt-in validation regimes (``--regimes yale-halves`` for all five): random halves of Extended
 #: Yale B (seeds 0-4, the draws of ``bench/incremental.py``'s ``random50`` split), the veto that
 #: found the default collapsing with the cohort's side-light part while the whole set did not
@@ -290,8 +296,9 @@ def tuning_regimes(root: Path, only: list[str] | None = None, with_px: bool = Fa
     # lfw-sidelight), a check for anything that moves the cohort or the thresholds (its BCubed F
     # is bounded by dlib's recall under that light: judge it by faces in mixed clusters;
     # docs/benchmarks/default_quality.md, "A side-light part of the cohort")
-    # and the night-camera regime of training identities (lfw-night, thirty-second session)
-    for s in TRAIN_SETS + ([LIGHTING_SET, NIGHT_SET] if only is not None else []):
+    # and the night-camera regime of training identities (lfw-night, thirty-second session) and
+    # the far, compressed one (lfw-lowres, thirty-third session)
+    for s in TRAIN_SETS + ([LIGHTING_SET, NIGHT_SET, LOWRES_SET] if only is not None else []):
         if not (root / s / "features.npy").exists():
             continue
         for name in (f"{s}-train", f"{s}-train21", f"{s}-train-far"):

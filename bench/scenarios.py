@@ -31,7 +31,14 @@ Shapes (each the training identities of a set; labels = image folder):
 ``video-2c/glint-clips``   20 pairs of clips of two different people (an interview)
 ``video-1p/glint-clips``   each training person's clips together, alone (a vlog over several
                            scenes: one person at several low resolutions); ``--heldout``
-                           builds the three from the validation people instead (report only)
+                           builds these from the validation people instead (report only)
+``video-all/glint-clips``  every training person's clips in one batch (a many-person
+                           low-resolution video; thirty-third session)
+``video-crowd/glint-clips`` 5 draws of one clip per training person, all together (a crowd,
+                           each person seen once at its own distance; thirty-third session)
+``video-crowd+singles/glint-clips`` the same crowds among the LFW training one-photo people as
+                           far, compressed faces (work dir ``lfw-lowres``, if built): each clip
+                           1-5 % of the batch (a busy street; thirty-third session)
 ``photos/<lfw set>``       every training identity, singletons included (lfw, lfw-tight,
                            lfw-greyblur: shared 150-px crops, tight 112-px, grey + blur)
 ``photos-small/lfw-mixed`` the lfw-mixed training crops whose eyes are < 20 px apart (1,653 small,
@@ -113,7 +120,10 @@ def load_clips(root: Path, part: str):
 
 def clip_scenarios(x: np.ndarray, n: np.ndarray, px: np.ndarray, clip: np.ndarray, tag: str) -> list:
     """``video-1c/<tag>``: each clip of >= 50 frames alone; ``video-2c/<tag>``: 20 pairs of such
-    clips of two different people; ``video-1p/<tag>``: each person's clips together, alone."""
+    clips of two different people; ``video-1p/<tag>``: each person's clips together, alone;
+    ``video-all/<tag>``: every clip of every person in one batch (a many-person low-resolution
+    video); ``video-crowd/<tag>``: 5 draws of one clip of >= 50 frames per person, every person
+    together (a crowd, each seen once at its own distance; thirty-third session)."""
     clips = sorted(c for c, k in Counter(clip.tolist()).items() if k >= 50)
     person = {c: n[clip == c][0] for c in clips}
     pairs = [(a, b) for a, b in combinations(clips, 2) if person[a] != person[b]]
@@ -123,7 +133,21 @@ def clip_scenarios(x: np.ndarray, n: np.ndarray, px: np.ndarray, clip: np.ndarra
         (f"video-1c/{tag}", [part(clip == c) for c in clips]),
         (f"video-2c/{tag}", [part(np.isin(clip, pairs[i])) for i in pick]),
         (f"video-1p/{tag}", [part(n == q) for q in sorted(set(n.tolist()))]),
+        (f"video-all/{tag}", [part(np.ones(len(n), bool))]),
+        (f"video-crowd/{tag}", [part(np.isin(clip, crowd)) for crowd in _crowds(clips, person)]),
     ]
+
+
+def _crowds(clips: list, person: dict, draws: int = 5) -> list[list]:
+    """``draws`` lists of one clip per person (seeded draws, one per seed 0..draws-1)."""
+    by_person: dict = {}
+    for c in clips:
+        by_person.setdefault(person[c], []).append(c)
+    out = []
+    for seed in range(draws):
+        rng = np.random.default_rng(seed)
+        out.append([mine[int(rng.integers(len(mine)))] for _, mine in sorted(by_person.items())])
+    return out
 
 
 def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
@@ -177,7 +201,15 @@ def training_scenarios(root: Path) -> list[tuple[str, list[tuple[np.ndarray, np.
         # one person far more when nobody else is in the batch (seventeenth session)
         out.extend(few_people(x, n, p, "glint-lowres"))
     if (root / "glint-clips" / "features.npy").exists():
-        out.extend(clip_scenarios(*load_clips(root, "train"), "glint-clips"))
+        clip_shapes = clip_scenarios(*load_clips(root, "train"), "glint-clips")
+        out.extend(clip_shapes)
+        if (root / "lfw-lowres" / "features.npy").exists():
+            # the crowd among far, compressed one-photo passers-by (the lfw-lowres study set): each
+            # tracked person's clip is then 1-5 % of the batch, as in a busy street's video
+            lf, ln, lp = passers_by(*load(root, "lfw-lowres", "train", with_px=True))
+            crowd = dict(clip_shapes)["video-crowd/glint-clips"]
+            out.append(("video-crowd+singles/glint-clips",
+                        [(np.concatenate([x, lf]), np.concatenate([n, ln]), np.concatenate([p, lp])) for x, n, p in crowd]))
     for s in ("lfw", "lfw-tight", "lfw-greyblur"):
         if have[s]:
             out.append((f"photos/{s}", [load(root, s, "train")]))

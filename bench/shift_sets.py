@@ -39,6 +39,10 @@ of its file name, so a rebuild gives the same bytes):
                    gamma 1.0-1.6), sensor noise (sigma 1-3 % of full scale), blur 0-1, q40-70:
                    a night camera's faces (thirty-second session; validation only:
                    ``OUT/lfw-night-val.json``, work dir ``lfw-night-val``)
+``lfw-lowres``     centre 150-250, down to 48-96 px, blur 0.3-1 on half, q20-60: far, compressed
+                   faces of *training* identities (thirty-third session: the dlib cohort's
+                   low-quality part and two opt-in tuning regimes). A family around, not at,
+                   ``lfw-lowq``'s one recipe (whole frame, 80 px, q35), which stays validation
 ``glint-lowres``   glint18 crops down to 48 px and JPEG q40 (low-resolution video)
 ``glint-mixed``    per glint18 crop: 32-112 px, q35-95, blur 0-1.5 on a third (a video whose
                    faces come near and go far: mixed resolution in one batch)
@@ -69,7 +73,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "lfw-sidelight", "lfw-night", "glint-lowres", "glint-mixed", "glint-clips", "yale", "yale-moderate"]
+REGIMES = ["lfw-tight", "lfw-loose", "lfw-lowq", "lfw-greyblur", "lfw-mixed", "lfw-detbox", "lfw-sidelight", "lfw-night", "lfw-lowres", "glint-lowres", "glint-mixed", "glint-clips", "yale", "yale-moderate"]
 
 
 def _u(name: str, salt: str) -> float:
@@ -129,6 +133,16 @@ def lfw_variant(im: Image.Image, regime: str, name: str) -> tuple[Image.Image, i
         if blur > 0.2:
             img = img.filter(ImageFilter.GaussianBlur(blur))
         return img.convert("RGB"), int(40 + 30 * _u(name, "nq"))
+    if regime == "lfw-lowres":
+        # A face far from the camera: framing, resolution, softness and compression each drawn
+        # per photo, so one batch mixes faces a little below and well below the small-face rule's
+        # 18 px between the eyes (about 8-26 px here).
+        side = int(150 + 100 * _u(name, "fside"))
+        size = int(48 + 48 * _u(name, "fsize"))
+        out = centre(im, side).resize((size, size), Image.BILINEAR)
+        if _u(name, "fblur") < 0.5:
+            out = out.filter(ImageFilter.GaussianBlur(0.3 + 0.7 * _u(name, "fsigma")))
+        return out, int(20 + 40 * _u(name, "fq"))
     if regime == "lfw-detbox":
         # What another detector hands over: its box is not the square, centred, upright box of
         # LFW's funnelled images. The roll is applied to the photo (the face turns about its

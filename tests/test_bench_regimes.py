@@ -115,10 +115,13 @@ def test_build_workdirs_embeds_a_shared_set_and_skips_it_on_a_rerun(tmp_path):
     assert "embedded already" in again.stdout
 
 
-@pytest.mark.parametrize("work, names", [("lfw-sidelight", regimes.LIGHTING_TUNING), ("lfw-night", regimes.NIGHT_TUNING)])
+@pytest.mark.parametrize(
+    "work, names",
+    [("lfw-sidelight", regimes.LIGHTING_TUNING), ("lfw-night", regimes.NIGHT_TUNING), ("lfw-lowres", regimes.LOWRES_TUNING)],
+)
 def test_lighting_tuning_regimes_are_opt_in_training_identities(tmp_path, work, names):
     """``--regimes lfw-sidelight-train,lfw-sidelight-train21`` (and the night camera's
-    ``lfw-night-train,lfw-night-train21``): the photos of the training people only (the >= 5-photo
+    ``lfw-night-train,lfw-night-train21``, the far faces' ``lfw-lowres-train,lfw-lowres-train21``): the photos of the training people only (the >= 5-photo
     regulars capped at 21 for -train21); not in the default list."""
     _workdir(tmp_path, "lfw", VAL + TRAIN, 3, 40.0, 0)
     _workdir(tmp_path, work, VAL + TRAIN + ["Colin_Powell"], 6, 40.0, 3)
@@ -208,3 +211,18 @@ def test_night_camera_regime_is_dark_grey_noisy_and_the_same_on_a_rebuild(tmp_pa
     k = shift_sets.write_validation_input("lfw-night", tmp_path)
     kept = [r["person"] for r in json.loads((tmp_path / "lfw-night-val.json").read_text())]
     assert k == len(kept) and kept == [p for p in people if is_validation_identity("lfw", p)]
+
+
+def test_far_face_regime_is_small_compressed_varied_and_the_same_on_a_rebuild():
+    """``lfw-lowres``: a pure function of the file name, 48-96 px, q20-60, the framing and size
+    drawn per photo (a family around lfw-lowq's one recipe, not that recipe for every photo)."""
+    import shift_sets
+    from PIL import Image
+
+    src = Image.fromarray(np.random.default_rng(1).integers(0, 255, size=(250, 250, 3), dtype=np.uint8))
+    got = [shift_sets.lfw_variant(src, "lfw-lowres", f"X_{i:04d}.jpg") for i in range(40)]
+    again, qa = shift_sets.lfw_variant(src, "lfw-lowres", "X_0000.jpg")
+    assert (np.asarray(again) == np.asarray(got[0][0])).all() and qa == got[0][1]
+    sizes = {im.size[0] for im, _ in got}
+    assert all(im.size[0] == im.size[1] for im, _ in got) and min(sizes) >= 48 and max(sizes) <= 96 and len(sizes) > 10
+    assert all(20 <= q <= 60 for _, q in got) and len({q for _, q in got}) > 10
