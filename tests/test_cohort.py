@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +139,13 @@ def test_infomap_uses_the_cohort_for_dlib_only(caplog):
     c = get_clusterer("infomap", device="cpu", embedder="dlib")
     assert c.settings()["cohort_norm"] is True and c.settings()["cohort_shift"] == 0.003 and c.settings()["cohort_parts"] is True and c.settings()["merge_open_lit"] == 0.002
     c.fit_predict(x)
-    assert "cohort" in c.timings_ and c.settings()["cohort_norm"] is True
-    assert get_clusterer("infomap", device="cpu", embedder="dlib", cohort_norm=False).settings()["cohort_norm"] is False
+    assert "cohort" in c.timings_ and "soups" in c.timings_ and c.settings()["cohort_norm"] is True
+    off = get_clusterer("infomap", device="cpu", embedder="dlib", cohort_norm=False)
+    assert off.settings()["cohort_norm"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dlib's own soup default needs no warning when the cohort is off
+        off.fit_predict(x)
+    assert "soups" not in off.timings_
     assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["cohort_norm"] is False
     with pytest.raises(ValueError, match="ships no cohort"):
         get_clusterer("infomap", device="cpu", embedder="mbf", cohort_norm=True).fit_predict(x)

@@ -1016,14 +1016,22 @@ def test_soups_of_faces_alike_to_everyone_are_dissolved_a_person_is_kept():
     # clusters outside the judged sizes are kept: a big one (a long video's person spreads wide)
     assert len(set(dissolve_soups(labels, X, levels, max_size=11)[10:])) == 1
     assert len(set(dissolve_soups(labels, X, levels, min_size=13)[10:])) == 1
+    # nor a cluster holding more than max_share of the batch (one short clip alone is one person):
+    # 12 of 22 faces is 55 %
+    assert len(set(dissolve_soups(labels, X, levels, max_share=0.5)[10:])) == 1
+    assert len(set(dissolve_soups(labels, X, levels, max_share=0.6)[10:])) == 12
+    assert len(set(dissolve_soups(labels, X, levels, max_share=0.0)[10:])) == 1
     # the same soup at a level it clears is one cluster
     assert len(set(dissolve_soups(labels, X, np.full(22, 0.90, np.float32))[10:])) == 1
     assert len(dissolve_soups(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0))) == 0
 
 
-def test_soup_rule_is_opt_in_and_needs_the_cohort():
+def test_soup_rule_is_dlibs_default_needs_the_cohort_and_spares_a_clip_alone():
     s = get_clusterer("infomap", device="cpu", embedder="dlib").settings()
-    assert s["soup_below"] is None and s["soup_min_size"] == 8 and s["soup_max_size"] == 60
+    assert s["soup_below"] == 0.0 and s["soup_min_size"] == 8 and s["soup_max_size"] == 60 and s["soup_max_share"] == 0.02
+    # embedders without a tuned threshold: off, unless asked for
+    assert get_clusterer("infomap", device="cpu", embedder="mbf").settings()["soup_below"] is None
+    assert get_clusterer("infomap", device="cpu", embedder="arcface", soup_below=0.01).settings()["soup_below"] == 0.01
     # no cohort (another embedder): the rule needs levels and does not run
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 16)).astype(np.float32)

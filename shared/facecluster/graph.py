@@ -862,6 +862,7 @@ def dissolve_soups(
     below: float = 0.0,
     min_size: int = 8,
     max_size: int = 60,
+    max_share: float = 1.0,
 ) -> np.ndarray:
     """Break up clusters that are a soup of faces alike to everyone, not one person.
 
@@ -873,14 +874,18 @@ def dissolve_soups(
     ``min_size`` to ``max_size`` faces whose median over all its pairs of
     ``cos(i, j) - (l_i + l_j) / 2`` is below ``below`` becomes lone faces. Bigger clusters are
     not judged: a person followed through a long video spreads over pose and light, and its
-    far pairs sit low while its links stay tight.
+    far pairs sit low while its links stay tight. Nor is a cluster holding more than
+    ``max_share`` of the batch: a soup is a small group among many other faces, while one short
+    low-quality clip of one person, alone in its batch, has a soup's statistics to dlib and is
+    still one person (the only thing that tells them apart is that prior).
 
     Parameters
     ----------
     labels : (N,) int partition.
     X : (N, D) float32 descriptors (L2-normalised here).
     levels : (N,) float cohort levels of the same faces.
-    below, min_size, max_size : see above.
+    below, min_size, max_size, max_share : see above (``max_share`` a fraction of N; 0: no
+        cluster is judged).
 
     Returns
     -------
@@ -892,7 +897,7 @@ def dissolve_soups(
     if n == 0:
         return lab
     _, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
-    judged = np.flatnonzero((cnt >= min_size) & (cnt <= max_size))
+    judged = np.flatnonzero((cnt >= min_size) & (cnt <= min(max_size, int(max_share * n))))
     if len(judged) == 0:
         return lab
     order = np.argsort(inv, kind="stable")

@@ -302,16 +302,26 @@ class InfomapConfig(ClusterConfig):
     )
     soup_below: Optional[float] = Field(
         None,
-        description="Soups (opt-in; needs cohort normalisation): a cluster of soup_min_size to soup_max_size faces whose "
-        "median over all its pairs of cos(i, j) - (l_i + l_j) / 2 (l: a face's cohort level, how much it looks like "
-        "strangers) is below this becomes lone faces (facecluster.graph.dissolve_soups). 0.0 on low-quality photo "
-        "collections: 80-px JPEG photos 0.717 -> 0.724, faces in mixed clusters 3.7 % -> 0.6 %. Not for video: "
-        "one short low-quality clip of one person is the same soup to dlib (a 57-frame clip at 36-64 px dissolved, "
-        "0.968 -> 0.024), so it is off by default (docs/benchmarks/default_quality.md, 'Soups').",
+        description="Soups (needs cohort normalisation): a cluster of soup_min_size to soup_max_size faces, and at "
+        "most soup_max_share of the batch, whose median over all its pairs of cos(i, j) - (l_i + l_j) / 2 (l: a "
+        "face's cohort level, how much it looks like strangers) is below this becomes lone faces "
+        "(facecluster.graph.dissolve_soups). Default: per embedder (dlib 0.0, thirty-third session: 80-px JPEG "
+        "photos 0.717 -> 0.724 with faces in mixed clusters 3.7 % -> 0.6 %, night-camera photos 1.2 % -> 0; "
+        "docs/benchmarks.md §8 step 20); embedders without a tuned value: off.",
     )
     soup_min_size: int = Field(8, ge=2, description="Smallest cluster the soup test judges.")
     soup_max_size: int = Field(
         60, ge=2, description="Largest cluster the soup test judges (a long video's person spreads wider over all its pairs)."
+    )
+    soup_max_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Largest share of the batch (the faces Infomap clusters, after the small-face rule set its faces "
+        "apart) a cluster the soup test judges may hold: a soup is a small group "
+        "among many faces, while one short low-quality clip of one person alone in its batch reads as a soup to dlib "
+        "(a 57-frame clip at 36-64 px: 0.968 -> 0.024 without this guard). At 0.02 a batch needs 400 faces before "
+        "the smallest soup (8) is judged and 3,000 before the largest (60). 0 turns the soup test off.",
     )
     merge_open_share: float = Field(
         0.3, gt=0, le=1, description="Share of an open piece's leaving links that must go to its first choice."
@@ -494,6 +504,10 @@ WEIGHT_TEMP_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
 #: session, docs/benchmarks/default_quality.md "Big-cluster attach"; mbf: measured in the fifteenth,
 #: no regime moved, so off); others 0 = off
 ATTACH_BIG_BY_EMBEDDER: dict[str, int] = {"dlib": 100}
+#: default ``soup_below`` per embedder (dlib: 0.0, the prototype's threshold of the twenty-seventh
+#: session, where no pure cluster of any regime dissolved, taken in the thirty-third with the batch-share
+#: guard ``soup_max_share``; docs/benchmarks.md §8 step 20); others: no soup test
+SOUP_BELOW_BY_EMBEDDER: dict[str, float] = {"dlib": 0.0}
 #: default ``merge_tight_margin`` per embedder (chosen on each one's training regimes and scenarios,
 #: twenty-seventh session, docs/benchmarks/default_quality.md "Tight joins"); others: tight joins off.
 #: dlib: 0.015 (0.01 blocked a long video's 9-face piece, 0.016 below its internal p10; 0.02 let a
@@ -563,6 +577,13 @@ class InfomapClusterer(Clusterer):
             return c.attach_big_min_target
         return ATTACH_BIG_BY_EMBEDDER.get(c.embedder or "", 0)
 
+    def soup_below(self) -> Optional[float]:
+        """The soup test's threshold (None: no soup test)."""
+        c = self.config
+        if c.soup_below is not None:
+            return c.soup_below
+        return SOUP_BELOW_BY_EMBEDDER.get(c.embedder or "")
+
     def weight_temp(self) -> float:
         """Temperature of Infomap's exponential edge weights (0: the plain cosine)."""
         c = self.config
@@ -612,6 +633,7 @@ class InfomapClusterer(Clusterer):
         d["attach_min_sim"] = self.attach_min_sim()
         d["attach_big_min_target"] = self.attach_big_min_target()
         d["merge_tight_margin"] = self.tight_margin()
+        d["soup_below"] = self.soup_below()
         return d
 
     def small_vote_floor(self) -> Optional[float]:
@@ -687,14 +709,16 @@ class InfomapClusterer(Clusterer):
                 node, module = tab[:, 0].astype(np.int64), tab[:, 1].astype(np.int64)
                 labels[node] = n + module  # offset: never collides with singleton ids
         labels = self.refine(labels, ids, sims, raised=raised)
+        soup_below = self.soup_below()
         if cfg.soup_below is not None and levels is None:
-            # the soup test reads the cohort levels; say so rather than skip it unannounced
+            # the soup test reads the cohort levels; asked for by hand, say so rather than skip it
+            # unannounced (the embedder's default is quietly off with cohort_norm=false)
             warnings.warn("soup_below is set but cohort normalisation is off (cohort_norm=false, or an embedder "
                           "without a cohort): no soup test was run", stacklevel=2)
-        if levels is not None and cfg.soup_below is not None:
+        if levels is not None and soup_below is not None and cfg.soup_max_share > 0:
             with self._timed("soups"):
-                labels = dissolve_soups(labels, X, lev, below=cfg.soup_below, min_size=cfg.soup_min_size,
-                                        max_size=cfg.soup_max_size)
+                labels = dissolve_soups(labels, X, lev, below=soup_below, min_size=cfg.soup_min_size,
+                                        max_size=cfg.soup_max_size, max_share=cfg.soup_max_share)
         return labels
 
     def refine(self, labels: np.ndarray, ids: np.ndarray, sims: np.ndarray, raised: Optional[np.ndarray] = None) -> np.ndarray:
