@@ -280,3 +280,36 @@ def test_levels_and_infomap_on_cuda_match_cpu():
     gpu = get_clusterer("infomap", device="cuda", embedder="dlib").fit_predict(x)
     assert len(np.unique(cpu)) > 50
     assert np.array_equal(np.unique(cpu, return_inverse=True)[1], np.unique(gpu, return_inverse=True)[1])
+
+
+def test_real_soup_of_degraded_strangers_dissolves_one_persons_frames_stay(held_out_photos):
+    """Real faces through the shipped cohort's levels (``graph.dissolve_soups``, the default's
+    last step with dlib): far, compressed photos of 12 different held-out people in one cluster
+    read far below their levels (measured −0.068) and dissolve when they are a small share of
+    the batch; 12 frames of one held-out glint18 person (Tom Hanks) read above them and stay; the
+    same frames at 48 px, JPEG q40 read below (measured −0.018: dlib cannot tell them from a
+    soup), so alone in their batch only the share guard keeps them."""
+    from facecluster.graph import dissolve_soups
+    from facecluster.imageio import load_image
+
+    files, names, emb, _ = held_out_photos
+    first = [np.flatnonzero(names == p)[0] for p in np.unique(names)[:12]]
+    strangers = emb.embed_batch(np.stack([emb.prepare(_degrade(files[i]), {}) for i in first]))
+    person = DATA / "glint18" / "Tom_Hanks"
+    assert is_validation_identity("glint18", person.name)
+    frames = sorted(person.iterdir())
+    frames = frames[:: max(1, len(frames) // 12)][:12]
+    sharp = emb.embed_batch(np.stack([emb.prepare(load_image(f), {}) for f in frames]))
+    low = emb.embed_batch(np.stack([emb.prepare(_degrade(f, side=48, quality=40), {}) for f in frames]))
+    co = load_cohort("dlib")
+    # 600 other faces, each alone (never judged), make the two clusters 2 % of the batch each
+    others = np.random.default_rng(0).normal(size=(600, strangers.shape[1])).astype(np.float32)
+    x = np.vstack([strangers, sharp, others])
+    lab = np.r_[np.zeros(12), np.ones(12), np.arange(2, 602)].astype(np.int64)
+    out = dissolve_soups(lab, x, co.levels(x), max_share=0.02)
+    assert len(set(out[:12])) == 12 and len(set(out[12:24])) == 1
+    np.testing.assert_array_equal(out[24:], lab[24:])
+    # one person's low-resolution frames alone: without the guard they dissolve, with it they stay
+    alone = np.zeros(12, np.int64)
+    assert len(set(dissolve_soups(alone, low, co.levels(low), max_share=1.0))) == 12
+    np.testing.assert_array_equal(dissolve_soups(alone, low, co.levels(low), max_share=0.02), alone)
