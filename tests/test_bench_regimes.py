@@ -81,6 +81,14 @@ def test_glint_clips_cut_each_person_into_clips_and_the_scenarios_keep_them_apar
     assert all(len(set(d[1].tolist())) == 2 for d in shapes["video-2c/t"])  # pairs of two people
     assert len(shapes["video-2c/t"]) == 1
     assert [len(d[1]) for d in shapes["video-1p/t"]] == [100, 100]
+    assert [len(d[1]) for d in shapes["video-all/t"]] == [200]  # every clip of every person
+    # a crowd: one clip of >= 50 frames per person (each person here has one), five seeded draws
+    assert len(shapes["video-crowd/t"]) == 5
+    assert all(sorted(set(d[1].tolist())) == sorted(VAL) and len(d[1]) == 120 for d in shapes["video-crowd/t"])
+    clips = [f"p{i}/c{j}" for i in range(3) for j in range(4)]
+    draws = scenarios._crowds(clips, {c: c.split("/")[0] for c in clips})
+    assert all(sorted(c.split("/")[0] for c in d) == ["p0", "p1", "p2"] for d in draws)  # one clip per person
+    assert len({tuple(d) for d in draws}) > 1 and draws == scenarios._crowds(clips, {c: c.split("/")[0] for c in clips})
     assert sorted(set(scenarios.load_clips(tmp_path, "train")[1].tolist())) == TRAIN
 
 
