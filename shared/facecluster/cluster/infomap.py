@@ -715,7 +715,7 @@ class InfomapClusterer(Clusterer):
             # unannounced (the embedder's default is quietly off with cohort_norm=false)
             warnings.warn("soup_below is set but cohort normalisation is off (cohort_norm=false, or an embedder "
                           "without a cohort): no soup test was run", stacklevel=2)
-        if levels is not None and soup_below is not None and cfg.soup_max_share > 0:
+        if levels is not None and soup_below is not None:
             with self._timed("soups"):
                 labels = dissolve_soups(labels, X, lev, below=soup_below, min_size=cfg.soup_min_size,
                                         max_size=cfg.soup_max_size, max_share=cfg.soup_max_share)
