@@ -40,6 +40,14 @@ def test_invalid_input_exit_2_and_nothing_written(tmp_path, text, capsys):
     assert "error" in err and len(err.strip().splitlines()) == 1
 
 
+def test_byte_order_mark_is_accepted(tmp_path):
+    p = tmp_path / "in.json"
+    p.write_text('[{"img_path": "a.jpg", "x": "\u00e9"}]', encoding="utf-8-sig")
+    assert p.read_bytes().startswith(b"\xef\xbb\xbf")
+    records, paths = load_input(p)
+    assert records == [{"img_path": "a.jpg", "x": "\u00e9"}] and paths == [str(tmp_path / "a.jpg")]
+
+
 def test_missing_input_file_exit_2(tmp_path):
     assert run_cli("run", tmp_path / "nope.json", "-o", tmp_path / "o.json") == 2
 

@@ -351,3 +351,41 @@ def test_gpu_decoded_records_keep_their_crop_sizes(tmp_path):
     c = _gpu_decode_chunk(Emb(), load_image, paths, None, c, dali=FakeDali())
     assert c.index.tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(c.face_px, IOD_PER_SIDE * np.array([150.0, 90.0, 60.0, 170.0]))
+
+
+def test_gpu_decoder_path_never_reads_devices_or_fifos(tmp_path):
+    """With a GPU decoder the runner reads each file's bytes itself; /dev/zero would fill memory
+    and a FIFO block forever. Both must go the CPU way and come back as per-record errors."""
+    import os
+    import signal
+
+    from facecluster.embed.runner import _prepare_chunk
+
+    good = tmp_path / "f.jpg"
+    Image.open(_real_jpegs(1, 1)[0]).convert("RGB").save(good)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    paths = ["/dev/zero", str(tmp_path / "pipe.jpg"), str(good)]
+
+    class Emb:
+        input_size = (112, 112)
+        needs_keypoints = False
+        device = "cpu"
+
+        def prepare(self, img, rec=None):
+            return np.asarray(Image.fromarray(img).resize((112, 112)))
+
+    class Hung(Exception):  # not an OSError: the runner's own `except OSError` must not swallow it
+        pass
+
+    def _hang(*_):
+        raise Hung("the runner blocked on a FIFO or an endless device")
+
+    old = signal.signal(signal.SIGALRM, _hang)
+    signal.alarm(20)
+    try:
+        c = _prepare_chunk(Emb(), load_image, paths, None, range(3), gpu="dali")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(c.errors) == [0, 1] and all("not a regular file" in e for e in c.errors.values())
+    assert c.gpu_index == [2]

@@ -52,6 +52,15 @@ def test_unreadable_images(tmp_path, make, needle):
         load_image(p)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_devices_and_fifos_are_refused_without_reading(tmp_path):
+    # A FIFO would block the reader forever and /dev/zero never ends: refused by the file's type.
+    os.mkfifo(tmp_path / "pipe.jpg")
+    for p in (tmp_path / "pipe.jpg", "/dev/zero"):
+        with pytest.raises(ImageError, match="not a regular file"):
+            load_image(p)
+
+
 def test_truncated_jpeg(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)).save(tmp_path / "f.jpg")
     data = (tmp_path / "f.jpg").read_bytes()

@@ -407,7 +407,7 @@ def evaluate(
     from .evaluate import evaluate_records
 
     try:
-        records = json.loads(output.read_text(encoding="utf-8"))
+        records = json.loads(output.read_text(encoding="utf-8-sig"))
         res = evaluate_records(records, labels)
     except (OSError, json.JSONDecodeError, ValueError, KeyError, TypeError) as e:
         _fail(f"{output}: {e}")
@@ -455,7 +455,7 @@ def report(
     if labels is not None:
         _check_label_spec(labels, "--labels")
     try:
-        records = json.loads(output.read_text(encoding="utf-8"))
+        records = json.loads(output.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         _fail(f"{output}: {e}")
     if not isinstance(records, list):

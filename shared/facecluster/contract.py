@@ -52,7 +52,9 @@ def load_input(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a leading byte-order mark (Windows tools write one) is skipped, as RFC 8259
+        # allows; without one it reads exactly as utf-8.
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ContractError(f"{path}: input file not found") from None
     except (OSError, UnicodeDecodeError) as e:

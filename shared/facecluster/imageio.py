@@ -14,6 +14,7 @@ files, non-image files, decompression bombs.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -56,13 +57,17 @@ def load_image(path: str | os.PathLike, *, max_side: int = MAX_SIDE, min_side: i
     """Decode ``path`` to an RGB uint8 (H, W, 3) array (see module doc); raise ImageError."""
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except OSError as e:
         raise ImageError(f"cannot access file: {e.strerror or e}") from None
-    if os.path.isdir(path):
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError("path is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the reader forever; a device has no size to bound the read.
+        raise ImageError("not a regular file (a device, pipe or socket)")
+    size = st.st_size
     if size == 0:
         raise ImageError("empty file (0 bytes)")
     try:

@@ -263,6 +263,9 @@ def _prepare_chunk(
         t0 = time.perf_counter()
         if gpu:
             try:
+                # Regular files only: reading a device never ends and a FIFO may block forever.
+                if not os.path.isfile(paths[i]):
+                    raise OSError
                 with open(paths[i], "rb") as f:
                     data = f.read()
             except OSError:
