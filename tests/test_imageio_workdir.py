@@ -1,4 +1,6 @@
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -34,6 +36,20 @@ def test_sizes_bounded(tmp_path):
     Image.new("RGB", (10, 12)).save(tmp_path / "small.png")
     assert max(load_image(tmp_path / "big.jpg").shape[:2]) == 1024
     assert min(load_image(tmp_path / "small.png").shape[:2]) == 32
+
+
+def test_phone_sized_photo_decodes_and_bombs_are_refused(tmp_path):
+    # 11000 x 9100 = 100 MP: over Pillow's warning level (89 MP), a real phone photo for `detect`
+    Image.new("L", (11000, 9100), 128).save(tmp_path / "phone.jpg", quality=50)
+    assert max(load_image(tmp_path / "phone.jpg").shape[:2]) == 1024
+    # a PNG header claiming 20000 x 10000 (200 MP): refused before any pixel is decoded
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 10000, 8, 0, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match="too large"):
+        load_image(tmp_path / "bomb.png")
 
 
 @pytest.mark.parametrize(
