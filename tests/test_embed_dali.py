@@ -318,6 +318,17 @@ def test_hfsoftmax_dali_mixed_gpu_agrees(dali, hfs_ckpt, tmp_path):
     assert _centred_cos(pil.features, gpu.features).min() >= 0.999
 
 
+class _StandInEmbedder:
+    """An embedder without landmarks for the runner's chunk code: the crop resized to 112x112."""
+
+    input_size = (112, 112)
+    needs_keypoints = False
+    device = "cpu"
+
+    def prepare(self, img, rec=None):
+        return np.asarray(Image.fromarray(img).resize((112, 112)))
+
+
 def test_gpu_decoded_records_keep_their_crop_sizes(tmp_path):
     """face_px survives the GPU-decoder merge: records the decoder took, one it refused (decoded
     again on the CPU) and a PNG it never saw. A stand-in decoder and an embedder without
@@ -332,23 +343,15 @@ def test_gpu_decoded_records_keep_their_crop_sizes(tmp_path):
         src.resize((w, h)).save(p)
         paths.append(str(p))
 
-    class Emb:
-        input_size = (112, 112)
-        needs_keypoints = False
-        device = "cpu"
-
-        def prepare(self, img, rec=None):
-            return np.asarray(Image.fromarray(img).resize((112, 112)))
-
     class FakeDali:
         to_torch = False
 
         def decode(self, datas, sizes):  # refuses the second JPEG it is given
             return [None if k == 1 else np.zeros((112, 112, 3), np.uint8) for k in range(len(datas))]
 
-    c = _prepare_chunk(Emb(), load_image, paths, None, range(len(paths)), gpu="dali")
+    c = _prepare_chunk(_StandInEmbedder(), load_image, paths, None, range(len(paths)), gpu="dali")
     assert c.index.tolist() == [2] and len(c.gpu_index) == 3  # the PNG on the CPU, JPEGs held
-    c = _gpu_decode_chunk(Emb(), load_image, paths, None, c, dali=FakeDali())
+    c = _gpu_decode_chunk(_StandInEmbedder(), load_image, paths, None, c, dali=FakeDali())
     assert c.index.tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(c.face_px, IOD_PER_SIDE * np.array([150.0, 90.0, 60.0, 170.0]))
 
@@ -366,14 +369,6 @@ def test_gpu_decoder_path_never_reads_devices_or_fifos(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
     paths = ["/dev/zero", str(tmp_path / "pipe.jpg"), str(good)]
 
-    class Emb:
-        input_size = (112, 112)
-        needs_keypoints = False
-        device = "cpu"
-
-        def prepare(self, img, rec=None):
-            return np.asarray(Image.fromarray(img).resize((112, 112)))
-
     class Hung(Exception):  # not an OSError: the runner's own `except OSError` must not swallow it
         pass
 
@@ -383,7 +378,7 @@ def test_gpu_decoder_path_never_reads_devices_or_fifos(tmp_path):
     old = signal.signal(signal.SIGALRM, _hang)
     signal.alarm(20)
     try:
-        c = _prepare_chunk(Emb(), load_image, paths, None, range(3), gpu="dali")
+        c = _prepare_chunk(_StandInEmbedder(), load_image, paths, None, range(3), gpu="dali")
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
