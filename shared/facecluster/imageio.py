@@ -56,9 +56,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def load_image(path: str | os.PathLike, *, max_side: int = MAX_SIDE, min_side: int = MIN_SIDE) -> np.ndarray:
-    """Decode ``path`` to an RGB uint8 (H, W, 3) array (see module doc); raise ImageError."""
-    path = os.fspath(path)
+def check_file(path: str | os.PathLike) -> None:
+    """ImageError unless ``path`` is a non-empty regular file; nothing is read.
+
+    Every reader of an input image calls this first (:func:`load_image`, the GPU decoders' byte
+    reader in ``embed/runner.py``): a FIFO would block the reader forever, and a device has no
+    size to bound the read.
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -68,11 +72,15 @@ def load_image(path: str | os.PathLike, *, max_side: int = MAX_SIDE, min_side: i
     if stat.S_ISDIR(st.st_mode):
         raise ImageError("path is a directory, not an image")
     if not stat.S_ISREG(st.st_mode):
-        # A FIFO would block the reader forever; a device has no size to bound the read.
         raise ImageError("not a regular file (a device, pipe or socket)")
-    size = st.st_size
-    if size == 0:
+    if st.st_size == 0:
         raise ImageError("empty file (0 bytes)")
+
+
+def load_image(path: str | os.PathLike, *, max_side: int = MAX_SIDE, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Decode ``path`` to an RGB uint8 (H, W, 3) array (see module doc); raise ImageError."""
+    path = os.fspath(path)
+    check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides

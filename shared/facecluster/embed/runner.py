@@ -262,13 +262,13 @@ def _prepare_chunk(
     for i in idx:
         t0 = time.perf_counter()
         if gpu:
+            from ..imageio import ImageError, check_file
+
             try:
-                # Regular files only: reading a device never ends and a FIFO may block forever.
-                if not os.path.isfile(paths[i]):
-                    raise OSError
+                check_file(paths[i])  # load_image's own check: no device or FIFO is ever read
                 with open(paths[i], "rb") as f:
                     data = f.read()
-            except OSError:
+            except (OSError, ImageError):
                 data = b""  # the CPU path below reports the exact error
             if gpu == "dali":
                 from .dali import eligible_size
