@@ -95,32 +95,21 @@ def degrade(chip: np.ndarray, rng: np.random.Generator, light: bool = False, dar
 
 
 def _student(blocks: int):
-    """The shipped network with out-of-place ops; stem + first ``blocks`` blocks trainable."""
-    import torch
-    import torch.nn.functional as F
+    """The shipped network, its stem and first ``blocks`` residual blocks trainable.
 
-    from facecluster.embed.dlib_net import add_prev, load_dlib_resnet
+    Its forward's in-place ReLUs and sums are safe under autograd here (they overwrite no tensor
+    a backward needs: the gradients equal an out-of-place copy's exactly, checked when this script
+    was written; autograd would raise, not mis-compute, if that ever changed).
+    """
+    from facecluster.embed.dlib_net import load_dlib_resnet
 
-    class Student(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = load_dlib_resnet()
-            for p in self.net.parameters():
-                p.requires_grad_(False)
-            for m in [self.net.stem, *list(self.net.blocks)[:blocks]] if blocks else []:
-                for p in m.parameters():
-                    p.requires_grad_(True)
-
-        def forward(self, x):
-            n = self.net
-            x = F.relu(F.max_pool2d(n.stem(x), n.pool[0], n.pool[1]))
-            for b in n.blocks:
-                y = b.conv2(F.relu(b.conv1(x)))
-                s = F.avg_pool2d(x, b.pool[0], b.pool[1]) if b.pool else x
-                x = F.relu(y + s if y.shape == s.shape else add_prev(y, s))
-            return x.mean(dim=(2, 3)) @ n.fc
-
-    return Student()
+    net = load_dlib_resnet()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for m in [net.stem, *list(net.blocks)[:blocks]]:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    return net
 
 
 def _embed(model, chips, bs: int = 128) -> np.ndarray:
@@ -199,7 +188,7 @@ def cmd_train(a) -> None:
         if step % 100 == 0 or step == a.steps:
             h = np.array(hist[-100:]).mean(0)
             print(f"step {step} {time.time() - t0:.0f}s loss clean {h[0]:.4f} degraded {h[1]:.4f}", flush=True)
-    torch.save(m.net.state_dict(), a.out / f"{a.name}.pt")
+    torch.save(m.state_dict(), a.out / f"{a.name}.pt")
     print(f"saved {a.out / f'{a.name}.pt'} ({sum(p.numel() for p in params):,} trained weights)")
 
 
@@ -216,7 +205,10 @@ def cmd_eval(a) -> None:
     deg = np.stack([degrade(np.asarray(chips[i]), rng, a.light) for i in va])
 
     def nn1(F, G=None):
-        D = ((F[:, None, :] - (F if G is None else G)[None]) ** 2).sum(-1)
+        F = F.astype(np.float64)
+        G = F if G is None else G.astype(np.float64)
+        # squared distances without an (N, N, D) temporary
+        D = (F * F).sum(1)[:, None] + (G * G).sum(1)[None] - 2 * F @ G.T
         np.fill_diagonal(D, np.inf)
         return (lab[D.argmin(1)] == lab).mean()
 
@@ -228,7 +220,7 @@ def cmd_eval(a) -> None:
     for name in a.names:
         m = _student(0)
         if name != "shipped":
-            m.net.load_state_dict(torch.load(a.out / f"{name}.pt"))
+            m.load_state_dict(torch.load(a.out / f"{name}.pt"))
         C, Dg = _embed(m, chips[va]), _embed(m, deg)
         print(f"{name}: {len(va)} faces; clean 1-NN {nn1(C):.4f} AUC {auc(C):.4f}; degraded 1-NN {nn1(Dg):.4f} "
               f"AUC {auc(Dg):.4f}; degraded probe -> clean gallery 1-NN {nn1(Dg, C):.4f}", flush=True)

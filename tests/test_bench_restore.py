@@ -22,7 +22,7 @@ def test_student_starts_as_the_shipped_network_and_trains_only_its_first_layers(
     with torch.no_grad():
         got = s(x)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
-    trained = {n.split(".")[1] + ("." + n.split(".")[2] if n.startswith("net.blocks") else "")
+    trained = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
                for n, p in s.named_parameters() if p.requires_grad}
     assert trained == {"stem", "blocks.0", "blocks.1", "blocks.2"}
 
