@@ -176,6 +176,70 @@ def test_merge_refuses_missing_shard(tmp_path, faces):
         pipeline.merge(wd, 2)
 
 
+def test_killed_embed_resumes_after_its_last_piece(tmp_path, faces, monkeypatch):
+    """A shard killed part-way (a pre-empted pod, Ctrl-C) keeps the pieces it finished; the rerun
+    embeds only the records after them and ends with the uninterrupted run's part, bit for bit
+    (pieces end on batch boundaries); a changed input or batch size starts the shard afresh."""
+    from facecluster.embed import runner
+
+    tmp, paths = faces
+    recs = [{"img_path": str(p)} for p in paths[:10]] + [{"img_path": str(tmp / "empty.jpg")}, {"img_path": str(paths[10])}]
+    inp = write_input(tmp_path, recs)
+    ref = WorkDir(tmp_path / "ref")
+    pipeline.prepare(inp, ref)
+    pipeline.embed(ref, device="cpu", batch_size=4, checkpoint_seconds=0)
+    assert not ref.partial(0, 1).exists()  # removed once the part is written
+
+    real, seen = runner.iter_embed_chunks, []
+
+    def killed_after(k):
+        def it(embedder, paths, *a, **kw):
+            seen.append(len(paths))
+            for j, c in enumerate(real(embedder, paths, *a, **kw)):
+                if j == k:
+                    raise KeyboardInterrupt
+                yield c
+        return it
+
+    wd = WorkDir(tmp_path / "wd")
+    pipeline.prepare(inp, wd)
+    monkeypatch.setattr(runner, "iter_embed_chunks", killed_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.embed(wd, device="cpu", batch_size=4, checkpoint_seconds=0)
+    assert not wd.part(0, 1).exists()
+    assert sorted(f.name for f in wd.partial(0, 1).glob("piece-*")) == [
+        "piece-000000000-000000004.npz", "piece-000000004-000000008.npz"]
+    monkeypatch.setattr(runner, "iter_embed_chunks", killed_after(99))
+    res = pipeline.embed(wd, device="cpu", batch_size=4, checkpoint_seconds=0)
+    assert res.info["resumed_after"] == 8 and seen[-1] == 4  # only the last 4 records embedded again
+    with np.load(ref.part(0, 1)) as a, np.load(wd.part(0, 1)) as b:
+        for k in ("features", "index", "face_px"):
+            assert np.array_equal(a[k], b[k], equal_nan=True), k
+        assert b["index"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11]
+    assert json.loads(WorkDir.meta_of(wd.part(0, 1)).read_text())["errors"] == {"10": "empty file (0 bytes)"}
+    assert not wd.partial(0, 1).exists()
+    assert pipeline.embed(wd, device="cpu", batch_size=4).skipped
+
+    # pieces of another input or another batch size are never used
+    for change in ("input", "batch"):
+        wd2 = WorkDir(tmp_path / change)
+        pipeline.prepare(inp, wd2)
+        monkeypatch.setattr(runner, "iter_embed_chunks", killed_after(2))
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.embed(wd2, device="cpu", batch_size=4, checkpoint_seconds=0)
+        bs = 4
+        if change == "input":
+            (tmp_path / "other").mkdir()
+            pipeline.prepare(write_input(tmp_path / "other", recs[1:]), wd2)
+        else:
+            bs = 3
+        monkeypatch.setattr(runner, "iter_embed_chunks", killed_after(99))
+        res = pipeline.embed(wd2, device="cpu", batch_size=bs, checkpoint_seconds=0)
+        assert "resumed_after" not in res.info and seen[-1] == len(wd2.read_manifest()["paths"])
+        with np.load(ref.part(0, 1)) as a, np.load(wd2.part(0, 1)) as b:
+            np.testing.assert_allclose(b["features"], a["features"][change == "input":], rtol=0, atol=1e-5)
+
+
 def test_rerun_skips_and_changes_rerun(tmp_path, faces):
     _, paths = faces
     recs = [{"img_path": str(p)} for p in paths[:6]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,55 @@ def prepare(input_path: str | os.PathLike, wd: WorkDir) -> StageResult:
 
 
 # --------------------------------------------------------------------------- embed
+#: seconds of embedding between two pieces a killed shard resumes from (a piece is the
+#: descriptors of the records finished since the last one: ~0.5 KB per face for dlib)
+CHECKPOINT_SECONDS = 60.0
+
+
+def _load_pieces(folder: Path, fp: str) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The finished pieces of an interrupted embed of the same shard, input and settings
+    (``fp``) and how many of the shard's records they cover (a prefix: pieces are written in
+    order). Pieces of anything else are removed; so is every piece after a gap or an
+    unreadable one (the records from there on are embedded again)."""
+    try:
+        same = read_json(folder / "fingerprint.json").get("fingerprint") == fp
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "fingerprint.json", {"fingerprint": fp})
+        return [], 0
+    pieces, done = [], 0
+    for f in sorted(folder.glob("piece-*.npz")):
+        try:
+            a, b = (int(x) for x in f.stem.split("-")[1:3])
+            if a != done:
+                raise ValueError("gap")
+            with np.load(f, allow_pickle=False) as z:
+                piece = {k: z[k] for k in ("features", "index", "face_px", "err_index", "err_msg")}
+        except (OSError, ValueError, KeyError):
+            break
+        pieces.append(piece)
+        done = b
+    for f in sorted(folder.glob("piece-*.npz"))[len(pieces):]:
+        f.unlink(missing_ok=True)
+    return pieces, done
+
+
+def _piece(chunks: list[tuple], dim: int) -> dict[str, np.ndarray]:
+    """Chunks of :func:`~facecluster.embed.runner.iter_embed_chunks` (indices already shifted to
+    the shard) as one piece's arrays."""
+    errors = {k: v for c in chunks for k, v in c[2].items()}
+    return {
+        "features": np.concatenate([c[1] for c in chunks]).astype(np.float32) if chunks else np.zeros((0, dim), np.float32),
+        "index": np.concatenate([c[0] for c in chunks]).astype(np.int64) if chunks else np.zeros(0, np.int64),
+        "face_px": np.concatenate([c[3] for c in chunks]).astype(np.float32) if chunks else np.zeros(0, np.float32),
+        "err_index": np.asarray(sorted(errors), np.int64),
+        "err_msg": np.asarray([errors[k] for k in sorted(errors)], dtype=str).reshape(len(errors)),
+    }
+
+
 def embed(
     wd: WorkDir,
     shard: tuple[int, int] = (0, 1),
@@ -76,9 +126,17 @@ def embed(
     batch_size: int = 64,
     num_workers: int | None = None,
     progress: bool = False,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> StageResult:
-    """Embed one contiguous shard of the manifest into ``features/part-i-of-n.npz``."""
+    """Embed one contiguous shard of the manifest into ``features/part-i-of-n.npz``.
+
+    While it runs, the records finished so far are saved every ``checkpoint_seconds`` as pieces
+    in ``features/part-i-of-n.partial/``; a rerun after a kill (a pre-empted pod, a lost node)
+    with the same input and settings embeds only the records after the last piece. Pieces end on
+    the embedder's batch boundaries, so a resumed shard's features are the uninterrupted run's.
+    """
     from .embed import get_embedder
+    from .embed.runner import iter_embed_chunks
 
     t = time.perf_counter()
     man = wd.read_manifest()
@@ -88,22 +146,40 @@ def embed(
     fp = fingerprint("embed", man["fingerprint"], i, n, start, stop, embedder.fingerprint())
     part = wd.part(i, n)
     meta_path = WorkDir.meta_of(part)
+    partial = wd.partial(i, n)
     if wd.is_fresh(meta_path, fp, part):
+        shutil.rmtree(partial, ignore_errors=True)  # left by a kill between the part and its cleanup
         return StageResult("embed", True, info={"shard": f"{i}/{n}", "records": stop - start})
-    from .embed.runner import embed_records
-
-    res = embed_records(
-        embedder,
-        man["paths"][start:stop],
-        man["records"][start:stop],
-        num_workers=num_workers,
-        progress=progress,
-    )
-    feats, ok, errors = res
-    index = (np.asarray(ok, np.int64) + start) if len(ok) else np.zeros(0, np.int64)
-    feats = np.asarray(feats, np.float32).reshape(len(index), embedder.dim)
-    atomic_save_npz(part, features=feats, index=index, face_px=np.asarray(res.face_px, np.float32).reshape(len(index)))
-    errs = {str(start + int(k)): v for k, v in errors.items()}
+    chunk = int(embedder.batch_size or 64)  # iter_embed_chunks' default chunk: keep the batches
+    dim = int(embedder.dim)
+    pieces, done = _load_pieces(partial, fingerprint("embed-pieces", fp, chunk))
+    resumed = done
+    if resumed:
+        log.info("embed shard %d/%d: resuming after %d of %d records", i, n, resumed, stop - start)
+    paths, records = man["paths"][start:stop], man["records"][start:stop]
+    acc: list[tuple] = []
+    last = time.monotonic()
+    for idx, f, e, px in iter_embed_chunks(
+        embedder, paths[done:], records[done:], num_workers=num_workers, chunk_size=chunk, progress=progress
+    ):
+        # the chunks' indices count from the first record not in a piece when this run began
+        acc.append((idx + resumed, f, {k + resumed: v for k, v in e.items()}, px))
+        if time.monotonic() - last >= checkpoint_seconds:
+            piece = _piece(acc, dim)
+            a = done
+            done += len(piece["index"]) + len(piece["err_index"])
+            atomic_save_npz(partial / f"piece-{a:09d}-{done:09d}.npz", **piece)
+            pieces.append(piece)
+            acc, last = [], time.monotonic()
+    pieces.append(_piece(acc, dim))
+    feats = np.concatenate([p["features"] for p in pieces]).reshape(-1, dim)
+    index = np.concatenate([p["index"] for p in pieces]) + start
+    face_px = np.concatenate([p["face_px"] for p in pieces])
+    errors = {int(k): str(v) for p in pieces for k, v in zip(p["err_index"], p["err_msg"])}
+    if len(index) + len(errors) != stop - start:
+        raise RuntimeError(f"embed shard {i}/{n}: {len(index)} features + {len(errors)} errors for {stop - start} records")
+    atomic_save_npz(part, features=feats, index=index, face_px=face_px)
+    errs = {str(start + k): v for k, v in sorted(errors.items())}
     atomic_write_json(
         meta_path,
         {
@@ -116,9 +192,11 @@ def embed(
             "seconds": time.perf_counter() - t,
         },
     )
-    return StageResult(
-        "embed", False, time.perf_counter() - t, {"shard": f"{i}/{n}", "records": stop - start, "errors": len(errs)}
-    )
+    shutil.rmtree(partial, ignore_errors=True)
+    info = {"shard": f"{i}/{n}", "records": stop - start, "errors": len(errs)}
+    if resumed:
+        info["resumed_after"] = resumed
+    return StageResult("embed", False, time.perf_counter() - t, info)
 
 
 # --------------------------------------------------------------------------- merge

@@ -4,6 +4,8 @@ Layout (see docs/architecture.md)::
 
     manifest.json                 input records, resolved paths, input fingerprint
     features/part-00000-of-00002.npz (+ .meta.json)   one per recognition shard
+    features/part-00000-of-00002.partial/             a running shard's finished pieces (removed
+                                                      when the part is written)
     features.npy  features.bin  features-index.npy  features.json
     labels-<method>.npy  labels-<method>.json
 
@@ -128,6 +130,11 @@ class WorkDir:
 
     def part(self, i: int, n: int) -> Path:
         return self.root / "features" / f"part-{i:05d}-of-{n:05d}.npz"
+
+    def partial(self, i: int, n: int) -> Path:
+        """Folder of the finished pieces of shard ``i`` of ``n`` while it runs: a killed embed
+        resumes after the last piece instead of starting the shard again."""
+        return self.root / "features" / f"part-{i:05d}-of-{n:05d}.partial"
 
     @property
     def features_npy(self) -> Path:
