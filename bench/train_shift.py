@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--and-nhid", type=int, default=256)
     ap.add_argument("--and-batch", type=int, default=512)
     ap.add_argument("--and-warmup", type=int, default=128)
+    ap.add_argument("--and-input", default="features", choices=["features", "gram"], help="what AND reads (facecluster.cluster.adanets.and_model)")
+    ap.add_argument("--and-features", default="raw", choices=["raw", "calibrated"],
+                    help="features AND trains on: raw (plain) or calibrated (minus the embedder's shipped mean, as the shipped GCN expects)")
     ap.add_argument("--and-faces", type=int, default=0, help="train AND on a random subset of identities with about this many faces (0: all)")
     ap.add_argument("--gcn-steps", type=int, default=400)
     ap.add_argument("--and-seconds", type=float, default=0, help="stop AND training after this many seconds (0: no limit; device runs)")
@@ -176,15 +179,20 @@ def main() -> None:
                 use = np.isin(y, _whole_identities(y, a.and_faces))
             tr, va = use & ~hb, use & hb
             gtr, gva = (None, None) if groups is None else (groups[tr], groups[va])
-            m_and, info = train_and(x[tr], y[tr], xv=x[va], yv=y[va], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3,
+            xa = x
+            if a.and_features == "calibrated":
+                from facecluster.calibration import calibration_mean, prepare_features
+
+                xa = prepare_features(x, calibration_mean(a.embedder)).astype(np.float32)
+            m_and, info = train_and(xa[tr], y[tr], xv=xa[va], yv=y[va], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3,
                                     batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True, device=dev, graphs=gtr, graphs_v=gva,
-                                    max_seconds=a.and_seconds or None)
+                                    max_seconds=a.and_seconds or None, and_input=a.and_input)
             # predicted vs true neighbour counts: the collapse check
             from facecluster.cluster.adanets.and_model import predict_k
             from facecluster.train.adanets import and_data
 
-            ids_v, kv = and_data(x[va], y[va], device=dev, graphs=gva)
-            kh = predict_k(m_and, x[va], ids_v, 80, device=dev)
+            ids_v, kv = and_data(xa[va], y[va], device=dev, graphs=gva)
+            kh = predict_k(m_and, xa[va], ids_v, 80, device=dev)
             bins = [1, 2, 5, 10, 20, 40, 81]
             table = []
             for lo, hi in zip(bins[:-1], bins[1:]):
@@ -194,7 +202,7 @@ def main() -> None:
             info["heldback_counts"] = table
             print(json.dumps(table, indent=1), flush=True)
             written.append(pa)
-            save_checkpoint(m_and, pa, info["steps_done"], {**common, "scale_max": 80, "train": info})
+            save_checkpoint(m_and, pa, info["steps_done"], {**common, "features": a.and_features, "scale_max": 80, "train": info})
             log["and"] = info
         if "gcn" in what:
             m_and, _ = load_and_checkpoint(pa)

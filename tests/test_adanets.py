@@ -492,3 +492,24 @@ def test_shipped_mbf_weights_on_tiny_inputs_and_duplicates():
     lab = AdaNetsClusterer(device="cpu", embedder="mbf").fit_predict(dup)
     assert lab.tolist() == [0, 0, 0, 1, 1, 1]
     np.testing.assert_array_equal(lab, AdaNetsClusterer(device="cpu", embedder="mbf").fit_predict(dup))
+
+
+def test_and_gram_input_reads_the_neighbourhood_cosines(tmp_path):
+    """``and_input="gram"``: the BiLSTM reads each neighbour's cosines to the sequence, padded to
+    the feature width; a checkpoint says so in its meta; anything else there is refused."""
+    m = ANDModel(32, 16, and_input="gram").eval()
+    rng = np.random.default_rng(0)
+    seq = torch.from_numpy(rng.normal(size=(3, 10, 32)).astype(np.float32))
+    tok = m.tokens(seq)
+    assert tok.shape == (3, 10, 32)
+    assert torch.allclose(tok[:, :, :10], seq @ seq.transpose(1, 2)) and not tok[:, :, 10:].any()
+    with pytest.raises(ValueError, match="at most 32"):
+        m.tokens(torch.zeros(1, 40, 32))
+    torch.save({"state_dict": m.state_dict(), "step": 1, "meta": {"and_input": "gram"}}, tmp_path / "g.pth")
+    m2, _ = load_and_checkpoint(tmp_path / "g.pth")
+    assert m2.and_input == "gram" and torch.equal(m2(seq), m(seq))
+    torch.save({"state_dict": m.state_dict(), "step": 1, "meta": {"and_input": "pixels"}}, tmp_path / "b.pth")
+    with pytest.raises(ValueError, match="and_input"):
+        load_and_checkpoint(tmp_path / "b.pth")
+    with pytest.raises(ValueError, match="AND input"):
+        ANDModel(32, 16, and_input="pixels")

@@ -46,3 +46,34 @@ def test_train_gcn_stops_at_its_budget(blobs):
     assert info["steps_done"] == 3
     _, cut = train_gcn(x, y, steps=3, order_k=40, group=16, groups=2, fanout=8, nhid=32, max_seconds=1e-9, log=lambda *_: None)
     assert cut["steps_done"] == 1
+
+
+def _people(seed: int, n_people: int = 40, dim: int = 64):
+    """Unit vectors of people with 1-40 photos each (sizes as uneven as a photo collection)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 41, size=n_people)
+    y = np.repeat(np.arange(n_people), sizes)
+    centres = rng.normal(size=(n_people, dim))
+    x = centres[y] / np.sqrt(dim) + 0.09 * rng.normal(size=(len(y), dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def test_gram_and_learns_the_neighbour_count_of_people_it_never_saw(tmp_path):
+    """AND reading the neighbourhood's cosines (``and_input="gram"``) learns k* on one set of
+    people and predicts it for others (the features AND collapsed to k̂ ≈ 1-2 on unseen people,
+    docs/benchmarks/adanets.md §13); the checkpoint records its input and loads as trained."""
+    torch.manual_seed(0)
+    x, y = _people(0)
+    xv, yv = _people(1)
+    m, info = train_and(x, y, k=40, steps=150, batch_size=64, warmup=10, nhid=64, loss="log", optimizer="adam",
+                        lr=3e-3, and_input="gram", log=lambda *_: None)
+    ids_v, kv = and_data(xv, yv, k=40)
+    kh = predict_k(m, xv, ids_v, 40)
+    assert np.corrcoef(kh, kv)[0, 1] > 0.8, (kh[:20], kv[:20])
+    assert 0.5 < kh.mean() / kv.mean() < 2.0
+    p = tmp_path / "and.pth"
+    save_checkpoint(m, p, info["steps_done"], {"scale_max": 40})
+    m2, meta = load_and_checkpoint(p)
+    assert meta["and_input"] == "gram" and m2.and_input == "gram"
+    np.testing.assert_array_equal(predict_k(m2, xv, ids_v, 40), kh)

@@ -108,12 +108,14 @@ def and_data(x: np.ndarray, y: np.ndarray, k: int = 80, lamb: float = 0.3, beta:
 def train_and(
     x, y, *, xv=None, yv=None, k=80, lamb=0.3, beta=0.5, steps=2000, batch_size=512, lr=0.01, warmup=128,
     nhid=512, dropout=0.5, optimizer="sgd", clip=1.0, loss="relative", train_mre=False, device="cpu", seed=0,
-    progress=None, log=print, graphs=None, graphs_v=None, max_seconds=None,
+    progress=None, log=print, graphs=None, graphs_v=None, max_seconds=None, and_input="features",
 ):
     """Train AND; returns (model, info). ``xv, yv``: validation features/labels for the MRE.
     ``graphs`` / ``graphs_v`` (N,): rows of one training graph (see :func:`and_data`).
     ``max_seconds``: stop after this much training time (a device run's budget; the learning
     rate is then not fully annealed, ``info['steps_done']`` says where it stopped).
+    ``and_input``: what the BiLSTM reads, "features" (the paper) or "gram" (see
+    :mod:`facecluster.cluster.adanets.and_model`); saved in the checkpoint's meta.
 
     Two guards the paper does not need on MS1M: gradient-norm clipping (``clip``) and a
     regressor bias starting at the median target. The relative-error loss has gradient
@@ -127,7 +129,7 @@ def train_and(
     _seed(seed)
     ids_ss, kstar = and_data(x, y, k, lamb, beta, device, graphs)
     L = ids_ss.shape[1]
-    model = ANDModel(x.shape[1], nhid, dropout).to(device)
+    model = ANDModel(x.shape[1], nhid, dropout, and_input=and_input).to(device)
     with torch.no_grad():
         model.regressor.bias.fill_(float(np.median(kstar)) / k)
     opt = _optimizer(model, optimizer, lr)
@@ -163,6 +165,7 @@ def train_and(
                 log(f"AND step {step}/{steps} loss {run:.4f} lr {opt.param_groups[0]['lr']:.4g}")
     model.eval()
     info = {"steps": steps, "steps_done": done, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "clip": clip, "loss": loss, "k": k, "lamb": lamb, "beta": beta, "seed": seed,
+            "and_input": and_input,
             "train_faces": int(n), "train_mean_kstar": float(kstar.mean()), "seconds": round(time.time() - t0, 1),
             "final_loss": run}
     if train_mre:
@@ -333,6 +336,8 @@ def save_checkpoint(model, path: Path, step: int, meta: dict) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "and_input", "features") != "features":
+        meta = {**meta, "and_input": model.and_input}  # how the loader must feed it
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"state_dict": sd, "step": int(step), "meta": meta}, tmp)
@@ -385,6 +390,7 @@ def register(app) -> None:
         and_batch: int = typer.Option(256),
         and_optimizer: str = typer.Option("adam", help="adam | sgd (paper: sgd, lr 0.01)."),
         and_lr: float = typer.Option(1e-3),
+        and_input: str = typer.Option("features", help="What AND reads: features (the paper) | gram (each neighbour's cosines to the neighbourhood; learns k* on few people)."),
         gcn_steps: int = typer.Option(600, help="GCN steps (paper: 35000 × 1 group)."),
         gcn_groups: int = typer.Option(8, help="Seed groups per step."),
         gcn_graph: str = typer.Option("knn", help="knn (paper: sampled 256-NN graph) | adaptive (the inference graph)."),
@@ -406,7 +412,7 @@ def register(app) -> None:
         mean, x, y, xv, yv, wv = _common_data(names, feats_dir, mean_path)
         typer.echo(f"train {len(x)} faces / {len(np.unique(y))} ids; validation {len(xv)} faces")
         m_and, i_and = train_and(x, y, xv=xv, yv=yv, steps=and_steps, batch_size=and_batch, optimizer=and_optimizer,
-                                 lr=and_lr, device=dev, seed=seed, progress=want_progress(), log=typer.echo)
+                                 lr=and_lr, device=dev, seed=seed, progress=want_progress(), log=typer.echo, and_input=and_input)
         save_checkpoint(m_and, out_dir / "adanets_and_dlib.pth", and_steps, {"scale_max": i_and["k"], "features": "calibrated", "train": i_and})
         m_gcn, i_gcn = train_gcn(x, y, steps=gcn_steps, groups=gcn_groups, graph=gcn_graph, and_model=m_and,
                                  optimizer=gcn_optimizer, lr=gcn_lr, device=dev, seed=seed,
@@ -423,6 +429,7 @@ def register(app) -> None:
         out: Path = typer.Option(WEIGHTS / "adanets_and_dlib.pth"),
         steps: int = typer.Option(300), batch: int = typer.Option(256), optimizer: str = typer.Option("adam"),
         lr: float = typer.Option(1e-3), device: str = typer.Option("auto"), seed: int = typer.Option(0),
+        and_input: str = typer.Option("features", help="What AND reads: features (the paper) | gram (each neighbour's cosines to the neighbourhood; learns k* on few people)."),
     ):
         """Train only AND (adaptive neighbour discovery)."""
         from ..cluster.base import resolve_device
@@ -431,7 +438,7 @@ def register(app) -> None:
         _, x, y, xv, yv, _ = _common_data([s for s in sets.split(",") if s], feats_dir, mean_path)
         m, info = train_and(x, y, xv=xv, yv=yv, steps=steps, batch_size=batch, optimizer=optimizer, lr=lr,
                             device=resolve_device(device), seed=seed,
-                            progress=want_progress(), log=typer.echo)
+                            progress=want_progress(), log=typer.echo, and_input=and_input)
         save_checkpoint(m, out, steps, {"scale_max": info["k"], "features": "calibrated", "train": info})
 
     @app.command("adanets-gcn")

@@ -2,6 +2,19 @@
 
 A BiLSTM reads the ordered structure-space neighbour sequence of a face (self first) and a
 small MLP regresses the fraction of that sequence that are the same person; k̂ = round(80·pred).
+
+What the BiLSTM reads (``ANDModel.and_input``, stored in a checkpoint's ``meta['and_input']``):
+
+* ``"features"`` — the neighbours' features, as the paper (and every original checkpoint).
+* ``"gram"`` — row j is the cosines of neighbour j to every face of the sequence (the
+  neighbourhood's Gram matrix, zero-padded to the feature width). Why: trained on the few
+  thousand people available here, an AND that reads features learns who the training people
+  are, not where a neighbourhood stops being one person: it collapses to k̂ ≈ 1-2 for people it
+  never saw (mean k̂ 1.4 where the truth is 32). The Gram rows hold only the neighbourhood's
+  shape, which is what k* depends on, and the counts carry over to people and crop styles never
+  seen. The shipped weights still read features (a gram AND changed no tuning regime's worst
+  with them and joined one group of look-alike people in validation: docs/benchmarks/adanets.md
+  §13); ``min_k_hat`` carries their adaptive graph.
 """
 
 from __future__ import annotations
@@ -16,7 +29,10 @@ import torch.nn.functional as F
 
 from ..gcn_common import flush_denormals_, torch_load
 
-__all__ = ["ANDModel", "huber_relative_loss", "huber_log_loss", "load_and_checkpoint", "predict_k"]
+__all__ = ["AND_INPUTS", "ANDModel", "huber_relative_loss", "huber_log_loss", "load_and_checkpoint", "predict_k"]
+
+#: what AND's BiLSTM reads (see the module docstring)
+AND_INPUTS = ("features", "gram")
 
 
 class ANDModel(nn.Module):
@@ -27,12 +43,17 @@ class ANDModel(nn.Module):
     feature_dim : D, the face feature dimension (paper: 256; dlib: 128).
     nhid : MLP hidden width (paper: 512).
     dropout : dropout inside the MLP (training only).
+    and_input : what the BiLSTM reads: "features" (the paper) or "gram" (each neighbour's
+        cosines to the sequence, padded to ``feature_dim``; sequences of at most ``feature_dim``).
     """
 
-    def __init__(self, feature_dim: int = 256, nhid: int = 512, dropout: float = 0.0):
+    def __init__(self, feature_dim: int = 256, nhid: int = 512, dropout: float = 0.0, and_input: str = "features"):
         super().__init__()
+        if and_input not in AND_INPUTS:
+            raise ValueError(f"AND input must be one of {AND_INPUTS}, got {and_input!r}")
         self.feature_dim = feature_dim
         self.nhid = nhid
+        self.and_input = and_input
         self.lstm = nn.LSTM(feature_dim, feature_dim, num_layers=1, batch_first=True, bidirectional=True)
         self.out_proj = nn.Linear(2 * feature_dim, feature_dim)
         self.mlp = nn.Sequential(
@@ -45,8 +66,18 @@ class ANDModel(nn.Module):
         )
         self.regressor = nn.Linear(feature_dim, 1)
 
+    def tokens(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) neighbour features → what the BiLSTM reads, (B, L, D)."""
+        if self.and_input == "features":
+            return seq
+        L = seq.shape[1]
+        if L > self.feature_dim:
+            raise ValueError(f"AND input 'gram' reads at most {self.feature_dim} neighbours, got {L}")
+        return F.pad(torch.bmm(seq, seq.transpose(1, 2)), (0, self.feature_dim - L))
+
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq : (B, L, D) neighbour features, self first → (B,) predicted fraction k̂/L_max."""
+        seq = self.tokens(seq)
         out, _ = self.lstm(seq)
         out = (self.out_proj(out) + seq) / math.sqrt(2.0)
         # normalise tokens before averaging so that no neighbour dominates by norm
@@ -101,8 +132,9 @@ def load_and_checkpoint(
     """Load an AND checkpoint (original ``{'state_dict', 'step'}`` layout or a bare state dict).
 
     Dimensions are read from the weights (``lstm.weight_ih_l0`` is (4D, D), ``mlp.0.weight`` is
-    (nhid, D)); ``feature_dim``, when given, must match. Returns (model in eval mode, extra
-    metadata stored in the checkpoint, e.g. ``scale_max``). Read with ``weights_only=True``;
+    (nhid, D)); ``feature_dim``, when given, must match; what the BiLSTM reads from
+    ``meta['and_input']`` (absent: "features", as every original checkpoint). Returns (model in
+    eval mode, extra metadata stored in the checkpoint, e.g. ``scale_max``). Read with ``weights_only=True``;
     ``trust=True`` allows full unpickling for files that need it (see ``gcn_common.torch_load``).
     """
     ck = torch_load(Path(path), trust, map_location=map_location)
@@ -113,13 +145,16 @@ def load_and_checkpoint(
     nhid = int(sd["mlp.0.weight"].shape[0])
     if feature_dim is not None and feature_dim != d:
         raise ValueError(f"AND checkpoint {path} expects {d}-d features, got {feature_dim}-d")
-    model = ANDModel(d, nhid)
+    meta = ck.get("meta", {}) if isinstance(ck, dict) else {}
+    kind = (meta or {}).get("and_input", "features")
+    if kind not in AND_INPUTS:
+        raise ValueError(f"AND checkpoint {path}: meta['and_input'] must be one of {AND_INPUTS}, got {kind!r}")
+    model = ANDModel(d, nhid, and_input=kind)
     _check_keys(sd, model, path, "AND")
     model.load_state_dict(sd, strict=True)
     flush_denormals_(model)  # subnormal weights: slow on CPUs, nothing in the result
     model.eval()
-    meta = ck.get("meta", {}) if isinstance(ck, dict) else {}
-    return model, dict(meta)
+    return model, dict(meta or {})
 
 
 @torch.inference_mode()
