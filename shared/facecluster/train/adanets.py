@@ -370,6 +370,10 @@ def tune_threshold(val_sets: dict, and_path: Path, gcn_path: Path, grid=None, de
     return best, table
 
 
+#: the --and-input option of the training commands
+AND_INPUT_HELP = "What AND reads: features (the paper) | gram (each neighbour's cosines to the neighbourhood; learns k* on few people)."
+
+
 def register(app) -> None:
     import typer
 
@@ -390,7 +394,7 @@ def register(app) -> None:
         and_batch: int = typer.Option(256),
         and_optimizer: str = typer.Option("adam", help="adam | sgd (paper: sgd, lr 0.01)."),
         and_lr: float = typer.Option(1e-3),
-        and_input: str = typer.Option("features", help="What AND reads: features (the paper) | gram (each neighbour's cosines to the neighbourhood; learns k* on few people)."),
+        and_input: str = typer.Option("features", help=AND_INPUT_HELP),
         gcn_steps: int = typer.Option(600, help="GCN steps (paper: 35000 × 1 group)."),
         gcn_groups: int = typer.Option(8, help="Seed groups per step."),
         gcn_graph: str = typer.Option("knn", help="knn (paper: sampled 256-NN graph) | adaptive (the inference graph)."),
@@ -429,7 +433,7 @@ def register(app) -> None:
         out: Path = typer.Option(WEIGHTS / "adanets_and_dlib.pth"),
         steps: int = typer.Option(300), batch: int = typer.Option(256), optimizer: str = typer.Option("adam"),
         lr: float = typer.Option(1e-3), device: str = typer.Option("auto"), seed: int = typer.Option(0),
-        and_input: str = typer.Option("features", help="What AND reads: features (the paper) | gram (each neighbour's cosines to the neighbourhood; learns k* on few people)."),
+        and_input: str = typer.Option("features", help=AND_INPUT_HELP),
     ):
         """Train only AND (adaptive neighbour discovery)."""
         from ..cluster.base import resolve_device
