@@ -89,7 +89,8 @@ def _load_pieces(folder: Path, fp: str) -> tuple[list[dict[str, np.ndarray]], in
         atomic_write_json(folder / "fingerprint.json", {"fingerprint": fp})
         return [], 0
     pieces, done = [], 0
-    for f in sorted(folder.glob("piece-*.npz")):
+    files = sorted(folder.glob("piece-*.npz"))
+    for f in files:
         try:
             a, b = (int(x) for x in f.stem.split("-")[1:3])
             if a != done:
@@ -100,7 +101,7 @@ def _load_pieces(folder: Path, fp: str) -> tuple[list[dict[str, np.ndarray]], in
             break
         pieces.append(piece)
         done = b
-    for f in sorted(folder.glob("piece-*.npz"))[len(pieces):]:
+    for f in files[len(pieces):]:
         f.unlink(missing_ok=True)
     return pieces, done
 
@@ -109,12 +110,14 @@ def _piece(chunks: list[tuple], dim: int) -> dict[str, np.ndarray]:
     """Chunks of :func:`~facecluster.embed.runner.iter_embed_chunks` (indices already shifted to
     the shard) as one piece's arrays."""
     errors = {k: v for c in chunks for k, v in c[2].items()}
+    keys = sorted(errors)
+    # each column starts with an empty array of its shape, so no chunks gives an empty piece
     return {
-        "features": np.concatenate([c[1] for c in chunks]).astype(np.float32) if chunks else np.zeros((0, dim), np.float32),
-        "index": np.concatenate([c[0] for c in chunks]).astype(np.int64) if chunks else np.zeros(0, np.int64),
-        "face_px": np.concatenate([c[3] for c in chunks]).astype(np.float32) if chunks else np.zeros(0, np.float32),
-        "err_index": np.asarray(sorted(errors), np.int64),
-        "err_msg": np.asarray([errors[k] for k in sorted(errors)], dtype=str).reshape(len(errors)),
+        "features": np.concatenate([np.zeros((0, dim), np.float32)] + [c[1] for c in chunks]).astype(np.float32),
+        "index": np.concatenate([np.zeros(0, np.int64)] + [c[0] for c in chunks]).astype(np.int64),
+        "face_px": np.concatenate([np.zeros(0, np.float32)] + [c[3] for c in chunks]).astype(np.float32),
+        "err_index": np.asarray(keys, np.int64),
+        "err_msg": np.asarray([errors[k] for k in keys], dtype=str).reshape(len(keys)),
     }
 
 

@@ -251,6 +251,8 @@ def _prepare_chunk(
 ) -> _Chunk:
     """Decode + prepare ``idx`` on the CPU; with ``gpu`` ("nvjpeg"/True or "dali") the files that
     decoder reproduces exactly are only read (``gpu_bytes``), for the main thread to decode."""
+    from ..imageio import ImageError, check_file
+
     ok: list[int] = []
     face_px: list[float] = []
     chips: list[np.ndarray] = []
@@ -262,8 +264,6 @@ def _prepare_chunk(
     for i in idx:
         t0 = time.perf_counter()
         if gpu:
-            from ..imageio import ImageError, check_file
-
             try:
                 check_file(paths[i])  # load_image's own check: no device or FIFO is ever read
                 with open(paths[i], "rb") as f:

@@ -145,8 +145,8 @@ def load_and_checkpoint(
     nhid = int(sd["mlp.0.weight"].shape[0])
     if feature_dim is not None and feature_dim != d:
         raise ValueError(f"AND checkpoint {path} expects {d}-d features, got {feature_dim}-d")
-    meta = ck.get("meta", {}) if isinstance(ck, dict) else {}
-    kind = (meta or {}).get("and_input", "features")
+    meta = dict((ck.get("meta") if isinstance(ck, dict) else None) or {})
+    kind = meta.get("and_input", "features")
     if kind not in AND_INPUTS:
         raise ValueError(f"AND checkpoint {path}: meta['and_input'] must be one of {AND_INPUTS}, got {kind!r}")
     model = ANDModel(d, nhid, and_input=kind)
@@ -154,7 +154,7 @@ def load_and_checkpoint(
     model.load_state_dict(sd, strict=True)
     flush_denormals_(model)  # subnormal weights: slow on CPUs, nothing in the result
     model.eval()
-    return model, dict(meta or {})
+    return model, meta
 
 
 @torch.inference_mode()
