@@ -6,6 +6,10 @@
 #   bash bench/device_train.sh                               # on the GPU machine ($OUT set; carry [".gpu-train"])
 #   OUT=/tmp/devtrain bash bench/device_train.sh --cpu-smoke  # the same steps on CPU: 2,000 faces, one
 #                                                             # pooled graph (held-back groups >= k), a few steps
+#   EMBEDDER=dlib AND_INPUT=gram AND_FEATURES=calibrated bash bench/device_train.sh
+#       dlib (pool staged with EMBEDDER=dlib ROOT=WORK): the AND that reads its neighbourhood's cosines
+#       (docs/benchmarks/adanets.md §13) on the shipped GCN's calibrated features, then a GCN on its
+#       adaptive graph, trained on those features too (train_shift.py reads them from the AND's meta)
 #
 # Steps, each bounded by `timeout` (a failed or timed-out step is recorded and the rest goes on):
 #   0. the pydantic wheels into a private site dir; PYTHONPATH = site : shared
@@ -27,6 +31,8 @@ OUT="${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 EMB="${EMBEDDER:-mbf}"
+AND_INPUT="${AND_INPUT:-features}"   # features | gram (facecluster.cluster.adanets.and_model)
+AND_FEATURES="${AND_FEATURES:-raw}"  # raw | calibrated (minus the embedder's shipped mean)
 POOL="$root/.gpu-train/pool_$EMB.npz"
 LOG="$OUT/log.txt"
 : > "$LOG"
@@ -62,7 +68,7 @@ run() {  # run NAME LIMIT_S ARGS...
 # training stops itself 70 s (AND) / 80 s (GCN) before the hard limit, leaving time for the data
 # (kNN, structure space), the held-back counts and the save; the timeout is only the backstop
 run and "$AND_S" --what and --and-steps "$AND_STEPS" --and-batch "$AND_BATCH" --and-warmup "$AND_WARMUP" \
-    --and-nhid 512 --and-faces "$AND_FACES" --and-seconds $(( AND_S > 140 ? AND_S - 70 : AND_S / 2 ))
+    --and-nhid 512 --and-faces "$AND_FACES" --and-input "$AND_INPUT" --and-features "$AND_FEATURES" --and-seconds $(( AND_S > 140 ? AND_S - 70 : AND_S / 2 ))
 [ -f "$OUT/train_log.json" ] && cp "$OUT/train_log.json" "$OUT/train_log_and.json"
 if [ -f "$OUT/adanets_and_$EMB.pth" ]; then
   run gcn "$GCN_S" --what gcn --gcn-steps "$GCN_STEPS" --gcn-graph adaptive --gcn-seconds $(( GCN_S > 160 ? GCN_S - 80 : GCN_S / 2 ))

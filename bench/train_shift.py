@@ -14,7 +14,8 @@ same person under several crop styles is one cluster and holds copies of each ph
 Validation regimes (``bench/regimes.py``) are never read here.
 
 Features: ``meta['features'] = 'raw'`` in every checkpoint, so the methods feed them the plain
-descriptors. Sizes are scaled to a shared 2-core CPU (see the model cards): GCN-V nhid 256,
+descriptors, except an AND trained with ``--and-features calibrated`` and the GCN trained after it
+(Ada-NETS reads one kind of features for both: the AND checkpoint's). Sizes are scaled to a shared 2-core CPU (see the model cards): GCN-V nhid 256,
 GCN-E nhid 128, AND with the log-ratio loss (``huber_log_loss``; the relative loss collapsed to
 k̂ ≈ 1), the Ada-NETS GCN with fewer steps than the GPU recipe. Prints AND's predicted vs true
 neighbour counts on the training faces and on a held-back 10 % of the training identities.
@@ -112,6 +113,9 @@ def main() -> None:
     ap.add_argument("--gcn-steps", type=int, default=400)
     ap.add_argument("--and-seconds", type=float, default=0, help="stop AND training after this many seconds (0: no limit; device runs)")
     ap.add_argument("--gcn-seconds", type=float, default=0, help="stop GCN training after this many seconds (0: no limit)")
+    ap.add_argument("--gcn-init", type=Path, help="start the GCN from this checkpoint (a fine-tune, e.g. the shipped "
+                    "weights/adanets_gcn_dlib.pth on another AND's adaptive graph) instead of random weights")
+    ap.add_argument("--gcn-lr", type=float, default=0.1, help="the GCN's SGD learning rate (the paper's 0.1; lower for --gcn-init)")
     ap.add_argument("--gcn-graph", choices=["adaptive", "knn"], default="adaptive",
                     help="the Ada-NETS GCN's training graph: adaptive (what inference sees; a full-graph step, slow on CPU) or knn (the paper's sampled order graph)")
     ap.add_argument("--graphs", choices=["per-set", "pooled"], default="per-set",
@@ -205,11 +209,27 @@ def main() -> None:
             save_checkpoint(m_and, pa, info["steps_done"], {**common, "features": a.and_features, "scale_max": 80, "train": info})
             log["and"] = info
         if "gcn" in what:
-            m_and, _ = load_and_checkpoint(pa)
-            m_gcn, info = train_gcn(x, y, steps=a.gcn_steps, graph=a.gcn_graph, and_model=m_and, optimizer="sgd", device=dev, graphs=groups,
-                                     max_seconds=a.gcn_seconds or None)
+            m_and, meta_and = load_and_checkpoint(pa)
+            # Ada-NETS feeds its AND and its GCN one kind of features (the AND checkpoint's
+            # meta['features']), so the GCN trains on what that AND was trained on
+            kind = meta_and.get("features", "raw")
+            xg = x
+            if kind == "calibrated":
+                from facecluster.calibration import calibration_mean, prepare_features
+
+                xg = prepare_features(x, calibration_mean(a.embedder)).astype(np.float32)
+            init = None
+            if a.gcn_init:
+                from facecluster.cluster.adanets.gcn import load_gcn_checkpoint
+
+                init = load_gcn_checkpoint(a.gcn_init, feature_dim=xg.shape[1])[0].state_dict()
+            m_gcn, info = train_gcn(xg, y, steps=a.gcn_steps, graph=a.gcn_graph, and_model=m_and, optimizer="sgd", lr=a.gcn_lr, device=dev,
+                                     graphs=groups, max_seconds=a.gcn_seconds or None, init=init,
+                                     nhid=int(init["sage1.fc_neigh.weight"].shape[0]) if init is not None else 512)
+            if a.gcn_init:
+                info["init"] = str(a.gcn_init)
             written.append(a.out / f"adanets_gcn_{a.embedder}.pth")
-            save_checkpoint(m_gcn, written[-1], info["steps_done"], {**common, "train": info})
+            save_checkpoint(m_gcn, written[-1], info["steps_done"], {**common, "features": kind, "train": info})
             log["gcn"] = info
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1, default=str))
     if a.half:  # only what this run wrote (a device run's second call must not rewrite the first's)

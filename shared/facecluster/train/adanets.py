@@ -221,9 +221,13 @@ class _Op:
 def train_gcn(
     x, y, *, steps=1500, order_k=256, group=128, groups=8, fanout=80, lr=0.1, warmup=None, nhid=512,
     pmargin=0.9, margin=1.0, graph="knn", and_model=None, k=80, lamb=0.3, optimizer="sgd",
-    device="cpu", seed=0, progress=None, log=print, graphs=None, max_seconds=None,
+    device="cpu", seed=0, progress=None, log=print, graphs=None, max_seconds=None, init=None,
 ):
     """Train the Ada-NETS GCN with the cluster loss; returns (model, info).
+
+    ``init``: optional state dict (e.g. the shipped GCN's, ``load_gcn_checkpoint(...).state_dict()``)
+    to start from instead of random weights: a fine-tune, e.g. of the shipped GCN on another AND's
+    adaptive graph (``nhid`` must match it).
 
     graph="knn": the paper's training graph (order_k-NN, ``fanout`` neighbours sampled per node
     and layer each step). graph="adaptive": the inference graph (structure space + the trained
@@ -256,7 +260,10 @@ def train_gcn(
         full = SparseGraph(adaptive_adjacency(ids_ss, d_ss, khat), device)
     elif graph != "knn":
         raise ValueError(f"graph must be knn or adaptive, got {graph!r}")
-    model = AdaGCN(x.shape[1], nhid).to(device)
+    model = AdaGCN(x.shape[1], nhid)
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     opt = _optimizer(model, optimizer, lr)
     warmup = max(1, steps * 1024 // 35000) if warmup is None else warmup  # the paper's 1024/35000 ratio
     ft = torch.from_numpy(x).to(device)
@@ -309,6 +316,7 @@ def train_gcn(
     model.eval()
     info = {"steps": steps, "steps_done": done, "order_k": order_k, "group": group, "groups": groups, "fanout": fanout, "lr": lr,
             "optimizer": optimizer, "graph": graph, "warmup": warmup, "pmargin": pmargin, "margin": margin, "seed": seed,
+            "init": init is not None,
             "train_faces": int(n), "seconds": round(time.time() - t0, 1), "final_loss": run}
     log(f"GCN done: {info}")
     return model.cpu(), info
