@@ -15,10 +15,12 @@ Validation regimes (``bench/regimes.py``) are never read here.
 
 Features: ``meta['features'] = 'raw'`` in every checkpoint, so the methods feed them the plain
 descriptors, except an AND trained with ``--and-features calibrated`` and the GCN trained after it
-(Ada-NETS reads one kind of features for both: the AND checkpoint's). Sizes are scaled to a shared 2-core CPU (see the model cards): GCN-V nhid 256,
-GCN-E nhid 128, AND with the log-ratio loss (``huber_log_loss``; the relative loss collapsed to
-k̂ ≈ 1), the Ada-NETS GCN with fewer steps than the GPU recipe. Prints AND's predicted vs true
-neighbour counts on the training faces and on a held-back 10 % of the training identities.
+(Ada-NETS reads one kind of features for both: the AND checkpoint's). ``--gcn-init`` fine-tunes a
+given GCN (docs/benchmarks/adanets.md §13). Sizes are scaled to a shared 2-core CPU (see the model
+cards): GCN-V nhid 256, GCN-E nhid 128, AND with the log-ratio loss (``huber_log_loss``; the
+relative loss collapsed to k̂ ≈ 1), the Ada-NETS GCN with fewer steps than the GPU recipe. Prints
+AND's predicted vs true neighbour counts on the training faces and on a held-back 10 % of the
+training identities.
 """
 
 from __future__ import annotations

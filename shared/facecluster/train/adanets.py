@@ -225,9 +225,9 @@ def train_gcn(
 ):
     """Train the Ada-NETS GCN with the cluster loss; returns (model, info).
 
-    ``init``: optional state dict (e.g. the shipped GCN's, ``load_gcn_checkpoint(...).state_dict()``)
-    to start from instead of random weights: a fine-tune, e.g. of the shipped GCN on another AND's
-    adaptive graph (``nhid`` must match it).
+    ``init``: optional state dict to start from instead of random weights (e.g. the shipped GCN's,
+    ``load_gcn_checkpoint(path)[0].state_dict()``): a fine-tune, e.g. of the shipped GCN on another
+    AND's adaptive graph (``nhid`` must match it).
 
     graph="knn": the paper's training graph (order_k-NN, ``fanout`` neighbours sampled per node
     and layer each step). graph="adaptive": the inference graph (structure space + the trained
