@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regimes import TRAIN_SETS, training_pool  # noqa: E402
 
 from facecluster.cluster import gcn_common as gc  # noqa: E402
+from facecluster.cluster.adanets.and_model import AND_INPUTS  # noqa: E402
 from facecluster.knn import l2_normalize  # noqa: E402
 
 
@@ -70,6 +71,16 @@ def load_pool(path: Path):
     names = z["names"].astype(str)
     _, y = np.unique(names, return_inverse=True)
     return x, y.astype(np.int64), names, z["graphs"].astype(np.int64), [str(s) for s in z["sets"]]
+
+
+def _features(x: np.ndarray, kind: str, embedder: str) -> np.ndarray:
+    """The pool's plain descriptors as a checkpoint of ``kind`` reads them: raw, or calibrated
+    (minus the embedder's shipped mean, as the methods prepare them)."""
+    if kind != "calibrated":
+        return x
+    from facecluster.calibration import calibration_mean, prepare_features
+
+    return prepare_features(x, calibration_mean(embedder)).astype(np.float32)
 
 
 def _whole_identities(y: np.ndarray, faces: int) -> np.ndarray:
@@ -108,7 +119,7 @@ def main() -> None:
     ap.add_argument("--and-nhid", type=int, default=256)
     ap.add_argument("--and-batch", type=int, default=512)
     ap.add_argument("--and-warmup", type=int, default=128)
-    ap.add_argument("--and-input", default="features", choices=["features", "gram"], help="what AND reads (facecluster.cluster.adanets.and_model)")
+    ap.add_argument("--and-input", default="features", choices=AND_INPUTS, help="what AND reads (facecluster.cluster.adanets.and_model)")
     ap.add_argument("--and-features", default="raw", choices=["raw", "calibrated"],
                     help="features AND trains on: raw (plain) or calibrated (minus the embedder's shipped mean, as the shipped GCN expects)")
     ap.add_argument("--and-faces", type=int, default=0, help="train AND on a random subset of identities with about this many faces (0: all)")
@@ -185,11 +196,7 @@ def main() -> None:
                 use = np.isin(y, _whole_identities(y, a.and_faces))
             tr, va = use & ~hb, use & hb
             gtr, gva = (None, None) if groups is None else (groups[tr], groups[va])
-            xa = x
-            if a.and_features == "calibrated":
-                from facecluster.calibration import calibration_mean, prepare_features
-
-                xa = prepare_features(x, calibration_mean(a.embedder)).astype(np.float32)
+            xa = _features(x, a.and_features, a.embedder)
             m_and, info = train_and(xa[tr], y[tr], xv=xa[va], yv=y[va], steps=a.and_steps, nhid=a.and_nhid, loss="log", optimizer="adam", lr=1e-3,
                                     batch_size=a.and_batch, warmup=a.and_warmup, train_mre=True, device=dev, graphs=gtr, graphs_v=gva,
                                     max_seconds=a.and_seconds or None, and_input=a.and_input)
@@ -215,19 +222,15 @@ def main() -> None:
             # Ada-NETS feeds its AND and its GCN one kind of features (the AND checkpoint's
             # meta['features']), so the GCN trains on what that AND was trained on
             kind = meta_and.get("features", "raw")
-            xg = x
-            if kind == "calibrated":
-                from facecluster.calibration import calibration_mean, prepare_features
-
-                xg = prepare_features(x, calibration_mean(a.embedder)).astype(np.float32)
-            init = None
+            xg = _features(x, kind, a.embedder)
+            start = None
             if a.gcn_init:
                 from facecluster.cluster.adanets.gcn import load_gcn_checkpoint
 
-                init = load_gcn_checkpoint(a.gcn_init, feature_dim=xg.shape[1])[0].state_dict()
+                start = load_gcn_checkpoint(a.gcn_init, feature_dim=xg.shape[1])[0]
             m_gcn, info = train_gcn(xg, y, steps=a.gcn_steps, graph=a.gcn_graph, and_model=m_and, optimizer="sgd", lr=a.gcn_lr, device=dev,
-                                     graphs=groups, max_seconds=a.gcn_seconds or None, init=init,
-                                     nhid=int(init["sage1.fc_neigh.weight"].shape[0]) if init is not None else 512)
+                                     graphs=groups, max_seconds=a.gcn_seconds or None,
+                                     init=None if start is None else start.state_dict(), nhid=512 if start is None else start.nhid)
             if a.gcn_init:
                 info["init"] = str(a.gcn_init)
             written.append(a.out / f"adanets_gcn_{a.embedder}.pth")
