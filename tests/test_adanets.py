@@ -455,6 +455,47 @@ def test_settings_record_the_post_steps_that_ran(tiny_ckpts):
     assert get_clusterer("adanets", similarity_floor=False, **kw).settings()["refine_post_steps"] is None
 
 
+def test_lit_check_is_dlibs_default_recorded_and_runs_after_the_refinement(tiny_ckpts, clustered_features, monkeypatch):
+    """lit_min_raise: dlib's 0.002 on the side-light part when the refinement runs (recorded in
+    settings, so the fingerprint follows it), off without the floor (the original algorithm) or
+    at 0, an error when set by hand for an embedder whose cohort has no such part; fit_predict
+    hands refine.check_lit the shipped cohort and the gate after the post-steps."""
+    import facecluster.cluster.refine as refine
+
+    kw = dict(checkpoint_and=tiny_ckpts[0], checkpoint_gcn=tiny_ckpts[1], device="cpu", embedder="dlib")
+    s = get_clusterer("adanets", **kw).settings()
+    assert s["lit_min_raise"] == 0.002 and s["lit_part"] == "side-light"
+    assert get_clusterer("adanets", lit_min_raise=0.005, **kw).settings()["lit_min_raise"] == 0.005
+    for off in (dict(lit_min_raise=0), dict(similarity_floor=False), dict(refine=False)):
+        assert get_clusterer("adanets", **off, **kw).settings()["lit_min_raise"] is None, off
+    assert get_clusterer("adanets", device="cpu", embedder="mbf").settings()["lit_min_raise"] is None
+    with pytest.raises(ValueError, match="lit_min_raise=0.002 needs"):
+        get_clusterer("adanets", device="cpu", embedder="mbf", lit_min_raise=0.002).settings()
+    with pytest.raises(ValueError, match="lit_min_raise=0.002 needs"):
+        get_clusterer("adanets", lit_min_raise=0.002, lit_part="sun", **kw).settings()
+
+    seen = []
+    real = refine.check_lit
+
+    def spy(labels, *a, **k):
+        seen.append(k)
+        return real(labels, *a, **k)
+
+    monkeypatch.setattr(refine, "check_lit", spy)
+    # the shipped weights on 128-d features (the cohort's width; on other widths the check is
+    # off with a warning, as the floor's cohort)
+    rng = np.random.default_rng(3)
+    X = np.concatenate([c + 0.15 * rng.normal(size=(8, 128)) for c in rng.normal(size=(6, 128))]).astype(np.float32)
+    on = get_clusterer("adanets", device="cpu", embedder="dlib").fit_predict(X)
+    assert len(seen) == 1 and seen[0]["min_raise"] == 0.002 and seen[0]["part"] == "side-light"
+    assert seen[0]["cohort"].part("side-light") is not None
+    # these features are no side-lit faces: the check changes nothing
+    np.testing.assert_array_equal(on, get_clusterer("adanets", device="cpu", embedder="dlib", lit_min_raise=0).fit_predict(X))
+    assert len(seen) == 1
+    get_clusterer("adanets", **kw).fit_predict(clustered_features[0])  # 64-d: no cohort, no check
+    assert len(seen) == 1
+
+
 def test_bench_and_memo_gives_the_same_labels_with_one_and_pass(tiny_ckpts, clustered_features, monkeypatch):
     """bench/_common.memo_and_predictions (regimes.py sweeps): a second variant on the same faces
     reuses AND's k̂ and clusters exactly as without the memo; the patch is undone on exit."""

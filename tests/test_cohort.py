@@ -14,6 +14,7 @@ import pytest
 
 from facecluster.cluster import get_clusterer
 from facecluster.cohort import MAX_ABOVE, MAX_BELOW, Cohort, build_cohort, build_part, cohort_path, load_cohort, read_cohort, save_cohort
+from facecluster.knn import knn
 from facecluster.train.splits import is_validation_identity
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -118,6 +119,29 @@ def test_parts_raise_a_level_only_past_their_margin_and_round_trip(tmp_path):
     np.testing.assert_allclose(back.levels(q), got, atol=1e-6)
     save_cohort(tmp_path / "plain.npz", main)  # a plain cohort stays as it was (no part keys)
     assert read_cohort(tmp_path / "plain.npz").parts == () and "n_parts" not in np.load(tmp_path / "plain.npz").files
+
+
+def test_look_says_how_far_one_part_raised_a_face_and_its_top_raw_level():
+    """Cohort.look(x, label): the raise of that part alone (what levels() adds for it) and the
+    face's raw level, max(plain, part), by brute force; an unknown part is an error."""
+    x, names = _labelled(n_ids=60, per=3, d=16, seed=1)
+    main, _ = build_cohort(x[:90], names[:90], k=4, seed=0)
+    look = x[90:] + 2.0
+    part, _ = build_part(look, names[90:], x[:90], names[:90], margin=0.01, label="look", k=4)
+    co = Cohort(faces=main.faces, k=4, ref=main.ref, names=main.names, parts=(part,))
+    assert co.part("look") is part and co.part("night") is None
+    q = np.vstack([x[:20], look[:20]])
+    l0 = np.sort(_unit(q) @ main.faces.T, axis=1)[:, -4:].mean(1)
+    lp = np.sort(_unit(q) @ part.faces.T, axis=1)[:, -4:].mean(1)
+    raised, level = co.look(q, "look")
+    np.testing.assert_allclose(raised, np.maximum(0, (lp - part.ref - 0.01) - (l0 - main.ref)), atol=1e-5)
+    np.testing.assert_allclose(level, np.maximum(l0, lp), atol=1e-5)
+    # with one part, its raise is what levels() reports
+    np.testing.assert_allclose(raised, co.levels(q, return_raise=True)[1], atol=1e-5)
+    assert raised[20:].mean() > raised[:20].mean()
+    with pytest.raises(ValueError, match="no part 'night'"):
+        co.look(q, "night")
+    assert [len(a) for a in co.look(q[:0], "look")] == [0, 0]
 
 
 def test_normalise_formula_bounds_and_neighbour_order():
@@ -313,3 +337,31 @@ def test_real_soup_of_degraded_strangers_dissolves_one_persons_frames_stay(held_
     alone = np.zeros(12, np.int64)
     assert len(set(dissolve_soups(alone, low, co.levels(low), max_share=1.0))) == 12
     np.testing.assert_array_equal(dissolve_soups(alone, low, co.levels(low), max_share=0.02), alone)
+
+
+def test_lit_check_dissolves_side_lit_strangers_and_judges_lit_clusters_only(held_out_photos):
+    """refine.check_lit (Ada-NETS's last step with dlib) on real faces: one photo each of 12
+    held-out people under a hard side light, in one cluster, read below the lit strangers most
+    like them (measured median -0.05) and become lone faces; the same 12 photos as they are, also
+    one cluster of strangers, are not judged (the side-light part raised them by ~0, under the
+    gate) and stay as given; so do the lone faces around them."""
+    from facecluster.cluster.refine import check_lit
+
+    files, names, emb, clean = held_out_photos
+    first = [int(np.flatnonzero(names == p)[0]) for p in np.unique(names)[:12]]
+    lit = emb.embed_batch(np.stack([emb.prepare(_side_light(files[i], j), {}) for j, i in enumerate(first)]))
+    rest = np.setdiff1d(np.arange(len(files)), first)[:24]
+    x = np.vstack([lit, clean[first], clean[rest]])
+    lab = np.r_[np.zeros(12), np.ones(12), np.arange(2, 26)].astype(np.int64)
+    co = load_cohort("dlib")
+    raised, _ = co.look(x, "side-light")
+    assert raised[:12].mean() > 0.002 > raised[12:24].mean(), (raised[:12].mean(), raised[12:24].mean())
+    sims, ids = knn(x, 11)
+    out = check_lit(lab, ids, sims, x, cohort=co, part="side-light", min_raise=0.002, split_min_sim=0.91)
+    assert len(set(out[:12])) == 12 and not set(out[:12]) & set(out[12:])
+    assert len(set(out[12:24])) == 1 and len(set(out[24:])) == 24
+    np.testing.assert_array_equal(out, check_lit(lab, ids, sims, x, cohort=co, part="side-light", min_raise=0.002,
+                                                 split_min_sim=0.91))
+    # a gate above every cluster's mean raise judges nothing
+    kept = check_lit(lab, ids, sims, x, cohort=co, part="side-light", min_raise=1.0, split_min_sim=0.91)
+    np.testing.assert_array_equal(kept, lab)

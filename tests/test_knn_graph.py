@@ -270,3 +270,57 @@ def test_knn_progress_bar_counts_every_query_row(backend, monkeypatch):
     s, i = K.knn(X, 10, backend=backend, block=128, progress=True, description="kNN test")
     assert seen == {"description": "kNN test", "total": 700, "enabled": True, "done": 700}
     np.testing.assert_array_equal(i, K.knn(X, 10, backend=backend, block=128)[1])
+
+
+def test_split_and_soups_judge_only_gated_clusters():
+    """``gate`` / ``gate_min``: split_weak and dissolve_soups judge only the clusters whose faces'
+    mean gate reaches ``gate_min`` (the learned methods' lit check, refine.check_lit); a gate of
+    the wrong shape is an error; dissolve_soups with ``max_size=None`` has no size bound."""
+    from facecluster.graph import dissolve_soups, split_weak
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 32))
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    bridge = (a + b) / np.linalg.norm(a + b)
+    X = np.concatenate([a + 0.05 * rng.normal(size=(30, 32)), b + 0.05 * rng.normal(size=(25, 32)), bridge[None]])
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    ids, sims = _blobs_knn(X, 11)
+    one = np.zeros(56, np.int64)
+    gate = np.full(56, 0.003)
+    cut = split_weak(one, ids, sims, min_size=20, max_cut=0.05)
+    assert len(set(cut)) == 2
+    np.testing.assert_array_equal(split_weak(one, ids, sims, min_size=20, max_cut=0.05, gate=gate, gate_min=0.002), cut)
+    assert len(set(split_weak(one, ids, sims, min_size=20, max_cut=0.05, gate=gate, gate_min=0.004))) == 1
+    # the mean decides: half the faces at 0.006, half at 0 -> 0.003
+    half = np.r_[np.full(28, 0.006), np.zeros(28)]
+    assert len(set(split_weak(one, ids, sims, min_size=20, max_cut=0.05, gate=half, gate_min=0.003))) == 2
+    with pytest.raises(ValueError, match="gate must have shape"):
+        split_weak(one, ids, sims, gate=np.zeros(5), gate_min=0.0)
+
+    # soups: 70 faces at cosine 0.91 to each other, each as alike to strangers (0.93): more than
+    # the default's 60-face bound, judged with max_size=None, and only when the gate lets it
+    q, _ = np.linalg.qr(rng.normal(size=(128, 71)))
+    soup = (np.sqrt(0.91) * q[:, :1].T + np.sqrt(0.09) * q[:, 1:].T).astype(np.float32)
+    lev = np.full(70, 0.93, np.float32)
+    lab = np.zeros(70, np.int64)
+    assert len(set(dissolve_soups(lab, soup, lev))) == 1  # the default's bound: not judged
+    assert len(set(dissolve_soups(lab, soup, lev, max_size=None))) == 70
+    assert len(set(dissolve_soups(lab, soup, lev, max_size=None, gate=np.full(70, 0.003), gate_min=0.002))) == 70
+    assert len(set(dissolve_soups(lab, soup, lev, max_size=None, gate=np.full(70, 0.001), gate_min=0.002))) == 1
+
+
+def test_soups_judge_a_sample_of_a_big_cluster(monkeypatch):
+    """A cluster bigger than SOUP_SAMPLE is judged on that many evenly spaced members (memory
+    bounded), with the same verdict here as on all of them."""
+    import facecluster.graph as graph
+
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(256, 201)))
+    soup = (np.sqrt(0.91) * q[:, :1].T + np.sqrt(0.09) * q[:, 1:].T).astype(np.float32)
+    lab = np.zeros(200, np.int64)
+    for lev, want in ((0.93, 200), (0.89, 1)):
+        full = graph.dissolve_soups(lab, soup, np.full(200, lev, np.float32), max_size=None)
+        monkeypatch.setattr(graph, "SOUP_SAMPLE", 50)
+        np.testing.assert_array_equal(graph.dissolve_soups(lab, soup, np.full(200, lev, np.float32), max_size=None), full)
+        monkeypatch.setattr(graph, "SOUP_SAMPLE", 1000)
+        assert len(set(full)) == want

@@ -118,6 +118,41 @@ class Cohort:
             lev = np.maximum(lev, np.float32(self.ref) + excess)
         return (lev, lev - plain) if return_raise else lev
 
+    def part(self, label: str) -> Optional["Cohort"]:
+        """The part called ``label`` (:attr:`label`), or None when the cohort has none."""
+        return next((p for p in self.parts if p.label == label), None)
+
+    def look(self, x: np.ndarray, label: str, *, backend: str = "auto", device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+        """How far one part's look raised each face, and how alike each face is to its most
+        similar strangers, in that look or not.
+
+        Parameters
+        ----------
+        x : (N, D) descriptors (any scale).
+        label : a part's :attr:`label` (``side-light``); a ValueError when there is none.
+
+        Returns
+        -------
+        raised : (N,) float32 >= 0, ``max(0, (l_p - ref_p - margin_p) - (l - ref))``: what
+            :meth:`levels` adds for this part alone (cosine units).
+        level : (N,) float32 ``max(l, l_p)``: the face's raw level against the plain cohort or
+            the part, whichever is higher, with no reference and no margin (a cosine). What a
+            pair of faces in that look must beat to be more alike than strangers in it are; the
+            margin only keeps ordinary faces' levels where they were
+            (:func:`facecluster.cluster.refine.check_lit`).
+        """
+        p = self.part(label)
+        if p is None:
+            raise ValueError(f"the cohort has no part {label!r} (parts: {[q.label for q in self.parts]})")
+        x = np.asarray(x, np.float32)
+        if len(x) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        xu = _unit(x)
+        plain = self._own_levels(xu, None, backend, device)
+        lp = p._own_levels(xu, None, backend, device)
+        raised = np.maximum((lp - np.float32(p.ref + p.margin)) - (plain - np.float32(self.ref)), np.float32(0))
+        return raised.astype(np.float32), np.maximum(plain, lp)
+
     def _own_levels(self, xu: np.ndarray, exclude: Optional[np.ndarray], backend: str, device: str) -> np.ndarray:
         """Levels of L2-normalised descriptors ``xu`` against this cohort's own faces (not its parts')."""
         from .knn import knn

@@ -791,6 +791,8 @@ def split_weak(
     max_cut: float = 0.05,
     max_depth: int = 3,
     max_size: int | None = None,
+    gate: np.ndarray | None = None,
+    gate_min: float = 0.0,
 ) -> np.ndarray:
     """Split clusters that chain two people: a weak cut in the cluster's own similarity graph.
 
@@ -802,13 +804,15 @@ def split_weak(
     vector (spectral sweep cut); when the best cut's conductance (cut weight over the smaller
     side's volume) is <= ``max_cut`` and each side has >= ``min_part`` faces, the cluster is
     split and each side is checked again (at most ``max_depth`` levels). With ``max_size``,
-    clusters of more faces are not judged.
+    clusters of more faces are not judged; with ``gate`` ((N,) float per face), only clusters
+    whose faces' mean gate is >= ``gate_min`` (the learned methods' lit clusters:
+    :func:`facecluster.cluster.refine.check_lit`).
 
     Parameters
     ----------
     labels : (N,) int partition.
     ids, sims : (N, k) kNN lists (self anywhere, ignored; -1 = none) and similarities.
-    min_size, top, min_sim, min_part, max_cut, max_depth, max_size : see above.
+    min_size, top, min_sim, min_part, max_cut, max_depth, max_size, gate, gate_min : see above.
 
     Returns
     -------
@@ -831,6 +835,8 @@ def split_weak(
     nxt = int(lab.max()) + 1
     sizes = np.bincount(lab)
     judged = (sizes >= min_size) if max_size is None else (sizes >= min_size) & (sizes <= max_size)
+    if gate is not None:
+        judged &= _gated(lab, sizes, gate, gate_min)
     todo = [(c, 0) for c in np.flatnonzero(judged)]
     members = {}
     order = np.argsort(lab, kind="stable")
@@ -854,6 +860,20 @@ def split_weak(
     return lab
 
 
+#: the most members of one cluster :func:`dissolve_soups` scores pairwise (memory ~ SOUP_SAMPLE²);
+#: a bigger cluster is judged on that many of its members
+SOUP_SAMPLE = 1000
+
+
+def _gated(lab: np.ndarray, sizes: np.ndarray, gate: np.ndarray, gate_min: float) -> np.ndarray:
+    """(C,) bool: clusters (``lab`` 0..C-1, ``sizes`` their counts) whose faces' mean ``gate`` is
+    >= ``gate_min``."""
+    gate = np.asarray(gate, np.float64)
+    if gate.shape != lab.shape:
+        raise ValueError(f"gate must have shape {lab.shape}, got {gate.shape}")
+    return np.bincount(lab, weights=gate, minlength=len(sizes)) >= gate_min * np.maximum(sizes, 1)
+
+
 def dissolve_soups(
     labels: np.ndarray,
     X: np.ndarray,
@@ -861,8 +881,10 @@ def dissolve_soups(
     *,
     below: float = 0.0,
     min_size: int = 8,
-    max_size: int = 60,
+    max_size: int | None = 60,
     max_share: float = 1.0,
+    gate: np.ndarray | None = None,
+    gate_min: float = 0.0,
 ) -> np.ndarray:
     """Break up clusters that are a soup of faces alike to everyone, not one person.
 
@@ -877,15 +899,18 @@ def dissolve_soups(
     far pairs sit low while its links stay tight. Nor is a cluster holding more than
     ``max_share`` of the batch: a soup is a small group among many other faces, while one short
     low-quality clip of one person, alone in its batch, has a soup's statistics to dlib and is
-    still one person (the only thing that tells them apart is that prior).
+    still one person (the only thing that tells them apart is that prior). With ``gate``
+    ((N,) float per face) only clusters whose faces' mean gate is >= ``gate_min`` are judged.
 
     Parameters
     ----------
     labels : (N,) int partition.
     X : (N, D) float32 descriptors (L2-normalised here).
     levels : (N,) float cohort levels of the same faces.
-    below, min_size, max_size, max_share : see above (``max_share`` a fraction of N; 0: no
-        cluster is judged).
+    below, min_size, max_size, max_share, gate, gate_min : see above (``max_share`` a fraction
+        of N; 0: no cluster is judged; ``max_size`` None: no bound, and a cluster of more than
+        ``SOUP_SAMPLE`` faces is judged on that many of its members, evenly spaced in index
+        order, so memory stays bounded).
 
     Returns
     -------
@@ -897,7 +922,11 @@ def dissolve_soups(
     if n == 0:
         return lab
     _, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
-    judged = np.flatnonzero((cnt >= min_size) & (cnt <= min(max_size, int(max_share * n))))
+    cap = int(max_share * n) if max_size is None else min(max_size, int(max_share * n))
+    ok = (cnt >= min_size) & (cnt <= cap)
+    if gate is not None:
+        ok &= _gated(inv, cnt, gate, gate_min)
+    judged = np.flatnonzero(ok)
     if len(judged) == 0:
         return lab
     order = np.argsort(inv, kind="stable")
@@ -906,9 +935,10 @@ def dissolve_soups(
     nxt = int(lab.max()) + 1
     for g in judged:
         m = order[start[g] : start[g + 1]]
-        x = l2_normalize(X[m])
-        s = x @ x.T - 0.5 * (lev[m][:, None] + lev[m][None, :])
-        if np.median(s[np.triu_indices(len(m), 1)]) < below:
+        q = m if len(m) <= SOUP_SAMPLE else m[np.linspace(0, len(m) - 1, SOUP_SAMPLE).astype(np.int64)]
+        x = l2_normalize(X[q])
+        s = x @ x.T - 0.5 * (lev[q][:, None] + lev[q][None, :])
+        if np.median(s[np.triu_indices(len(q), 1)]) < below:
             lab[m] = np.arange(nxt, nxt + len(m))
             nxt += len(m)
     return lab

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ..calibration import pair_cosine
-from ..graph import attach_relative, attach_small, merge_fragments, split_weak
+from ..graph import attach_relative, attach_small, dissolve_soups, merge_fragments, split_weak
 from .base import ClusterConfig
 
 #: the post-step settings of ``InfomapConfig`` that ``refine_settings`` may override
@@ -464,6 +464,86 @@ def floor_cosine(xr: np.ndarray, a: np.ndarray, b: np.ndarray, dev: Optional[np.
     return cos
 
 
+#: the lit check's weak-cut split judges clusters of at least this many faces (the GCN methods'
+#: ``split_min_size``, ``gcn_v.GCN_REFINE_DEFAULTS``)
+LIT_SPLIT_MIN_SIZE = 20
+#: ... and its soup test clusters of at least this many (the default's ``soup_min_size``)
+LIT_SOUP_MIN_SIZE = 8
+#: ... and at most this many: a person's many photos under hard side lights from either side read
+#: below the lit strangers on median too (measured -0.008 for 264 side-lit training photos, mostly
+#: one person's), as a long video's person does for the default's soup test (its bound: 60); the
+#: groups of lit strangers seen (Extended Yale B) hold up to 81 faces, and bigger clusters are
+#: the weak-cut split's. Every value from 82 to 263 gives the same partitions on every regime
+#: measured (docs/benchmarks/adanets.md §14)
+LIT_SOUP_MAX_SIZE = 100
+#: ... holding at most this share of the batch: a batch that is mostly one person's clip under
+#: one light is left alone, as the default's soup guard does for one low-quality clip
+LIT_SOUP_MAX_SHARE = 0.5
+
+
+def check_lit(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    sims: np.ndarray,
+    xr: np.ndarray,
+    *,
+    cohort: Any,
+    part: str,
+    min_raise: float,
+    split_min_sim: float,
+    split_k: int = 10,
+    split_max_cut: float = 0.05,
+    split_min_part: int = 5,
+    backend: str = "auto",
+    device: str = "cpu",
+) -> np.ndarray:
+    """Check the clusters of faces seen in one cohort part's look (a hard side light).
+
+    Why: under a hard light from one side different people's descriptors are alike (dlib:
+    docs/benchmarks/default_quality.md, "A side-light part of the cohort"). A learned method's
+    links then join whole groups of such faces: Ada-NETS on Extended Yale B put 13.8 % of the
+    faces in mixed clusters (one of 203 faces of 10 people, one of 81 of 31). What tells them
+    from one person's photos is how they compare with strangers *in the same look*: one person's
+    lit photos are more alike than each is to the lit strangers most like it, a group of lit
+    strangers is not. Only clusters whose faces the part raised by ``min_raise`` or more on
+    average are judged (ordinary photos, video, low-quality and night faces: <= 0.0001 on
+    average, side-lit training photos 0.0135), in two steps:
+
+    1. a weak cut in the cluster's own kNN graph splits it (:func:`facecluster.graph.split_weak`
+       with the GCN methods' split settings; clusters of >= ``LIT_SPLIT_MIN_SIZE`` faces);
+    2. a cluster (``LIT_SOUP_MIN_SIZE`` to ``LIT_SOUP_MAX_SIZE`` faces, at most
+       ``LIT_SOUP_MAX_SHARE`` of the batch)
+       whose median over its pairs of ``cos(i, j) - (L_i + L_j) / 2`` is below 0, ``L`` a face's
+       raw level against the plain cohort or the part, whichever is higher
+       (:meth:`facecluster.cohort.Cohort.look`), becomes lone faces
+       (:func:`facecluster.graph.dissolve_soups`).
+
+    Parameters
+    ----------
+    labels : (N,) int partition.
+    ids, sims : (N, k) plain-cosine kNN lists, nearest first (self anywhere, ignored; -1 = none).
+    xr : (N, D) float32 plain L2-normalised descriptors.
+    cohort : the embedder's :class:`facecluster.cohort.Cohort`, holding a part called ``part``.
+    part : the part's label (``side-light``).
+    min_raise : the gate (cosine units), see above.
+    split_min_sim, split_k, split_max_cut, split_min_part : the weak-cut split's settings
+        (:func:`facecluster.graph.split_weak`).
+
+    Returns
+    -------
+    (N,) int64 labels; clusters not judged keep their faces (ids renumbered 0..).
+    """
+    lab = np.asarray(labels, np.int64)
+    if len(lab) < LIT_SOUP_MIN_SIZE:
+        return lab
+    raised, level = cohort.look(xr, part, backend=backend, device=device)
+    lab = split_weak(lab, ids, sims, min_size=LIT_SPLIT_MIN_SIZE, top=split_k, min_sim=split_min_sim,
+                     min_part=split_min_part, max_cut=split_max_cut, gate=raised, gate_min=min_raise)
+    lab = dissolve_soups(lab, xr, level, below=0.0, min_size=LIT_SOUP_MIN_SIZE, max_size=LIT_SOUP_MAX_SIZE,
+                         max_share=LIT_SOUP_MAX_SHARE, gate=raised, gate_min=min_raise)
+    return np.unique(lab, return_inverse=True)[1].astype(np.int64)
+
+
 def refine_learned(
     labels: np.ndarray,
     ids: np.ndarray,
@@ -474,6 +554,7 @@ def refine_learned(
     plain: bool = False,
     sims: Optional[np.ndarray] = None,
     timed: Optional[Callable[[str], ContextManager]] = None,
+    lit: Optional[dict[str, Any]] = None,
 ) -> np.ndarray:
     """Refine a learned method's partition with the default method's post-steps.
 
@@ -487,6 +568,10 @@ def refine_learned(
         ``LEARNED_REFINE_DEFAULTS`` (a method passes ``RefineConfig.refine_overrides``).
     plain, sims : when ``plain`` the lists are already plain-cosine ones with ``sims``
         (no re-scoring needed).
+    lit : optional keyword arguments of :func:`check_lit` (``cohort``, ``part``, ``min_raise``,
+        ``backend``, ``device``): after the post-steps, the clusters of faces in that look are
+        checked (the split's settings are the post-steps' own, ``split_k`` etc., with
+        ``merge_min_sim`` as its floor when ``split_min_sim`` is None).
 
     Returns
     -------
@@ -499,4 +584,12 @@ def refine_learned(
         ids_p, sims_p = np.asarray(ids, np.int64), np.asarray(sims, np.float32)
     else:
         ids_p, sims_p = plain_knn_from(ids, xr)
-    return refine_partition(labels, ids_p, sims_p, cfg, timed=timed, **thresholds)
+    labels = refine_partition(labels, ids_p, sims_p, cfg, timed=timed, **thresholds)
+    if lit:
+        with (timed or (lambda step: nullcontext()))("lit"):
+            labels = check_lit(
+                labels, ids_p, sims_p, xr,
+                split_min_sim=cfg.split_min_sim if cfg.split_min_sim is not None else thresholds["merge_min_sim"],
+                split_k=cfg.split_k, split_max_cut=cfg.split_max_cut, split_min_part=cfg.split_min_part, **lit,
+            )
+    return labels

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from ...calibration import calibration_mean, prepare_features
+from ...cohort import cohort_fingerprint, load_cohort, resolve_cohort
 from ...graph import components
 from ...knn import knn, l2_normalize
 from ...progress import bar
@@ -65,6 +66,14 @@ SHIPPED_ADANETS: dict[str, tuple[str, str, str]] = {
 #: The GCN methods' weak-cut split was measured for Ada-NETS and not taken: it cuts long-video
 #: people (glint18-train 0.931 -> 0.888) and leaves its photo errors (twenty-second session).
 ADANETS_REFINE_DEFAULTS: dict[str, Any] = {"merge_close_q": 10.0, "merge_close_piece": 0.2}
+
+#: ``lit_min_raise`` per embedder (the cohort part it reads: ``AdaNetsConfig.lit_part``). dlib:
+#: 0.002, between what the side-light part raises ordinary clusters by (<= 0.0001 on average:
+#: every LFW, glint, low-quality and night regime) and side-lit training photos (0.0135); on
+#: Extended Yale B 0.001-0.0035 give the same partition. Thirty-seventh session: the training
+#: regimes (side-lit ones included) and every validation regime but Extended Yale B identical;
+#: Extended Yale B 13.8 % -> 2.0 % of faces in mixed clusters (docs/benchmarks/adanets.md §14).
+LIT_MIN_RAISE_BY_EMBEDDER: dict[str, float] = {"dlib": 0.002}
 
 def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
     """(AND, GCN, settings JSON) shipped for ``embedder``; a clear error naming the embedders
@@ -134,6 +143,17 @@ class AdaNetsConfig(RefineConfig):
         "clusters; removing four faces moves its adaptive neighbour lists) where gcn-ve and Infomap moved by at most 0.0003 "
         "(thirty-second session; docs/benchmarks.md §8 step 18).",
     )
+    lit_min_raise: Optional[float] = Field(
+        None,
+        ge=0.0,
+        description="After the refinement, clusters whose faces the cohort part lit_part raised by at least this "
+        "on average (cosine units; faces under a hard side light) are checked: a weak cut splits them and one whose "
+        "typical pair is no more alike than each face to the strangers most like it in that look becomes lone faces "
+        "(facecluster.cluster.refine.check_lit). None: the embedder's value (dlib 0.002) when the refinement runs and "
+        "its cohort has the part, else off; 0: off. Needs the refinement and the embedder's cohort with that part "
+        "(an error otherwise when set).",
+    )
+    lit_part: str = Field("side-light", description="The cohort part whose look lit_min_raise reads (facecluster.cohort).")
     weak_th: Optional[float] = Field(
         None, ge=-1.0, le=1.0,
         description="Second tier of the final rule: also link faces whose GCN-feature cosine is >= this "
@@ -247,11 +267,35 @@ class AdaNetsClusterer(Clusterer):
         return learned_floor_cohort(self.config, self.embedder(), self.link_floor())
 
     def weights_fingerprint(self) -> Optional[str]:
-        return learned_weights_fingerprint(self.config, self.embedder(), self.link_floor())
+        # the shipped cohort, read by the floor and by the lit check: a new one reclusters
+        fp = learned_weights_fingerprint(self.config, self.embedder(), self.link_floor())
+        if fp is None and self.lit_min_raise() is not None:
+            fp = cohort_fingerprint(self.embedder())
+        return fp
+
+    def lit_min_raise(self) -> Optional[float]:
+        """The lit check's gate in use (None: off); see ``AdaNetsConfig.lit_min_raise``."""
+        c = self.config
+        if c.lit_min_raise == 0:
+            return None
+        embedder = self.embedder()
+        co = load_cohort(embedder)
+        have = refine_on(c, embedder) and co is not None and co.part(c.lit_part) is not None
+        if c.lit_min_raise is None:
+            return LIT_MIN_RAISE_BY_EMBEDDER.get(embedder or "") if have else None
+        if not have:
+            raise ValueError(
+                f"lit_min_raise={c.lit_min_raise} needs the refinement (refine) and a cohort with a {c.lit_part!r} part; "
+                f"embedder {embedder!r} {'has one' if co is not None and co.part(c.lit_part) is not None else 'has none'}"
+                " (set lit_min_raise=0 or leave it None)"
+            )
+        return c.lit_min_raise
 
     def settings(self) -> dict:
         d = super().settings()
         d.update(self.resolved())
+        d["lit_min_raise"] = self.lit_min_raise()
+        d["lit_part"] = self.config.lit_part if d["lit_min_raise"] is not None else None
         d["floor_cohort"] = self.floor_cohort()
         d["features"] = self.feature_kind()
         d["min_link_sim"] = self.link_floor()
@@ -347,11 +391,18 @@ class AdaNetsClusterer(Clusterer):
             labels = components(n, rows[keep], cols[keep])
         if refine_on(c, self.embedder()):
             # the default method's post-steps on the input kNN lists, scored with the plain
-            # cosine (already plain when the checkpoints read raw features)
+            # cosine (already plain when the checkpoints read raw features); then the clusters of
+            # side-lit faces are checked (lit_min_raise)
             ids_in, sims_in = self.knn_
+            gate = self.lit_min_raise()
+            # features of another width than the cohort's: an error when asked for by hand, else
+            # a warning and no check (as the floor's cohort)
+            co = None if gate is None else resolve_cohort(True if c.lit_min_raise else None, self.embedder(), xr.shape[1],
+                                                          name="lit_min_raise")
+            lit = None if co is None else dict(cohort=co, part=c.lit_part, min_raise=gate, backend=c.knn_backend, device=self.device)
             labels = refine_learned(
                 labels, ids_in, xr, embedder=self.embedder(), overrides=c.refine_overrides(self.embedder()),
-                plain=self.feature_kind() == "raw", sims=sims_in, timed=self._timed,
+                plain=self.feature_kind() == "raw", sims=sims_in, timed=self._timed, lit=lit,
             )
         return labels
 
