@@ -109,16 +109,22 @@ def _blobs_knn(X: np.ndarray, k: int):
     return ids, np.take_along_axis(S, ids, 1).astype(np.float32)
 
 
-def test_split_weak_cuts_two_people_chained_by_one_face():
-    from facecluster.graph import split_weak
-
+def _two_people_and_a_bridge():
+    """30 + 25 faces of two people and one face halfway between them, with their 11-NN lists:
+    (X, ids, sims)."""
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2, 32))
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
     bridge = (a + b) / np.linalg.norm(a + b)
     X = np.concatenate([a + 0.05 * rng.normal(size=(30, 32)), b + 0.05 * rng.normal(size=(25, 32)), bridge[None]])
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
-    ids, sims = _blobs_knn(X, 11)
+    return (X, *_blobs_knn(X, 11))
+
+
+def test_split_weak_cuts_two_people_chained_by_one_face():
+    from facecluster.graph import split_weak
+
+    X, ids, sims = _two_people_and_a_bridge()
     # one cluster with everybody (as a chain through the bridge face would make it)
     out = split_weak(np.zeros(56, np.int64), ids, sims, min_size=20, top=10, max_cut=0.05)
     assert len(set(out[:30])) == 1 and len(set(out[30:55])) == 1 and out[0] != out[30]
@@ -278,13 +284,7 @@ def test_split_and_soups_judge_only_gated_clusters():
     the wrong shape is an error; dissolve_soups with ``max_size=None`` has no size bound."""
     from facecluster.graph import dissolve_soups, split_weak
 
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(2, 32))
-    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
-    bridge = (a + b) / np.linalg.norm(a + b)
-    X = np.concatenate([a + 0.05 * rng.normal(size=(30, 32)), b + 0.05 * rng.normal(size=(25, 32)), bridge[None]])
-    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
-    ids, sims = _blobs_knn(X, 11)
+    X, ids, sims = _two_people_and_a_bridge()
     one = np.zeros(56, np.int64)
     gate = np.full(56, 0.003)
     cut = split_weak(one, ids, sims, min_size=20, max_cut=0.05)
@@ -299,7 +299,7 @@ def test_split_and_soups_judge_only_gated_clusters():
 
     # soups: 70 faces at cosine 0.91 to each other, each as alike to strangers (0.93): more than
     # the default's 60-face bound, judged with max_size=None, and only when the gate lets it
-    q, _ = np.linalg.qr(rng.normal(size=(128, 71)))
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(128, 71)))
     soup = (np.sqrt(0.91) * q[:, :1].T + np.sqrt(0.09) * q[:, 1:].T).astype(np.float32)
     lev = np.full(70, 0.93, np.float32)
     lab = np.zeros(70, np.int64)
