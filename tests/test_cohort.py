@@ -300,6 +300,8 @@ def test_levels_and_infomap_on_cuda_match_cpu():
     rng = np.random.default_rng(5)
     x = np.repeat(co.faces[:120], 6, axis=0) + 0.02 * rng.normal(size=(720, 128)).astype(np.float32)
     np.testing.assert_allclose(co.levels(x, device="cuda"), co.levels(x), atol=1e-5)
+    for got, want in zip(co.look(x, "side-light", device="cuda"), co.look(x, "side-light")):  # Ada-NETS's lit check
+        np.testing.assert_allclose(got, want, atol=1e-5)
     cpu = get_clusterer("infomap", device="cpu", embedder="dlib").fit_predict(x)
     gpu = get_clusterer("infomap", device="cuda", embedder="dlib").fit_predict(x)
     assert len(np.unique(cpu)) > 50
@@ -365,3 +367,8 @@ def test_lit_check_dissolves_side_lit_strangers_and_judges_lit_clusters_only(hel
     # a gate above every cluster's mean raise judges nothing
     kept = check_lit(lab, ids, sims, x, cohort=co, part="side-light", min_raise=1.0, split_min_sim=0.91)
     np.testing.assert_array_equal(kept, lab)
+    # nor is a lit cluster that is more than half its batch (one person's clip under one light)
+    alone = np.zeros(12, np.int64)
+    s12, i12 = knn(lit, 11)
+    np.testing.assert_array_equal(check_lit(alone, i12, s12, lit, cohort=co, part="side-light", min_raise=0.002,
+                                            split_min_sim=0.91), alone)
