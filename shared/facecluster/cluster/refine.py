@@ -502,21 +502,23 @@ def check_lit(
     Why: under a hard light from one side different people's descriptors are alike (dlib:
     docs/benchmarks/default_quality.md, "A side-light part of the cohort"). A learned method's
     links then join whole groups of such faces: Ada-NETS on Extended Yale B put 13.8 % of the
-    faces in mixed clusters (one of 203 faces of 10 people, one of 81 of 31). What tells them
-    from one person's photos is how they compare with strangers *in the same look*: one person's
-    lit photos are more alike than each is to the lit strangers most like it, a group of lit
-    strangers is not. Only clusters whose faces the part raised by ``min_raise`` or more on
-    average are judged (ordinary photos, video, low-quality and night faces: <= 0.0001 on
-    average, side-lit training photos 0.0135), in two steps:
+    faces in mixed clusters (one of 203 faces of 10 people, one of 81 of 31). What tells such a
+    group from one person is how its pairs compare with strangers *in the same look*: one
+    person's faces of one session under one light are more alike than each is to the lit
+    strangers most like it, a group of lit strangers is not (nor, on median, one person's many
+    lit photos from many occasions: hence the size bound below). Only clusters whose faces the
+    part raised by ``min_raise`` or more on average are judged (the part raises ordinary photos',
+    video's and low-quality faces by 0.0001-0.0002 on average, a night camera's by 0.002,
+    side-lit training photos and Extended Yale B by 0.011-0.013), in two steps:
 
     1. a weak cut in the cluster's own kNN graph splits it (:func:`facecluster.graph.split_weak`
-       with the GCN methods' split settings; clusters of >= ``LIT_SPLIT_MIN_SIZE`` faces);
-    2. a cluster (``LIT_SOUP_MIN_SIZE`` to ``LIT_SOUP_MAX_SIZE`` faces, at most
-       ``LIT_SOUP_MAX_SHARE`` of the batch)
-       whose median over its pairs of ``cos(i, j) - (L_i + L_j) / 2`` is below 0, ``L`` a face's
-       raw level against the plain cohort or the part, whichever is higher
-       (:meth:`facecluster.cohort.Cohort.look`), becomes lone faces
-       (:func:`facecluster.graph.dissolve_soups`).
+       with the post-steps' split settings, as the GCN methods' split; clusters of >=
+       ``LIT_SPLIT_MIN_SIZE`` faces);
+    2. a cluster of ``LIT_SOUP_MIN_SIZE`` to ``LIT_SOUP_MAX_SIZE`` faces, at most
+       ``LIT_SOUP_MAX_SHARE`` of the batch, whose median over its pairs of
+       ``cos(i, j) - (L_i + L_j) / 2`` is below 0, ``L`` a face's raw level against the plain
+       cohort or the part, whichever is higher (:meth:`facecluster.cohort.Cohort.look`),
+       becomes lone faces (:func:`facecluster.graph.dissolve_soups`).
 
     Parameters
     ----------
