@@ -114,8 +114,7 @@ class Cohort:
         plain = self._own_levels(xu, exclude, backend, device)  # float32, as every step below
         lev = plain
         for p in self.parts if parts else ():
-            excess = p._own_levels(xu, exclude, backend, device) - np.float32(p.ref + p.margin)
-            lev = np.maximum(lev, np.float32(self.ref) + excess)
+            lev = np.maximum(lev, np.float32(self.ref) + p._excess(p._own_levels(xu, exclude, backend, device)))
         return (lev, lev - plain) if return_raise else lev
 
     def part(self, label: str) -> Optional["Cohort"]:
@@ -150,8 +149,14 @@ class Cohort:
         xu = _unit(x)
         plain = self._own_levels(xu, None, backend, device)
         lp = p._own_levels(xu, None, backend, device)
-        raised = np.maximum((lp - np.float32(p.ref + p.margin)) - (plain - np.float32(self.ref)), np.float32(0))
-        return raised.astype(np.float32), np.maximum(plain, lp)
+        raised = np.maximum(p._excess(lp) - (plain - np.float32(self.ref)), np.float32(0))
+        return raised, np.maximum(plain, lp)
+
+    def _excess(self, own: np.ndarray) -> np.ndarray:
+        """(a part's) levels ``own`` against its own faces minus its reference and margin: how far
+        past the margin a face resembles this part's look (one formula for :meth:`levels` and
+        :meth:`look`)."""
+        return own - np.float32(self.ref + self.margin)
 
     def _own_levels(self, xu: np.ndarray, exclude: Optional[np.ndarray], backend: str, device: str) -> np.ndarray:
         """Levels of L2-normalised descriptors ``xu`` against this cohort's own faces (not its parts')."""
