@@ -72,6 +72,10 @@ all-styles-train`` adds (opt-in) every training set's training identities in one
 light (``LIGHTING_TUNING``; judged by faces in mixed clusters), and ``--regimes
 lfw-night-train,lfw-night-train21`` as a night camera sees them (``NIGHT_TUNING``), and ``--regimes
 lfw-lowres-train,lfw-lowres-train21`` as far, compressed faces (``LOWRES_TUNING``).
+
+``--by-split`` also scores each partition on the faces of held-out people alone and of training
+people alone (``facecluster.train.splits``): for the batches that hold both (``all-styles``,
+``all-styles-no-yale``), what a change does to people no model or setting saw.
 """
 
 from __future__ import annotations
@@ -342,6 +346,20 @@ def precision_by_size(names: np.ndarray, labels: np.ndarray, px: np.ndarray) -> 
     return out
 
 
+def by_split(names: np.ndarray, labels: np.ndarray) -> dict:
+    """BCubed / pairwise scores of one partition restricted to the faces of held-out people and
+    to those of training people (each part's clusters are the partition's, cut to that part)."""
+    from facecluster.metrics import evaluate
+
+    held = validation_mask("lfw", names)  # the split depends on the identity name only
+    out = {}
+    for part, m in (("held_out", held), ("training", ~held)):
+        if m.any():
+            e = evaluate(names[m], labels[m])
+            out[part] = {"faces": int(m.sum()), **{k: float(e[k]) for k in ("bcubed_fscore", "bcubed_precision", "bcubed_recall", "pairwise_fscore")}}
+    return out
+
+
 def format_row(regime: str, r: dict) -> str:
     return (
         f"{regime:24s} {r['n']:6d} {r['n_gt_clusters']:5d}  BCubedF {r['bcubed_fscore']:.4f} "
@@ -361,6 +379,8 @@ def main() -> None:
     ap.add_argument("--embedder", default="dlib", help="the embedder that made ROOT's features: its thresholds are used (dlib, mbf)")
     ap.add_argument("--tuning", action="store_true", help="the training identities' regimes (tuning_regimes) instead of the validation ones")
     ap.add_argument("--by-size", action="store_true", help="also print each regime's mean per-face BCubed precision by crop size (face_px)")
+    ap.add_argument("--by-split", action="store_true", help="also score each partition on the held-out people's faces alone "
+                    "and on the training people's alone (batches holding both: all-styles, all-styles-no-yale)")
     ap.add_argument("--face-size", choices=["pipeline", "crop"], default="pipeline",
                     help="face_px passed to the methods: what the pipeline records (inter-ocular distance from the dlib alignment, "
                     "_common.load_face_px) or the crop's shorter side (_common.load_crop_side; a study: set small_face_px on that scale)")
@@ -390,6 +410,10 @@ def _run(a: argparse.Namespace, regs) -> list[dict]:
             r.update(regime=name, shape=SHAPES.get(name, "tuning"), variant=v)
             rows.append(r)
             print(format_row(name, r), flush=True)
+            if a.by_split:
+                r["by_split"] = by_split(np.asarray(n), np.asarray(got[0]))
+                print("   " + "; ".join(f"{part} ({d['faces']} faces): BCubedF {d['bcubed_fscore']:.4f} (P {d['bcubed_precision']:.3f} "
+                                        f"R {d['bcubed_recall']:.3f}) pairF {d['pairwise_fscore']:.4f}" for part, d in r["by_split"].items()), flush=True)
             if a.by_size:
                 r["precision_by_size"] = precision_by_size(n, got[0], px)
                 print("   precision by crop size: " + "; ".join(

@@ -234,3 +234,16 @@ def test_far_face_regime_is_small_compressed_varied_and_the_same_on_a_rebuild():
     sizes = {im.size[0] for im, _ in got}
     assert all(im.size[0] == im.size[1] for im, _ in got) and min(sizes) >= 48 and max(sizes) <= 96 and len(sizes) > 10
     assert all(20 <= q <= 60 for _, q in got) and len({q for _, q in got}) > 10
+
+
+def test_by_split_scores_held_out_and_training_people_apart():
+    """--by-split: one partition scored on the held-out people's faces alone and on the training
+    people's alone; a merge of the two held-out people lowers only the held-out part."""
+    assert all(is_validation_identity("lfw", p) for p in VAL) and not any(is_validation_identity("lfw", p) for p in TRAIN)
+    names = np.array(["Tom_Hanks"] * 4 + ["Keanu_Reeves"] * 4 + ["George_W_Bush"] * 6)
+    right = np.r_[np.zeros(4), np.ones(4), np.full(6, 2)].astype(np.int64)
+    out = regimes.by_split(names, right)
+    assert (out["held_out"]["faces"], out["training"]["faces"]) == (8, 6)
+    assert out["held_out"]["bcubed_fscore"] == out["training"]["bcubed_fscore"] == 1.0
+    merged = regimes.by_split(names, np.r_[np.zeros(8), np.full(6, 2)].astype(np.int64))
+    assert merged["held_out"]["bcubed_fscore"] < 0.7 and merged["training"]["bcubed_fscore"] == 1.0
