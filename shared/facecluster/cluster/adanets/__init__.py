@@ -45,8 +45,11 @@ from .structure_space import structure_space, structure_space_torch
 #: The shipped Ada-NETS weights (AND, GCN) and the settings tuned with them, one set per embedder
 #: they were trained for (files in ``facecluster/weights``, model cards beside them). Without
 #: checkpoints the method takes the set of the features' embedder (dlib when unknown). The mbf
-#: set was trained on CPU (docs/benchmarks/adanets.md §12): its AND under-predicts as dlib's does,
-#: and ``min_k_hat`` carries the adaptive graph for both.
+#: set was trained on CPU (docs/benchmarks/adanets.md §12): its AND reads features and
+#: under-predicts, so ``min_k_hat`` carries its adaptive graph. dlib's AND reads the
+#: neighbourhood's cosines (``and_input="gram"``, thirty-eighth session, §15): its counts follow
+#: the truth on people it never saw, ``min_k_hat`` still lifts degraded faces' and
+#: ``k_hat_margin`` caps those of people dlib confuses.
 SHIPPED_ADANETS: dict[str, tuple[str, str, str]] = {
     "dlib": ("adanets_and_dlib.pth", "adanets_gcn_dlib.pth", "adanets_dlib.json"),
     "mbf": ("adanets_and_mbf.pth", "adanets_gcn_mbf.pth", "adanets_mbf.json"),
@@ -75,6 +78,16 @@ ADANETS_REFINE_DEFAULTS: dict[str, Any] = {"merge_close_q": 10.0, "merge_close_p
 #: regimes (side-lit ones included) and every validation regime but Extended Yale B identical;
 #: Extended Yale B 13.8 % -> 2.0 % of faces in mixed clusters (docs/benchmarks/adanets.md §14).
 LIT_MIN_RAISE_BY_EMBEDDER: dict[str, float] = {"dlib": 0.002}
+
+#: ``k_hat_margin`` per embedder (with the similarity floor on). dlib: 0.02. The gram AND gives the
+#: faces of people dlib confuses with each other 2-30 times their true neighbour count (held-out
+#: politicians' photos 27-54 neighbours where the truth is 2-11), and those neighbours pass the
+#: floor; capped at the count of neighbours at least floor + 0.02 alike, lfw-val's 46-face cluster
+#: of three politicians and others is not formed, and the AND keeps its lift on the training
+#: videos (glint18-train 0.931 -> 0.989) and mixed-size photos (lfw-mixed-train 0.824 -> 0.846).
+#: 0.01 and 0.02 tie on the training identities (worst 0.7824, mean 0.9213 both; side-lit and night
+#: photos identical within 0.0003); ties go to the stricter cap. docs/benchmarks/adanets.md §15.
+K_HAT_MARGIN_BY_EMBEDDER: dict[str, float] = {"dlib": 0.02}
 
 def shipped_files(embedder: str | None) -> tuple[Path, Path, Path]:
     """(AND, GCN, settings JSON) shipped for ``embedder``; a clear error naming the embedders
@@ -118,7 +131,8 @@ _DOC = {
     "final_th": "Final rule: link faces whose GCN-feature cosine is ≥ this (paper 0.96 on MS1M; tuned per embedder).",
     "min_k_hat": "Lower bound on AND's predicted neighbour count k̂ in the adaptive graph (0: AND's own "
     "prediction, as the paper); neighbours under th_sim and under the similarity floor are still dropped. "
-    "A guard against an AND that under-predicts (the shipped dlib AND: k̂ 1.4 where the truth is 32). "
+    "A guard against an AND that under-predicts (dlib's first AND: k̂ 1.4 where the truth is 32; the shipped "
+    "mbf AND likewise; the shipped dlib AND on degraded faces: 3.9 where the truth is 7.5). "
     "With similarity_floor=false and no explicit value: 0 (the original algorithm).",
 }
 
@@ -155,6 +169,16 @@ class AdaNetsConfig(RefineConfig):
         "(an error otherwise when set).",
     )
     lit_part: str = Field("side-light", description="The cohort part whose look lit_min_raise reads (facecluster.cohort).")
+    k_hat_margin: Optional[float] = Field(
+        None,
+        ge=0.0,
+        description="AND's neighbour count k̂ is capped at the number of a face's structure-space neighbours whose "
+        "floor similarity reaches the similarity floor + this (cosine units; then min_k_hat raises it). An AND "
+        "that reads the neighbourhood's cosines cannot tell one person's many photos from several people the "
+        "embedder confuses, and gives the latter many times their true count (docs/benchmarks/adanets.md §13, §15). "
+        "None: the embedder's value (dlib 0.02) when the floor is on, else off; 0: off. Needs the floor (an error "
+        "without one when set).",
+    )
     weak_th: Optional[float] = Field(
         None, ge=-1.0, le=1.0,
         description="Second tier of the final rule: also link faces whose GCN-feature cosine is >= this "
@@ -292,9 +316,22 @@ class AdaNetsClusterer(Clusterer):
             )
         return c.lit_min_raise
 
+    def k_hat_margin(self) -> Optional[float]:
+        """The cap on AND's counts in use (None: off); see ``AdaNetsConfig.k_hat_margin``."""
+        c = self.config
+        if c.k_hat_margin == 0:
+            return None
+        if c.k_hat_margin is None:
+            return None if self.link_floor() is None else K_HAT_MARGIN_BY_EMBEDDER.get(self.embedder() or "")
+        if self.link_floor() is None:
+            raise ValueError(f"k_hat_margin={c.k_hat_margin} is measured from the similarity floor, which is off "
+                             "(set k_hat_margin=0 or leave it None)")
+        return c.k_hat_margin
+
     def settings(self) -> dict:
         d = super().settings()
         d.update(self.resolved())
+        d["k_hat_margin"] = self.k_hat_margin()
         d["lit_min_raise"] = self.lit_min_raise()
         d["lit_part"] = self.config.lit_part if d["lit_min_raise"] is not None else None
         d["floor_cohort"] = self.floor_cohort()
@@ -346,14 +383,22 @@ class AdaNetsClusterer(Clusterer):
         with self._timed("and"), bar("Ada-NETS AND", n, c.progress) as b:
             k_hat = predict_k(m_and, x, ids_ss, scale_max, device=dev, batch_size=c.batch_size or AND_BATCH[device_kind(dev)],
                               progress=b.advance)
-        if r["min_k_hat"]:
-            k_hat = np.maximum(k_hat, min(r["min_k_hat"], ids_ss.shape[1]))
-        self.k_hat_ = k_hat
+        self.k_hat_and_ = k_hat  # AND's own counts, before the cap and min_k_hat
         cuda = dev.startswith("cuda")
         with self._timed("adjacency"):
+            cos = None
+            if floor is not None:
+                cos = floor_cosine(xr, np.repeat(np.arange(n), ids_ss.shape[1]), ids_ss.reshape(-1), self.floor_dev_).reshape(ids_ss.shape)
+            margin = self.k_hat_margin()
+            if margin is not None:
+                # no more neighbours than are clearly alike: where the embedder confuses people
+                # the AND reads their neighbourhood as one person's (self counts, as in k̂)
+                k_hat = np.minimum(k_hat, np.maximum((cos >= floor + margin).sum(axis=1), 1))
+            if r["min_k_hat"]:
+                k_hat = np.maximum(k_hat, min(r["min_k_hat"], ids_ss.shape[1]))
+            self.k_hat_ = k_hat
             if floor is not None:
                 # edges under the floor get an infinite distance, so the adjacency drops them
-                cos = floor_cosine(xr, np.repeat(np.arange(n), ids_ss.shape[1]), ids_ss.reshape(-1), self.floor_dev_).reshape(ids_ss.shape)
                 d_ss = np.where(cos >= floor, d_ss, np.inf).astype(np.float32)
             # on a GPU both the adjacency and the aggregation operator are built there
             adj = adaptive_adjacency(ids_ss, d_ss, k_hat, r["th_sim"], device=dev if cuda else None)

@@ -12,9 +12,10 @@ What the BiLSTM reads (``ANDModel.and_input``, stored in a checkpoint's ``meta['
   are, not where a neighbourhood stops being one person: it collapses to k̂ ≈ 1-2 for people it
   never saw (mean k̂ 1.4 where the truth is 32). The Gram rows hold only the neighbourhood's
   shape, which is what k* depends on, and the counts carry over to people and crop styles never
-  seen. The shipped weights still read features (a gram AND changed no tuning regime's worst
-  with them and joined one group of look-alike people in validation: docs/benchmarks/adanets.md
-  §13); ``min_k_hat`` carries their adaptive graph.
+  seen. The shipped dlib AND reads it since the thirty-eighth session, with its counts capped
+  where the neighbours are not clearly alike (``AdaNetsConfig.k_hat_margin``: alone it gave people
+  dlib confuses many times their count and joined them; docs/benchmarks/adanets.md §13, §15); the
+  mbf AND still reads features and ``min_k_hat`` carries its adaptive graph.
 """
 
 from __future__ import annotations
