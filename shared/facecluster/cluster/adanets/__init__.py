@@ -81,7 +81,7 @@ LIT_MIN_RAISE_BY_EMBEDDER: dict[str, float] = {"dlib": 0.002}
 
 #: ``k_hat_margin`` per embedder (with the similarity floor on). dlib: 0.02. The gram AND gives the
 #: faces of people dlib confuses with each other 2-30 times their true neighbour count (held-out
-#: politicians' photos 27-54 neighbours where the truth is 2-11), and those neighbours pass the
+#: politicians' photos 29-54 neighbours on average where the truth is 2-11), and those neighbours pass the
 #: floor; capped at the count of neighbours at least floor + 0.02 alike, lfw-val's 46-face cluster
 #: of three politicians and others is not formed, and the AND keeps its lift on the training
 #: videos (glint18-train 0.931 -> 0.989) and mixed-size photos (lfw-mixed-train 0.824 -> 0.846).
