@@ -360,6 +360,34 @@ def by_split(names: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
+def neighbour_purity(x: np.ndarray, names: np.ndarray, k: int = 5) -> dict:
+    """How far the embedder alone separates a regime's people, before any clustering: the share
+    of faces with another photo of their person in the batch whose nearest other face (plain
+    cosine) is that person's, and the share of faces of people with more than ``k - 2`` photos
+    whose ``k`` nearest other faces are mostly their person's. A face whose nearest faces are
+    strangers' is either left out of its person's cluster or linked wrongly by any method that
+    reads these similarities."""
+    from facecluster.knn import knn, l2_normalize
+
+    y = np.unique(np.asarray(names), return_inverse=True)[1]
+    n = len(y)
+    if n < 2:
+        return {"faces_with_mate": 0, "nn1_same": float("nan"), f"nn{k}_majority_same": float("nan")}
+    _, ids = knn(l2_normalize(np.asarray(x, np.float32)), min(k + 1, n), normalize=False)
+    # drop each face itself wherever it sits in its list (exact duplicates can tie ahead of it)
+    own = ids == np.arange(n)[:, None]
+    own[~own.any(1), -1] = True  # self pushed out by k twins: drop the last instead
+    nn = ids[~own].reshape(n, -1)
+    cnt = np.bincount(y)
+    mate, many = cnt[y] > 1, cnt[y] > k - 2
+    same = y[nn] == y[:, None]
+    return {
+        "faces_with_mate": int(mate.sum()),
+        "nn1_same": float(same[mate, 0].mean()) if mate.any() else float("nan"),
+        f"nn{k}_majority_same": float((same[many].sum(1) > nn.shape[1] / 2).mean()) if many.any() else float("nan"),
+    }
+
+
 def format_row(regime: str, r: dict) -> str:
     return (
         f"{regime:24s} {r['n']:6d} {r['n_gt_clusters']:5d}  BCubedF {r['bcubed_fscore']:.4f} "
@@ -381,6 +409,8 @@ def main() -> None:
     ap.add_argument("--by-size", action="store_true", help="also print each regime's mean per-face BCubed precision by crop size (face_px)")
     ap.add_argument("--by-split", action="store_true", help="also score each partition on the held-out people's faces alone "
                     "and on the training people's alone (batches holding both: all-styles, all-styles-no-yale)")
+    ap.add_argument("--neighbours", action="store_true", help="first print each regime's neighbour purity (neighbour_purity: "
+                    "how often a face's nearest other faces are its own person's; no clustering) and exit unless --variant is given")
     ap.add_argument("--face-size", choices=["pipeline", "crop"], default="pipeline",
                     help="face_px passed to the methods: what the pipeline records (inter-ocular distance from the dlib alignment, "
                     "_common.load_face_px) or the crop's shorter side (_common.load_crop_side; a study: set small_face_px on that scale)")
@@ -389,6 +419,13 @@ def main() -> None:
         FACE_SIZE[0] = _common.load_crop_side
     pick = tuning_regimes if a.tuning else validation_regimes
     regs = pick(a.root, a.regimes.split(",") if a.regimes else None, with_px=True)
+    if a.neighbours:
+        print(f"{'regime':28s} {'faces':>6s} {'with a mate':>11s} {'nearest is own':>14s} {'5 nearest mostly own':>20s}")
+        for name, x, n, _ in regs:
+            d = neighbour_purity(x, n)
+            print(f"{name:28s} {len(n):6d} {d['faces_with_mate']:11d} {d['nn1_same']:14.3f} {d['nn5_majority_same']:20.3f}", flush=True)
+        if not a.variant:
+            return
     # adanets variants: AND runs once per regime (only then: the memo imports Ada-NETS and torch)
     ada = any(parse_variant(v)[0] == "adanets" for v in a.variant or [])
     with _common.memo_and_predictions() if ada else nullcontext():

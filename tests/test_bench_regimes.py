@@ -247,3 +247,20 @@ def test_by_split_scores_held_out_and_training_people_apart():
     assert out["held_out"]["bcubed_fscore"] == out["training"]["bcubed_fscore"] == 1.0
     merged = regimes.by_split(names, np.r_[np.zeros(8), np.full(6, 2)].astype(np.int64))
     assert merged["held_out"]["bcubed_fscore"] < 0.7 and merged["training"]["bcubed_fscore"] == 1.0
+
+
+def test_neighbour_purity_counts_faces_whose_nearest_other_face_is_their_person():
+    deg = np.deg2rad([0.0, 2.0, 3.0, 90.0, 91.0, 45.0])
+    x = np.stack([np.cos(deg), np.sin(deg)], 1).astype(np.float32)
+    names = np.array(["a", "a", "b", "b", "b", "c"])  # c: a singleton, not counted
+    d = regimes.neighbour_purity(x, names, k=3)
+    # nearest other face: 0 -> 1 (a, own), 1 -> 2 (b), 2 -> 1 (a), 3 -> 4 (own), 4 -> 3 (own)
+    assert d["faces_with_mate"] == 5 and d["nn1_same"] == 3 / 5
+    # the 3 nearest others mostly own (>= 2 of 3), for people with >= 2 photos: only 3 and 4
+    assert d["nn3_majority_same"] == 2 / 5
+    # exact twins of two people (0, 1): each one's nearest other face is the other twin, a
+    # stranger, even where the search lists the twin ahead of the face itself (the face is
+    # dropped from its list, not the first column); 2<->4 and 3<->5 are mates
+    twins = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0.1], [0, 0.1, 1]], np.float32)
+    d = regimes.neighbour_purity(twins, np.array(["a", "b", "b", "a", "b", "a"]), k=3)
+    assert d["faces_with_mate"] == 6 and d["nn1_same"] == 4 / 6
