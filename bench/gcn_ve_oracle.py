@@ -5,8 +5,9 @@ A ceiling study, not a method: it reads the labels. It answers "would better-tra
 (more people, a GPU) close gcn-ve's gap to the default, or is the gap in the tree itself?".
 
 * ``--oracle v``: GCN-V's confidence replaced by its own training target computed from the
-  labels (learn-to-cluster's density: over a face's input kNN list, the mean of +a_ij for
-  neighbours of its person and -a_ij for the others, a_ij the similarity the network reads).
+  labels (``facecluster.train.gcn_ve.s_nbr``, learn-to-cluster's density: over a face's input
+  kNN list, the sum of +a_ij for neighbours of its person and -a_ij for the others, a_ij the
+  similarity the network reads).
   GCN-V's output *features* (what GCN-E and tau read) stay the network's.
 * ``--oracle e``: each face GCN-E judges (the ``1 - ignore_ratio`` most confident, with >= 2
   candidates) takes as its peak the most similar higher-confidence candidate of its own person,
@@ -40,15 +41,6 @@ import numpy as np
 import _common
 
 _LABELS: dict[bytes, int] = {}  # feature row -> person index, set per regime by run_method
-
-
-def oracle_confidence(ids: np.ndarray, sims: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(N, k) kNN lists (-1: none; self included, as GCN-V's graph has it), (N,) labels ->
-    (N,) float32 GCN-V's training target: mean over the list of +sim (same person) / -sim (other)."""
-    valid = ids >= 0
-    same = valid & (y[np.clip(ids, 0, None)] == y[:, None])
-    a = np.where(valid, sims, 0.0)
-    return (np.where(same, a, -a).sum(1) / np.maximum(valid.sum(1), 1)).astype(np.float32)
 
 
 def oracle_peaks(ids: np.ndarray, sims: np.ndarray, conf: np.ndarray, y: np.ndarray, peak: np.ndarray, psim: np.ndarray,
@@ -88,6 +80,7 @@ def patched(oracle: str, intersect_default: bool) -> Iterator[None]:
     """Within the block, gcn-v / gcn-ve run with the oracle(s) and/or the intersection, fed the
     labels by ``_common.run_method`` (a study: the package is patched in memory and restored)."""
     from facecluster.cluster import gcn_e, gcn_v, get_clusterer
+    from facecluster.train.gcn_ve import s_nbr
 
     run = _common.run_method
 
@@ -105,7 +98,7 @@ def patched(oracle: str, intersect_default: bool) -> Iterator[None]:
         st = stage(self, X, r)
         state["y"], state["X"] = _labels_of(X), X
         if "v" in oracle:
-            st["conf"] = oracle_confidence(st["ids"], st["sims"], state["y"])
+            st["conf"] = s_nbr(st["ids"], st["sims"], state["y"])
         return st
 
     def gcn_e_peaks(model, feat, conf, ids, sims, **kw):

@@ -16,11 +16,20 @@ from facecluster.cluster import gcn_e, gcn_v  # noqa: E402
 
 
 def test_oracle_confidence_is_gcn_v_training_target():
-    # face 0's list: itself (same, 1.0), face 1 (same, 0.9), face 2 (other, 0.5), one empty slot
-    ids = np.array([[0, 1, 2, -1], [1, 0, 2, -1], [2, 1, 0, -1]])
-    sims = np.array([[1.0, 0.9, 0.5, 0.0], [1.0, 0.9, 0.4, 0.0], [1.0, 0.4, 0.5, 0.0]], np.float32)
-    y = np.array([0, 0, 1])
-    np.testing.assert_allclose(go.oracle_confidence(ids, sims, y), [(1 + 0.9 - 0.5) / 3, (1 + 0.9 - 0.4) / 3, (1 - 0.4 - 0.5) / 3], rtol=1e-6)
+    # the "v" oracle hands the tree GCN-V's own training target (train.gcn_ve.s_nbr) on the
+    # stage's input kNN lists: +sim for the face's person, -sim for the others
+    from facecluster.train.gcn_ve import s_nbr
+
+    x, y = _people()
+    fitted: list = []
+    with go.patched("v", intersect_default=False):
+        _common.run_method("gcn-ve", x, y, "dlib", clusterer_out=fitted, refine=False)
+    c = fitted[0]
+    ids, sims = c.knn_
+    assert (ids >= 0).all()
+    np.testing.assert_array_equal(c.conf_, s_nbr(ids, sims, y))
+    same = y[ids] == y[:, None]
+    assert (c.conf_[same.sum(1) > same.shape[1] / 2] > 0).all()  # a face among its own scores positive
 
 
 def test_oracle_peaks_take_the_nearest_higher_candidate_of_their_own_person_or_none():
